@@ -1,0 +1,366 @@
+//! fila-runtime: a pool of pinned worker threads running a Chase-Lev
+//! work-stealing scheduler behind a bounded admission window.
+//!
+//! There is no async executor. A caller *admits* a unit of work (say, one
+//! record); the unit starts as one task and may schedule follow-on tasks
+//! (say, its next stage). At most `window` units are in flight: admission
+//! blocks the caller while the window is full, never a worker. A unit counts
+//! until its last task finishes; then its completion callback runs and its
+//! slot frees.
+//!
+//! ```
+//! use fila_runtime::{Runtime, Workers};
+//! use std::num::NonZeroUsize;
+//! use std::sync::mpsc;
+//!
+//! let rt = Runtime::builder()
+//!     .workers(Workers::Count(NonZeroUsize::new(2).unwrap()))
+//!     .pin(false)
+//!     .window(4)
+//!     .build()
+//!     .unwrap();
+//! let (done, results) = mpsc::channel();
+//! for i in 0..10u64 {
+//!     let done = done.clone();
+//!     rt.admit(
+//!         move |cx| cx.spawn(move |_| { let _second_stage = i * 2; }),
+//!         move |outcome| done.send((i, outcome.is_ok())).unwrap(),
+//!     )
+//!     .unwrap();
+//! }
+//! let stats = rt.shutdown();
+//! assert_eq!(results.try_iter().count(), 10);
+//! assert!(stats.max_in_flight <= 4);
+//! ```
+//!
+//! The protocols are described next to the code: `window.md` (admission),
+//! `sleep.md` (parking and waking), `shutdown.md` (close, drain, join).
+
+mod idle;
+mod park;
+mod queue;
+mod stats;
+mod sync;
+mod task;
+mod topology;
+mod window;
+mod worker;
+
+pub use stats::{Stats, WorkerStats};
+pub use task::{Outcome, TaskCx, TaskFailure};
+pub use topology::{allowed_cpus, physical_cpus, Workers};
+pub use window::MAX_WINDOW;
+
+use crossbeam_utils::CachePadded;
+use idle::Idle;
+use park::Parker;
+use queue::{Injector, Stealer};
+use stats::{Totals, WorkerCounters};
+use std::sync::atomic::Ordering::Relaxed;
+use sync::{AtomicBool, Arc, JoinHandle, Ordering};
+use task::{Task, Unit};
+use window::{Refused, Window};
+
+#[cfg(not(fila_loom))]
+thread_local! {
+    /// The `Shared` this thread works for, if it is a worker. Admission
+    /// from a worker of the same runtime could wait on the window the worker
+    /// itself must drain, so it is refused.
+    static ON_WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Why a unit was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("the runtime is closed to new work")]
+    Closed,
+    #[error("the window is full")]
+    Full,
+    #[error("a worker cannot admit into its own runtime: it could wait on the window it drains")]
+    OnWorker,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("window must be between 1 and {max}, got {got}", max = MAX_WINDOW)]
+    Window { got: usize },
+    #[error("could not start worker thread {index}: {source}")]
+    Spawn {
+        index: usize,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the workers and the admitting threads.
+pub(crate) struct Shared {
+    injector: Injector<Task>,
+    stealers: Box<[Stealer<Task>]>,
+    parkers: Box<[CachePadded<Parker>]>,
+    idle: Idle,
+    window: Window,
+    /// Set once the window is closed and drained; workers then exit.
+    shutdown: AtomicBool,
+    counters: Box<[CachePadded<WorkerCounters>]>,
+    totals: Totals,
+}
+
+impl Shared {
+    fn has_work(&self) -> bool {
+        !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
+    }
+
+    /// Wakes one parked worker, if any, after work was pushed.
+    fn notify_one(&self) {
+        if let Some(worker) = self.idle.wake_one() {
+            self.parkers[worker].unpark();
+        }
+    }
+}
+
+/// Configures a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    workers: Workers,
+    pin: bool,
+    window: Option<usize>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            workers: Workers::Logical,
+            pin: true,
+            window: None,
+        }
+    }
+}
+
+impl Builder {
+    /// How many workers; `Logical` (one per allowed CPU) by default.
+    pub fn workers(mut self, workers: Workers) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Pin worker i to the i-th allowed CPU (default true).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// The admission window W: units in flight at most. Defaults to
+    /// 4 × workers.
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        let (cpus, count) = topology::plan(self.workers);
+        let window = self.window.unwrap_or(4 * count);
+        if window == 0 || window > MAX_WINDOW {
+            return Err(BuildError::Window { got: window });
+        }
+        let locals: Vec<_> = (0..count).map(|_| queue::Worker::new_lifo()).collect();
+        let shared = Arc::new(Shared {
+            injector: Injector::new(),
+            stealers: locals.iter().map(|w| w.stealer()).collect(),
+            parkers: (0..count).map(|_| CachePadded::new(Parker::new())).collect(),
+            idle: Idle::new(count),
+            window: Window::new(window),
+            shutdown: AtomicBool::new(false),
+            counters: (0..count).map(|_| CachePadded::default()).collect(),
+            totals: Totals::default(),
+        });
+        let mut rt = Runtime {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(count),
+            cpus: Vec::with_capacity(count),
+        };
+        for (index, local) in locals.into_iter().enumerate() {
+            let cpu = (self.pin && !cpus.is_empty() && cfg!(not(fila_loom)))
+                .then(|| cpus[index % cpus.len()]);
+            let worker = worker::WorkerThread::new(shared.clone(), index, local);
+            let spawned = sync::spawn(format!("fila-worker-{index}"), move || {
+                if let Some(cpu) = cpu {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                        tracing::warn!(worker = index, cpu, "could not pin worker; it runs unpinned");
+                    }
+                }
+                worker.run();
+            });
+            match spawned {
+                Ok(handle) => {
+                    rt.threads.push(handle);
+                    rt.cpus.push(cpu);
+                }
+                // Dropping `rt` shuts down the workers already started.
+                Err(source) => return Err(BuildError::Spawn { index, source }),
+            }
+        }
+        Ok(rt)
+    }
+}
+
+/// A pool of workers behind an admission window. `Runtime` is `Sync`:
+/// several threads may admit through a shared reference.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    cpus: Vec<Option<usize>>,
+}
+
+/// A window slot held by an admitter and not yet used. Proof that the unit
+/// about to be submitted fits in the window. Dropping it frees the slot.
+#[must_use = "a slot holds window capacity until it is submitted or dropped"]
+pub struct Slot<'rt> {
+    shared: &'rt Arc<Shared>,
+}
+
+impl Slot<'_> {
+    /// Submits a unit that starts as `task`; `on_done` runs once, on a
+    /// worker, after the unit's last task has finished and before its slot
+    /// frees. Keep `on_done` short: it runs on the worker's time.
+    pub fn submit<F, D>(self, task: F, on_done: D)
+    where
+        F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
+        D: FnOnce(Outcome) + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        // The slot now belongs to the unit, which frees it when it drops.
+        std::mem::forget(self);
+        shared.totals.admitted.fetch_add(1, Relaxed);
+        let unit = Arc::new(Unit::new(shared.clone(), Box::new(on_done)));
+        shared.injector.push(Task {
+            unit,
+            body: Box::new(task),
+        });
+        shared.notify_one();
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.window.release();
+    }
+}
+
+impl Runtime {
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.shared.parkers.len()
+    }
+
+    pub fn window(&self) -> usize {
+        self.shared.window.cap()
+    }
+
+    /// Waits for a window slot. Blocks while `window` units are in flight.
+    pub fn reserve(&self) -> Result<Slot<'_>, AdmitError> {
+        self.refuse_on_worker()?;
+        self.shared.window.acquire().map_err(refused)?;
+        Ok(Slot {
+            shared: &self.shared,
+        })
+    }
+
+    /// Takes a window slot if one is free now.
+    pub fn try_reserve(&self) -> Result<Slot<'_>, AdmitError> {
+        self.shared.window.try_acquire().map_err(refused)?;
+        Ok(Slot {
+            shared: &self.shared,
+        })
+    }
+
+    /// `reserve` then `submit`: blocks while the window is full.
+    pub fn admit<F, D>(&self, task: F, on_done: D) -> Result<(), AdmitError>
+    where
+        F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
+        D: FnOnce(Outcome) + Send + 'static,
+    {
+        self.reserve()?.submit(task, on_done);
+        Ok(())
+    }
+
+    /// Stops admission. Blocked and later admitters get `Closed`; units in
+    /// flight run to the end. Call `shutdown` to wait for them.
+    pub fn close(&self) {
+        self.shared.window.close();
+    }
+
+    /// Units admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.window.load().in_flight() as usize
+    }
+
+    pub fn stats(&self) -> Stats {
+        let shared = &self.shared;
+        Stats {
+            workers: shared
+                .counters
+                .iter()
+                .zip(&self.cpus)
+                .map(|(c, &cpu)| c.snapshot(cpu))
+                .collect(),
+            window: shared.window.cap(),
+            in_flight: self.in_flight(),
+            max_in_flight: shared.window.max_in_flight() as usize,
+            admitted: shared.totals.admitted.load(Relaxed),
+            completed: shared.totals.completed.load(Relaxed),
+            failed: shared.totals.failed.load(Relaxed),
+        }
+    }
+
+    /// Closes, waits for every unit in flight to finish, stops and joins
+    /// every worker, and returns the final statistics. See shutdown.md.
+    pub fn shutdown(mut self) -> Stats {
+        self.stop();
+        self.stats()
+    }
+
+    fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        let shared = &self.shared;
+        shared.window.close();
+        shared.window.wait_drained();
+        // Release pairs with the workers' acquire loads: a worker that sees
+        // the flag also sees the drained queues.
+        shared.shutdown.store(true, Ordering::Release);
+        for worker in shared.idle.take_all() {
+            shared.parkers[worker].unpark();
+        }
+        for handle in self.threads.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("a worker thread panicked outside any task");
+            }
+        }
+    }
+
+    fn refuse_on_worker(&self) -> Result<(), AdmitError> {
+        #[cfg(not(fila_loom))]
+        if ON_WORKER.with(|on| on.get()) == Arc::as_ptr(&self.shared) as usize {
+            return Err(AdmitError::OnWorker);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn refused(r: Refused) -> AdmitError {
+    match r {
+        Refused::Full => AdmitError::Full,
+        Refused::Closed => AdmitError::Closed,
+    }
+}

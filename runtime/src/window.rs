@@ -1,0 +1,290 @@
+//! The admission window: at most `cap` units in flight. See `window.md` for
+//! the protocol and why no blocked admitter is forgotten.
+
+use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
+
+/// The largest window the packed state can hold.
+pub const MAX_WINDOW: usize = State::IN_FLIGHT_MASK as usize;
+
+/// Packed window state: `| closed:1 | waiters:31 | in_flight:32 |`.
+///
+/// Packing `in_flight` with `waiters` lets a releaser learn, from the value
+/// its own `fetch_sub` returns, whether anybody is blocked, without a second
+/// load that could race with a new waiter.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct State(u64);
+
+impl State {
+    const IN_FLIGHT_MASK: u64 = (1 << 32) - 1;
+    const WAITERS_SHIFT: u32 = 32;
+    const WAITER_ONE: u64 = 1 << Self::WAITERS_SHIFT;
+    const WAITERS_MASK: u64 = ((1 << 31) - 1) << Self::WAITERS_SHIFT;
+    const CLOSED: u64 = 1 << 63;
+    const IN_FLIGHT_ONE: u64 = 1;
+
+    pub(crate) fn in_flight(self) -> u64 {
+        self.0 & Self::IN_FLIGHT_MASK
+    }
+
+    pub(crate) fn waiters(self) -> u64 {
+        (self.0 & Self::WAITERS_MASK) >> Self::WAITERS_SHIFT
+    }
+
+    pub(crate) fn is_closed(self) -> bool {
+        self.0 & Self::CLOSED != 0
+    }
+
+    fn with_one_more_in_flight(self) -> State {
+        debug_assert!(self.in_flight() < Self::IN_FLIGHT_MASK, "in-flight overflow");
+        State(self.0 + Self::IN_FLIGHT_ONE)
+    }
+
+    fn with_one_more_waiter(self) -> State {
+        debug_assert!(self.waiters() < Self::WAITERS_MASK >> Self::WAITERS_SHIFT);
+        State(self.0 + Self::WAITER_ONE)
+    }
+
+    fn with_one_less_waiter(self) -> State {
+        debug_assert!(self.waiters() > 0, "waiter underflow");
+        State(self.0 - Self::WAITER_ONE)
+    }
+}
+
+/// Why a non-blocking admission did not take a slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Refused {
+    Full,
+    Closed,
+}
+
+pub(crate) struct Window {
+    state: AtomicU64,
+    cap: u64,
+    /// Serializes the slow paths: waiters register and sleep under it, and
+    /// releasers take it before notifying, so a notification cannot slip in
+    /// between a waiter's registration and its wait.
+    lock: Mutex<()>,
+    admitters: Condvar,
+    drained: Condvar,
+    max_in_flight: AtomicU64,
+}
+
+impl Window {
+    pub(crate) fn new(cap: usize) -> Window {
+        assert!(cap >= 1 && cap <= MAX_WINDOW, "window must be in 1..={MAX_WINDOW}");
+        Window {
+            state: AtomicU64::new(0),
+            cap: cap as u64,
+            lock: Mutex::new(()),
+            admitters: Condvar::new(),
+            drained: Condvar::new(),
+            max_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn cap(&self) -> usize {
+        self.cap as usize
+    }
+
+    pub(crate) fn load(&self) -> State {
+        // Acquire pairs with the AcqRel release below: whoever sees a freed
+        // slot also sees what the finished unit's completion wrote.
+        State(self.state.load(Ordering::Acquire))
+    }
+
+    /// Takes a slot if one is free. Never blocks.
+    pub(crate) fn try_acquire(&self) -> Result<(), Refused> {
+        let mut cur = self.load();
+        loop {
+            if cur.is_closed() {
+                return Err(Refused::Closed);
+            }
+            if cur.in_flight() >= self.cap {
+                return Err(Refused::Full);
+            }
+            let next = cur.with_one_more_in_flight();
+            match self.state.compare_exchange_weak(
+                cur.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.note_in_flight(next.in_flight());
+                    return Ok(());
+                }
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    /// Takes a slot, blocking the caller while the window is full. Returns
+    /// `Err` once the window is closed, including while blocked.
+    pub(crate) fn acquire(&self) -> Result<(), Refused> {
+        match self.try_acquire() {
+            Err(Refused::Full) => self.acquire_slow(),
+            done => done,
+        }
+    }
+
+    #[cold]
+    fn acquire_slow(&self) -> Result<(), Refused> {
+        let mut guard = self.lock.lock();
+        let mut registered = false;
+        let mut cur = self.load();
+        loop {
+            let next = if cur.is_closed() {
+                if registered {
+                    self.state.fetch_sub(State::WAITER_ONE, Ordering::AcqRel);
+                }
+                return Err(Refused::Closed);
+            } else if cur.in_flight() < self.cap {
+                let taken = cur.with_one_more_in_flight();
+                if registered {
+                    taken.with_one_less_waiter()
+                } else {
+                    taken
+                }
+            } else if !registered {
+                cur.with_one_more_waiter()
+            } else {
+                // Registered and still full: a releaser will see us in the
+                // state it swaps out and notify under the lock.
+                self.admitters.wait(&mut guard);
+                cur = self.load();
+                continue;
+            };
+            match self.state.compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if next.in_flight() > cur.in_flight() => {
+                    self.note_in_flight(next.in_flight());
+                    return Ok(());
+                }
+                Ok(_) => {
+                    // Registered in the same atomic step that saw the window
+                    // full, so every later release sees `waiters > 0`.
+                    registered = true;
+                    cur = next;
+                }
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    /// Frees one slot. Wakes one blocked admitter if there is one, and the
+    /// closer when this was the last unit of a closed window.
+    pub(crate) fn release(&self) {
+        // AcqRel: release publishes the finished unit's effects to the next
+        // admitter; acquire makes the waiter count we read current.
+        let prev = State(self.state.fetch_sub(State::IN_FLIGHT_ONE, Ordering::AcqRel));
+        debug_assert!(prev.in_flight() > 0, "released a slot that was not taken");
+        if prev.waiters() > 0 || prev.is_closed() {
+            self.release_slow(prev);
+        }
+    }
+
+    #[cold]
+    fn release_slow(&self, prev: State) {
+        // Taking the lock orders this notification after any waiter that
+        // registered before our fetch_sub has gone to sleep.
+        let _guard = self.lock.lock();
+        if prev.waiters() > 0 {
+            self.admitters.notify_one();
+        }
+        if prev.is_closed() && prev.in_flight() == 1 {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Refuses every later admission and wakes blocked admitters, who return
+    /// `Closed`. Units already admitted run to the end.
+    pub(crate) fn close(&self) {
+        let _guard = self.lock.lock();
+        self.state.fetch_or(State::CLOSED, Ordering::AcqRel);
+        self.admitters.notify_all();
+    }
+
+    /// Blocks until a closed window has no unit in flight.
+    pub(crate) fn wait_drained(&self) {
+        let mut guard = self.lock.lock();
+        debug_assert!(self.load().is_closed(), "drain of an open window");
+        while self.load().in_flight() > 0 {
+            self.drained.wait(&mut guard);
+        }
+    }
+
+    fn note_in_flight(&self, now: u64) {
+        // Relaxed: a statistic, read only for reporting.
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(fila_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_fields_do_not_overlap() {
+        let s = State(0)
+            .with_one_more_in_flight()
+            .with_one_more_in_flight()
+            .with_one_more_waiter();
+        assert_eq!(s.in_flight(), 2);
+        assert_eq!(s.waiters(), 1);
+        assert!(!s.is_closed());
+        let closed = State(s.0 | State::CLOSED);
+        assert!(closed.is_closed());
+        assert_eq!(closed.in_flight(), 2);
+        assert_eq!(closed.waiters(), 1);
+        let full = State(State::IN_FLIGHT_MASK);
+        assert_eq!(full.waiters(), 0);
+        assert_eq!(full.in_flight(), MAX_WINDOW as u64);
+        assert_eq!(State::WAITERS_MASK & State::CLOSED, 0);
+        assert_eq!(State::WAITERS_MASK & State::IN_FLIGHT_MASK, 0);
+    }
+
+    #[test]
+    fn try_acquire_refuses_when_full_and_when_closed() {
+        let w = Window::new(2);
+        assert_eq!(w.try_acquire(), Ok(()));
+        assert_eq!(w.try_acquire(), Ok(()));
+        assert_eq!(w.try_acquire(), Err(Refused::Full));
+        w.release();
+        assert_eq!(w.try_acquire(), Ok(()));
+        w.close();
+        assert_eq!(w.try_acquire(), Err(Refused::Closed));
+        assert_eq!(w.max_in_flight(), 2);
+    }
+
+    #[test]
+    fn blocked_admitter_wakes_on_release() {
+        let w = std::sync::Arc::new(Window::new(1));
+        w.acquire().unwrap();
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || w2.acquire());
+        while w.load().waiters() == 0 {
+            std::thread::yield_now();
+        }
+        w.release();
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(w.load().in_flight(), 1);
+        assert_eq!(w.load().waiters(), 0);
+    }
+
+    #[test]
+    fn close_wakes_blocked_admitter_with_closed() {
+        let w = std::sync::Arc::new(Window::new(1));
+        w.acquire().unwrap();
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || w2.acquire());
+        while w.load().waiters() == 0 {
+            std::thread::yield_now();
+        }
+        w.close();
+        assert_eq!(t.join().unwrap(), Err(Refused::Closed));
+        assert_eq!(w.load().waiters(), 0);
+    }
+}
