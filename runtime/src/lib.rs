@@ -36,6 +36,7 @@
 //! The protocols are described next to the code: `window.md` (admission),
 //! `sleep.md` (parking and waking), `shutdown.md` (close, drain, join).
 
+pub mod ideal;
 mod idle;
 mod park;
 mod queue;
@@ -57,7 +58,7 @@ use park::Parker;
 use queue::{Injector, Stealer};
 use stats::{Totals, WorkerCounters};
 use std::sync::atomic::Ordering::Relaxed;
-use sync::{AtomicBool, Arc, JoinHandle, Ordering};
+use sync::{Arc, AtomicBool, JoinHandle, Ordering};
 use task::{Task, Unit};
 use window::{Refused, Window};
 
@@ -160,14 +161,16 @@ impl Builder {
     pub fn build(self) -> Result<Runtime, BuildError> {
         let (cpus, count) = topology::plan(self.workers);
         let window = self.window.unwrap_or(4 * count);
-        if window == 0 || window > MAX_WINDOW {
+        if !(1..=MAX_WINDOW).contains(&window) {
             return Err(BuildError::Window { got: window });
         }
         let locals: Vec<_> = (0..count).map(|_| queue::Worker::new_lifo()).collect();
         let shared = Arc::new(Shared {
             injector: Injector::new(),
             stealers: locals.iter().map(|w| w.stealer()).collect(),
-            parkers: (0..count).map(|_| CachePadded::new(Parker::new())).collect(),
+            parkers: (0..count)
+                .map(|_| CachePadded::new(Parker::new()))
+                .collect(),
             idle: Idle::new(count),
             window: Window::new(window),
             shutdown: AtomicBool::new(false),
@@ -186,7 +189,11 @@ impl Builder {
             let spawned = sync::spawn(format!("fila-worker-{index}"), move || {
                 if let Some(cpu) = cpu {
                     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                        tracing::warn!(worker = index, cpu, "could not pin worker; it runs unpinned");
+                        tracing::warn!(
+                            worker = index,
+                            cpu,
+                            "could not pin worker; it runs unpinned"
+                        );
                     }
                 }
                 worker.run();

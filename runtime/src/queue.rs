@@ -42,7 +42,10 @@ mod model {
 
     impl<T> Stealer<T> {
         pub(crate) fn steal(&self) -> Steal<T> {
-            self.0.lock().pop_front().map_or(Steal::Empty, Steal::Success)
+            self.0
+                .lock()
+                .pop_front()
+                .map_or(Steal::Empty, Steal::Success)
         }
         pub(crate) fn is_empty(&self) -> bool {
             self.0.lock().is_empty()
@@ -57,7 +60,10 @@ mod model {
             self.0.lock().push_back(task);
         }
         pub(crate) fn steal(&self) -> Steal<T> {
-            self.0.lock().pop_front().map_or(Steal::Empty, Steal::Success)
+            self.0
+                .lock()
+                .pop_front()
+                .map_or(Steal::Empty, Steal::Success)
         }
         pub(crate) fn is_empty(&self) -> bool {
             self.0.lock().is_empty()

@@ -89,7 +89,10 @@ mod tests {
     fn workers_parse_names_and_counts() {
         assert_eq!("physical".parse(), Ok(Workers::Physical));
         assert_eq!("logical".parse(), Ok(Workers::Logical));
-        assert_eq!("3".parse(), Ok(Workers::Count(NonZeroUsize::new(3).unwrap())));
+        assert_eq!(
+            "3".parse(),
+            Ok(Workers::Count(NonZeroUsize::new(3).unwrap()))
+        );
         assert!("0".parse::<Workers>().is_err());
         assert!("many".parse::<Workers>().is_err());
     }

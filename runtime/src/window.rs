@@ -35,7 +35,10 @@ impl State {
     }
 
     fn with_one_more_in_flight(self) -> State {
-        debug_assert!(self.in_flight() < Self::IN_FLIGHT_MASK, "in-flight overflow");
+        debug_assert!(
+            self.in_flight() < Self::IN_FLIGHT_MASK,
+            "in-flight overflow"
+        );
         State(self.0 + Self::IN_FLIGHT_ONE)
     }
 
@@ -71,7 +74,10 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new(cap: usize) -> Window {
-        assert!(cap >= 1 && cap <= MAX_WINDOW, "window must be in 1..={MAX_WINDOW}");
+        assert!(
+            (1..=MAX_WINDOW).contains(&cap),
+            "window must be in 1..={MAX_WINDOW}"
+        );
         Window {
             state: AtomicU64::new(0),
             cap: cap as u64,
@@ -154,7 +160,10 @@ impl Window {
                 cur = self.load();
                 continue;
             };
-            match self.state.compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .state
+                .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) if next.in_flight() > cur.in_flight() => {
                     self.note_in_flight(next.in_flight());
                     return Ok(());

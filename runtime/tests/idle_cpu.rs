@@ -16,7 +16,10 @@ fn process_cpu_seconds() -> f64 {
 
 #[test]
 fn idle_runtime_uses_under_a_tenth_of_a_core() {
-    let rt = Runtime::builder().workers(Workers::Logical).build().unwrap();
+    let rt = Runtime::builder()
+        .workers(Workers::Logical)
+        .build()
+        .unwrap();
     // Some work first, so the workers have been awake and must go back to sleep.
     for _ in 0..1_000 {
         rt.admit(|cx| cx.spawn(|_| {}), |_| {}).unwrap();
@@ -31,6 +34,13 @@ fn idle_runtime_uses_under_a_tenth_of_a_core() {
     let used = process_cpu_seconds() - before;
     let share = used / wall.elapsed().as_secs_f64();
     let stats = rt.shutdown();
-    assert!(share < 0.10, "idle runtime used {:.1}% of one core", share * 100.0);
-    assert!(stats.parks() >= stats.workers.len() as u64, "workers never parked: {stats:?}");
+    assert!(
+        share < 0.10,
+        "idle runtime used {:.1}% of one core",
+        share * 100.0
+    );
+    assert!(
+        stats.parks() >= stats.workers.len() as u64,
+        "workers never parked: {stats:?}"
+    );
 }

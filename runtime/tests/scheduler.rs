@@ -46,7 +46,12 @@ fn tree_size(state: u64, depth: u32) -> u64 {
 }
 
 /// Runs the tree rooted at `state`, bumping `ran` once per task.
-fn tree_task(state: u64, depth: u32, ran: Arc<AtomicU64>, spin: u32) -> impl FnOnce(&mut TaskCx<'_>) + Send {
+fn tree_task(
+    state: u64,
+    depth: u32,
+    ran: Arc<AtomicU64>,
+    spin: u32,
+) -> impl FnOnce(&mut TaskCx<'_>) + Send {
     move |cx| {
         ran.fetch_add(1, SeqCst);
         for i in 0..spin {
@@ -72,7 +77,8 @@ fn window_never_exceeds_cap_under_stealing() {
                 let (rt, live, max_live) = (&rt, live.clone(), max_live.clone());
                 s.spawn(move || {
                     for i in 0..400u64 {
-                        let (live_in, max_in, live_done) = (live.clone(), max_live.clone(), live.clone());
+                        let (live_in, max_in, live_done) =
+                            (live.clone(), max_live.clone(), live.clone());
                         let ran = Arc::new(AtomicU64::new(0));
                         let root = tree_task(admitter * 1_000_003 + i, 3, ran, 2_000);
                         rt.admit(
@@ -96,12 +102,18 @@ fn window_never_exceeds_cap_under_stealing() {
         let max = max_live.load(SeqCst);
         assert!(max <= window as i64, "W={window}: {max} units live at once");
         assert!(stats.max_in_flight <= window, "W={window}: {stats:?}");
-        assert_eq!(stats.max_in_flight, window, "W={window} was never filled: {stats:?}");
+        assert_eq!(
+            stats.max_in_flight, window,
+            "W={window} was never filled: {stats:?}"
+        );
         assert_eq!(stats.completed, 1200);
         assert_eq!(live.load(SeqCst), 0);
         stolen += stats.tasks_stolen();
     }
-    assert!(stolen > 0, "no task was ever stolen, so stealing was not exercised");
+    assert!(
+        stolen > 0,
+        "no task was ever stolen, so stealing was not exercised"
+    );
 }
 
 #[test]
@@ -121,10 +133,13 @@ fn million_tiny_tasks_with_random_fanout_each_unit_completes_exactly_once() {
             s.spawn(move || {
                 for u in (part..UNITS).step_by(2) {
                     let done = done.clone();
-                    rt.admit(tree_task(u, DEPTH, ran[u as usize].clone(), 0), move |outcome| {
-                        assert!(outcome.is_ok());
-                        done[u as usize].fetch_add(1, SeqCst);
-                    })
+                    rt.admit(
+                        tree_task(u, DEPTH, ran[u as usize].clone(), 0),
+                        move |outcome| {
+                            assert!(outcome.is_ok());
+                            done[u as usize].fetch_add(1, SeqCst);
+                        },
+                    )
                     .unwrap();
                 }
             });
@@ -132,8 +147,17 @@ fn million_tiny_tasks_with_random_fanout_each_unit_completes_exactly_once() {
     });
     let stats = rt.shutdown();
     for u in 0..UNITS as usize {
-        assert_eq!(done[u].load(SeqCst), 1, "unit {u} completed {} times", done[u].load(SeqCst));
-        assert_eq!(ran[u].load(SeqCst), expected[u], "unit {u} ran a wrong number of tasks");
+        assert_eq!(
+            done[u].load(SeqCst),
+            1,
+            "unit {u} completed {} times",
+            done[u].load(SeqCst)
+        );
+        assert_eq!(
+            ran[u].load(SeqCst),
+            expected[u],
+            "unit {u} ran a wrong number of tasks"
+        );
     }
     assert_eq!(stats.tasks_run(), total);
     assert_eq!(stats.completed, UNITS);
@@ -246,7 +270,8 @@ fn close_refuses_new_units_and_releases_blocked_admitters() {
     let gate = Mutex::new(gate);
     let gate = Arc::new(gate);
     let g = gate.clone();
-    rt.admit(move |_| g.lock().unwrap().recv().unwrap(), |_| {}).unwrap();
+    rt.admit(move |_| g.lock().unwrap().recv().unwrap(), |_| {})
+        .unwrap();
     std::thread::scope(|s| {
         let blocked = s.spawn(|| rt.admit(|_| {}, |_| {}));
         // Let the admitter block on the full window, then close under it.
@@ -285,7 +310,13 @@ fn a_worker_cannot_block_on_its_own_window() {
     let rt = Arc::new(runtime(1, 1));
     let (tx, rx) = mpsc::channel();
     let inner = rt.clone();
-    rt.admit(move |_| tx.send(inner.admit(|_| {}, |_| {})).unwrap(), |_| {})
-        .unwrap();
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Err(AdmitError::OnWorker));
+    rt.admit(
+        move |_| tx.send(inner.admit(|_| {}, |_| {})).unwrap(),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Err(AdmitError::OnWorker)
+    );
 }
