@@ -38,6 +38,18 @@
 
 pub mod ideal;
 mod idle;
+
+#[cfg(all(
+    not(fila_loom),
+    any(
+        feature = "loom-broken-skip-recheck",
+        feature = "loom-broken-early-release"
+    )
+))]
+compile_error!(
+    "the loom-broken-* features break the scheduler on purpose; they exist only for loom-tests/run"
+);
+
 mod park;
 mod queue;
 mod stats;
@@ -107,6 +119,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[cfg_attr(feature = "loom-broken-skip-recheck", allow(dead_code))]
     fn has_work(&self) -> bool {
         !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
     }
@@ -361,6 +374,15 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Blocking here while unwinding could hang the panic. Refuse new
+            // work and let the detached workers finish what is in flight.
+            // (Under loom a panic means the model already failed, and any
+            // further loom operation would abort the process.)
+            #[cfg(not(fila_loom))]
+            self.shared.window.close();
+            return;
+        }
         self.stop();
     }
 }

@@ -135,9 +135,9 @@ impl WorkerThread {
         shared.idle.announce(self.index);
         // The re-check: work pushed before our announcement became visible
         // to its producer's `wake_one` must be seen here.
-        #[cfg(not(fila_loom_broken = "skip_recheck"))]
+        #[cfg(not(feature = "loom-broken-skip-recheck"))]
         let recheck = shared.has_work() || shared.shutdown.load(Ordering::Acquire);
-        #[cfg(fila_loom_broken = "skip_recheck")]
+        #[cfg(feature = "loom-broken-skip-recheck")]
         let recheck = shared.shutdown.load(Ordering::Acquire);
         if recheck && shared.idle.cancel(self.index) {
             return;

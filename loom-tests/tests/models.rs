@@ -1,0 +1,240 @@
+//! loom models of the real fila-runtime code (built with `--cfg fila_loom`,
+//! where its `sync` shim and queues switch to loom's types). Run them with
+//! `loom-tests/run`; a plain `cargo test` compiles this file to nothing.
+//!
+//! Test bookkeeping mostly uses `std` atomics on purpose: it is not under
+//! test, and keeping it out of loom keeps the explored state space to the
+//! runtime's. Where the bookkeeping stands in for a real synchronizing
+//! callback, it uses loom's.
+#![cfg(fila_loom)]
+
+use fila_runtime::{AdmitError, Outcome, Runtime, Workers};
+use loom::thread;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+fn runtime(workers: usize, window: usize) -> Runtime {
+    Runtime::builder()
+        .workers(Workers::Count(NonZeroUsize::new(workers).unwrap()))
+        .pin(false)
+        .window(window)
+        .build()
+        .unwrap()
+}
+
+/// Outcomes reported per unit, in the order they were reported.
+#[derive(Clone, Default)]
+struct Reports(Arc<Mutex<Vec<(usize, Outcome)>>>);
+
+impl Reports {
+    fn on_done(&self, unit: usize) -> impl FnOnce(Outcome) + Send + 'static {
+        let reports = self.0.clone();
+        move |outcome| reports.lock().unwrap().push((unit, outcome))
+    }
+
+    fn sorted(&self) -> Vec<(usize, Outcome)> {
+        let mut all = self.0.lock().unwrap().clone();
+        all.sort_by_key(|(unit, _)| *unit);
+        all
+    }
+}
+
+fn ok(units: std::ops::Range<usize>) -> Vec<(usize, Outcome)> {
+    units.map(|u| (u, Ok(()))).collect()
+}
+
+/// (a) Two producers admit while both workers go to sleep and wake. If a
+/// wake-up were lost, a task would sit in a queue with every worker parked,
+/// `shutdown` would wait for it forever, and loom would report a deadlock.
+fn producers_and_parking_workers() {
+    loom::model(|| {
+        let rt = Arc::new(runtime(2, 2));
+        let reports = Reports::default();
+        let producer = {
+            let (rt, reports) = (rt.clone(), reports.clone());
+            thread::spawn(move || rt.admit(|_| {}, reports.on_done(1)).unwrap())
+        };
+        rt.admit(|_| {}, reports.on_done(0)).unwrap();
+        producer.join().unwrap();
+        let rt = Arc::try_unwrap(rt).ok().expect("producer has exited");
+        let stats = rt.shutdown();
+        assert_eq!(reports.sorted(), ok(0..2));
+        assert_eq!(stats.completed, 2);
+    });
+}
+
+#[cfg(not(feature = "broken-skip-recheck"))]
+#[test]
+fn a_no_lost_wakeup_when_producers_race_parking_workers() {
+    producers_and_parking_workers();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock. (loom aborts
+/// the process while unwinding from its own report, so `loom-tests/run`
+/// checks the exit status and the message rather than `should_panic`.)
+#[cfg(feature = "broken-skip-recheck")]
+#[test]
+fn broken_skip_recheck_loses_a_wakeup() {
+    producers_and_parking_workers();
+}
+
+/// (b) Units admitted back to back through a window of W: never more than W
+/// live, from a unit's first task to the end of its completion, and the
+/// admitter never deadlocks.
+fn window_holds(window: usize, units: usize) {
+    loom::model(move || {
+        let rt = runtime(2, window);
+        // `live` is a loom atomic: a real completion callback synchronizes
+        // with somebody (it sends, acks, counts), and loom must be able to
+        // switch threads there, between the slot's release and the report.
+        let live = loom::sync::Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let max_live = Arc::new(AtomicUsize::new(0));
+        for _ in 0..units {
+            let (live_in, max_in, live_out) = (live.clone(), max_live.clone(), live.clone());
+            rt.admit(
+                move |_| {
+                    let now = live_in.fetch_add(1, SeqCst) + 1;
+                    max_in.fetch_max(now, SeqCst);
+                },
+                move |_| {
+                    live_out.fetch_sub(1, SeqCst);
+                },
+            )
+            .unwrap();
+        }
+        let stats = rt.shutdown();
+        let max = max_live.load(SeqCst);
+        assert!(
+            max <= window,
+            "{max} units live at once in a window of {window}"
+        );
+        assert!(stats.max_in_flight <= window);
+        assert_eq!(stats.completed, units as u64);
+    });
+}
+
+#[cfg(not(feature = "broken-early-release"))]
+#[test]
+fn b_window_of_one_is_never_exceeded() {
+    window_holds(1, 3);
+}
+
+#[cfg(not(feature = "broken-early-release"))]
+#[test]
+fn b_window_of_two_is_never_exceeded() {
+    window_holds(2, 3);
+}
+
+/// Negative test: must fail with "units live at once" (see above).
+#[cfg(feature = "broken-early-release")]
+#[test]
+fn broken_early_release_overfills_the_window() {
+    window_holds(1, 2);
+}
+
+/// (c) A unit fans out into two follow-on tasks, which the idle worker may
+/// steal. Every task runs once, the unit completes once, and it frees
+/// exactly one slot: the next unit gets in, and nothing is left in flight.
+#[test]
+fn c_fanned_out_unit_completes_once_and_frees_one_slot() {
+    static STOLEN_IN_SOME_EXECUTION: AtomicBool = AtomicBool::new(false);
+    loom::model(|| {
+        let rt = runtime(2, 1);
+        let reports = Reports::default();
+        let ran = Arc::new([
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        ]);
+        let r = ran.clone();
+        rt.admit(
+            move |cx| {
+                r[0].fetch_add(1, SeqCst);
+                for follow_on in 1..3 {
+                    let r = r.clone();
+                    cx.spawn(move |_| {
+                        r[follow_on].fetch_add(1, SeqCst);
+                    });
+                }
+            },
+            reports.on_done(0),
+        )
+        .unwrap();
+        rt.admit(|_| {}, reports.on_done(1)).unwrap();
+        let stats = rt.shutdown();
+        assert!(
+            ran.iter().all(|n| n.load(SeqCst) == 1),
+            "a task ran twice or never"
+        );
+        assert_eq!(reports.sorted(), ok(0..2));
+        assert_eq!((stats.completed, stats.in_flight), (2, 0));
+        if stats.tasks_stolen() > 0 {
+            STOLEN_IN_SOME_EXECUTION.store(true, SeqCst);
+        }
+    });
+    assert!(
+        STOLEN_IN_SOME_EXECUTION.load(SeqCst),
+        "no explored execution stole a follow-on"
+    );
+}
+
+/// (d) Close while units are in flight and another thread is admitting:
+/// every unit that got in completes, the late admitter is told `Closed`,
+/// and `shutdown` returns, so every worker thread has exited.
+#[test]
+fn d_close_and_drain_with_work_in_flight() {
+    loom::model(|| {
+        let rt = Arc::new(runtime(2, 1));
+        let reports = Reports::default();
+        rt.admit(|cx| cx.spawn(|_| {}), reports.on_done(0)).unwrap();
+        let late = {
+            let (rt, reports) = (rt.clone(), reports.clone());
+            thread::spawn(move || rt.admit(|_| {}, reports.on_done(1)))
+        };
+        rt.close();
+        let late = late.join().unwrap();
+        let rt = Arc::try_unwrap(rt).ok().expect("admitter has exited");
+        let stats = rt.shutdown();
+        let admitted = match late {
+            Ok(()) => 2,
+            Err(AdmitError::Closed) => 1,
+            Err(other) => panic!("unexpected admission error {other:?}"),
+        };
+        assert_eq!(reports.sorted(), ok(0..admitted));
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.in_flight),
+            (admitted as u64, admitted as u64, 0)
+        );
+    });
+}
+
+/// (e) A follow-on task panics: its unit reports the failure with the panic
+/// message, its slot frees (the next unit gets through a window of one),
+/// and the worker carries on.
+#[test]
+fn e_panicking_task_reports_failure_and_frees_its_slot() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("intentional stage failure") {
+            default_hook(info);
+        }
+    }));
+    loom::model(|| {
+        let rt = runtime(2, 1);
+        let reports = Reports::default();
+        rt.admit(
+            |cx| cx.spawn(|_| panic!("intentional stage failure")),
+            reports.on_done(0),
+        )
+        .unwrap();
+        rt.admit(|_| {}, reports.on_done(1)).unwrap();
+        let stats = rt.shutdown();
+        let reports = reports.sorted();
+        assert_eq!(reports.len(), 2);
+        let failure = reports[0].1.clone().unwrap_err();
+        assert_eq!(failure.message, "intentional stage failure");
+        assert_eq!(reports[1], (1, Ok(())));
+        assert_eq!((stats.completed, stats.failed, stats.in_flight), (1, 1, 0));
+    });
+}
