@@ -82,6 +82,11 @@ thread_local! {
     static ON_WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// The default window is this many units per worker. Enough that a worker
+/// finishing a unit finds the next one already admitted, few enough that a
+/// burst still drains in arrival order. The README has the measurements.
+pub const DEFAULT_WINDOW_PER_WORKER: usize = 2;
+
 /// Why a unit was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {
@@ -164,7 +169,7 @@ impl Builder {
     }
 
     /// The admission window W: units in flight at most. Defaults to
-    /// 4 × workers.
+    /// [`DEFAULT_WINDOW_PER_WORKER`] × workers.
     pub fn window(mut self, window: usize) -> Self {
         self.window = Some(window);
         self
@@ -173,7 +178,7 @@ impl Builder {
     /// Starts the workers.
     pub fn build(self) -> Result<Runtime, BuildError> {
         let (cpus, count) = topology::plan(self.workers);
-        let window = self.window.unwrap_or(4 * count);
+        let window = self.window.unwrap_or(DEFAULT_WINDOW_PER_WORKER * count);
         if !(1..=MAX_WINDOW).contains(&window) {
             return Err(BuildError::Window { got: window });
         }
@@ -311,6 +316,16 @@ impl Runtime {
     /// flight run to the end. Call `shutdown` to wait for them.
     pub fn close(&self) {
         self.shared.window.close();
+    }
+
+    /// Closes, then waits until no unit is in flight. The workers stay up
+    /// (parked) until `shutdown`; a driver uses this to drain before it
+    /// flushes and commits, while it still holds only `&Runtime`. Must not
+    /// be called from a task.
+    pub fn close_and_drain(&self) {
+        debug_assert!(self.refuse_on_worker().is_ok(), "drain called from a task");
+        self.shared.window.close();
+        self.shared.window.wait_drained();
     }
 
     /// Units admitted and not yet finished.

@@ -1,0 +1,84 @@
+//! Sources and sinks for fila pipelines, and the bookkeeping that makes
+//! delivery at-least-once: a record's position is committed only after
+//! everything at or below it has been acknowledged downstream.
+//!
+//! This crate knows nothing of the scheduler. A driver pulls [`Envelope`]s
+//! from a [`Source`], runs them wherever it likes, hands the results to a
+//! [`Sink`], and reports each finished position to an [`Acks`] tracker.
+
+mod acks;
+mod error;
+mod generate;
+mod stdio;
+
+pub use acks::Acks;
+pub use error::ConnectorError;
+pub use generate::BurstSource;
+pub use stdio::{DiscardSink, StdinSource, StdoutSink};
+
+use std::time::{Duration, Instant};
+
+/// Where a record came from: a partition and an offset in it. Sources
+/// without partitions use partition 0 and number their records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One record as it comes out of a source.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub payload: Vec<u8>,
+    pub position: Position,
+    /// When the record became available to fila. For the burst generator
+    /// that is the start of the burst, for every record.
+    pub arrived: Instant,
+}
+
+/// What a poll of a source found.
+#[derive(Debug)]
+pub enum Polled {
+    Record(Envelope),
+    /// Nothing arrived within the timeout; poll again.
+    Idle,
+    /// The source is exhausted (end of file, end of burst).
+    End,
+}
+
+/// A stream of records. The driver calls `poll` only when it holds a window
+/// slot, so a source never reads ahead of what fila can take in.
+pub trait Source: Send {
+    /// The next record, waiting at most about `timeout` for one.
+    fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError>;
+
+    /// Makes acknowledged positions durable (for Kafka: commits offsets).
+    /// Called now and then while running and once at the end.
+    fn commit(&mut self, _acks: &Acks) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+/// Where results go.
+pub trait Sink: Send {
+    /// Queues one output record.
+    fn send(&mut self, payload: &[u8]) -> Result<(), ConnectorError>;
+
+    /// Queues a record that could not be processed, with the reason.
+    fn dead_letter(
+        &mut self,
+        position: Position,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ConnectorError>;
+
+    /// Returns once every record queued so far is acknowledged by the
+    /// destination. Only then may their positions be acknowledged.
+    fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// Whether dead letters go somewhere durable. When they do not, the
+    /// driver logs and counts them instead.
+    fn has_dead_letter_destination(&self) -> bool {
+        false
+    }
+}

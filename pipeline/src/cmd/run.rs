@@ -1,0 +1,126 @@
+//! `fila run`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use fila_connectors::{Acks, BurstSource, DiscardSink, Sink, Source, StdinSource, StdoutSink};
+use fila_pipeline::driver::{self, DriverConfig, RunSummary};
+use fila_pipeline::reference;
+use fila_pipeline::report::{LatencyMs, Report};
+use fila_runtime::ideal::{calibrate, Calibration, Ideal};
+use fila_runtime::Runtime;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::{ReportFormat, RunArgs, SinkKind, SourceKind};
+
+/// Calibration messages per phase (before and after), over all threads.
+const CALIBRATION_MESSAGES: usize = 400;
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut builder = Runtime::builder().workers(args.workers).pin(!args.no_pin);
+    if let Some(window) = args.window {
+        builder = builder.window(window);
+    }
+    let rt = builder.build().context("starting the worker pool")?;
+    let job = Arc::new(reference::job());
+    let sink_kind = args.sink.unwrap_or(match args.source {
+        SourceKind::Generate => SinkKind::None,
+        SourceKind::Stdin => SinkKind::Stdout,
+    });
+    let sink: Box<dyn Sink> = match sink_kind {
+        SinkKind::None => Box::new(DiscardSink),
+        SinkKind::Stdout => Box::new(StdoutSink::new()),
+    };
+
+    let (summary, ideal) = match args.source {
+        SourceKind::Generate => {
+            let sample = reference::message(0, args.stages, reference::now_ms());
+            let p = rt.workers();
+            let calibration = |per_thread: usize| -> Calibration {
+                calibrate(p, per_thread, |_| {
+                    job.run_inline(&sample)
+                        .expect("the sample message is valid");
+                })
+            };
+            // Untimed warm-up: the first messages pay for page faults, cold
+            // caches and clock ramp-up, which would inflate w before.
+            calibration(10);
+            let before = calibration(CALIBRATION_MESSAGES.div_ceil(p));
+            let stages = args.stages;
+            let timestamp = reference::now_ms();
+            let mut source = BurstSource::new(args.burst, move |id| {
+                reference::message(id, stages, timestamp)
+            });
+            let summary = drive(&rt, job.clone(), &mut source, sink)?;
+            let after = calibration(CALIBRATION_MESSAGES.div_ceil(p));
+            (summary, Some(Ideal::from_calibrations(p, before, after)))
+        }
+        SourceKind::Stdin => {
+            let mut source = StdinSource::new();
+            (drive(&rt, job.clone(), &mut source, sink)?, None)
+        }
+    };
+
+    let mut report = Report::new(
+        summary.messages,
+        summary.elapsed(),
+        LatencyMs::from_micros(&summary.latencies_us),
+        ideal.as_ref(),
+    );
+    report.workers = Some(rt.workers());
+    report.window = Some(rt.window());
+    if summary.dead_letters > 0 {
+        eprintln!(
+            "fila: {} bad record(s) skipped ({} from a panicking stage)",
+            summary.dead_letters, summary.panicked
+        );
+    }
+    let text = match args.report {
+        ReportFormat::Json => report.to_json(),
+        ReportFormat::Text => report.to_text().trim_end().to_owned(),
+    };
+    // Outputs own stdout when they are written there.
+    if sink_kind == SinkKind::Stdout {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+    rt.shutdown();
+    Ok(())
+}
+
+/// Runs the driver with SIGINT/SIGTERM wired to a clean stop: admission
+/// closes, what is in flight drains, flushes, and commits.
+fn drive<R: Send + 'static>(
+    rt: &Runtime,
+    job: Arc<fila_pipeline::dataflow::Job<R>>,
+    source: &mut dyn Source,
+    sink: Box<dyn Sink>,
+) -> anyhow::Result<RunSummary> {
+    let stop = AtomicBool::new(false);
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let acks = Acks::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if signals.forever().next().is_some() {
+                tracing::info!("signal received: draining and stopping");
+                stop.store(true, Ordering::Relaxed);
+                rt.close();
+            }
+        });
+        let result = driver::run(
+            rt,
+            job,
+            source,
+            sink,
+            &acks,
+            &stop,
+            &DriverConfig::default(),
+        );
+        signal_handle.close();
+        result.map_err(anyhow::Error::from)
+    })
+}

@@ -1,0 +1,326 @@
+//! Connects a source and a sink to the runtime.
+//!
+//! The calling thread is the source loop: it takes a window slot *first*
+//! and only then polls the source, so while the window is full nothing is
+//! read. Each record becomes one runtime unit. Its stages emit results into
+//! a channel, and its completion adds a `Done` marker behind them. One sink
+//! thread writes results, flushes, and only then acknowledges the positions
+//! of the records whose `Done` it has seen. The source commits what the
+//! acknowledgements allow.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fila_connectors::{Acks, ConnectorError, Polled, Position, Sink, Source};
+use fila_runtime::{AdmitError, Outcome, Runtime};
+use hdrhistogram::Histogram;
+
+use crate::dataflow::{self, Job, Outlet, Rejected};
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// How long one poll of the source may wait for a record.
+    pub poll_timeout: Duration,
+    /// How often acknowledged positions are committed while running.
+    pub commit_interval: Duration,
+    /// After waking for a result, the sink thread waits this long and then
+    /// takes everything that arrived meanwhile. It keeps the sink's wake-ups
+    /// to one per tick during a burst instead of one per record.
+    pub sink_tick: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            poll_timeout: Duration::from_millis(100),
+            commit_interval: Duration::from_secs(1),
+            sink_tick: Duration::from_millis(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("source failed: {0}")]
+    Source(#[source] ConnectorError),
+    #[error("sink failed: {0}")]
+    Sink(#[source] ConnectorError),
+    #[error("committing offsets failed: {0}")]
+    Commit(#[source] ConnectorError),
+    #[error("admission failed: {0}")]
+    Admit(#[from] AdmitError),
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Records that finished, whatever their outcome.
+    pub messages: u64,
+    pub outputs: u64,
+    /// Records rejected as bad input, or whose stage panicked.
+    pub dead_letters: u64,
+    /// Of the dead letters, those whose stage panicked.
+    pub panicked: u64,
+    pub first_arrival: Option<Instant>,
+    pub last_done: Option<Instant>,
+    /// Arrival to output, in microseconds.
+    pub latencies_us: Histogram<u64>,
+}
+
+impl RunSummary {
+    /// From the first record's arrival to the last record's completion.
+    pub fn elapsed(&self) -> Duration {
+        match (self.first_arrival, self.last_done) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+enum Event {
+    Output {
+        payload: Vec<u8>,
+        arrived: Instant,
+        done: Instant,
+    },
+    Rejected {
+        position: Position,
+        payload: Arc<[u8]>,
+        reason: String,
+        at: Instant,
+    },
+    /// The record's unit completed: every result it emitted is ahead of
+    /// this in the channel.
+    Done {
+        position: Position,
+        panic: Option<(String, Arc<[u8]>)>,
+    },
+}
+
+struct Emit {
+    tx: Sender<Event>,
+    position: Position,
+    payload: Arc<[u8]>,
+    arrived: Instant,
+}
+
+impl Outlet for Emit {
+    fn output(self, payload: Vec<u8>) {
+        // A send fails only once the sink thread has stopped on an error;
+        // the record is then not acknowledged, and is replayed.
+        let _ = self.tx.send(Event::Output {
+            payload,
+            arrived: self.arrived,
+            done: Instant::now(),
+        });
+    }
+
+    fn reject(self, reason: Rejected) {
+        let _ = self.tx.send(Event::Rejected {
+            position: self.position,
+            payload: self.payload,
+            reason: reason.0,
+            at: Instant::now(),
+        });
+    }
+}
+
+/// Runs `job` over everything `source` yields (until it ends, `stop` is set
+/// and the runtime closed, or an error), writes results to `sink`, and
+/// commits acknowledged positions. Everything admitted is drained, flushed
+/// and acknowledged before this returns, error or not.
+pub fn run<R: Send + 'static>(
+    rt: &Runtime,
+    job: Arc<Job<R>>,
+    source: &mut dyn Source,
+    sink: Box<dyn Sink>,
+    acks: &Acks,
+    stop: &AtomicBool,
+    config: &DriverConfig,
+) -> Result<RunSummary, DriverError> {
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let sink_thread = std::thread::Builder::new()
+            .name("fila-sink".into())
+            .spawn_scoped(s, || {
+                let result = sink_loop(rx, sink, acks, config.sink_tick);
+                if result.is_err() {
+                    // Stop taking records in: nothing more can be delivered.
+                    rt.close();
+                }
+                result
+            })
+            .expect("spawning the sink thread");
+
+        let mut first_arrival = None;
+        let admitted = admit_loop(
+            rt,
+            &job,
+            source,
+            acks,
+            stop,
+            config,
+            &tx,
+            &mut first_arrival,
+        );
+        rt.close_and_drain();
+        drop(tx);
+        let tally = sink_thread.join().expect("the sink thread does not panic");
+        let committed = source.commit(acks).map_err(DriverError::Commit);
+
+        let mut summary = tally?;
+        admitted?;
+        committed?;
+        summary.first_arrival = first_arrival;
+        Ok(summary)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn admit_loop<R: Send + 'static>(
+    rt: &Runtime,
+    job: &Arc<Job<R>>,
+    source: &mut dyn Source,
+    acks: &Acks,
+    stop: &AtomicBool,
+    config: &DriverConfig,
+    tx: &Sender<Event>,
+    first_arrival: &mut Option<Instant>,
+) -> Result<(), DriverError> {
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // The slot first: while the window is full, the source is not read.
+        let slot = match rt.reserve() {
+            Ok(slot) => slot,
+            Err(AdmitError::Closed) => break,
+            Err(e) => return Err(e.into()),
+        };
+        match source
+            .poll(config.poll_timeout)
+            .map_err(DriverError::Source)?
+        {
+            Polled::Record(envelope) => {
+                first_arrival.get_or_insert(envelope.arrived);
+                acks.track(envelope.position);
+                let payload: Arc<[u8]> = envelope.payload.into();
+                let position = envelope.position;
+                let outlet = Emit {
+                    tx: tx.clone(),
+                    position,
+                    payload: payload.clone(),
+                    arrived: envelope.arrived,
+                };
+                let done_tx = tx.clone();
+                let kept = payload.clone();
+                slot.submit(
+                    dataflow::start(job.clone(), payload, outlet),
+                    move |outcome: Outcome| {
+                        let panic = outcome.err().map(|f| (f.message, kept));
+                        let _ = done_tx.send(Event::Done { position, panic });
+                    },
+                );
+            }
+            Polled::Idle => drop(slot),
+            Polled::End => break,
+        }
+        if last_commit.elapsed() >= config.commit_interval {
+            source.commit(acks).map_err(DriverError::Commit)?;
+            last_commit = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+fn sink_loop(
+    rx: Receiver<Event>,
+    mut sink: Box<dyn Sink>,
+    acks: &Acks,
+    tick: Duration,
+) -> Result<RunSummary, DriverError> {
+    let mut summary = RunSummary {
+        messages: 0,
+        outputs: 0,
+        dead_letters: 0,
+        panicked: 0,
+        first_arrival: None,
+        last_done: None,
+        // 1 µs to 1 hour, 3 significant figures; longer latencies saturate.
+        latencies_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("valid histogram bounds"),
+    };
+    let mut batch = Vec::new();
+    let mut finished = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        if !tick.is_zero() {
+            std::thread::sleep(tick);
+        }
+        batch.extend(rx.try_iter());
+        for event in batch.drain(..) {
+            match event {
+                Event::Output {
+                    payload,
+                    arrived,
+                    done,
+                } => {
+                    sink.send(&payload).map_err(DriverError::Sink)?;
+                    summary.outputs += 1;
+                    let latency = done.saturating_duration_since(arrived).as_micros() as u64;
+                    summary.latencies_us.saturating_record(latency);
+                    summary.last_done = summary.last_done.max(Some(done));
+                }
+                Event::Rejected {
+                    position,
+                    payload,
+                    reason,
+                    at,
+                } => {
+                    dead_letter(&mut *sink, position, &payload, &reason, &mut summary)?;
+                    summary.last_done = summary.last_done.max(Some(at));
+                }
+                Event::Done { position, panic } => {
+                    if let Some((message, payload)) = panic {
+                        let reason = format!("a stage panicked: {message}");
+                        dead_letter(&mut *sink, position, &payload, &reason, &mut summary)?;
+                        summary.panicked += 1;
+                        summary.last_done = summary.last_done.max(Some(Instant::now()));
+                    }
+                    summary.messages += 1;
+                    finished.push(position);
+                }
+            }
+        }
+        // Acknowledge only what the destination has confirmed.
+        sink.flush().map_err(DriverError::Sink)?;
+        for position in finished.drain(..) {
+            if !acks.ack(position) {
+                tracing::error!(?position, "a record finished twice or was never tracked");
+            }
+        }
+    }
+    Ok(summary)
+}
+
+fn dead_letter(
+    sink: &mut dyn Sink,
+    position: Position,
+    payload: &[u8],
+    reason: &str,
+    summary: &mut RunSummary,
+) -> Result<(), DriverError> {
+    summary.dead_letters += 1;
+    if sink.has_dead_letter_destination() {
+        sink.dead_letter(position, payload, reason)
+            .map_err(DriverError::Sink)
+    } else {
+        tracing::warn!(
+            partition = position.partition,
+            offset = position.offset,
+            reason,
+            "bad record skipped (no dead-letter destination)"
+        );
+        Ok(())
+    }
+}

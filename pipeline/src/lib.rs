@@ -1,0 +1,8 @@
+//! fila-pipeline: the dataflow API over `fila-runtime`, the reference
+//! Fibonacci job, the driver that connects a source and a sink to the
+//! runtime, and the reports of the `fila` command.
+
+pub mod dataflow;
+pub mod driver;
+pub mod reference;
+pub mod report;

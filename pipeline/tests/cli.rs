@@ -1,0 +1,197 @@
+//! The `fila` command as a user runs it: the binary, its flags, its report.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use fila_pipeline::reference::{fib, FibRecord};
+use serde_json::Value;
+
+fn fila(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(args)
+        .output()
+        .expect("fila runs")
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for key in path {
+        cur = cur
+            .get(key)
+            .unwrap_or_else(|| panic!("report lacks {path:?}: {v}"));
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number: {v}"))
+}
+
+#[test]
+fn run_report_json_has_every_field_and_they_agree() {
+    let out = fila(&[
+        "run",
+        "--burst",
+        "300",
+        "--stages",
+        "5,10,22,10,5",
+        "--workers",
+        "2",
+        "--window",
+        "4",
+        "--report",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "exactly one JSON object: {stdout}"
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+
+    let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = [
+        "messages",
+        "workers",
+        "window",
+        "elapsed_s",
+        "throughput_msgs_per_s",
+        "latency_ms",
+        "ideal",
+        "efficiency",
+        "latency_ratio",
+    ];
+    expected.sort();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, expected);
+
+    assert_eq!(f(&r, &["messages"]), 300.0);
+    assert_eq!(f(&r, &["workers"]), 2.0);
+    assert_eq!(f(&r, &["window"]), 4.0);
+    let elapsed = f(&r, &["elapsed_s"]);
+    let throughput = f(&r, &["throughput_msgs_per_s"]);
+    assert!(elapsed > 0.0);
+    assert!((throughput - 300.0 / elapsed).abs() / throughput < 1e-9);
+
+    let (mean, p50, p99, max) = (
+        f(&r, &["latency_ms", "mean"]),
+        f(&r, &["latency_ms", "p50"]),
+        f(&r, &["latency_ms", "p99"]),
+        f(&r, &["latency_ms", "max"]),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+    assert!(mean <= max && mean > 0.0);
+    // No message can finish after the whole burst did.
+    assert!(
+        max <= elapsed * 1e3 * 1.001 + 1.0,
+        "max {max} ms vs elapsed {elapsed} s"
+    );
+
+    let w = f(&r, &["ideal", "work_per_message_ms"]);
+    let ideal_tp = f(&r, &["ideal", "throughput_msgs_per_s"]);
+    let ideal_mean = f(&r, &["ideal", "mean_latency_ms"]);
+    let spread = f(&r, &["ideal", "calibration_spread"]);
+    assert!(w > 0.0 && spread >= 0.0);
+    assert!(
+        (ideal_tp - 2.0 / (w / 1e3)).abs() / ideal_tp < 1e-6,
+        "ideal throughput is P/w"
+    );
+    // Ideal mean for N=300, P=2: w * mean(i/2 + 1) = w * 75.5.
+    assert!(
+        (ideal_mean - w * 75.5).abs() / ideal_mean < 1e-6,
+        "{ideal_mean} vs {w}"
+    );
+    assert!((f(&r, &["efficiency"]) - throughput / ideal_tp).abs() < 1e-9);
+    assert!((f(&r, &["latency_ratio"]) - mean / ideal_mean).abs() < 1e-9);
+}
+
+#[test]
+fn text_report_is_the_default() {
+    let out = fila(&["run", "--burst", "20", "--stages", "1,2,3,2,1"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("20 messages"), "{text}");
+    assert!(
+        text.contains("efficiency") && text.contains("latency ratio"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stdin_records_come_out_on_stdout_with_fib_results_and_bad_lines_are_reported() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args([
+            "run", "--source", "stdin", "--sink", "stdout", "--report", "json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = [
+        r#"{"id": 1, "stage1": 1, "stage2": 2, "stage3": 3, "stage4": 4, "stage5": 5, "timestamp": 10}"#,
+        "this is not json",
+        r#"{"id": 2, "stage1": 10, "stage2": 20, "stage3": 25, "stage4": 20, "stage5": 10, "timestamp": 11}"#,
+        r#"{"id": 3, "stage1": 1, "timestamp": 12}"#,
+        r#"{"id": 4, "stage1": 6, "stage2": 7, "stage3": 8, "stage4": 9, "stage5": 0, "timestamp": 13}"#,
+    ];
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all((input.join("\n") + "\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+
+    let mut records: Vec<FibRecord> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    records.sort_by_key(|r| r.id);
+    assert_eq!(records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 4]);
+    for r in &records {
+        let expected = r.stages().map(|n| Some(fib(n)));
+        assert_eq!(r.fibs(), expected, "record {}", r.id);
+    }
+    assert_eq!(records[0].timestamp, 10);
+
+    assert!(stderr.contains("line 2:"), "bad line 2 not named: {stderr}");
+    assert!(
+        stderr.contains("line 4:") && stderr.contains("missing field"),
+        "{stderr}"
+    );
+    // The report went to stderr because the records own stdout.
+    let report_line = stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("JSON report on stderr");
+    let report: Value = serde_json::from_str(report_line).unwrap();
+    assert_eq!(report["messages"], 5);
+    assert!(report.get("ideal").is_none(), "no ideal without a burst");
+}
+
+#[test]
+fn wrong_flags_exit_2_with_a_clear_message() {
+    for (args, needle) in [
+        (&["run", "--window", "0"][..], "window"),
+        (&["run", "--stages", "1,2,3"], "expected 5"),
+        (&["run", "--workers", "lots"], "physical"),
+        (&["run", "--burst", "0"], "--burst"),
+        (&["run", "--report", "xml"], "xml"),
+        (&["run", "--frobnicate"], "--frobnicate"),
+        (&["bogus"], "bogus"),
+    ] {
+        let out = fila(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,127 @@
+//! The driver with a job whose stage panics or rejects: the run goes on,
+//! every record is accounted for, and every position is acknowledged.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use fila_connectors::{Acks, BurstSource, ConnectorError, Position, Sink};
+use fila_pipeline::dataflow::{Job, Rejected};
+use fila_pipeline::driver::{self, DriverConfig};
+use fila_runtime::{Runtime, Workers};
+
+type DeadLetter = (Position, Vec<u8>, String);
+
+#[derive(Clone, Default)]
+struct Collect {
+    outputs: Arc<Mutex<Vec<Vec<u8>>>>,
+    dead: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl Sink for Collect {
+    fn send(&mut self, payload: &[u8]) -> Result<(), ConnectorError> {
+        self.outputs.lock().unwrap().push(payload.to_vec());
+        Ok(())
+    }
+    fn dead_letter(
+        &mut self,
+        p: Position,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        self.dead
+            .lock()
+            .unwrap()
+            .push((p, payload.to_vec(), reason.to_owned()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+    fn has_dead_letter_destination(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let job = Job::new(
+        "test",
+        |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| Rejected("not a number".into()))
+        },
+        |n: &u64| n.to_string().into_bytes(),
+    )
+    .map("double", |n| Ok(n * 2))
+    .map("picky", |n| {
+        if n % 14 == 0 {
+            panic!("stage bug on {n}");
+        }
+        if n % 10 == 0 {
+            return Err(Rejected(format!("{n} ends in zero")));
+        }
+        Ok(n + 1)
+    });
+    let rt = Runtime::builder()
+        .workers(Workers::Count(2.try_into().unwrap()))
+        .pin(false)
+        .window(3)
+        .build()
+        .unwrap();
+    let sink = Collect::default();
+    let mut source = BurstSource::new(100, |i| {
+        if i == 50 {
+            b"x".to_vec()
+        } else {
+            i.to_string().into_bytes()
+        }
+    });
+    let acks = Acks::new();
+    let summary = driver::run(
+        &rt,
+        Arc::new(job),
+        &mut source,
+        Box::new(sink.clone()),
+        &acks,
+        &AtomicBool::new(false),
+        &DriverConfig::default(),
+    )
+    .unwrap();
+
+    let dead = sink.dead.lock().unwrap().clone();
+    let panicked: Vec<_> = dead.iter().filter(|d| d.2.contains("panicked")).collect();
+    let rejected: Vec<_> = dead
+        .iter()
+        .filter(|d| d.2.contains("ends in zero"))
+        .collect();
+    // Record i reaches "picky" as 2i: it panics when 2i is a multiple of 14,
+    // else is rejected when 2i is a multiple of 10. Record 50 is not a number.
+    let panics_expected: Vec<u64> = (0..100).filter(|i| *i != 50 && (2 * i) % 14 == 0).collect();
+    let rejects_expected: Vec<u64> = (0..100)
+        .filter(|i| *i != 50 && (2 * i) % 14 != 0 && (2 * i) % 10 == 0)
+        .collect();
+    assert_eq!(panicked.len(), panics_expected.len());
+    assert_eq!(rejected.len(), rejects_expected.len());
+    assert!(panicked.iter().all(|d| d.2.contains("stage bug on")));
+    assert!(dead
+        .iter()
+        .any(|d| d.1 == b"x" && d.2.contains("not a number")));
+    // The dead letter carries the original payload.
+    assert!(panicked
+        .iter()
+        .all(|d| d.1 == d.0.offset.to_string().into_bytes()));
+
+    let outputs = sink.outputs.lock().unwrap().len() as u64;
+    assert_eq!(outputs + dead.len() as u64, 100);
+    assert_eq!(
+        (summary.messages, summary.outputs, summary.dead_letters),
+        (100, outputs, dead.len() as u64)
+    );
+    assert_eq!(summary.panicked, panics_expected.len() as u64);
+    assert_eq!(acks.outstanding(), 0, "every position is acknowledged");
+    assert_eq!(acks.take_committable(), vec![(0, 100)]);
+    assert_eq!(rt.shutdown().failed, panics_expected.len() as u64);
+}
