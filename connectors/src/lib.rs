@@ -9,11 +9,13 @@
 mod acks;
 mod error;
 mod generate;
+mod kafka;
 mod stdio;
 
 pub use acks::Acks;
 pub use error::ConnectorError;
 pub use generate::BurstSource;
+pub use kafka::{KafkaConfig, KafkaSink, KafkaSource, Replica, TopicReader, TopicWriter};
 pub use stdio::{DiscardSink, StdinSource, StdoutSink};
 
 use std::time::{Duration, Instant};
@@ -52,11 +54,20 @@ pub trait Source: Send {
     /// The next record, waiting at most about `timeout` for one.
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError>;
 
-    /// Makes acknowledged positions durable (for Kafka: commits offsets).
-    /// Called now and then while running and once at the end.
-    fn commit(&mut self, _acks: &Acks) -> Result<(), ConnectorError> {
-        Ok(())
+    /// For sources whose positions can be committed (Kafka), something
+    /// that commits them; the driver calls it right after every flush of
+    /// the sink, from the sink's thread. `None` for sources that cannot be
+    /// replayed anyway (a burst, stdin).
+    fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
+        Ok(None)
     }
+}
+
+/// Makes acknowledged positions durable.
+pub trait Committer: Send {
+    /// Commits what `acks` allows (`Acks::committable`) and, on success,
+    /// marks it committed.
+    fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError>;
 }
 
 /// Where results go.

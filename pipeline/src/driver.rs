@@ -5,15 +5,19 @@
 //! read. Each record becomes one runtime unit. Its stages emit results into
 //! a channel, and its completion adds a `Done` marker behind them. One sink
 //! thread writes results, flushes, and only then acknowledges the positions
-//! of the records whose `Done` it has seen. The source commits what the
+//! of the records whose `Done` it has seen, and commits what the
 //! acknowledgements allow.
+//!
+//! For a source that commits (Kafka), the loop also keeps the records read
+//! but not yet committed below the window W before it reads another. A
+//! crash replays only the uncommitted records, so at most W duplicates.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fila_connectors::{Acks, ConnectorError, Polled, Position, Sink, Source};
+use fila_connectors::{Acks, Committer, ConnectorError, Polled, Position, Sink, Source};
 use fila_runtime::{AdmitError, Outcome, Runtime};
 use hdrhistogram::Histogram;
 
@@ -23,8 +27,6 @@ use crate::dataflow::{self, Job, Outlet, Rejected};
 pub struct DriverConfig {
     /// How long one poll of the source may wait for a record.
     pub poll_timeout: Duration,
-    /// How often acknowledged positions are committed while running.
-    pub commit_interval: Duration,
     /// After waking for a result, the sink thread waits this long and then
     /// takes everything that arrived meanwhile. It keeps the sink's wake-ups
     /// to one per tick during a burst instead of one per record.
@@ -35,7 +37,6 @@ impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             poll_timeout: Duration::from_millis(100),
-            commit_interval: Duration::from_secs(1),
             sink_tick: Duration::from_millis(2),
         }
     }
@@ -140,12 +141,14 @@ pub fn run<R: Send + 'static>(
     stop: &AtomicBool,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
+    let committer = source.committer().map_err(DriverError::Source)?;
+    let gate = committer.is_some().then(|| rt.window() as u64);
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
         let sink_thread = std::thread::Builder::new()
             .name("fila-sink".into())
             .spawn_scoped(s, || {
-                let result = sink_loop(rx, sink, acks, config.sink_tick);
+                let result = sink_loop(rx, sink, committer, acks, config.sink_tick);
                 if result.is_err() {
                     // Stop taking records in: nothing more can be delivered.
                     rt.close();
@@ -160,6 +163,7 @@ pub fn run<R: Send + 'static>(
             &job,
             source,
             acks,
+            gate,
             stop,
             config,
             &tx,
@@ -167,12 +171,11 @@ pub fn run<R: Send + 'static>(
         );
         rt.close_and_drain();
         drop(tx);
+        // The sink thread flushes and commits everything before it ends.
         let tally = sink_thread.join().expect("the sink thread does not panic");
-        let committed = source.commit(acks).map_err(DriverError::Commit);
 
         let mut summary = tally?;
         admitted?;
-        committed?;
         summary.first_arrival = first_arrival;
         Ok(summary)
     })
@@ -184,13 +187,21 @@ fn admit_loop<R: Send + 'static>(
     job: &Arc<Job<R>>,
     source: &mut dyn Source,
     acks: &Acks,
+    uncommitted_limit: Option<u64>,
     stop: &AtomicBool,
     config: &DriverConfig,
     tx: &Sender<Event>,
     first_arrival: &mut Option<Instant>,
 ) -> Result<(), DriverError> {
-    let mut last_commit = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    let stopping = || stop.load(Ordering::Relaxed) || rt.is_closed();
+    while !stopping() {
+        if let Some(limit) = uncommitted_limit {
+            // Bounded replay: read on only while fewer than W records are
+            // uncommitted. The sink thread commits after every flush.
+            if !acks.wait_uncommitted_below(limit, config.poll_timeout) {
+                continue;
+            }
+        }
         // The slot first: while the window is full, the source is not read.
         let slot = match rt.reserve() {
             Ok(slot) => slot,
@@ -225,10 +236,6 @@ fn admit_loop<R: Send + 'static>(
             Polled::Idle => drop(slot),
             Polled::End => break,
         }
-        if last_commit.elapsed() >= config.commit_interval {
-            source.commit(acks).map_err(DriverError::Commit)?;
-            last_commit = Instant::now();
-        }
     }
     Ok(())
 }
@@ -236,6 +243,7 @@ fn admit_loop<R: Send + 'static>(
 fn sink_loop(
     rx: Receiver<Event>,
     mut sink: Box<dyn Sink>,
+    mut committer: Option<Box<dyn Committer>>,
     acks: &Acks,
     tick: Duration,
 ) -> Result<RunSummary, DriverError> {
@@ -298,6 +306,9 @@ fn sink_loop(
             if !acks.ack(position) {
                 tracing::error!(?position, "a record finished twice or was never tracked");
             }
+        }
+        if let Some(committer) = committer.as_mut() {
+            committer.commit(acks).map_err(DriverError::Commit)?;
         }
     }
     Ok(summary)

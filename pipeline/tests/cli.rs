@@ -195,3 +195,21 @@ fn wrong_flags_exit_2_with_a_clear_message() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_naming_the_address() {
+    // Nothing listens on port 1 of loopback: connecting fails at once.
+    for args in [
+        &["run", "--source", "kafka", "--brokers", "127.0.0.1:1"][..],
+        &["load", "--brokers", "127.0.0.1:1", "--burst", "1"],
+    ] {
+        let out = fila(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("127.0.0.1:1") && stderr.contains("cannot connect"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

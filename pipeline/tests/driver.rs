@@ -122,6 +122,6 @@ fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on()
     );
     assert_eq!(summary.panicked, panics_expected.len() as u64);
     assert_eq!(acks.outstanding(), 0, "every position is acknowledged");
-    assert_eq!(acks.take_committable(), vec![(0, 100)]);
+    assert_eq!(acks.committable(), vec![(0, 100)]);
     assert_eq!(rt.shutdown().failed, panics_expected.len() as u64);
 }

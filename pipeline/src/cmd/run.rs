@@ -4,7 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use fila_connectors::{Acks, BurstSource, DiscardSink, Sink, Source, StdinSource, StdoutSink};
+use fila_connectors::{
+    Acks, BurstSource, DiscardSink, KafkaConfig, KafkaSink, KafkaSource, Sink, Source, StdinSource,
+    StdoutSink,
+};
 use fila_pipeline::driver::{self, DriverConfig, RunSummary};
 use fila_pipeline::reference;
 use fila_pipeline::report::{LatencyMs, Report};
@@ -28,11 +31,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let sink_kind = args.sink.unwrap_or(match args.source {
         SourceKind::Generate => SinkKind::None,
         SourceKind::Stdin => SinkKind::Stdout,
+        SourceKind::Kafka => SinkKind::Kafka,
     });
+    let k = &args.kafka;
     let sink: Box<dyn Sink> = match sink_kind {
         SinkKind::None => Box::new(DiscardSink),
         SinkKind::Stdout => Box::new(StdoutSink::new()),
+        SinkKind::Kafka => Box::new(
+            KafkaSink::connect(
+                &k.brokers,
+                &k.input_topic,
+                &k.output_topic,
+                k.dlq_topic.as_deref(),
+            )
+            .with_context(|| format!("connecting the sink to output topic {}", k.output_topic))?,
+        ),
     };
+    let acks = Acks::new();
 
     let (summary, ideal) = match args.source {
         SourceKind::Generate => {
@@ -53,13 +68,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let mut source = BurstSource::new(args.burst, move |id| {
                 reference::message(id, stages, timestamp)
             });
-            let summary = drive(&rt, job.clone(), &mut source, sink)?;
+            let summary = drive(&rt, job.clone(), &mut source, sink, &acks)?;
             let after = calibration(CALIBRATION_MESSAGES.div_ceil(p));
             (summary, Some(Ideal::from_calibrations(p, before, after)))
         }
         SourceKind::Stdin => {
             let mut source = StdinSource::new();
-            (drive(&rt, job.clone(), &mut source, sink)?, None)
+            (drive(&rt, job.clone(), &mut source, sink, &acks)?, None)
+        }
+        SourceKind::Kafka => {
+            let config = KafkaConfig {
+                brokers: k.brokers.clone(),
+                topic: k.input_topic.clone(),
+                group: k.group.clone(),
+                replica: k.replica,
+            };
+            let mut source = KafkaSource::connect(config, &acks).with_context(|| {
+                format!("connecting the source to input topic {}", k.input_topic)
+            })?;
+            eprintln!(
+                "fila: reading {} (group {}, replica {}/{}) into {} on {}; stop with Ctrl-C",
+                k.input_topic, k.group, k.replica.index, k.replica.count, k.output_topic, k.brokers
+            );
+            (drive(&rt, job.clone(), &mut source, sink, &acks)?, None)
         }
     };
 
@@ -98,11 +129,11 @@ fn drive<R: Send + 'static>(
     job: Arc<fila_pipeline::dataflow::Job<R>>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
+    acks: &Acks,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
-    let acks = Acks::new();
     std::thread::scope(|s| {
         s.spawn(|| {
             if signals.forever().next().is_some() {
@@ -111,15 +142,7 @@ fn drive<R: Send + 'static>(
                 rt.close();
             }
         });
-        let result = driver::run(
-            rt,
-            job,
-            source,
-            sink,
-            &acks,
-            &stop,
-            &DriverConfig::default(),
-        );
+        let result = driver::run(rt, job, source, sink, acks, &stop, &DriverConfig::default());
         signal_handle.close();
         result.map_err(anyhow::Error::from)
     })
