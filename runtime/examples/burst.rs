@@ -44,9 +44,12 @@ fn main() {
         .build()
         .expect("runtime starts");
     let (p, window) = (rt.workers(), rt.window());
-    let per_thread = 200usize.div_ceil(p);
+    let per_thread = 400usize.div_ceil(p);
+    // The calibration threads run on the workers' CPUs.
+    let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
 
-    let before = calibrate(p, per_thread, |_| one_message());
+    calibrate(&cpus, 10, |_| one_message());
+    let before = calibrate(&cpus, per_thread, |_| one_message());
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
     for _ in 0..n {
@@ -60,7 +63,7 @@ fn main() {
     drop(tx);
     let done: Vec<Instant> = rx.iter().collect();
     let stats = rt.shutdown();
-    let after = calibrate(p, per_thread, |_| one_message());
+    let after = calibrate(&cpus, per_thread, |_| one_message());
 
     let ideal = Ideal::from_calibrations(p, before, after);
     let last = done.iter().max().expect("burst is not empty");

@@ -24,18 +24,25 @@ impl Calibration {
     }
 }
 
-/// Runs `per_thread` messages on each of `threads` threads at once.
-/// `message(i)` runs one whole message (every stage), where `i` numbers the
-/// messages of its thread.
-pub fn calibrate<F>(threads: usize, per_thread: usize, message: F) -> Calibration
+/// Runs `per_thread` messages on each of `cpus.len()` threads at once.
+/// Thread i is pinned to `cpus[i]` when that is `Some`: pass the workers'
+/// CPUs (`Stats::workers[i].cpu`) so that the threads run where the workers
+/// ran. `message(i)` runs one whole message (every stage), where `i` numbers
+/// the messages of its thread.
+pub fn calibrate<F>(cpus: &[Option<usize>], per_thread: usize, message: F) -> Calibration
 where
     F: Fn(usize) + Sync,
 {
-    assert!(threads > 0 && per_thread > 0);
+    assert!(!cpus.is_empty() && per_thread > 0);
     let start = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
+        for &cpu in cpus {
+            let message = &message;
+            s.spawn(move || {
+                if let Some(id) = cpu {
+                    // Best effort, as for the workers themselves.
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
                 for i in 0..per_thread {
                     message(i);
                 }
@@ -43,8 +50,8 @@ where
         }
     });
     Calibration {
-        threads,
-        messages: threads * per_thread,
+        threads: cpus.len(),
+        messages: cpus.len() * per_thread,
         elapsed: start.elapsed(),
     }
 }

@@ -18,7 +18,9 @@ use signal_hook::iterator::Signals;
 
 use super::{ReportFormat, RunArgs, SinkKind, SourceKind};
 
-/// Calibration messages per phase (before and after), over all threads.
+/// Calibration messages per phase (before and after), over all threads:
+/// at least this many, and at least a tenth of the burst, so that a
+/// moment of noise on a shared machine weighs less.
 const CALIBRATION_MESSAGES: usize = 400;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -53,8 +55,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         SourceKind::Generate => {
             let sample = reference::message(0, args.stages, reference::now_ms());
             let p = rt.workers();
+            let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
+            let per_thread = CALIBRATION_MESSAGES
+                .max(args.burst as usize / 10)
+                .div_ceil(p);
             let calibration = |per_thread: usize| -> Calibration {
-                calibrate(p, per_thread, |_| {
+                calibrate(&cpus, per_thread, |_| {
                     job.run_inline(&sample)
                         .expect("the sample message is valid");
                 })
@@ -62,14 +68,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             // Untimed warm-up: the first messages pay for page faults, cold
             // caches and clock ramp-up, which would inflate w before.
             calibration(10);
-            let before = calibration(CALIBRATION_MESSAGES.div_ceil(p));
+            let before = calibration(per_thread);
             let stages = args.stages;
             let timestamp = reference::now_ms();
             let mut source = BurstSource::new(args.burst, move |id| {
                 reference::message(id, stages, timestamp)
             });
             let summary = drive(&rt, job.clone(), &mut source, sink, &acks)?;
-            let after = calibration(CALIBRATION_MESSAGES.div_ceil(p));
+            let after = calibration(per_thread);
             (summary, Some(Ideal::from_calibrations(p, before, after)))
         }
         SourceKind::Stdin => {

@@ -1,0 +1,135 @@
+//! The systems compared: fila at a window, the thesis's Tokio event loop,
+//! and rayon. Each runs a burst of identical messages on P threads.
+
+use std::num::NonZeroUsize;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fila_runtime::{Runtime, TaskCx, Workers};
+
+use crate::{cpus, pin, stage, BurstTimes, Message};
+
+/// fila: each message is one unit of five follow-on tasks, admitted through
+/// a window of `window`.
+pub fn fila(p: usize, window: usize, message: Message, n: usize) -> BurstTimes {
+    let rt = Runtime::builder()
+        .workers(Workers::Count(NonZeroUsize::new(p).expect("p >= 1")))
+        .window(window)
+        .build()
+        .expect("the runtime starts");
+    fila_on(&rt, message, n)
+}
+
+/// A burst through an already running runtime (for repeated benches).
+pub fn fila_on(rt: &Runtime, message: Message, n: usize) -> BurstTimes {
+    fn run_stage(message: Message, k: usize) -> impl FnOnce(&mut TaskCx<'_>) + Send {
+        move |cx| {
+            std::hint::black_box(stage(message[k]));
+            if k + 1 < message.len() {
+                cx.spawn(run_stage(message, k + 1));
+            }
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    for i in 0..n {
+        let tx = tx.clone();
+        rt.admit(run_stage(message, 0), move |outcome| {
+            outcome.expect("stages do not panic");
+            let _ = tx.send((i, Instant::now()));
+        })
+        .expect("the runtime is open");
+    }
+    drop(tx);
+    BurstTimes::from_instants(start, rx.iter().take(n).collect(), n)
+}
+
+/// One stage request on the shared queue of the Tokio design.
+struct StageRequest {
+    n: u32,
+    reply: tokio::sync::oneshot::Sender<u64>,
+}
+
+/// The thesis's design (DESIGN.md section 1): a Tokio event loop on one
+/// thread, like the thesis's Actix arbiter, takes in every message of the
+/// burst at once, one task per message. Each task sends each stage through
+/// one shared queue to a pool of P operator threads and awaits the result,
+/// so stage k+1 of a message waits behind the stage-k requests of every
+/// other message.
+pub fn tokio_event_loop(p: usize, message: Message, n: usize) -> BurstTimes {
+    let (queue, requests) = crossbeam_channel::unbounded::<StageRequest>();
+    let operators: Vec<_> = cpus(p)
+        .into_iter()
+        .map(|cpu| {
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                pin(cpu);
+                for StageRequest { n, reply } in requests {
+                    let _ = reply.send(stage(n));
+                }
+            })
+        })
+        .collect();
+    drop(requests);
+
+    let event_loop = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("the Tokio runtime starts");
+    let times = event_loop.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        for i in 0..n {
+            let (queue, tx) = (queue.clone(), tx.clone());
+            tokio::spawn(async move {
+                for &stage_n in &message {
+                    let (reply, result) = tokio::sync::oneshot::channel();
+                    queue
+                        .send(StageRequest { n: stage_n, reply })
+                        .expect("operators are running");
+                    std::hint::black_box(result.await.expect("the operator replies"));
+                }
+                let _ = tx.send((i, Instant::now()));
+            });
+        }
+        drop(tx);
+        let mut done = Vec::with_capacity(n);
+        while let Some(d) = rx.recv().await {
+            done.push(d);
+        }
+        BurstTimes::from_instants(start, done, n)
+    });
+    drop(queue);
+    for op in operators {
+        op.join().expect("operator threads do not panic");
+    }
+    times
+}
+
+/// What a Rust user would reach for: one `rayon::spawn` per message, each
+/// running the five stages, on a pool of P pinned threads.
+pub fn rayon(p: usize, message: Message, n: usize) -> BurstTimes {
+    let cpus = Arc::new(cpus(p));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(p)
+        .start_handler(move |i| pin(cpus[i]))
+        .build()
+        .expect("the rayon pool starts");
+    rayon_on(&pool, message, n)
+}
+
+pub fn rayon_on(pool: &rayon::ThreadPool, message: Message, n: usize) -> BurstTimes {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    for i in 0..n {
+        let tx = tx.clone();
+        pool.spawn(move || {
+            for &stage_n in &message {
+                std::hint::black_box(stage(stage_n));
+            }
+            let _ = tx.send((i, Instant::now()));
+        });
+    }
+    drop(tx);
+    BurstTimes::from_instants(start, rx.iter().take(n).collect(), n)
+}

@@ -1,0 +1,58 @@
+//! The compared systems are correct before they are fast: on a small burst,
+//! each finishes every message exactly once (`BurstTimes::from_instants`
+//! checks), and the burst table prints what it promises.
+
+use fila_benches::{systems, Message};
+use serde_json::Value;
+
+const MESSAGE: Message = [3, 5, 8, 5, 3];
+
+#[test]
+fn every_system_finishes_every_message_exactly_once() {
+    for times in [
+        systems::fila(2, 4, MESSAGE, 300),
+        systems::fila(2, 300, MESSAGE, 300),
+        systems::tokio_event_loop(2, MESSAGE, 300),
+        systems::rayon(2, MESSAGE, 300),
+    ] {
+        assert_eq!(times.done.len(), 300);
+        assert!(times.mean() <= times.makespan());
+    }
+}
+
+#[test]
+fn burst_table_json_has_a_row_per_system_and_window() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burst-table"))
+        .args(["--burst", "60", "--stages", "3,4,5,4,3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let systems: Vec<&str> = rows.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert!(systems.contains(&"tokio-event-loop") && systems.contains(&"rayon"));
+    assert!(
+        systems.iter().filter(|s| **s == "fila").count() >= 3,
+        "{systems:?}"
+    );
+    for r in &rows {
+        for key in [
+            "messages",
+            "workers",
+            "elapsed_s",
+            "throughput_msgs_per_s",
+            "latency_ms",
+            "ideal",
+            "efficiency",
+            "latency_ratio",
+        ] {
+            assert!(r.get(key).is_some(), "row lacks {key}: {r}");
+        }
+        assert!(r.as_object().unwrap().contains_key("window"), "{r}");
+        assert_eq!(r["messages"], 60);
+        assert_eq!(r["window"].is_null(), r["system"] != "fila", "{r}");
+    }
+}
