@@ -192,7 +192,7 @@ impl TopicReader {
             .client
             .fetch_messages(requests)
             .map_err(|e| explain(&self.brokers, &format!("fetching from {topic}"), e))?;
-        let mut out = Vec::new();
+        let mut per_partition: Vec<Vec<(Position, Vec<u8>)>> = Vec::new();
         let mut reset = Vec::new();
         for response in &responses {
             for t in response.topics() {
@@ -203,6 +203,7 @@ impl TopicReader {
                     };
                     match p.data() {
                         Ok(data) => {
+                            let mut out = Vec::new();
                             for m in data.messages() {
                                 // A fetch may start before the offset asked for.
                                 if m.offset < *next {
@@ -217,6 +218,7 @@ impl TopicReader {
                                     m.value.to_vec(),
                                 ));
                             }
+                            per_partition.push(out);
                         }
                         Err(e) if matches!(*e, KafkaError::Kafka(KafkaCode::OffsetOutOfRange)) => {
                             reset.push(partition);
@@ -249,8 +251,25 @@ impl TopicReader {
                 self.next.insert(partition, to);
             }
         }
-        Ok(out)
+        Ok(interleave(per_partition))
     }
+}
+
+/// Merges per-partition batches round-robin. A fetch returns each
+/// partition's records as one block; handing them out block by block would
+/// run a whole partition's share of a burst before the next partition's
+/// first record. Producers spread a burst over partitions in turn, so taking
+/// one record from each partition in turn keeps close to arrival order.
+fn interleave<T>(per_partition: Vec<Vec<T>>) -> Vec<T> {
+    let total = per_partition.iter().map(Vec::len).sum();
+    let mut iters: Vec<_> = per_partition.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        for it in &mut iters {
+            out.extend(it.next());
+        }
+    }
+    out
 }
 
 fn offsets(
@@ -560,6 +579,17 @@ mod tests {
         for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
             assert!(bad.parse::<Replica>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fetched_partitions_are_interleaved_round_robin() {
+        let merged = interleave(vec![
+            vec!["a0", "a1", "a2"],
+            vec!["b0"],
+            vec![],
+            vec!["c0", "c1"],
+        ]);
+        assert_eq!(merged, ["a0", "b0", "c0", "a1", "c1", "a2"]);
     }
 
     #[test]

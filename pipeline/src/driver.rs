@@ -11,6 +11,9 @@
 //! For a source that commits (Kafka), the loop also keeps the records read
 //! but not yet committed below the window W before it reads another. A
 //! crash replays only the uncommitted records, so at most W duplicates.
+//! The sink thread commits once a quarter of W has been acknowledged since
+//! the last commit (or after `commit_interval`), which keeps the loop from
+//! waiting on commits while sparing the broker a write per flush.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -31,6 +34,11 @@ pub struct DriverConfig {
     /// takes everything that arrived meanwhile. It keeps the sink's wake-ups
     /// to one per tick during a burst instead of one per record.
     pub sink_tick: Duration,
+    /// With a committing source, acknowledged positions are committed once
+    /// a quarter of the window has been acknowledged since the last commit,
+    /// or once this long has passed with something to commit. Every commit
+    /// is a write on the broker, so not one per flush.
+    pub commit_interval: Duration,
 }
 
 impl Default for DriverConfig {
@@ -38,6 +46,7 @@ impl Default for DriverConfig {
         DriverConfig {
             poll_timeout: Duration::from_millis(100),
             sink_tick: Duration::from_millis(2),
+            commit_interval: Duration::from_millis(100),
         }
     }
 }
@@ -141,7 +150,16 @@ pub fn run<R: Send + 'static>(
     stop: &AtomicBool,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
-    let committer = source.committer().map_err(DriverError::Source)?;
+    let committer = source
+        .committer()
+        .map_err(DriverError::Source)?
+        .map(|committer| Commits {
+            committer,
+            every: (rt.window() as u64 / 4).max(1),
+            interval: config.commit_interval,
+            acked_since: 0,
+            last: Instant::now(),
+        });
     let gate = committer.is_some().then(|| rt.window() as u64);
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
@@ -240,10 +258,38 @@ fn admit_loop<R: Send + 'static>(
     Ok(())
 }
 
+/// When the sink thread commits.
+struct Commits {
+    committer: Box<dyn Committer>,
+    /// Commit once this many records were acknowledged since the last one.
+    every: u64,
+    /// Or once this long has passed with something to commit.
+    interval: Duration,
+    acked_since: u64,
+    last: Instant,
+}
+
+impl Commits {
+    fn pending(&self) -> bool {
+        self.acked_since > 0
+    }
+
+    fn due(&self) -> bool {
+        self.acked_since >= self.every || (self.pending() && self.last.elapsed() >= self.interval)
+    }
+
+    fn commit(&mut self, acks: &Acks) -> Result<(), DriverError> {
+        self.committer.commit(acks).map_err(DriverError::Commit)?;
+        self.acked_since = 0;
+        self.last = Instant::now();
+        Ok(())
+    }
+}
+
 fn sink_loop(
     rx: Receiver<Event>,
     mut sink: Box<dyn Sink>,
-    mut committer: Option<Box<dyn Committer>>,
+    mut commits: Option<Commits>,
     acks: &Acks,
     tick: Duration,
 ) -> Result<RunSummary, DriverError> {
@@ -260,7 +306,26 @@ fn sink_loop(
     };
     let mut batch = Vec::new();
     let mut finished = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        // With acknowledgements waiting to be committed, wake up in time to
+        // commit them even if no further result comes.
+        let first = match commits.as_ref().filter(|c| c.pending()) {
+            Some(c) => match rx.recv_timeout(c.interval) {
+                Ok(event) => Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(event) => Some(event),
+                Err(_) => break,
+            },
+        };
+        let Some(first) = first else {
+            if let Some(c) = commits.as_mut().filter(|c| c.due()) {
+                c.commit(acks)?;
+            }
+            continue;
+        };
         batch.push(first);
         if !tick.is_zero() {
             std::thread::sleep(tick);
@@ -306,10 +371,17 @@ fn sink_loop(
             if !acks.ack(position) {
                 tracing::error!(?position, "a record finished twice or was never tracked");
             }
+            if let Some(c) = commits.as_mut() {
+                c.acked_since += 1;
+            }
         }
-        if let Some(committer) = committer.as_mut() {
-            committer.commit(acks).map_err(DriverError::Commit)?;
+        if let Some(c) = commits.as_mut().filter(|c| c.due()) {
+            c.commit(acks)?;
         }
+    }
+    // Everything admitted has been flushed and acknowledged: commit it all.
+    if let Some(c) = commits.as_mut().filter(|c| c.pending()) {
+        c.commit(acks)?;
     }
     Ok(summary)
 }

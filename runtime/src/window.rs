@@ -69,7 +69,9 @@ pub(crate) struct Window {
     lock: Mutex<()>,
     admitters: Condvar,
     drained: Condvar,
-    max_in_flight: AtomicU64,
+    /// A statistic, not part of the protocol: a `std` atomic even under
+    /// loom, like the counters in `stats.rs`.
+    max_in_flight: std::sync::atomic::AtomicU64,
 }
 
 impl Window {
@@ -84,7 +86,7 @@ impl Window {
             lock: Mutex::new(()),
             admitters: Condvar::new(),
             drained: Condvar::new(),
-            max_in_flight: AtomicU64::new(0),
+            max_in_flight: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -223,11 +225,13 @@ impl Window {
 
     fn note_in_flight(&self, now: u64) {
         // Relaxed: a statistic, read only for reporting.
-        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        self.max_in_flight
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn max_in_flight(&self) -> u64 {
-        self.max_in_flight.load(Ordering::Relaxed)
+        self.max_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
