@@ -25,6 +25,7 @@ use fila_runtime::{AdmitError, Outcome, Runtime};
 use hdrhistogram::Histogram;
 
 use crate::dataflow::{self, Job, Outlet, Rejected};
+use crate::report::latency_histogram;
 
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -300,9 +301,7 @@ fn sink_loop(
         panicked: 0,
         first_arrival: None,
         last_done: None,
-        // 1 µs to 1 hour, 3 significant figures; longer latencies saturate.
-        latencies_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("valid histogram bounds"),
+        latencies_us: latency_histogram(),
     };
     let mut batch = Vec::new();
     let mut finished = Vec::new();

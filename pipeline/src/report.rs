@@ -32,6 +32,12 @@ pub struct Report {
     pub duplicates: Option<u64>,
 }
 
+/// An empty histogram of latencies in microseconds: 1 µs to 1 hour at 3
+/// significant figures. Longer latencies saturate at the top.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LatencyMs {
     pub mean: f64,

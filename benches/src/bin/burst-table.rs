@@ -6,10 +6,10 @@
 
 use clap::Parser;
 use fila_benches::{cpus, systems, whole_message, BurstTimes, Message};
-use fila_pipeline::report::{LatencyMs, Report};
+use fila_pipeline::report::{latency_histogram, LatencyMs, Report};
 use fila_runtime::ideal::{calibrate, Ideal};
 use fila_runtime::{DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW};
-use hdrhistogram::Histogram;
+
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -71,8 +71,7 @@ fn main() {
     let rows: Vec<Row> = runs
         .into_iter()
         .map(|(system, window, times)| {
-            let mut hist =
-                Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+            let mut hist = latency_histogram();
             for d in &times.done {
                 hist.saturating_record(d.as_micros() as u64);
             }

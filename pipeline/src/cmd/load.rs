@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fila_connectors::{TopicReader, TopicWriter};
 use fila_pipeline::reference::{self, FibRecord};
-use fila_pipeline::report::{LatencyMs, Report};
-use hdrhistogram::Histogram;
+use fila_pipeline::report::{latency_histogram, LatencyMs, Report};
 
 use super::{LoadArgs, ReportFormat};
 
@@ -93,8 +92,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         Ok((first_input_ms.unwrap_or(0), seen))
     })?;
 
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let mut hist = latency_histogram();
     for ms in seen.latency_ms.iter().flatten() {
         hist.saturating_record(ms * 1000);
     }
