@@ -25,6 +25,7 @@ use fila_runtime::{AdmitError, Outcome, Runtime};
 use hdrhistogram::Histogram;
 
 use crate::dataflow::{self, Job, Outlet, Rejected};
+use crate::metrics::Live;
 use crate::report::latency_histogram;
 
 #[derive(Debug, Clone)]
@@ -141,13 +142,16 @@ impl Outlet for Emit {
 /// Runs `job` over everything `source` yields (until it ends, `stop` is set
 /// and the runtime closed, or an error), writes results to `sink`, and
 /// commits acknowledged positions. Everything admitted is drained, flushed
-/// and acknowledged before this returns, error or not.
+/// and acknowledged before this returns, error or not. `live` counts
+/// finished records as they finish, for a metrics endpoint.
+#[allow(clippy::too_many_arguments)]
 pub fn run<R: Send + 'static>(
     rt: &Runtime,
     job: Arc<Job<R>>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
     acks: &Acks,
+    live: &Live,
     stop: &AtomicBool,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
@@ -167,7 +171,7 @@ pub fn run<R: Send + 'static>(
         let sink_thread = std::thread::Builder::new()
             .name("fila-sink".into())
             .spawn_scoped(s, || {
-                let result = sink_loop(rx, sink, committer, acks, config.sink_tick);
+                let result = sink_loop(rx, sink, committer, acks, live, config.sink_tick);
                 if result.is_err() {
                     // Stop taking records in: nothing more can be delivered.
                     rt.close();
@@ -292,6 +296,7 @@ fn sink_loop(
     mut sink: Box<dyn Sink>,
     mut commits: Option<Commits>,
     acks: &Acks,
+    live: &Live,
     tick: Duration,
 ) -> Result<RunSummary, DriverError> {
     let mut summary = RunSummary {
@@ -338,7 +343,7 @@ fn sink_loop(
                     done,
                 } => {
                     sink.send(&payload).map_err(DriverError::Sink)?;
-                    summary.outputs += 1;
+                    live.outputs.fetch_add(1, Ordering::Relaxed);
                     let latency = done.saturating_duration_since(arrived).as_micros() as u64;
                     summary.latencies_us.saturating_record(latency);
                     summary.last_done = summary.last_done.max(Some(done));
@@ -349,17 +354,17 @@ fn sink_loop(
                     reason,
                     at,
                 } => {
-                    dead_letter(&mut *sink, position, &payload, &reason, &mut summary)?;
+                    dead_letter(&mut *sink, position, &payload, &reason, live)?;
                     summary.last_done = summary.last_done.max(Some(at));
                 }
                 Event::Done { position, panic } => {
                     if let Some((message, payload)) = panic {
                         let reason = format!("a stage panicked: {message}");
-                        dead_letter(&mut *sink, position, &payload, &reason, &mut summary)?;
-                        summary.panicked += 1;
+                        dead_letter(&mut *sink, position, &payload, &reason, live)?;
+                        live.panicked.fetch_add(1, Ordering::Relaxed);
                         summary.last_done = summary.last_done.max(Some(Instant::now()));
                     }
-                    summary.messages += 1;
+                    live.messages.fetch_add(1, Ordering::Relaxed);
                     finished.push(position);
                 }
             }
@@ -382,6 +387,10 @@ fn sink_loop(
     if let Some(c) = commits.as_mut().filter(|c| c.pending()) {
         c.commit(acks)?;
     }
+    summary.messages = live.messages.load(Ordering::Relaxed);
+    summary.outputs = live.outputs.load(Ordering::Relaxed);
+    summary.dead_letters = live.dead_letters.load(Ordering::Relaxed);
+    summary.panicked = live.panicked.load(Ordering::Relaxed);
     Ok(summary)
 }
 
@@ -390,9 +399,9 @@ fn dead_letter(
     position: Position,
     payload: &[u8],
     reason: &str,
-    summary: &mut RunSummary,
+    live: &Live,
 ) -> Result<(), DriverError> {
-    summary.dead_letters += 1;
+    live.dead_letters.fetch_add(1, Ordering::Relaxed);
     if sink.has_dead_letter_destination() {
         sink.dead_letter(position, payload, reason)
             .map_err(DriverError::Sink)

@@ -4,5 +4,6 @@
 
 pub mod dataflow;
 pub mod driver;
+pub mod metrics;
 pub mod reference;
 pub mod report;

@@ -213,3 +213,99 @@ fn an_unreachable_broker_is_a_clear_error_naming_the_address() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// GETs `path` from `addr` and returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn metrics_endpoint_serves_live_counters_while_running() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args([
+            "run",
+            "--source",
+            "stdin",
+            "--sink",
+            "none",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--window",
+            "5",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("fila: metrics on http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address on stderr: {first:?}"))
+        .to_owned();
+
+    let mut stdin = child.stdin.take().unwrap();
+    for id in 0..3 {
+        writeln!(stdin, r#"{{"id": {id}, "stage1": 1, "stage2": 2, "stage3": 3, "stage4": 4, "stage5": 5, "timestamp": 0}}"#).unwrap();
+    }
+    writeln!(stdin, "not json").unwrap();
+    stdin.flush().unwrap();
+
+    // The run is still going (stdin is open): poll until all four are in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        let page = http_get(&addr, "/metrics");
+        if page.contains("fila_records_total{outcome=\"dead_letter\"} 1")
+            || std::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    for line in [
+        "fila_records_total{outcome=\"output\"} 3",
+        "fila_records_total{outcome=\"dead_letter\"} 1",
+        "fila_window 5",
+    ] {
+        assert!(
+            page.lines().any(|l| l == line),
+            "missing {line:?} in\n{page}"
+        );
+    }
+    // Only the source's own reserved slot may still be taken, while it
+    // waits on stdin; a stdin source commits nothing, so no such gauge.
+    assert!(
+        page.lines()
+            .any(|l| l == "fila_in_flight 0" || l == "fila_in_flight 1"),
+        "{page}"
+    );
+    assert!(!page.contains("fila_uncommitted"), "{page}");
+    assert!(http_get(&addr, "/nope").starts_with("HTTP/1.1 404"));
+
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn metrics_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = fila(&["run", "--burst", "1", "--metrics-addr", &addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("metrics"),
+        "{stderr}"
+    );
+}

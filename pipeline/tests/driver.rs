@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use fila_connectors::{Acks, BurstSource, ConnectorError, Position, Sink};
 use fila_pipeline::dataflow::{Job, Rejected};
 use fila_pipeline::driver::{self, DriverConfig};
+use fila_pipeline::metrics::Live;
 use fila_runtime::{Runtime, Workers};
 
 type DeadLetter = (Position, Vec<u8>, String);
@@ -80,12 +81,14 @@ fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on()
         }
     });
     let acks = Acks::new();
+    let live = Live::default();
     let summary = driver::run(
         &rt,
         Arc::new(job),
         &mut source,
         Box::new(sink.clone()),
         &acks,
+        &live,
         &AtomicBool::new(false),
         &DriverConfig::default(),
     )
@@ -121,6 +124,10 @@ fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on()
         (100, outputs, dead.len() as u64)
     );
     assert_eq!(summary.panicked, panics_expected.len() as u64);
+    assert_eq!(
+        live.messages.load(std::sync::atomic::Ordering::Relaxed),
+        100
+    );
     assert_eq!(acks.outstanding(), 0, "every position is acknowledged");
     assert_eq!(acks.committable(), vec![(0, 100)]);
     assert_eq!(rt.shutdown().failed, panics_expected.len() as u64);

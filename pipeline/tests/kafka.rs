@@ -173,6 +173,8 @@ fn thousand_messages_in_give_exactly_a_thousand_correct_ids_out() {
         &output,
         "--group",
         &group,
+        "--metrics-addr",
+        "127.0.0.1:0",
     ]);
     let load = Command::new(env!("CARGO_BIN_EXE_fila"))
         .args([
@@ -216,6 +218,41 @@ fn thousand_messages_in_give_exactly_a_thousand_correct_ids_out() {
             <= report["latency_ms"]["p99"].as_f64().unwrap()
     );
     assert!(report.get("ideal").is_none(), "load cannot know w");
+
+    // The live metrics agree, and the uncommitted gauge stays within W.
+    let addr = fila
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fila: metrics on http://")?
+                .strip_suffix("/metrics")
+                .map(str::to_owned)
+        })
+        .expect("fila printed its metrics address");
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut page).unwrap();
+    assert!(
+        page.contains("fila_records_total{outcome=\"output\"} 1000"),
+        "{page}"
+    );
+    let uncommitted: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("fila_uncommitted "))
+        .expect("a Kafka run reports uncommitted records")
+        .parse()
+        .unwrap();
+    let window: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("fila_window "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uncommitted <= window,
+        "{uncommitted} uncommitted with a window of {window}"
+    );
 
     let run_report = fila.stop();
     assert_eq!(run_report["messages"], 1000);

@@ -1,5 +1,6 @@
 //! Command-line interface: argument types and dispatch.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -84,6 +85,10 @@ pub struct RunArgs {
     pub window: Option<usize>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Serve live metrics (Prometheus text format) at http://ADDR/metrics.
+    /// Port 0 picks a free port; the address is printed on stderr.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,

@@ -9,6 +9,7 @@ use fila_connectors::{
     StdoutSink,
 };
 use fila_pipeline::driver::{self, DriverConfig, RunSummary};
+use fila_pipeline::metrics::{self, Live, MetricsListener};
 use fila_pipeline::reference;
 use fila_pipeline::report::{LatencyMs, Report};
 use fila_runtime::ideal::{calibrate, Calibration, Ideal};
@@ -29,6 +30,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         builder = builder.window(window);
     }
     let rt = builder.build().context("starting the worker pool")?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = MetricsListener::bind(addr)
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            eprintln!("fila: metrics on http://{bound}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     let job = Arc::new(reference::job());
     let sink_kind = args.sink.unwrap_or(match args.source {
         SourceKind::Generate => SinkKind::None,
@@ -74,13 +87,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let mut source = BurstSource::new(args.burst, move |id| {
                 reference::message(id, stages, timestamp)
             });
-            let summary = drive(&rt, job.clone(), &mut source, sink, &acks)?;
+            let summary = drive(
+                &rt,
+                job.clone(),
+                &mut source,
+                sink,
+                &acks,
+                metrics.as_ref(),
+                false,
+            )?;
             let after = calibration(per_thread);
             (summary, Some(Ideal::from_calibrations(p, before, after)))
         }
         SourceKind::Stdin => {
             let mut source = StdinSource::new();
-            (drive(&rt, job.clone(), &mut source, sink, &acks)?, None)
+            (
+                drive(
+                    &rt,
+                    job.clone(),
+                    &mut source,
+                    sink,
+                    &acks,
+                    metrics.as_ref(),
+                    false,
+                )?,
+                None,
+            )
         }
         SourceKind::Kafka => {
             let config = KafkaConfig {
@@ -96,7 +128,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 "fila: reading {} (group {}, replica {}/{}) into {} on {}; stop with Ctrl-C",
                 k.input_topic, k.group, k.replica.index, k.replica.count, k.output_topic, k.brokers
             );
-            (drive(&rt, job.clone(), &mut source, sink, &acks)?, None)
+            (
+                drive(
+                    &rt,
+                    job.clone(),
+                    &mut source,
+                    sink,
+                    &acks,
+                    metrics.as_ref(),
+                    true,
+                )?,
+                None,
+            )
         }
     };
 
@@ -136,8 +179,12 @@ fn drive<R: Send + 'static>(
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
     acks: &Acks,
+    metrics: Option<&MetricsListener>,
+    commits: bool,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
+    let metrics_stop = AtomicBool::new(false);
+    let live = Live::default();
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     std::thread::scope(|s| {
@@ -148,8 +195,25 @@ fn drive<R: Send + 'static>(
                 rt.close();
             }
         });
-        let result = driver::run(rt, job, source, sink, acks, &stop, &DriverConfig::default());
+        if let Some(listener) = metrics {
+            s.spawn(|| {
+                listener.serve(&metrics_stop, || {
+                    metrics::render(&rt.stats(), &live, commits.then(|| acks.uncommitted()))
+                })
+            });
+        }
+        let result = driver::run(
+            rt,
+            job,
+            source,
+            sink,
+            acks,
+            &live,
+            &stop,
+            &DriverConfig::default(),
+        );
         signal_handle.close();
+        metrics_stop.store(true, Ordering::Relaxed);
         result.map_err(anyhow::Error::from)
     })
 }
