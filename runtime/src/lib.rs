@@ -345,6 +345,11 @@ impl Runtime {
 
     pub fn stats(&self) -> Stats {
         let shared = &self.shared;
+        // Three loads, not one snapshot: while units run, the derived
+        // completion count can be off by the units that moved in between.
+        let failed = shared.totals.failed.load(Relaxed);
+        let in_flight = self.in_flight();
+        let admitted = shared.totals.admitted.load(Relaxed);
         Stats {
             workers: shared
                 .counters
@@ -353,11 +358,11 @@ impl Runtime {
                 .map(|(c, &cpu)| c.snapshot(cpu))
                 .collect(),
             window: shared.window.cap(),
-            in_flight: self.in_flight(),
+            in_flight,
             max_in_flight: shared.window.max_in_flight() as usize,
-            admitted: shared.totals.admitted.load(Relaxed),
-            completed: shared.totals.completed.load(Relaxed),
-            failed: shared.totals.failed.load(Relaxed),
+            admitted,
+            completed: admitted.saturating_sub(in_flight as u64 + failed),
+            failed,
         }
     }
 

@@ -6,6 +6,7 @@
 //! with a relaxed load and store; that compiles to an ordinary add, not a
 //! locked instruction, so leaving them on costs next to nothing.
 
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What one worker did.
@@ -32,7 +33,9 @@ pub struct Stats {
     /// The most units ever in flight at once. Never exceeds `window`.
     pub max_in_flight: usize,
     pub admitted: u64,
-    /// Units whose every task ran without panicking.
+    /// Units whose every task ran without panicking: admitted − in flight −
+    /// failed. Exact once the runtime is drained; while it runs, the three
+    /// are read one after another and may be a unit apart.
     pub completed: u64,
     /// Units in which some task panicked.
     pub failed: u64,
@@ -87,10 +90,12 @@ impl WorkerCounters {
     }
 }
 
-/// Totals shared by every thread; bumped once per unit, not per task.
+/// Totals shared by every thread. `admitted` is bumped by admitters,
+/// `failed` by workers and only on the failure path; each has its own cache
+/// line, so the two sides do not contend. Completions are not counted at
+/// all: they are derived as admitted − in flight − failed.
 #[derive(Default)]
 pub(crate) struct Totals {
-    pub(crate) admitted: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) failed: AtomicU64,
+    pub(crate) admitted: CachePadded<AtomicU64>,
+    pub(crate) failed: CachePadded<AtomicU64>,
 }

@@ -224,9 +224,13 @@ impl Window {
     }
 
     fn note_in_flight(&self, now: u64) {
-        // Relaxed: a statistic, read only for reporting.
-        self.max_in_flight
-            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        // Relaxed: a statistic, read only for reporting. A plain load first,
+        // so that once the maximum is reached, admissions stop writing to
+        // this shared cache line.
+        let max = &self.max_in_flight;
+        if now > max.load(std::sync::atomic::Ordering::Relaxed) {
+            max.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn max_in_flight(&self) -> u64 {
