@@ -1,5 +1,6 @@
 //! A burst of 10,000 units of five follow-on tasks each, the reference
-//! Fibonacci stages (10-20-30-20-10), with W = 4 × workers. Prints
+//! Fibonacci stages (10-20-30-20-10), with W = 4 × workers (one per
+//! allowed CPU). Prints
 //! throughput and mean latency next to the ideal of DESIGN.md section 5,
 //! with w calibrated in this same run.
 //!
@@ -39,8 +40,10 @@ fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .map_or(10_000, |s| s.parse().expect("N must be a count"));
+    let workers = fila_runtime::allowed_cpus().len().max(1);
     let rt = Runtime::builder()
         .workers(Workers::Logical)
+        .window(4 * workers)
         .build()
         .expect("runtime starts");
     let (p, window) = (rt.workers(), rt.window());
