@@ -64,56 +64,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let acks = Acks::new();
 
-    let (summary, ideal) = match args.source {
+    // On the embedded burst, w is calibrated around the run (DESIGN.md
+    // section 5), on the workers' CPUs. The burst's clock starts when its
+    // source is made, so the first calibration comes before that.
+    let burst = args.source == SourceKind::Generate;
+    let p = rt.workers();
+    let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
+    let per_thread = CALIBRATION_MESSAGES
+        .max(args.burst as usize / 10)
+        .div_ceil(p);
+    let sample = reference::message(0, args.stages, reference::now_ms());
+    let calibration = |per_thread: usize| -> Calibration {
+        calibrate(&cpus, per_thread, |_| {
+            job.run_inline(&sample)
+                .expect("the sample message is valid");
+        })
+    };
+    let before = burst.then(|| {
+        // Untimed warm-up: the first messages pay for page faults, cold
+        // caches and clock ramp-up, which would inflate w before.
+        calibration(10);
+        calibration(per_thread)
+    });
+
+    let mut source: Box<dyn Source> = match args.source {
         SourceKind::Generate => {
-            let sample = reference::message(0, args.stages, reference::now_ms());
-            let p = rt.workers();
-            let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
-            let per_thread = CALIBRATION_MESSAGES
-                .max(args.burst as usize / 10)
-                .div_ceil(p);
-            let calibration = |per_thread: usize| -> Calibration {
-                calibrate(&cpus, per_thread, |_| {
-                    job.run_inline(&sample)
-                        .expect("the sample message is valid");
-                })
-            };
-            // Untimed warm-up: the first messages pay for page faults, cold
-            // caches and clock ramp-up, which would inflate w before.
-            calibration(10);
-            let before = calibration(per_thread);
-            let stages = args.stages;
-            let timestamp = reference::now_ms();
-            let mut source = BurstSource::new(args.burst, move |id| {
+            let (stages, timestamp) = (args.stages, reference::now_ms());
+            Box::new(BurstSource::new(args.burst, move |id| {
                 reference::message(id, stages, timestamp)
-            });
-            let summary = drive(
-                &rt,
-                job.clone(),
-                &mut source,
-                sink,
-                &acks,
-                metrics.as_ref(),
-                false,
-            )?;
-            let after = calibration(per_thread);
-            (summary, Some(Ideal::from_calibrations(p, before, after)))
+            }))
         }
-        SourceKind::Stdin => {
-            let mut source = StdinSource::new();
-            (
-                drive(
-                    &rt,
-                    job.clone(),
-                    &mut source,
-                    sink,
-                    &acks,
-                    metrics.as_ref(),
-                    false,
-                )?,
-                None,
-            )
-        }
+        SourceKind::Stdin => Box::new(StdinSource::new()),
         SourceKind::Kafka => {
             let config = KafkaConfig {
                 brokers: k.brokers.clone(),
@@ -121,27 +102,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 group: k.group.clone(),
                 replica: k.replica,
             };
-            let mut source = KafkaSource::connect(config, &acks).with_context(|| {
+            let source = KafkaSource::connect(config, &acks).with_context(|| {
                 format!("connecting the source to input topic {}", k.input_topic)
             })?;
             eprintln!(
                 "fila: reading {} (group {}, replica {}/{}) into {} on {}; stop with Ctrl-C",
                 k.input_topic, k.group, k.replica.index, k.replica.count, k.output_topic, k.brokers
             );
-            (
-                drive(
-                    &rt,
-                    job.clone(),
-                    &mut source,
-                    sink,
-                    &acks,
-                    metrics.as_ref(),
-                    true,
-                )?,
-                None,
-            )
+            Box::new(source)
         }
     };
+    let commits = args.source == SourceKind::Kafka;
+    let summary = drive(
+        &rt,
+        job.clone(),
+        source.as_mut(),
+        sink,
+        &acks,
+        metrics.as_ref(),
+        commits,
+    )?;
+    let ideal = before.map(|before| Ideal::from_calibrations(p, before, calibration(per_thread)));
 
     let mut report = Report::new(
         summary.messages,
