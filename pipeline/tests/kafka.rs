@@ -120,6 +120,12 @@ fn produce(topic: &str, values: &[Vec<u8>]) {
     writer.send_all(&records).unwrap();
 }
 
+/// Reference messages with ids 0..n.
+fn produce_messages(topic: &str, n: u64, stages: [u32; 5]) {
+    let values: Vec<Vec<u8>> = (0..n).map(|id| message(id, stages, 0)).collect();
+    produce(topic, &values);
+}
+
 /// Everything in `topic` so far, from the beginning of every partition,
 /// reading until at least `at_least` records or `limit`.
 fn read_all(topic: &str, at_least: usize, limit: Duration) -> Vec<Vec<u8>> {
@@ -269,12 +275,9 @@ fn stopped_and_crashed_runs_resume_with_nothing_lost_and_at_most_a_window_of_dup
     const N: u64 = 1500;
     const WINDOW: usize = 8;
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
-    // fib(27) makes each record take a few ms, so the stream is mid-way
-    // when we interrupt it.
-    let values: Vec<Vec<u8>> = (0..N)
-        .map(|id| message(id, [10, 20, 27, 20, 10], 0))
-        .collect();
-    produce(&input, &values);
+    // The reference stages take about 2 ms a record, so the stream is
+    // mid-way when we interrupt it (asserted below).
+    produce_messages(&input, N, [10, 20, 30, 20, 10]);
     let window = WINDOW.to_string();
     let args = [
         "--input-topic",
@@ -413,10 +416,7 @@ fn malformed_records_go_to_the_dead_letter_topic_and_valid_ones_come_out() {
 fn two_replicas_split_the_partitions_and_emit_every_id_once() {
     const N: u64 = 600;
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
-    let values: Vec<Vec<u8>> = (0..N)
-        .map(|id| message(id, [5, 10, 15, 10, 5], 0))
-        .collect();
-    produce(&input, &values);
+    produce_messages(&input, N, [5, 10, 15, 10, 5]);
     let partitions = TopicReader::end_offsets(&brokers(), &input).unwrap();
     assert_eq!(
         partitions.len(),
