@@ -1,16 +1,9 @@
-use std::path::PathBuf;
-
 /// Errors from sources and sinks. Each names what it was talking to.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     #[error("I/O error on {what}: {source}")]
     Io {
         what: String,
-        source: std::io::Error,
-    },
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
         source: std::io::Error,
     },
     #[error("Kafka broker {brokers}: {message}")]

@@ -22,11 +22,6 @@ impl<F: FnMut(u64) -> Vec<u8> + Send> BurstSource<F> {
             arrived: Instant::now(),
         }
     }
-
-    /// When the burst arrived.
-    pub fn arrived(&self) -> Instant {
-        self.arrived
-    }
 }
 
 impl<F: FnMut(u64) -> Vec<u8> + Send> Source for BurstSource<F> {

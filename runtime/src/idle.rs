@@ -40,6 +40,9 @@ impl Idle {
         match sleepers.iter().position(|&w| w == me) {
             Some(at) => {
                 sleepers.swap_remove(at);
+                // Under the lock, like every change of `sleeping` but the
+                // producers' read; AcqRel keeps it in the same release
+                // sequence that `wake_one`'s RMW reads from.
                 self.sleeping.fetch_sub(1, Ordering::AcqRel);
                 true
             }
@@ -65,6 +68,7 @@ impl Idle {
     fn wake_one_slow(&self) -> Option<usize> {
         let mut sleepers = self.sleepers.lock();
         let woken = sleepers.pop()?;
+        // Under the lock; AcqRel for the same reason as in `cancel`.
         self.sleeping.fetch_sub(1, Ordering::AcqRel);
         Some(woken)
     }
@@ -73,6 +77,7 @@ impl Idle {
     /// returned.
     pub(crate) fn take_all(&self) -> Vec<usize> {
         let mut sleepers = self.sleepers.lock();
+        // Under the lock; AcqRel for the same reason as in `cancel`.
         self.sleeping.fetch_sub(sleepers.len(), Ordering::AcqRel);
         std::mem::take(&mut *sleepers)
     }
