@@ -10,10 +10,17 @@
 //! `uncommitted` counts the records read but not yet covered by a
 //! successful commit: exactly what a crash would replay. A driver that
 //! keeps it below a bound before reading more bounds the duplicates.
+//!
+//! Partitions come and go when a consumer group rebalances. A partition
+//! is known from `start_partition`, or from the first offset tracked in
+//! it (where reading resumed). `release` forgets it. A record of a
+//! released partition may still be running; when it finishes, its `ack`
+//! answers [`Ack::Released`] and changes nothing, since the partition's
+//! new owner decides what is committed now.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::Position;
 
@@ -33,11 +40,29 @@ impl Partition {
     }
 }
 
+#[derive(Default)]
+struct Partitions {
+    live: BTreeMap<i32, Partition>,
+    /// Positions that were outstanding when their partition was released.
+    released: BTreeSet<Position>,
+}
+
+/// What an [`Acks::ack`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// The position was outstanding and is now done.
+    Done,
+    /// Its partition was released while the record ran; nothing changes.
+    Released,
+    /// It was not outstanding: acked twice, or never tracked. A bug.
+    Unknown,
+}
+
 /// Outstanding positions per partition. Shared between the source, the
 /// sink side (which acks) and the committer.
 #[derive(Default)]
 pub struct Acks {
-    partitions: Mutex<BTreeMap<i32, Partition>>,
+    partitions: Mutex<Partitions>,
     /// Notified after every successful commit.
     committed: Condvar,
 }
@@ -47,7 +72,7 @@ impl Acks {
         Acks::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<i32, Partition>> {
+    fn lock(&self) -> MutexGuard<'_, Partitions> {
         // Every operation leaves the maps consistent, so a panic elsewhere
         // while holding the lock does not make them unusable.
         self.partitions.lock().unwrap_or_else(|p| p.into_inner())
@@ -56,35 +81,107 @@ impl Acks {
     /// Starts a partition at `offset`, where reading resumes.
     pub fn start_partition(&self, partition: i32, offset: i64) {
         let mut parts = self.lock();
-        let p = parts.entry(partition).or_default();
+        let p = parts.live.entry(partition).or_default();
         p.next = offset;
         p.committed = offset;
     }
 
-    /// A record at `position` was handed out and is not done yet.
+    /// A record at `position` was handed out and is not done yet. The
+    /// first position tracked in a partition that was not started is
+    /// taken as where reading resumed.
     pub fn track(&self, position: Position) {
         let mut parts = self.lock();
-        let p = parts.entry(position.partition).or_default();
+        let p = parts
+            .live
+            .entry(position.partition)
+            .or_insert_with(|| Partition {
+                outstanding: BTreeSet::new(),
+                next: position.offset,
+                committed: position.offset,
+            });
         p.outstanding.insert(position.offset);
         p.next = p.next.max(position.offset + 1);
     }
 
-    /// The record at `position` is done. Returns false if it was not
-    /// outstanding (acked twice, or never tracked).
-    pub fn ack(&self, position: Position) -> bool {
-        self.lock()
+    /// The record at `position` is done.
+    pub fn ack(&self, position: Position) -> Ack {
+        let mut parts = self.lock();
+        // A partition released and assigned again can have the same
+        // position running twice: once from before the release, once
+        // re-read. The first ack counts for the released one, so the
+        // offset stays outstanding until both are done; that can delay a
+        // commit, never commit early.
+        if parts.released.remove(&position) {
+            Ack::Released
+        } else if parts
+            .live
             .get_mut(&position.partition)
             .is_some_and(|p| p.outstanding.remove(&position.offset))
+        {
+            Ack::Done
+        } else {
+            Ack::Unknown
+        }
     }
 
     /// Records handed out and not yet acked.
     pub fn outstanding(&self) -> usize {
-        self.lock().values().map(|p| p.outstanding.len()).sum()
+        self.lock().live.values().map(|p| p.outstanding.len()).sum()
+    }
+
+    /// Records of `partitions` handed out and not yet acked.
+    pub fn outstanding_in(&self, partitions: &[i32]) -> usize {
+        let parts = self.lock();
+        partitions
+            .iter()
+            .filter_map(|p| parts.live.get(p))
+            .map(|p| p.outstanding.len())
+            .sum()
+    }
+
+    /// Waits until no record of `partitions` is outstanding, or until
+    /// `timeout` passes. Returns whether they drained. Acks come from the
+    /// sink's thread, so the caller must not be the one that acks.
+    pub fn wait_drained(&self, partitions: &[i32], timeout: Duration) -> bool {
+        // Rebalances are rare, so a short poll keeps `ack` free of wake-ups.
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.outstanding_in(partitions) == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Forgets `partitions`: they are no longer read here. Their records
+    /// still running are remembered only so that their acks are known.
+    pub fn release(&self, partitions: &[i32]) {
+        let mut parts = self.lock();
+        for partition in partitions {
+            if let Some(p) = parts.live.remove(partition) {
+                let gone = p.outstanding.into_iter().map(|offset| Position {
+                    partition: *partition,
+                    offset,
+                });
+                parts.released.extend(gone);
+            }
+        }
+        drop(parts);
+        // The uncommitted count fell: wake a reader waiting on it.
+        self.committed.notify_all();
     }
 
     /// Records handed out and not yet covered by a successful commit.
     pub fn uncommitted(&self) -> u64 {
-        self.lock()
+        Self::uncommitted_in(&self.lock())
+    }
+
+    fn uncommitted_in(parts: &Partitions) -> u64 {
+        parts
+            .live
             .values()
             .map(|p| (p.next - p.committed).max(0) as u64)
             .sum()
@@ -94,6 +191,7 @@ impl Acks {
     /// last successful commit.
     pub fn committable(&self) -> Vec<(i32, i64)> {
         self.lock()
+            .live
             .iter()
             .filter(|(_, p)| p.committable() != p.committed)
             .map(|(&partition, p)| (partition, p.committable()))
@@ -101,10 +199,11 @@ impl Acks {
     }
 
     /// Records that `offsets` (from `committable`) were committed.
+    /// Offsets of partitions released meanwhile are ignored.
     pub fn mark_committed(&self, offsets: &[(i32, i64)]) {
         let mut parts = self.lock();
         for &(partition, offset) in offsets {
-            if let Some(p) = parts.get_mut(&partition) {
+            if let Some(p) = parts.live.get_mut(&partition) {
                 p.committed = p.committed.max(offset);
             }
         }
@@ -115,13 +214,7 @@ impl Acks {
     /// Waits until fewer than `limit` records are uncommitted, or `timeout`
     /// passes. Returns whether the bound now holds.
     pub fn wait_uncommitted_below(&self, limit: u64, timeout: Duration) -> bool {
-        let below = |parts: &mut BTreeMap<i32, Partition>| {
-            parts
-                .values()
-                .map(|p| (p.next - p.committed).max(0) as u64)
-                .sum::<u64>()
-                < limit
-        };
+        let below = |parts: &mut Partitions| Self::uncommitted_in(parts) < limit;
         let guard = self.lock();
         let (mut guard, _) = self
             .committed
@@ -148,17 +241,17 @@ mod tests {
         }
         assert_eq!(acks.committable(), vec![]);
         assert_eq!(acks.uncommitted(), 5);
-        assert!(acks.ack(pos(0, 12)));
-        assert!(acks.ack(pos(0, 13)));
+        assert_eq!(acks.ack(pos(0, 12)), Ack::Done);
+        assert_eq!(acks.ack(pos(0, 13)), Ack::Done);
         // 10 and 11 are still running: nothing new to commit.
         assert_eq!(acks.committable(), vec![]);
-        assert!(acks.ack(pos(0, 10)));
+        assert_eq!(acks.ack(pos(0, 10)), Ack::Done);
         assert_eq!(acks.committable(), vec![(0, 11)]);
         acks.mark_committed(&[(0, 11)]);
         assert_eq!(acks.uncommitted(), 4);
-        assert!(acks.ack(pos(0, 11)));
+        assert_eq!(acks.ack(pos(0, 11)), Ack::Done);
         assert_eq!(acks.committable(), vec![(0, 14)]);
-        assert!(acks.ack(pos(0, 14)));
+        assert_eq!(acks.ack(pos(0, 14)), Ack::Done);
         assert_eq!(acks.committable(), vec![(0, 15)]);
         acks.mark_committed(&[(0, 15)]);
         assert_eq!((acks.outstanding(), acks.uncommitted()), (0, 0));
@@ -171,12 +264,52 @@ mod tests {
         acks.start_partition(0, 5);
         acks.start_partition(1, 0);
         acks.track(pos(1, 0));
-        assert!(acks.ack(pos(1, 0)));
-        assert!(!acks.ack(pos(1, 0)));
-        assert!(!acks.ack(pos(2, 0)));
+        assert_eq!(acks.ack(pos(1, 0)), Ack::Done);
+        assert_eq!(acks.ack(pos(1, 0)), Ack::Unknown);
+        assert_eq!(acks.ack(pos(2, 0)), Ack::Unknown);
         // A failed commit is simply not marked: it is offered again.
         assert_eq!(acks.committable(), vec![(1, 1)]);
         assert_eq!(acks.committable(), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn a_partition_first_seen_in_track_resumes_at_that_offset() {
+        let acks = Acks::new();
+        acks.track(pos(3, 40));
+        acks.track(pos(3, 41));
+        assert_eq!(acks.uncommitted(), 2);
+        assert_eq!(acks.ack(pos(3, 40)), Ack::Done);
+        assert_eq!(acks.committable(), vec![(3, 41)]);
+    }
+
+    #[test]
+    fn released_partitions_stop_counting_and_their_late_acks_change_nothing() {
+        let acks = Acks::new();
+        for o in 0..4 {
+            acks.track(pos(0, o));
+            acks.track(pos(1, o));
+        }
+        assert_eq!(acks.ack(pos(1, 0)), Ack::Done);
+        assert_eq!(acks.outstanding_in(&[1]), 3);
+        assert!(!acks.wait_drained(&[1], Duration::from_millis(5)));
+        acks.release(&[1]);
+        assert_eq!((acks.outstanding(), acks.uncommitted()), (4, 4));
+        assert_eq!(acks.outstanding_in(&[1]), 0);
+        assert!(acks.wait_drained(&[1], Duration::ZERO));
+        // The records that were running finish after the release.
+        assert_eq!(acks.ack(pos(1, 2)), Ack::Released);
+        assert_eq!(acks.ack(pos(1, 2)), Ack::Unknown);
+        assert_eq!(acks.committable(), vec![]);
+        acks.mark_committed(&[(1, 4)]);
+        assert_eq!(acks.committable(), vec![]);
+        // Assigned again later: it resumes at the first record re-read.
+        // Offset 1 is re-read while its first run is still going: it is
+        // done only after both acks.
+        acks.track(pos(1, 1));
+        assert_eq!(acks.ack(pos(1, 1)), Ack::Released);
+        assert_eq!(acks.committable(), vec![]);
+        assert_eq!(acks.ack(pos(1, 1)), Ack::Done);
+        assert_eq!(acks.committable(), vec![(1, 2)]);
     }
 
     #[test]

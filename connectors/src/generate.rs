@@ -32,6 +32,7 @@ impl<F: FnMut(u64) -> Vec<u8> + Send> Source for BurstSource<F> {
         let i = self.next;
         self.next += 1;
         Ok(Polled::Record(Envelope {
+            key: None,
             payload: (self.make)(i),
             position: Position {
                 partition: 0,

@@ -12,10 +12,14 @@ mod generate;
 mod kafka;
 mod stdio;
 
-pub use acks::Acks;
+pub use acks::{Ack, Acks};
 pub use error::ConnectorError;
 pub use generate::BurstSource;
-pub use kafka::{KafkaConfig, KafkaSink, KafkaSource, Replica, TopicReader, TopicWriter};
+pub use kafka::{
+    create_topic, kafka_sink, kafka_source, Assignment, BrokerVersions, ClientKind, Fetched,
+    GroupProtocol, KafkaConfig, KeyedRecord, Replica, TopicReader, TopicWriter, DLQ_OFFSET_HEADER,
+    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+};
 pub use stdio::{DiscardSink, StdinSource, StdoutSink};
 
 use std::time::{Duration, Instant};
@@ -31,6 +35,9 @@ pub struct Position {
 /// One record as it comes out of a source.
 #[derive(Debug, Clone)]
 pub struct Envelope {
+    /// The record's key, for sources that have one (Kafka). An output
+    /// keeps its input's key.
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub position: Position,
     /// When the record became available to fila. For the burst generator
@@ -55,9 +62,10 @@ pub trait Source: Send {
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError>;
 
     /// For sources whose positions can be committed (Kafka), something
-    /// that commits them; the driver calls it right after every flush of
-    /// the sink, from the sink's thread. `None` for sources that cannot be
-    /// replayed anyway (a burst, stdin).
+    /// that commits them. The driver calls it from the sink's thread, after
+    /// a flush, once enough has been acknowledged since the last commit (a
+    /// quarter of the window) or some time has passed. `None` for sources
+    /// that cannot be replayed anyway (a burst, stdin).
     fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
         Ok(None)
     }
@@ -66,19 +74,24 @@ pub trait Source: Send {
 /// Makes acknowledged positions durable.
 pub trait Committer: Send {
     /// Commits what `acks` allows (`Acks::committable`) and, on success,
-    /// marks it committed.
+    /// marks it committed. A commit that the broker refuses only because
+    /// the partitions moved to another member is not an error: the offsets
+    /// are simply not marked, and the partitions' new owner resumes from
+    /// the last commit that did land.
     fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError>;
 }
 
 /// Where results go.
 pub trait Sink: Send {
-    /// Queues one output record.
-    fn send(&mut self, payload: &[u8]) -> Result<(), ConnectorError>;
+    /// Queues one output record, with the key of the input it came from.
+    fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError>;
 
-    /// Queues a record that could not be processed, with the reason.
+    /// Queues a record that could not be processed, with the reason. The
+    /// payload and key are the input's, byte for byte.
     fn dead_letter(
         &mut self,
         position: Position,
+        key: Option<&[u8]>,
         payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError>;

@@ -20,7 +20,7 @@ impl StdinSource {
         Self::from_reader(std::io::BufReader::new(std::io::stdin()))
     }
 
-    /// Reads lines from any reader (used by tests and by `--source stdin`).
+    /// Reads lines from any reader; `new` is this on stdin.
     pub fn from_reader<R: BufRead + Send + 'static>(reader: R) -> StdinSource {
         // Bounded: the reader thread stays at most a few lines ahead.
         let (tx, rx) = mpsc::sync_channel(16);
@@ -58,6 +58,7 @@ impl Source for StdinSource {
                 Ok(Ok((_, line))) if line.iter().all(u8::is_ascii_whitespace) => continue,
                 Ok(Ok((number, line))) => {
                     return Ok(Polled::Record(Envelope {
+                        key: None,
                         payload: line,
                         position: Position {
                             partition: 0,
@@ -107,7 +108,7 @@ fn stdout_error(source: std::io::Error) -> ConnectorError {
 }
 
 impl Sink for StdoutSink {
-    fn send(&mut self, payload: &[u8]) -> Result<(), ConnectorError> {
+    fn send(&mut self, _key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
         self.out.write_all(payload).map_err(stdout_error)?;
         self.out.write_all(b"\n").map_err(stdout_error)
     }
@@ -115,6 +116,7 @@ impl Sink for StdoutSink {
     fn dead_letter(
         &mut self,
         position: Position,
+        _key: Option<&[u8]>,
         _payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError> {
@@ -138,11 +140,17 @@ impl Sink for StdoutSink {
 pub struct DiscardSink;
 
 impl Sink for DiscardSink {
-    fn send(&mut self, _payload: &[u8]) -> Result<(), ConnectorError> {
+    fn send(&mut self, _key: Option<&[u8]>, _payload: &[u8]) -> Result<(), ConnectorError> {
         Ok(())
     }
 
-    fn dead_letter(&mut self, _: Position, _: &[u8], _: &str) -> Result<(), ConnectorError> {
+    fn dead_letter(
+        &mut self,
+        _: Position,
+        _: Option<&[u8]>,
+        _: &[u8],
+        _: &str,
+    ) -> Result<(), ConnectorError> {
         Ok(())
     }
 

@@ -9,18 +9,21 @@
 //! acknowledgements allow.
 //!
 //! For a source that commits (Kafka), the loop also keeps the records read
-//! but not yet committed below the window W before it reads another. A
-//! crash replays only the uncommitted records, so at most W duplicates.
-//! The sink thread commits once a quarter of W has been acknowledged since
-//! the last commit (or after `commit_interval`), which keeps the loop from
-//! waiting on commits while sparing the broker a write per flush.
+//! but not yet committed below a bound U before it reads another. A crash
+//! replays only the uncommitted records, so at most U duplicates. U is not
+//! the window: records stay uncommitted for a produce and a commit round
+//! trip after they leave the window, and a small window would otherwise
+//! stall on those. The sink thread commits once a quarter of U has been
+//! acknowledged since the last commit (or after `commit_interval`), which
+//! keeps the loop from waiting on commits while sparing the broker a
+//! write per flush.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fila_connectors::{Acks, Committer, ConnectorError, Polled, Position, Sink, Source};
+use fila_connectors::{Ack, Acks, Committer, ConnectorError, Polled, Position, Sink, Source};
 use fila_runtime::{AdmitError, Outcome, Runtime};
 use hdrhistogram::Histogram;
 
@@ -37,10 +40,27 @@ pub struct DriverConfig {
     /// to one per tick during a burst instead of one per record.
     pub sink_tick: Duration,
     /// With a committing source, acknowledged positions are committed once
-    /// a quarter of the window has been acknowledged since the last commit,
-    /// or once this long has passed with something to commit. Every commit
-    /// is a write on the broker, so not one per flush.
+    /// a quarter of `max_uncommitted` has been acknowledged since the last
+    /// commit, or once this long has passed with something to commit.
+    /// Every commit is a write on the broker, so not one per flush.
     pub commit_interval: Duration,
+    /// With a committing source, records read and not yet committed at
+    /// most: what a crash can replay. `None`: the larger of the window and
+    /// [`DEFAULT_UNCOMMITTED_PER_WORKER`] per worker.
+    pub max_uncommitted: Option<u64>,
+}
+
+/// The default bound on uncommitted records, per worker. It is the default
+/// window too, so by default a crash replays at most a window.
+pub const DEFAULT_UNCOMMITTED_PER_WORKER: u64 = 16;
+
+impl DriverConfig {
+    /// The uncommitted bound on `rt`.
+    pub fn uncommitted_limit(&self, rt: &Runtime) -> u64 {
+        self.max_uncommitted.unwrap_or_else(|| {
+            (rt.window() as u64).max(DEFAULT_UNCOMMITTED_PER_WORKER * rt.workers() as u64)
+        })
+    }
 }
 
 impl Default for DriverConfig {
@@ -49,19 +69,20 @@ impl Default for DriverConfig {
             poll_timeout: Duration::from_millis(100),
             sink_tick: Duration::from_millis(2),
             commit_interval: Duration::from_millis(100),
+            max_uncommitted: None,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("source failed: {0}")]
+    #[error("source failed")]
     Source(#[source] ConnectorError),
-    #[error("sink failed: {0}")]
+    #[error("sink failed")]
     Sink(#[source] ConnectorError),
-    #[error("committing offsets failed: {0}")]
+    #[error("committing offsets failed")]
     Commit(#[source] ConnectorError),
-    #[error("admission failed: {0}")]
+    #[error("admission failed")]
     Admit(#[from] AdmitError),
 }
 
@@ -93,12 +114,14 @@ impl RunSummary {
 
 enum Event {
     Output {
+        key: Option<Arc<[u8]>>,
         payload: Vec<u8>,
         arrived: Instant,
         done: Instant,
     },
     Rejected {
         position: Position,
+        key: Option<Arc<[u8]>>,
         payload: Arc<[u8]>,
         reason: String,
         at: Instant,
@@ -107,13 +130,21 @@ enum Event {
     /// this in the channel.
     Done {
         position: Position,
-        panic: Option<(String, Arc<[u8]>)>,
+        panic: Option<Panicked>,
     },
+}
+
+/// A record whose stage panicked, kept to dead-letter it.
+struct Panicked {
+    message: String,
+    key: Option<Arc<[u8]>>,
+    payload: Arc<[u8]>,
 }
 
 struct Emit {
     tx: Sender<Event>,
     position: Position,
+    key: Option<Arc<[u8]>>,
     payload: Arc<[u8]>,
     arrived: Instant,
 }
@@ -123,6 +154,7 @@ impl Outlet for Emit {
         // A send fails only once the sink thread has stopped on an error;
         // the record is then not acknowledged, and is replayed.
         let _ = self.tx.send(Event::Output {
+            key: self.key,
             payload,
             arrived: self.arrived,
             done: Instant::now(),
@@ -132,6 +164,7 @@ impl Outlet for Emit {
     fn reject(self, reason: Rejected) {
         let _ = self.tx.send(Event::Rejected {
             position: self.position,
+            key: self.key,
             payload: self.payload,
             reason: reason.0,
             at: Instant::now(),
@@ -155,17 +188,18 @@ pub fn run<R: Send + 'static>(
     stop: &AtomicBool,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
+    let limit = config.uncommitted_limit(rt).max(1);
     let committer = source
         .committer()
         .map_err(DriverError::Source)?
         .map(|committer| Commits {
             committer,
-            every: (rt.window() as u64 / 4).max(1),
+            every: (limit / 4).max(1),
             interval: config.commit_interval,
             acked_since: 0,
             last: Instant::now(),
         });
-    let gate = committer.is_some().then(|| rt.window() as u64);
+    let gate = committer.is_some().then_some(limit);
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
         let sink_thread = std::thread::Builder::new()
@@ -197,8 +231,19 @@ pub fn run<R: Send + 'static>(
         // The sink thread flushes and commits everything before it ends.
         let tally = sink_thread.join().expect("the sink thread does not panic");
 
+        // When both sides failed, the source's error is the cause: the
+        // sink's follows from the stop it caused, so it is only logged.
+        if let Err(e) = admitted {
+            if let Err(sink) = tally {
+                let cause = std::error::Error::source(&sink).map(ToString::to_string);
+                tracing::warn!(
+                    "after the source failed, the sink failed too: {sink}: {}",
+                    cause.unwrap_or_default()
+                );
+            }
+            return Err(e);
+        }
         let mut summary = tally?;
-        admitted?;
         summary.first_arrival = first_arrival;
         Ok(summary)
     })
@@ -219,8 +264,8 @@ fn admit_loop<R: Send + 'static>(
     let stopping = || stop.load(Ordering::Relaxed) || rt.is_closed();
     while !stopping() {
         if let Some(limit) = uncommitted_limit {
-            // Bounded replay: read on only while fewer than W records are
-            // uncommitted. The sink thread commits after every flush.
+            // Bounded replay: read on only while fewer than `limit`
+            // records are uncommitted. The sink thread commits them.
             if !acks.wait_uncommitted_below(limit, config.poll_timeout) {
                 continue;
             }
@@ -239,10 +284,12 @@ fn admit_loop<R: Send + 'static>(
                 first_arrival.get_or_insert(envelope.arrived);
                 acks.track(envelope.position);
                 let payload: Arc<[u8]> = envelope.payload.into();
+                let key: Option<Arc<[u8]>> = envelope.key.map(Into::into);
                 let position = envelope.position;
                 let outlet = Emit {
                     tx: tx.clone(),
                     position,
+                    key: key.clone(),
                     payload: payload.clone(),
                     arrived: envelope.arrived,
                 };
@@ -251,7 +298,11 @@ fn admit_loop<R: Send + 'static>(
                 slot.submit(
                     dataflow::start(job.clone(), payload, outlet),
                     move |outcome: Outcome| {
-                        let panic = outcome.err().map(|f| (f.message, kept));
+                        let panic = outcome.err().map(|f| Panicked {
+                            message: f.message,
+                            key,
+                            payload: kept,
+                        });
                         let _ = done_tx.send(Event::Done { position, panic });
                     },
                 );
@@ -338,11 +389,13 @@ fn sink_loop(
         for event in batch.drain(..) {
             match event {
                 Event::Output {
+                    key,
                     payload,
                     arrived,
                     done,
                 } => {
-                    sink.send(&payload).map_err(DriverError::Sink)?;
+                    sink.send(key.as_deref(), &payload)
+                        .map_err(DriverError::Sink)?;
                     live.outputs.fetch_add(1, Ordering::Relaxed);
                     let latency = done.saturating_duration_since(arrived).as_micros() as u64;
                     summary.latencies_us.saturating_record(latency);
@@ -350,17 +403,26 @@ fn sink_loop(
                 }
                 Event::Rejected {
                     position,
+                    key,
                     payload,
                     reason,
                     at,
                 } => {
-                    dead_letter(&mut *sink, position, &payload, &reason, live)?;
+                    dead_letter(
+                        &mut *sink,
+                        position,
+                        key.as_deref(),
+                        &payload,
+                        &reason,
+                        live,
+                    )?;
                     summary.last_done = summary.last_done.max(Some(at));
                 }
                 Event::Done { position, panic } => {
-                    if let Some((message, payload)) = panic {
-                        let reason = format!("a stage panicked: {message}");
-                        dead_letter(&mut *sink, position, &payload, &reason, live)?;
+                    if let Some(p) = panic {
+                        let reason = format!("a stage panicked: {}", p.message);
+                        let key = p.key.as_deref();
+                        dead_letter(&mut *sink, position, key, &p.payload, &reason, live)?;
                         live.panicked.fetch_add(1, Ordering::Relaxed);
                         summary.last_done = summary.last_done.max(Some(Instant::now()));
                     }
@@ -372,11 +434,17 @@ fn sink_loop(
         // Acknowledge only what the destination has confirmed.
         sink.flush().map_err(DriverError::Sink)?;
         for position in finished.drain(..) {
-            if !acks.ack(position) {
-                tracing::error!(?position, "a record finished twice or was never tracked");
-            }
-            if let Some(c) = commits.as_mut() {
-                c.acked_since += 1;
+            match acks.ack(position) {
+                Ack::Done => {
+                    if let Some(c) = commits.as_mut() {
+                        c.acked_since += 1;
+                    }
+                }
+                // Its partition moved to another member while it ran.
+                Ack::Released => {}
+                Ack::Unknown => {
+                    tracing::error!(?position, "a record finished twice or was never tracked")
+                }
             }
         }
         if let Some(c) = commits.as_mut().filter(|c| c.due()) {
@@ -397,13 +465,14 @@ fn sink_loop(
 fn dead_letter(
     sink: &mut dyn Sink,
     position: Position,
+    key: Option<&[u8]>,
     payload: &[u8],
     reason: &str,
     live: &Live,
 ) -> Result<(), DriverError> {
     live.dead_letters.fetch_add(1, Ordering::Relaxed);
     if sink.has_dead_letter_destination() {
-        sink.dead_letter(position, payload, reason)
+        sink.dead_letter(position, key, payload, reason)
             .map_err(DriverError::Sink)
     } else {
         tracing::warn!(

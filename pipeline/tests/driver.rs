@@ -19,13 +19,14 @@ struct Collect {
 }
 
 impl Sink for Collect {
-    fn send(&mut self, payload: &[u8]) -> Result<(), ConnectorError> {
+    fn send(&mut self, _key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
         self.outputs.lock().unwrap().push(payload.to_vec());
         Ok(())
     }
     fn dead_letter(
         &mut self,
         p: Position,
+        _key: Option<&[u8]>,
         payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError> {

@@ -5,7 +5,8 @@
 //! membership protocol (the crate has none): all of them, or with a
 //! [`Replica`] `i/n`, the partitions p with p mod n = i. Offsets are stored
 //! in Kafka under the group, and only ever committed up to what `Acks`
-//! allows.
+//! allows. Protocol v0 has no record headers and no timestamps, so keys
+//! are not carried through and a dead letter is a JSON envelope.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,56 +18,8 @@ use kafka::error::{Error as KafkaError, KafkaCode};
 use kafka::producer::{Producer, Record};
 use serde::Serialize;
 
+use super::{error, hosts, interleave, BrokerVersions, Fetched, KafkaConfig, Replica};
 use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, Source};
-
-/// One fila process's share of the partitions: replica `index` of `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replica {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl Replica {
-    pub const ALL: Replica = Replica { index: 0, count: 1 };
-
-    pub fn owns(&self, partition: i32) -> bool {
-        partition as u32 % self.count == self.index
-    }
-}
-
-impl std::str::FromStr for Replica {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("expected I/N with 0 <= I < N, like 0/2, got `{s}`");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (
-            i.parse::<u32>().map_err(|_| bad())?,
-            n.parse::<u32>().map_err(|_| bad())?,
-        );
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Replica { index, count })
-    }
-}
-
-/// Where the source reads and commits.
-#[derive(Debug, Clone)]
-pub struct KafkaConfig {
-    /// Comma-separated `host:port` list.
-    pub brokers: String,
-    pub topic: String,
-    pub group: String,
-    pub replica: Replica,
-}
-
-fn error(brokers: &str, message: impl Into<String>) -> ConnectorError {
-    ConnectorError::Kafka {
-        brokers: brokers.to_owned(),
-        message: message.into(),
-    }
-}
 
 /// Turns a client error into one a user can act on.
 fn explain(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
@@ -81,30 +34,29 @@ fn explain(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
                 UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
             ) =>
         {
-            format!(
-                "{what}: the broker closed the connection ({io}). fila's Kafka client speaks \
-                 protocol v0, which Kafka 4.x brokers no longer accept (KIP-896); \
-                 use a 3.x broker such as 3.9"
-            )
+            format!("{what}: the broker closed the connection ({io})")
         }
-        KafkaError::UnexpectedEOF => format!(
-            "{what}: the broker's answer was cut short. If this is a Kafka 4.x broker, it \
-             does not accept protocol v0; use a 3.x broker such as 3.9"
-        ),
+        KafkaError::UnexpectedEOF => format!("{what}: the broker's answer was cut short"),
         other => format!("{what}: {other}"),
     };
     error(brokers, message)
 }
 
-/// A client connected to `brokers`, with metadata loaded.
+/// A client connected to `brokers`, with metadata loaded. A Kafka 4.x
+/// broker gets a clear error here, before any v0 request it would drop.
 pub fn connect(brokers: &str) -> Result<KafkaClient, ConnectorError> {
-    let hosts: Vec<String> = brokers
-        .split(',')
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .collect();
-    if hosts.is_empty() {
-        return Err(error(brokers, "no broker address given"));
+    let hosts = hosts(brokers)?;
+    let versions = BrokerVersions::probe(brokers)?;
+    if !versions.accepts_v0_fetch() {
+        return Err(error(
+            brokers,
+            format!(
+                "the broker at {} is Kafka 4.x or later, which no longer accepts the \
+                 protocol v0 requests of the kafka client (KIP-896); use \
+                 --kafka-client rdkafka (the default)",
+                versions.address
+            ),
+        ));
     }
     let mut client = KafkaClient::new(hosts);
     client.set_client_id("fila".into());
@@ -182,7 +134,7 @@ impl TopicReader {
     }
 
     /// One fetch: waits up to about 100 ms on the broker for data.
-    pub fn fetch(&mut self) -> Result<Vec<(Position, Vec<u8>)>, ConnectorError> {
+    pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
         let topic = self.topic.as_str();
         let requests = self
             .next
@@ -192,7 +144,7 @@ impl TopicReader {
             .client
             .fetch_messages(requests)
             .map_err(|e| explain(&self.brokers, &format!("fetching from {topic}"), e))?;
-        let mut per_partition: Vec<Vec<(Position, Vec<u8>)>> = Vec::new();
+        let mut per_partition: Vec<Vec<Fetched>> = Vec::new();
         let mut reset = Vec::new();
         for response in &responses {
             for t in response.topics() {
@@ -210,13 +162,15 @@ impl TopicReader {
                                     continue;
                                 }
                                 *next = m.offset + 1;
-                                out.push((
-                                    Position {
+                                out.push(Fetched {
+                                    position: Position {
                                         partition,
                                         offset: m.offset,
                                     },
-                                    m.value.to_vec(),
-                                ));
+                                    key: (!m.key.is_empty()).then(|| m.key.to_vec()),
+                                    payload: m.value.to_vec(),
+                                    headers: Vec::new(),
+                                });
                             }
                             per_partition.push(out);
                         }
@@ -255,23 +209,6 @@ impl TopicReader {
     }
 }
 
-/// Merges per-partition batches round-robin. A fetch returns each
-/// partition's records as one block; handing them out block by block would
-/// run a whole partition's share of a burst before the next partition's
-/// first record. Producers spread a burst over partitions in turn, so taking
-/// one record from each partition in turn keeps close to arrival order.
-fn interleave<T>(per_partition: Vec<Vec<T>>) -> Vec<T> {
-    let total = per_partition.iter().map(Vec::len).sum();
-    let mut iters: Vec<_> = per_partition.into_iter().map(Vec::into_iter).collect();
-    let mut out = Vec::with_capacity(total);
-    while out.len() < total {
-        for it in &mut iters {
-            out.extend(it.next());
-        }
-    }
-    out
-}
-
 fn offsets(
     client: &mut KafkaClient,
     brokers: &str,
@@ -298,20 +235,20 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Connects, finds this replica's partitions and where each resumes,
     /// and registers them with `acks`.
-    pub fn connect(config: KafkaConfig, acks: &Acks) -> Result<KafkaSource, ConnectorError> {
+    pub fn connect(
+        config: &KafkaConfig,
+        replica: Replica,
+        acks: &Acks,
+    ) -> Result<KafkaSource, ConnectorError> {
         let brokers = config.brokers.as_str();
         let mut client = connect(brokers)?;
         let all = ensure_topic(&mut client, brokers, &config.topic)?;
-        let mine: Vec<i32> = all
-            .iter()
-            .copied()
-            .filter(|&p| config.replica.owns(p))
-            .collect();
+        let mine: Vec<i32> = all.iter().copied().filter(|&p| replica.owns(p)).collect();
         if mine.is_empty() {
             tracing::warn!(
                 topic = %config.topic,
                 partitions = all.len(),
-                replica = ?config.replica,
+                ?replica,
                 "this replica owns no partition of the input topic; it will stay idle"
             );
         }
@@ -350,7 +287,7 @@ impl KafkaSource {
             next: start,
         };
         Ok(KafkaSource {
-            config,
+            config: config.clone(),
             reader,
             buffer: VecDeque::new(),
         })
@@ -362,16 +299,12 @@ impl Source for KafkaSource {
         if self.buffer.is_empty() {
             let arrived = Instant::now();
             self.buffer
-                .extend(
-                    self.reader
-                        .fetch()?
-                        .into_iter()
-                        .map(|(position, payload)| Envelope {
-                            payload,
-                            position,
-                            arrived,
-                        }),
-                );
+                .extend(self.reader.fetch()?.into_iter().map(|f| Envelope {
+                    key: f.key,
+                    payload: f.payload,
+                    position: f.position,
+                    arrived,
+                }));
         }
         Ok(self.buffer.pop_front().map_or(Polled::Idle, Polled::Record))
     }
@@ -413,7 +346,7 @@ impl Committer for KafkaCommitter {
     }
 }
 
-/// Writes values to topics and waits for the leader's acknowledgement.
+/// Writes values to topics and waits until every in-sync replica has them.
 pub struct TopicWriter {
     producer: Producer,
     brokers: String,
@@ -433,7 +366,7 @@ impl TopicWriter {
             .load_metadata_all()
             .map_err(|e| explain(brokers, "loading metadata", e))?;
         let producer = Producer::from_client(client)
-            .with_required_acks(RequiredAcks::One)
+            .with_required_acks(RequiredAcks::All)
             .with_ack_timeout(Duration::from_secs(10))
             .create()
             .map_err(|e| explain(brokers, "creating the producer", e))?;
@@ -515,7 +448,7 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn send(&mut self, payload: &[u8]) -> Result<(), ConnectorError> {
+    fn send(&mut self, _key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
         self.pending.push((false, payload.to_vec()));
         Ok(())
     }
@@ -523,6 +456,7 @@ impl Sink for KafkaSink {
     fn dead_letter(
         &mut self,
         position: Position,
+        _key: Option<&[u8]>,
         payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError> {
@@ -570,27 +504,6 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replicas_split_partitions_by_modulo() {
-        let r: Replica = "1/2".parse().unwrap();
-        assert_eq!((0..6).filter(|&p| r.owns(p)).collect::<Vec<_>>(), [1, 3, 5]);
-        assert!(Replica::ALL.owns(7));
-        for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
-            assert!(bad.parse::<Replica>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn fetched_partitions_are_interleaved_round_robin() {
-        let merged = interleave(vec![
-            vec!["a0", "a1", "a2"],
-            vec!["b0"],
-            vec![],
-            vec!["c0", "c1"],
-        ]);
-        assert_eq!(merged, ["a0", "b0", "c0", "a1", "c1", "a2"]);
-    }
 
     #[test]
     fn unreachable_broker_is_named_in_the_error() {

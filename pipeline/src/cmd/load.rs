@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fila_connectors::{TopicReader, TopicWriter};
+use fila_connectors::{ClientKind, TopicReader, TopicWriter};
 use fila_pipeline::reference::{self, FibRecord};
 use fila_pipeline::report::{latency_histogram, LatencyMs, Report};
 
@@ -27,15 +27,17 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
     // topics are never counted: the second of the run, times a million.
     let base = reference::now_ms() / 1000 * 1_000_000;
 
-    let start = TopicReader::end_offsets(&args.brokers, &args.output_topic).with_context(|| {
-        format!(
-            "reading the end offsets of output topic {}",
-            args.output_topic
-        )
-    })?;
-    let mut reader = TopicReader::new(&args.brokers, &args.output_topic, start)
+    let client = ClientKind::from(args.kafka_client);
+    let start =
+        TopicReader::end_offsets(client, &args.brokers, &args.output_topic).with_context(|| {
+            format!(
+                "reading the end offsets of output topic {}",
+                args.output_topic
+            )
+        })?;
+    let mut reader = TopicReader::new(client, &args.brokers, &args.output_topic, start)
         .with_context(|| format!("connecting to output topic {}", args.output_topic))?;
-    let mut writer = TopicWriter::connect(&args.brokers, &[&args.input_topic])
+    let mut writer = TopicWriter::connect(client, &args.brokers, &[&args.input_topic])
         .with_context(|| format!("connecting to input topic {}", args.input_topic))?;
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
@@ -52,8 +54,8 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
             while seen.distinct < n as u64 && Instant::now() < deadline {
                 let batch = reader.fetch().context("reading the output topic")?;
                 let now = reference::now_ms();
-                for (_, value) in batch {
-                    let Ok(record) = serde_json::from_slice::<FibRecord>(&value) else {
+                for fetched in batch {
+                    let Ok(record) = serde_json::from_slice::<FibRecord>(&fetched.payload) else {
                         continue;
                     };
                     let Some(i) = record.id.checked_sub(base).filter(|&i| i < n as u64) else {

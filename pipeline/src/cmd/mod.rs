@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fila_connectors::Replica;
+use fila_connectors::{ClientKind, GroupProtocol, Replica};
 use fila_runtime::{Workers, MAX_WINDOW};
 
 mod load;
@@ -79,10 +79,14 @@ pub struct RunArgs {
     /// Do not pin workers to CPUs.
     #[arg(long)]
     pub no_pin: bool,
-    /// Records in flight at most; with Kafka, also records read and not yet
-    /// committed, so a crash replays at most this many [default: 16 × workers].
+    /// Records in flight at most [default: 16 × workers].
     #[arg(long, value_parser = parse_window)]
     pub window: Option<usize>,
+    /// With Kafka, records read and not yet committed at most, so a crash
+    /// replays at most this many [default: the window, and at least 16 ×
+    /// workers].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_uncommitted: Option<u64>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Serve live metrics (Prometheus text format) at http://ADDR/metrics.
@@ -94,11 +98,53 @@ pub struct RunArgs {
     pub report: ReportFormat,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaClientArg {
+    /// librdkafka: Kafka 3.x and 4.x, consumer groups.
+    Rdkafka,
+    /// The pure-Rust `kafka` crate: Kafka 3.x only (protocol v0), static
+    /// assignment only.
+    Kafka,
+}
+
+impl From<KafkaClientArg> for ClientKind {
+    fn from(k: KafkaClientArg) -> ClientKind {
+        match k {
+            KafkaClientArg::Rdkafka => ClientKind::Rdkafka,
+            KafkaClientArg::Kafka => ClientKind::Kafka,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupProtocolArg {
+    /// KIP-848 where the broker offers it (Kafka 4.x), else classic.
+    Auto,
+    /// KIP-848: the broker assigns partitions incrementally.
+    Consumer,
+    /// The classic protocol with the cooperative-sticky assignor.
+    Classic,
+}
+
+impl From<GroupProtocolArg> for GroupProtocol {
+    fn from(g: GroupProtocolArg) -> GroupProtocol {
+        match g {
+            GroupProtocolArg::Auto => GroupProtocol::Auto,
+            GroupProtocolArg::Consumer => GroupProtocol::Consumer,
+            GroupProtocolArg::Classic => GroupProtocol::Classic,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap broker(s), `host:port[,host:port...]` (a 3.x broker).
+    /// Kafka bootstrap broker(s), `host:port[,host:port...]`.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    /// Kafka client: `rdkafka` (Kafka 3.x and 4.x, consumer groups) or
+    /// `kafka` (pure Rust, protocol v0: Kafka 3.x only, static assignment).
+    #[arg(long, value_enum, default_value_t = KafkaClientArg::Rdkafka)]
+    pub kafka_client: KafkaClientArg,
     #[arg(long, default_value = "fila-input")]
     pub input_topic: String,
     #[arg(long, default_value = "fila-output")]
@@ -107,12 +153,18 @@ pub struct KafkaArgs {
     /// it they are logged and counted, and their offsets still commit.
     #[arg(long)]
     pub dlq_topic: Option<String>,
-    /// Consumer group under which offsets are committed.
+    /// Consumer group: with rdkafka, fila joins it and Kafka assigns the
+    /// partitions; offsets are committed under it either way.
     #[arg(long, default_value = "fila")]
     pub group: String,
-    /// Read only the partitions p with p mod N = I.
-    #[arg(long, default_value = "0/1")]
-    pub replica: Replica,
+    /// Static assignment instead of group membership: read only the
+    /// partitions p with p mod N = I. The kafka client always assigns
+    /// statically [default there: 0/1, every partition].
+    #[arg(long)]
+    pub replica: Option<Replica>,
+    /// Consumer-group protocol (rdkafka).
+    #[arg(long, value_enum, default_value_t = GroupProtocolArg::Auto)]
+    pub group_protocol: GroupProtocolArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +172,9 @@ pub struct LoadArgs {
     /// Kafka bootstrap broker(s), `host:port[,host:port...]`.
     #[arg(long)]
     pub brokers: String,
+    /// Kafka client: `rdkafka` or `kafka` (protocol v0, Kafka 3.x only).
+    #[arg(long, value_enum, default_value_t = KafkaClientArg::Rdkafka)]
+    pub kafka_client: KafkaClientArg,
     #[arg(long, default_value = "fila-input")]
     pub input_topic: String,
     #[arg(long, default_value = "fila-output")]

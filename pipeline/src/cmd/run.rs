@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use fila_connectors::{
-    Acks, BurstSource, DiscardSink, KafkaConfig, KafkaSink, KafkaSource, Sink, Source, StdinSource,
-    StdoutSink,
+    kafka_sink, kafka_source, Acks, Assignment, BurstSource, ClientKind, DiscardSink, KafkaConfig,
+    Replica, Sink, Source, StdinSource, StdoutSink,
 };
 use fila_pipeline::driver::{self, DriverConfig, RunSummary};
 use fila_pipeline::metrics::{self, Live, MetricsListener};
@@ -49,20 +49,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         SourceKind::Kafka => SinkKind::Kafka,
     });
     let k = &args.kafka;
+    let client = ClientKind::from(k.kafka_client);
     let sink: Box<dyn Sink> = match sink_kind {
         SinkKind::None => Box::new(DiscardSink),
         SinkKind::Stdout => Box::new(StdoutSink::new()),
-        SinkKind::Kafka => Box::new(
-            KafkaSink::connect(
-                &k.brokers,
-                &k.input_topic,
-                &k.output_topic,
-                k.dlq_topic.as_deref(),
-            )
-            .with_context(|| format!("connecting the sink to output topic {}", k.output_topic))?,
-        ),
+        SinkKind::Kafka => kafka_sink(
+            client,
+            &k.brokers,
+            &k.input_topic,
+            &k.output_topic,
+            k.dlq_topic.as_deref(),
+        )
+        .with_context(|| format!("connecting the sink to output topic {}", k.output_topic))?,
     };
-    let acks = Acks::new();
+    let acks = Arc::new(Acks::new());
 
     // On the embedded burst, w is calibrated around the run (DESIGN.md
     // section 5), on the workers' CPUs. The burst's clock starts when its
@@ -96,23 +96,41 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         SourceKind::Stdin => Box::new(StdinSource::new()),
         SourceKind::Kafka => {
+            // The kafka client has no group membership: it reads every
+            // partition unless told which.
+            let assignment = match (k.replica, client) {
+                (Some(replica), _) => Assignment::Static(replica),
+                (None, ClientKind::Kafka) => Assignment::Static(Replica::ALL),
+                (None, ClientKind::Rdkafka) => Assignment::Group(k.group_protocol.into()),
+            };
             let config = KafkaConfig {
                 brokers: k.brokers.clone(),
                 topic: k.input_topic.clone(),
                 group: k.group.clone(),
-                replica: k.replica,
+                assignment,
             };
-            let source = KafkaSource::connect(config, &acks).with_context(|| {
+            let source = kafka_source(client, config, acks.clone()).with_context(|| {
                 format!("connecting the source to input topic {}", k.input_topic)
             })?;
+            let how = match assignment {
+                Assignment::Group(_) => format!("member of group {}", k.group),
+                Assignment::Static(r) => format!(
+                    "partitions p mod {} = {}, offsets under group {}",
+                    r.count, r.index, k.group
+                ),
+            };
             eprintln!(
-                "fila: reading {} (group {}, replica {}/{}) into {} on {}; stop with Ctrl-C",
-                k.input_topic, k.group, k.replica.index, k.replica.count, k.output_topic, k.brokers
+                "fila: reading {} ({how}) into {} on {}; stop with Ctrl-C",
+                k.input_topic, k.output_topic, k.brokers
             );
-            Box::new(source)
+            source
         }
     };
     let commits = args.source == SourceKind::Kafka;
+    let config = DriverConfig {
+        max_uncommitted: args.max_uncommitted,
+        ..DriverConfig::default()
+    };
     let summary = drive(
         &rt,
         job.clone(),
@@ -121,6 +139,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         &acks,
         metrics.as_ref(),
         commits,
+        &config,
     )?;
     let ideal = before.map(|before| Ideal::from_calibrations(p, before, calibration(per_thread)));
 
@@ -154,6 +173,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Runs the driver with SIGINT/SIGTERM wired to a clean stop: admission
 /// closes, what is in flight drains, flushes, and commits.
+#[allow(clippy::too_many_arguments)]
 fn drive<R: Send + 'static>(
     rt: &Runtime,
     job: Arc<fila_pipeline::dataflow::Job<R>>,
@@ -162,6 +182,7 @@ fn drive<R: Send + 'static>(
     acks: &Acks,
     metrics: Option<&MetricsListener>,
     commits: bool,
+    config: &DriverConfig,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
     let metrics_stop = AtomicBool::new(false);
@@ -183,16 +204,7 @@ fn drive<R: Send + 'static>(
                 })
             });
         }
-        let result = driver::run(
-            rt,
-            job,
-            source,
-            sink,
-            acks,
-            &live,
-            &stop,
-            &DriverConfig::default(),
-        );
+        let result = driver::run(rt, job, source, sink, acks, &live, &stop, config);
         signal_handle.close();
         metrics_stop.store(true, Ordering::Relaxed);
         result.map_err(anyhow::Error::from)

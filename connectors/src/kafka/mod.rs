@@ -1,0 +1,363 @@
+//! Kafka sources and sinks, on two clients behind one interface.
+//!
+//! - [`ClientKind::Rdkafka`] (the default) is librdkafka through the
+//!   `rdkafka` crate's synchronous API: `BaseConsumer` polled from the
+//!   source's thread, `BaseProducer` with delivery callbacks. It speaks
+//!   current protocol versions, so it works with Kafka 3.x and 4.x, and it
+//!   joins consumer groups: the KIP-848 protocol where the broker offers
+//!   it (4.x), cooperative-sticky otherwise.
+//! - [`ClientKind::Kafka`] is the pure-Rust `kafka` crate. It speaks
+//!   protocol v0, which Kafka 4.0 removed (KIP-896), so it works with 3.x
+//!   brokers only, and it has no group membership: partitions are
+//!   assigned statically.
+//!
+//! Either way, offsets are committed under the group only up to what
+//! [`Acks`](crate::Acks) allows: every record at or below them has been
+//! acknowledged by the output or the dead-letter topic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::{Acks, ConnectorError, Position, Sink, Source};
+
+mod probe;
+mod rd;
+mod v0;
+
+pub use probe::BrokerVersions;
+pub use rd::{
+    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+};
+
+/// Which Kafka client to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientKind {
+    /// librdkafka: Kafka 3.x and 4.x, consumer groups.
+    #[default]
+    Rdkafka,
+    /// The pure-Rust `kafka` crate: Kafka 3.x only, static assignment.
+    Kafka,
+}
+
+impl std::str::FromStr for ClientKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rdkafka" => Ok(ClientKind::Rdkafka),
+            "kafka" => Ok(ClientKind::Kafka),
+            _ => Err(format!("expected rdkafka or kafka, got `{s}`")),
+        }
+    }
+}
+
+/// One fila process's share of the partitions: replica `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Replica {
+    pub const ALL: Replica = Replica { index: 0, count: 1 };
+
+    pub fn owns(&self, partition: i32) -> bool {
+        partition as u32 % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Replica {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("expected I/N with 0 <= I < N, like 0/2, got `{s}`");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.parse::<u32>().map_err(|_| bad())?,
+            n.parse::<u32>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Replica { index, count })
+    }
+}
+
+/// Which consumer-group protocol a member uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// KIP-848 (`consumer`) if the broker offers it, else `classic`.
+    #[default]
+    Auto,
+    /// KIP-848: the broker assigns, incrementally (Kafka 4.x).
+    Consumer,
+    /// The classic protocol with the cooperative-sticky assignor.
+    Classic,
+}
+
+impl std::str::FromStr for GroupProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(GroupProtocol::Auto),
+            "consumer" => Ok(GroupProtocol::Consumer),
+            "classic" => Ok(GroupProtocol::Classic),
+            _ => Err(format!("expected auto, consumer or classic, got `{s}`")),
+        }
+    }
+}
+
+/// How a source gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Join the group: Kafka assigns the partitions and moves them when
+    /// members come and go (rdkafka only).
+    Group(GroupProtocol),
+    /// Read the partitions p with p mod N = I, whoever else reads.
+    Static(Replica),
+}
+
+/// Where the source reads and commits.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub assignment: Assignment,
+}
+
+/// The source for `config` on client `kind`. Offsets it hands out are
+/// tracked in `acks`, which its committer reads.
+pub fn kafka_source(
+    kind: ClientKind,
+    config: KafkaConfig,
+    acks: Arc<Acks>,
+) -> Result<Box<dyn Source>, ConnectorError> {
+    match kind {
+        ClientKind::Rdkafka => Ok(Box::new(rd::RdSource::connect(config, acks)?)),
+        ClientKind::Kafka => {
+            let Assignment::Static(replica) = config.assignment else {
+                return Err(error(
+                    &config.brokers,
+                    "the kafka client cannot join a consumer group; give --replica I/N \
+                     (0/1 reads every partition), or use --kafka-client rdkafka",
+                ));
+            };
+            Ok(Box::new(v0::KafkaSource::connect(&config, replica, &acks)?))
+        }
+    }
+}
+
+/// The pipeline's Kafka sink: outputs to `output_topic`, records that
+/// cannot be processed to `dlq_topic` if set. Its `flush` returns once the
+/// broker has acknowledged everything sent.
+pub fn kafka_sink(
+    kind: ClientKind,
+    brokers: &str,
+    input_topic: &str,
+    output_topic: &str,
+    dlq_topic: Option<&str>,
+) -> Result<Box<dyn Sink>, ConnectorError> {
+    Ok(match kind {
+        ClientKind::Rdkafka => Box::new(rd::RdSink::connect(
+            brokers,
+            input_topic,
+            output_topic,
+            dlq_topic,
+        )?),
+        ClientKind::Kafka => Box::new(v0::KafkaSink::connect(
+            brokers,
+            input_topic,
+            output_topic,
+            dlq_topic,
+        )?),
+    })
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1, for
+/// a test or a single-broker set-up). Succeeds if it already exists.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), ConnectorError> {
+    rd::create_topic(brokers, topic, partitions)
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub position: Position,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// Empty on the `kafka` client (protocol v0 has no headers).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+enum ReaderImpl {
+    Rd(rd::TopicReader),
+    V0(Box<v0::TopicReader>),
+}
+
+/// Reads given partitions of a topic from given offsets, with no group:
+/// the load client's view of the output topic, and tests'.
+pub struct TopicReader(ReaderImpl);
+
+impl TopicReader {
+    /// Reads `topic` on `brokers`, partition p from `start[p]`.
+    pub fn new(
+        kind: ClientKind,
+        brokers: &str,
+        topic: &str,
+        start: BTreeMap<i32, i64>,
+    ) -> Result<TopicReader, ConnectorError> {
+        Ok(TopicReader(match kind {
+            ClientKind::Rdkafka => ReaderImpl::Rd(rd::TopicReader::new(brokers, topic, start)?),
+            ClientKind::Kafka => {
+                ReaderImpl::V0(Box::new(v0::TopicReader::new(brokers, topic, start)?))
+            }
+        }))
+    }
+
+    /// The current end (next offset to be written) of every partition,
+    /// creating the topic (with the broker's default partition count) if
+    /// it does not exist.
+    pub fn end_offsets(
+        kind: ClientKind,
+        brokers: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+        match kind {
+            ClientKind::Rdkafka => rd::end_offsets(brokers, topic),
+            ClientKind::Kafka => v0::TopicReader::end_offsets(brokers, topic),
+        }
+    }
+
+    /// What arrived since the last call, waiting up to about 100 ms for
+    /// something to arrive.
+    pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
+        match &mut self.0 {
+            ReaderImpl::Rd(r) => r.fetch(),
+            ReaderImpl::V0(r) => r.fetch(),
+        }
+    }
+}
+
+/// A record to send: topic, key, value.
+pub type KeyedRecord<'a> = (&'a str, Option<&'a [u8]>, &'a [u8]);
+
+enum WriterImpl {
+    Rd(rd::TopicWriter),
+    V0(Box<v0::TopicWriter>),
+}
+
+/// Writes values to topics and waits until every one is acknowledged.
+pub struct TopicWriter(WriterImpl);
+
+impl TopicWriter {
+    /// Connects and makes sure every topic in `topics` exists.
+    pub fn connect(
+        kind: ClientKind,
+        brokers: &str,
+        topics: &[&str],
+    ) -> Result<TopicWriter, ConnectorError> {
+        Ok(TopicWriter(match kind {
+            ClientKind::Rdkafka => WriterImpl::Rd(rd::TopicWriter::connect(brokers, topics)?),
+            ClientKind::Kafka => {
+                WriterImpl::V0(Box::new(v0::TopicWriter::connect(brokers, topics)?))
+            }
+        }))
+    }
+
+    /// Sends every `(topic, value)` and returns once all are acknowledged.
+    /// Values without a key are spread over the topic's partitions.
+    pub fn send_all(&mut self, records: &[(&str, &[u8])]) -> Result<(), ConnectorError> {
+        match &mut self.0 {
+            WriterImpl::Rd(w) => w.send_all(records.iter().map(|&(t, v)| (t, None, v))),
+            WriterImpl::V0(w) => w.send_all(records),
+        }
+    }
+
+    /// Sends every `(topic, key, value)` and returns once all are
+    /// acknowledged. Records with the same key go to the same partition.
+    /// The `kafka` client cannot send keys.
+    pub fn send_keyed(&mut self, records: &[KeyedRecord<'_>]) -> Result<(), ConnectorError> {
+        match &mut self.0 {
+            WriterImpl::Rd(w) => w.send_all(records.iter().copied()),
+            WriterImpl::V0(_) => Err(ConnectorError::Kafka {
+                brokers: String::new(),
+                message: "the kafka client does not send keys".into(),
+            }),
+        }
+    }
+}
+
+fn error(brokers: &str, message: impl Into<String>) -> ConnectorError {
+    ConnectorError::Kafka {
+        brokers: brokers.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The bootstrap addresses in a comma-separated list.
+fn hosts(brokers: &str) -> Result<Vec<String>, ConnectorError> {
+    let hosts: Vec<String> = brokers
+        .split(',')
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hosts.is_empty() {
+        return Err(error(brokers, "no broker address given"));
+    }
+    Ok(hosts)
+}
+
+/// Merges per-partition batches round-robin. A fetch returns each
+/// partition's records as one block; handing them out block by block would
+/// run a whole partition's share of a burst before the next partition's
+/// first record. Producers spread a burst over partitions in turn, so taking
+/// one record from each partition in turn keeps close to arrival order.
+fn interleave<T>(per_partition: Vec<Vec<T>>) -> Vec<T> {
+    let total = per_partition.iter().map(Vec::len).sum();
+    let mut iters: Vec<_> = per_partition.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        for it in &mut iters {
+            out.extend(it.next());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_split_partitions_by_modulo() {
+        let r: Replica = "1/2".parse().unwrap();
+        assert_eq!((0..6).filter(|&p| r.owns(p)).collect::<Vec<_>>(), [1, 3, 5]);
+        assert!(Replica::ALL.owns(7));
+        for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
+            assert!(bad.parse::<Replica>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fetched_partitions_are_interleaved_round_robin() {
+        let merged = interleave(vec![
+            vec!["a0", "a1", "a2"],
+            vec!["b0"],
+            vec![],
+            vec!["c0", "c1"],
+        ]);
+        assert_eq!(merged, ["a0", "b0", "c0", "a1", "c1", "a2"]);
+    }
+
+    #[test]
+    fn client_and_protocol_names_parse() {
+        assert_eq!("rdkafka".parse(), Ok(ClientKind::Rdkafka));
+        assert_eq!("kafka".parse(), Ok(ClientKind::Kafka));
+        assert!("librdkafka".parse::<ClientKind>().is_err());
+        assert_eq!("consumer".parse(), Ok(GroupProtocol::Consumer));
+        assert!("eager".parse::<GroupProtocol>().is_err());
+    }
+}

@@ -1,0 +1,927 @@
+//! Kafka source and sink on librdkafka (the `rdkafka` crate), through its
+//! synchronous API only: a `BaseConsumer` polled by the source's thread,
+//! and a `BaseProducer` whose delivery callbacks run inside `flush`.
+//!
+//! # Group membership and revocation
+//!
+//! With [`Assignment::Group`] the source subscribes, and Kafka assigns the
+//! partitions (KIP-848 where the broker offers it, cooperative-sticky
+//! otherwise). librdkafka runs the rebalance callbacks on the thread that
+//! polls, which is the source's. When partitions are revoked:
+//!
+//! 1. the callback waits, bounded by [`DRAIN_TIMEOUT`], until every record
+//!    of those partitions that was handed out has been acknowledged (the
+//!    workers and the sink's thread go on meanwhile: nothing they do
+//!    needs the source's thread);
+//! 2. it commits their acknowledged offsets, under the same lock as the
+//!    sink thread's commits, so no commit of a partition can land after
+//!    its release;
+//! 3. it releases them from [`Acks`]: a record that is still running after
+//!    the bound finishes later and is ignored, and the new owner replays it
+//!    from the last commit (a duplicate, never a loss);
+//! 4. records of those partitions read ahead and not yet handed out are
+//!    dropped, since the new owner reads them again.
+//!
+//! A lost assignment (the member was fenced or timed out) commits nothing:
+//! another member owns those partitions already.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{error, interleave, Assignment, BrokerVersions, Fetched, GroupProtocol, KafkaConfig};
+use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, Source};
+
+/// How long a revocation waits for the revoked partitions' records to be
+/// acknowledged: far inside the 300 s `max.poll.interval.ms` within which
+/// a member must finish it.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long metadata and offset look-ups may take before they fail.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One wait for delivery reports while flushing.
+const FLUSH_POLL: Duration = Duration::from_millis(1);
+
+/// Records the source takes from librdkafka's queue at once, to hand them
+/// out round-robin over partitions.
+const READ_AHEAD: usize = 4096;
+
+/// Headers of a dead letter: where the record was, and why it failed.
+pub const DLQ_TOPIC_HEADER: &str = "fila.source.topic";
+pub const DLQ_PARTITION_HEADER: &str = "fila.source.partition";
+pub const DLQ_OFFSET_HEADER: &str = "fila.source.offset";
+pub const DLQ_REASON_HEADER: &str = "fila.reason";
+
+fn kafka_error(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
+    error(brokers, format!("{what}: {e}"))
+}
+
+fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "fila")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Routes librdkafka's logs and errors to `tracing`, and says each kind of
+/// client error once until the client recovers, not once per retry.
+#[derive(Default)]
+struct Logging {
+    last_error: Mutex<Option<String>>,
+}
+
+impl Logging {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = format!("{error}");
+        let mut last = lock(&self.last_error);
+        if last.as_deref() != Some(kind.as_str()) {
+            tracing::warn!(target: "librdkafka", "{reason} ({kind}); retrying");
+            *last = Some(kind);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values stay consistent at every step, so a panic
+    // elsewhere while holding the lock leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the source, its rebalance callbacks and its committer share.
+struct SourceContext {
+    brokers: String,
+    topic: String,
+    acks: Arc<Acks>,
+    /// Held across every commit, and across a revocation's commit and
+    /// release, so no commit of a released partition lands after it.
+    commit: Mutex<()>,
+    /// Partitions revoked since the source last looked: their read-ahead
+    /// records must be dropped.
+    revoked: Mutex<Vec<i32>>,
+    logging: Logging,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logging.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logging.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions = self.partitions_of(tpl);
+                if consumer.assignment_lost() {
+                    tracing::warn!(
+                        topic = %self.topic, ?partitions,
+                        "partitions lost to another member: nothing of theirs is committed here"
+                    );
+                    let _guard = lock(&self.commit);
+                    self.acks.release(&partitions);
+                } else {
+                    self.revoke(consumer, &partitions);
+                }
+                lock(&self.revoked).extend(partitions);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(topic = %self.topic, "rebalance failed: {e}"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = self.partitions_of(tpl);
+            if !partitions.is_empty() {
+                tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
+            }
+        }
+    }
+}
+
+impl SourceContext {
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// Drain, commit, release: see the module documentation.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let drained = self.acks.wait_drained(partitions, DRAIN_TIMEOUT);
+        let _guard = lock(&self.commit);
+        let offsets: Vec<(i32, i64)> = self
+            .acks
+            .committable()
+            .into_iter()
+            .filter(|(p, _)| partitions.contains(p))
+            .collect();
+        if !offsets.is_empty() {
+            match commit_offsets(consumer, &self.topic, &offsets) {
+                Ok(()) => self.acks.mark_committed(&offsets),
+                Err(e) => tracing::warn!(
+                    topic = %self.topic, ?partitions,
+                    "committing revoked partitions failed ({e}); their new owner replays \
+                     from the last commit"
+                ),
+            }
+        }
+        let left = self.acks.outstanding_in(partitions);
+        self.acks.release(partitions);
+        if drained {
+            tracing::info!(
+                topic = %self.topic, ?partitions, ?offsets, took = ?started.elapsed(),
+                "partitions revoked: drained and committed"
+            );
+        } else {
+            tracing::warn!(
+                topic = %self.topic, ?partitions, left,
+                "partitions revoked before their records drained (waited {DRAIN_TIMEOUT:?}); \
+                 the new owner replays those"
+            );
+        }
+    }
+}
+
+fn commit_offsets(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for &(partition, offset) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// Whether a failed commit only means the partitions moved to another
+/// member (or are moving): not an error of this process.
+fn moved_on(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RebalanceInProgress
+                | IllegalGeneration
+                | UnknownMemberId
+                | FencedInstanceId
+                | StaleMemberEpoch
+                | UnknownTopicOrPartition
+                | State
+                | AssignmentLost
+                | NoOffset
+        )
+    )
+}
+
+/// Whether retrying can never help.
+fn fatal(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Fatal
+                | GroupAuthorizationFailed
+                | TopicAuthorizationFailed
+                | SaslAuthenticationFailed
+                | InvalidGroupId
+                | UnsupportedFeature
+        )
+    )
+}
+
+/// Reads the input topic as a group member or from a static assignment.
+pub struct RdSource {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    /// Read-ahead per partition, handed out round-robin.
+    buffered: BTreeMap<i32, VecDeque<Envelope>>,
+    count: usize,
+    /// The partition that handed out the last record.
+    turn: i32,
+}
+
+impl RdSource {
+    pub fn connect(config: KafkaConfig, acks: Arc<Acks>) -> Result<RdSource, ConnectorError> {
+        let brokers = config.brokers.as_str();
+        let versions = BrokerVersions::probe(brokers)?;
+        let mut client = client_config(brokers);
+        client
+            .set("group.id", &config.group)
+            // Offsets are committed by hand, and only what `Acks` allows.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Bound what librdkafka reads ahead of the window, and keep
+            // each partition's block in a fetch small enough that
+            // partitions interleave (see `READ_AHEAD`).
+            .set("queued.max.messages.kbytes", "16384")
+            .set("max.partition.fetch.bytes", "65536")
+            .set("fetch.wait.max.ms", "100");
+        let mut protocol = "static";
+        if let Assignment::Group(wanted) = config.assignment {
+            let consumer_protocol = match wanted {
+                GroupProtocol::Consumer => true,
+                GroupProtocol::Classic => false,
+                GroupProtocol::Auto => versions.offers_consumer_protocol(),
+            };
+            if consumer_protocol {
+                // KIP-848: the broker assigns; the assignor and session
+                // settings are the group's, not the member's.
+                client.set("group.protocol", "consumer");
+                protocol = "consumer (KIP-848)";
+            } else {
+                client
+                    .set("group.protocol", "classic")
+                    .set("partition.assignment.strategy", "cooperative-sticky");
+                protocol = "classic, cooperative-sticky";
+            }
+        }
+        let context = SourceContext {
+            brokers: config.brokers.clone(),
+            topic: config.topic.clone(),
+            acks,
+            commit: Mutex::new(()),
+            revoked: Mutex::new(Vec::new()),
+            logging: Logging::default(),
+        };
+        let consumer: BaseConsumer<SourceContext> = client
+            .create_with_context(context)
+            .map_err(|e| kafka_error(brokers, "creating the consumer", e))?;
+        let partitions = ensure_topic(consumer.client(), brokers, &config.topic)?;
+        match config.assignment {
+            Assignment::Group(_) => consumer
+                .subscribe(&[&config.topic])
+                .map_err(|e| kafka_error(brokers, "joining the group", e))?,
+            Assignment::Static(replica) => {
+                let mut tpl = TopicPartitionList::new();
+                for &p in partitions.iter().filter(|&&p| replica.owns(p)) {
+                    // Stored: the group's committed offset, or
+                    // auto.offset.reset where none is.
+                    tpl.add_partition_offset(&config.topic, p, Offset::Stored)
+                        .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
+                }
+                if tpl.count() == 0 {
+                    tracing::warn!(
+                        topic = %config.topic, partitions = partitions.len(), ?replica,
+                        "this replica owns no partition of the input topic; it will stay idle"
+                    );
+                }
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
+            }
+        }
+        tracing::info!(topic = %config.topic, group = %config.group, protocol, "reading");
+        Ok(RdSource {
+            consumer: Arc::new(consumer),
+            buffered: BTreeMap::new(),
+            count: 0,
+            turn: -1,
+        })
+    }
+
+    fn context(&self) -> &SourceContext {
+        self.consumer.context()
+    }
+
+    /// Takes what librdkafka has, waiting up to `timeout` for the first.
+    fn fill(&mut self, timeout: Duration) -> Result<(), ConnectorError> {
+        let mut wait = timeout;
+        while self.count < READ_AHEAD {
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            match result {
+                Ok(m) => {
+                    let envelope = envelope_of(&m);
+                    self.buffered
+                        .entry(envelope.position.partition)
+                        .or_default()
+                        .push_back(envelope);
+                    self.count += 1;
+                }
+                Err(e) if fatal(&e) => {
+                    return Err(kafka_error(
+                        &self.context().brokers,
+                        &format!("reading {}", self.context().topic),
+                        e,
+                    ))
+                }
+                Err(e) => self.context().logging.error(e, "reading the input topic"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the read-ahead of partitions revoked during the last poll.
+    fn forget_revoked(&mut self) {
+        let revoked = std::mem::take(&mut *lock(&self.context().revoked));
+        for p in revoked {
+            if let Some(q) = self.buffered.remove(&p) {
+                self.count -= q.len();
+            }
+        }
+    }
+
+    /// The next record, one partition after the other.
+    fn next_round_robin(&mut self) -> Option<Envelope> {
+        let next = self
+            .buffered
+            .range(self.turn + 1..)
+            .chain(self.buffered.range(..=self.turn))
+            .find(|(_, q)| !q.is_empty())
+            .map(|(&p, _)| p)?;
+        self.turn = next;
+        self.count -= 1;
+        self.buffered.get_mut(&next)?.pop_front()
+    }
+}
+
+fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
+    Envelope {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        position: Position {
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+        arrived: Instant::now(),
+    }
+}
+
+impl Source for RdSource {
+    fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
+        if self.count == 0 {
+            self.fill(timeout)?;
+        }
+        self.forget_revoked();
+        Ok(self.next_round_robin().map_or(Polled::Idle, Polled::Record))
+    }
+
+    fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
+        Ok(Some(Box::new(RdCommitter {
+            consumer: self.consumer.clone(),
+        })))
+    }
+}
+
+struct RdCommitter {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+}
+
+impl Committer for RdCommitter {
+    fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        let _guard = lock(&context.commit);
+        let offsets = acks.committable();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        match commit_offsets(&self.consumer, &context.topic, &offsets) {
+            Ok(()) => {
+                acks.mark_committed(&offsets);
+                Ok(())
+            }
+            Err(e) if moved_on(&e) => {
+                tracing::debug!("commit refused while partitions move ({e}); not marked");
+                Ok(())
+            }
+            Err(e) if fatal(&e) => Err(kafka_error(&context.brokers, "committing offsets", e)),
+            Err(e) => {
+                // The broker is away or busy: the offsets stay committable,
+                // and the next commit carries them. The uncommitted bound
+                // holds the source back meanwhile.
+                context.logging.error(e, "committing offsets");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The partitions of `topic`, asking the broker to create it (with its
+/// default partition count) if it does not exist yet.
+fn ensure_topic<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    brokers: &str,
+    topic: &str,
+) -> Result<Vec<i32>, ConnectorError> {
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(metadata) => {
+                if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                    if t.error().is_none() && !ids.is_empty() {
+                        ids.sort_unstable();
+                        return Ok(ids);
+                    }
+                    last = match t.error() {
+                        Some(e) => format!("{:?}", RDKafkaErrorCode::from(e)),
+                        None => "no partitions yet".into(),
+                    };
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(error(
+        brokers,
+        format!(
+            "topic {topic} does not exist and was not created within {LOOKUP_TIMEOUT:?} \
+             (is auto.create.topics.enable off?): {last}"
+        ),
+    ))
+}
+
+/// Collects delivery failures reported by librdkafka's callbacks.
+#[derive(Default)]
+struct DeliveryContext {
+    failed: Mutex<Option<String>>,
+    logging: Logging,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logging.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logging.error(error, reason)
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            let mut failed = lock(&self.failed);
+            if failed.is_none() {
+                *failed = Some(format!(
+                    "producing to {} partition {}: {e}",
+                    m.topic(),
+                    m.partition()
+                ));
+            }
+        }
+    }
+}
+
+/// A producer that waits for every replica (`acks=all`) and never writes
+/// a record twice on a retry (idempotence).
+fn producer(
+    brokers: &str,
+    linger_ms: u32,
+) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
+    BrokerVersions::probe(brokers)?;
+    client_config(brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", linger_ms.to_string())
+        .create_with_context(DeliveryContext::default())
+        .map_err(|e| kafka_error(brokers, "creating the producer", e))
+}
+
+struct Writer {
+    producer: BaseProducer<DeliveryContext>,
+    brokers: String,
+}
+
+impl Writer {
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        partition: Option<i32>,
+    ) -> Result<(), ConnectorError> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: serve delivery reports,
+                    // which frees room, and try again.
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    return Err(kafka_error(
+                        &self.brokers,
+                        &format!("producing to {topic}"),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Returns once everything sent is acknowledged, or the first failure.
+    fn flush(&self) -> Result<(), ConnectorError> {
+        // Serve delivery reports until none is outstanding. librdkafka
+        // fails a record after `message.timeout.ms` (5 minutes by
+        // default) of retries, so this ends. (`Producer::flush` would wait
+        // in steps of 100 ms, a tenth of a second per flush of the sink.)
+        while self.producer.in_flight_count() > 0 {
+            self.producer.poll(FLUSH_POLL);
+        }
+        match lock(&self.producer.context().failed).take() {
+            Some(failure) => Err(error(&self.brokers, failure)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Dropping a producer purges what it still holds: say so if
+        // anything was left, rather than lose it silently.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(FLUSH_POLL);
+        }
+        let left = self.producer.in_flight_count();
+        if left > 0 {
+            tracing::error!(
+                brokers = %self.brokers,
+                "{left} records were not acknowledged when the producer closed"
+            );
+        }
+    }
+}
+
+/// The pipeline's sink: outputs keep their input's key; a dead letter is
+/// the input's bytes unchanged, with its position and the reason in
+/// headers.
+pub struct RdSink {
+    writer: Writer,
+    input_topic: String,
+    output_topic: String,
+    dlq_topic: Option<String>,
+}
+
+impl RdSink {
+    pub fn connect(
+        brokers: &str,
+        input_topic: &str,
+        output_topic: &str,
+        dlq_topic: Option<&str>,
+    ) -> Result<RdSink, ConnectorError> {
+        // The sink flushes after every batch, which sends at once; linger
+        // only gathers what arrives while a flush is under way.
+        let producer = producer(brokers, 1)?;
+        for topic in std::iter::once(output_topic).chain(dlq_topic) {
+            ensure_topic(producer.client(), brokers, topic)?;
+        }
+        Ok(RdSink {
+            writer: Writer {
+                producer,
+                brokers: brokers.to_owned(),
+            },
+            input_topic: input_topic.to_owned(),
+            output_topic: output_topic.to_owned(),
+            dlq_topic: dlq_topic.map(str::to_owned),
+        })
+    }
+}
+
+impl Sink for RdSink {
+    fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
+        self.writer
+            .send(&self.output_topic, key, payload, None, None)
+    }
+
+    fn dead_letter(
+        &mut self,
+        position: Position,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
+        let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
+        let headers = [
+            (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),
+            (DLQ_PARTITION_HEADER, partition.as_bytes()),
+            (DLQ_OFFSET_HEADER, offset.as_bytes()),
+            (DLQ_REASON_HEADER, reason.as_bytes()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new_with_capacity(4), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        self.writer.send(topic, key, payload, Some(headers), None)
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.writer.flush()
+    }
+
+    fn has_dead_letter_destination(&self) -> bool {
+        self.dlq_topic.is_some()
+    }
+}
+
+/// Writes values to topics for the load client and tests. Records without
+/// a key go to the topic's partitions in turn, so a burst is spread evenly
+/// (librdkafka's default would put everything sent within a few
+/// milliseconds on one partition).
+pub struct TopicWriter {
+    writer: Writer,
+    partitions: BTreeMap<String, i32>,
+    turn: u64,
+}
+
+impl TopicWriter {
+    pub fn connect(brokers: &str, topics: &[&str]) -> Result<TopicWriter, ConnectorError> {
+        // A burst is sent as fast as possible: a few ms of linger fills
+        // batches without delaying the records noticeably.
+        let producer = producer(brokers, 5)?;
+        let mut partitions = BTreeMap::new();
+        for &topic in topics {
+            let ids = ensure_topic(producer.client(), brokers, topic)?;
+            partitions.insert(topic.to_owned(), ids.len() as i32);
+        }
+        Ok(TopicWriter {
+            writer: Writer {
+                producer,
+                brokers: brokers.to_owned(),
+            },
+            partitions,
+            turn: 0,
+        })
+    }
+
+    pub fn send_all<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, &'a [u8])>,
+    ) -> Result<(), ConnectorError> {
+        for (topic, key, value) in records {
+            let partition = match (key, self.partitions.get(topic)) {
+                (None, Some(&n)) if n > 0 => {
+                    self.turn += 1;
+                    Some((self.turn % n as u64) as i32)
+                }
+                _ => None,
+            };
+            self.writer.send(topic, key, value, None, partition)?;
+        }
+        self.writer.flush()
+    }
+}
+
+#[derive(Default)]
+struct ReaderContext {
+    logging: Logging,
+}
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logging.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logging.error(error, reason)
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// Reads given partitions from given offsets, outside any group.
+pub struct TopicReader {
+    consumer: BaseConsumer<ReaderContext>,
+    brokers: String,
+    topic: String,
+}
+
+fn reader(brokers: &str) -> Result<BaseConsumer<ReaderContext>, ConnectorError> {
+    BrokerVersions::probe(brokers)?;
+    // librdkafka wants a group even for a plain assignment; this one never
+    // joins, and commits nothing.
+    let group = format!("fila-reader-{}", std::process::id());
+    client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(ReaderContext::default())
+        .map_err(|e| kafka_error(brokers, "creating the consumer", e))
+}
+
+impl TopicReader {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        start: BTreeMap<i32, i64>,
+    ) -> Result<TopicReader, ConnectorError> {
+        let consumer = reader(brokers)?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in start {
+            tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+                .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_error(brokers, &format!("reading {topic}"), e))?;
+        Ok(TopicReader {
+            consumer,
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+        })
+    }
+
+    pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
+        let mut per_partition: BTreeMap<i32, Vec<Fetched>> = BTreeMap::new();
+        let mut wait = Duration::from_millis(100);
+        let mut count = 0;
+        while count < 10_000 {
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            match result {
+                Ok(m) => {
+                    count += 1;
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let e = envelope_of(&m);
+                    per_partition
+                        .entry(e.position.partition)
+                        .or_default()
+                        .push(Fetched {
+                            position: e.position,
+                            key: e.key,
+                            payload: e.payload,
+                            headers,
+                        });
+                }
+                Err(e) if fatal(&e) => {
+                    return Err(kafka_error(
+                        &self.brokers,
+                        &format!("reading {}", self.topic),
+                        e,
+                    ))
+                }
+                Err(e) => self.consumer.context().logging.error(e, "reading a topic"),
+            }
+        }
+        Ok(interleave(per_partition.into_values().collect()))
+    }
+}
+
+/// The end offset of every partition of `topic`, creating it if needed.
+pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    let producer = producer(brokers, 0)?;
+    let partitions = ensure_topic(producer.client(), brokers, topic)?;
+    let mut out = BTreeMap::new();
+    for p in partitions {
+        let (_, high) = producer
+            .client()
+            .fetch_watermarks(topic, p, LOOKUP_TIMEOUT)
+            .map_err(|e| kafka_error(brokers, &format!("listing offsets of {topic}"), e))?;
+        out.insert(p, high);
+    }
+    Ok(out)
+}
+
+/// Creates `topic` with `partitions` partitions and replication factor 1.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), ConnectorError> {
+    BrokerVersions::probe(brokers)?;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| kafka_error(brokers, "creating an admin client", e))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(LOOKUP_TIMEOUT));
+    let results = wait_for(admin.create_topics([&new], &options))
+        .map_err(|e| kafka_error(brokers, &format!("creating topic {topic}"), e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(error(brokers, format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Blocks the calling thread until `future` is ready. The admin client's
+/// answers come from its own thread through a one-shot channel; this is a
+/// plain wait for one of them, not a task executor.
+fn wait_for<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
