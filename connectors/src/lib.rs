@@ -61,6 +61,14 @@ pub trait Source: Send {
     /// The next record, waiting at most about `timeout` for one.
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError>;
 
+    /// Called by the driver instead of `poll` while it cannot take a
+    /// record (the uncommitted bound is full), about every poll timeout.
+    /// A source whose client needs polling for its own sake (a consumer
+    /// group's rebalances) does that here, and hands nothing out.
+    fn keep_alive(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// For sources whose positions can be committed (Kafka), something
     /// that commits them. The driver calls it from the sink's thread, after
     /// a flush, once enough has been acknowledged since the last commit (a

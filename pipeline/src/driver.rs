@@ -5,15 +5,16 @@
 //! read. Each record becomes one runtime unit. Its stages emit results into
 //! a channel, and its completion adds a `Done` marker behind them. One sink
 //! thread writes results, flushes, and only then acknowledges the positions
-//! of the records whose `Done` it has seen, and commits what the
-//! acknowledgements allow.
+//! of the records whose `Done` it has seen. For a source that commits, a
+//! commit thread commits what the acknowledgements allow, so the sink
+//! never waits on a commit's round trip.
 //!
 //! For a source that commits (Kafka), the loop also keeps the records read
 //! but not yet committed below a bound U before it reads another. A crash
 //! replays only the uncommitted records, so at most U duplicates. U is not
 //! the window: records stay uncommitted for a produce and a commit round
 //! trip after they leave the window, and a small window would otherwise
-//! stall on those. The sink thread commits once a quarter of U has been
+//! stall on those. The commit thread commits once a quarter of U has been
 //! acknowledged since the last commit (or after `commit_interval`), which
 //! keeps the loop from waiting on commits while sparing the broker a
 //! write per flush.
@@ -202,10 +203,28 @@ pub fn run<R: Send + 'static>(
     let gate = committer.is_some().then_some(limit);
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
+        let (acked_tx, commit_thread) = match committer {
+            Some(commits) => {
+                let (acked_tx, acked_rx) = mpsc::channel();
+                let thread = std::thread::Builder::new()
+                    .name("fila-commit".into())
+                    .spawn_scoped(s, move || {
+                        let result = commit_loop(acked_rx, commits, acks);
+                        if result.is_err() {
+                            // Nothing more can be committed: stop reading.
+                            rt.close();
+                        }
+                        result
+                    })
+                    .expect("spawning the commit thread");
+                (Some(acked_tx), Some(thread))
+            }
+            None => (None, None),
+        };
         let sink_thread = std::thread::Builder::new()
             .name("fila-sink".into())
-            .spawn_scoped(s, || {
-                let result = sink_loop(rx, sink, committer, acks, live, config.sink_tick);
+            .spawn_scoped(s, move || {
+                let result = sink_loop(rx, sink, acked_tx, acks, live, config.sink_tick);
                 if result.is_err() {
                     // Stop taking records in: nothing more can be delivered.
                     rt.close();
@@ -228,8 +247,13 @@ pub fn run<R: Send + 'static>(
         );
         rt.close_and_drain();
         drop(tx);
-        // The sink thread flushes and commits everything before it ends.
+        // The sink thread flushes everything before it ends, and the
+        // commit thread then commits everything acknowledged.
         let tally = sink_thread.join().expect("the sink thread does not panic");
+        let committed = commit_thread
+            .map(|t| t.join().expect("the commit thread does not panic"))
+            .unwrap_or(Ok(()));
+        let tally = tally.and_then(|summary| committed.map(|()| summary));
 
         // When both sides failed, the source's error is the cause: the
         // sink's follows from the stop it caused, so it is only logged.
@@ -265,8 +289,9 @@ fn admit_loop<R: Send + 'static>(
     while !stopping() {
         if let Some(limit) = uncommitted_limit {
             // Bounded replay: read on only while fewer than `limit`
-            // records are uncommitted. The sink thread commits them.
+            // records are uncommitted. The commit thread commits them.
             if !acks.wait_uncommitted_below(limit, config.poll_timeout) {
+                source.keep_alive().map_err(DriverError::Source)?;
                 continue;
             }
         }
@@ -314,7 +339,7 @@ fn admit_loop<R: Send + 'static>(
     Ok(())
 }
 
-/// When the sink thread commits.
+/// When the commit thread commits.
 struct Commits {
     committer: Box<dyn Committer>,
     /// Commit once this many records were acknowledged since the last one.
@@ -336,16 +361,50 @@ impl Commits {
 
     fn commit(&mut self, acks: &Acks) -> Result<(), DriverError> {
         self.committer.commit(acks).map_err(DriverError::Commit)?;
-        self.acked_since = 0;
+        // A commit the broker refused for now (a group rebalancing) leaves
+        // its offsets committable: keep them pending, so they are offered
+        // again after `interval` even if no record is acknowledged
+        // meanwhile. With the uncommitted bound full, none would be.
+        self.acked_since = u64::from(!acks.committable().is_empty());
         self.last = Instant::now();
         Ok(())
     }
 }
 
+/// The commit thread: `acked` brings how many records the sink thread
+/// acknowledged in each batch. It ends when the sink thread does, after
+/// committing everything acknowledged.
+fn commit_loop(acked: Receiver<u64>, mut commits: Commits, acks: &Acks) -> Result<(), DriverError> {
+    loop {
+        // With acknowledgements waiting, wake in time to commit them even
+        // if no more come.
+        let received = if commits.pending() {
+            acked.recv_timeout(commits.interval)
+        } else {
+            acked
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        };
+        match received {
+            Ok(n) => commits.acked_since += n,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        commits.acked_since += acked.try_iter().sum::<u64>();
+        if commits.due() {
+            commits.commit(acks)?;
+        }
+    }
+    if commits.pending() {
+        commits.commit(acks)?;
+    }
+    Ok(())
+}
+
 fn sink_loop(
     rx: Receiver<Event>,
     mut sink: Box<dyn Sink>,
-    mut commits: Option<Commits>,
+    acked: Option<Sender<u64>>,
     acks: &Acks,
     live: &Live,
     tick: Duration,
@@ -361,26 +420,7 @@ fn sink_loop(
     };
     let mut batch = Vec::new();
     let mut finished = Vec::new();
-    loop {
-        // With acknowledgements waiting to be committed, wake up in time to
-        // commit them even if no further result comes.
-        let first = match commits.as_ref().filter(|c| c.pending()) {
-            Some(c) => match rx.recv_timeout(c.interval) {
-                Ok(event) => Some(event),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(event) => Some(event),
-                Err(_) => break,
-            },
-        };
-        let Some(first) = first else {
-            if let Some(c) = commits.as_mut().filter(|c| c.due()) {
-                c.commit(acks)?;
-            }
-            continue;
-        };
+    while let Ok(first) = rx.recv() {
         batch.push(first);
         if !tick.is_zero() {
             std::thread::sleep(tick);
@@ -433,13 +473,10 @@ fn sink_loop(
         }
         // Acknowledge only what the destination has confirmed.
         sink.flush().map_err(DriverError::Sink)?;
+        let mut done = 0;
         for position in finished.drain(..) {
             match acks.ack(position) {
-                Ack::Done => {
-                    if let Some(c) = commits.as_mut() {
-                        c.acked_since += 1;
-                    }
-                }
+                Ack::Done => done += 1,
                 // Its partition moved to another member while it ran.
                 Ack::Released => {}
                 Ack::Unknown => {
@@ -447,13 +484,11 @@ fn sink_loop(
                 }
             }
         }
-        if let Some(c) = commits.as_mut().filter(|c| c.due()) {
-            c.commit(acks)?;
+        if let Some(acked) = acked.as_ref().filter(|_| done > 0) {
+            // Fails only once the commit thread stopped on an error, which
+            // the driver reports.
+            let _ = acked.send(done);
         }
-    }
-    // Everything admitted has been flushed and acknowledged: commit it all.
-    if let Some(c) = commits.as_mut().filter(|c| c.pending()) {
-        c.commit(acks)?;
     }
     summary.messages = live.messages.load(Ordering::Relaxed);
     summary.outputs = live.outputs.load(Ordering::Relaxed);

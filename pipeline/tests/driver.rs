@@ -133,3 +133,119 @@ fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on()
     assert_eq!(acks.committable(), vec![(0, 100)]);
     assert_eq!(rt.shutdown().failed, panics_expected.len() as u64);
 }
+
+/// Every commit that landed: the offsets it committed.
+type CommitLog = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
+
+/// A committing source of `n` numbered records on partition 0, whose
+/// committer refuses its first `refusals` commits the way a broker does
+/// while a group rebalances: nothing committed, no error.
+struct Replayable {
+    n: u64,
+    next: u64,
+    refusals: u32,
+    commits: CommitLog,
+}
+
+struct Refusing {
+    refusals: u32,
+    commits: CommitLog,
+}
+
+impl fila_connectors::Committer for Refusing {
+    fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError> {
+        if self.refusals > 0 {
+            self.refusals -= 1;
+            return Ok(());
+        }
+        let offsets = acks.committable();
+        acks.mark_committed(&offsets);
+        self.commits.lock().unwrap().push(offsets);
+        Ok(())
+    }
+}
+
+impl fila_connectors::Source for Replayable {
+    fn poll(
+        &mut self,
+        _timeout: std::time::Duration,
+    ) -> Result<fila_connectors::Polled, ConnectorError> {
+        if self.next == self.n {
+            return Ok(fila_connectors::Polled::End);
+        }
+        self.next += 1;
+        Ok(fila_connectors::Polled::Record(fila_connectors::Envelope {
+            key: None,
+            payload: self.next.to_string().into_bytes(),
+            position: Position {
+                partition: 0,
+                offset: self.next as i64 - 1,
+            },
+            arrived: std::time::Instant::now(),
+        }))
+    }
+
+    fn committer(&mut self) -> Result<Option<Box<dyn fila_connectors::Committer>>, ConnectorError> {
+        Ok(Some(Box::new(Refusing {
+            refusals: self.refusals,
+            commits: self.commits.clone(),
+        })))
+    }
+}
+
+/// With the uncommitted bound full, no record is acknowledged, so only a
+/// retry of the refused commit can let the source read on. Without one,
+/// this run never ends (the test then fails on its time bound).
+#[test]
+fn a_refused_commit_is_offered_again_and_the_run_goes_on() {
+    let rt = Runtime::builder()
+        .workers(Workers::Count(2.try_into().unwrap()))
+        .pin(false)
+        .window(4)
+        .build()
+        .unwrap();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let mut source = Replayable {
+        n: 40,
+        next: 0,
+        refusals: 3,
+        commits: commits.clone(),
+    };
+    let job = Job::new("echo", |b: &[u8]| Ok(b.to_vec()), |b: &Vec<u8>| b.clone());
+    let sink = Collect::default();
+    let acks = Acks::new();
+    let config = DriverConfig {
+        max_uncommitted: Some(4),
+        commit_interval: std::time::Duration::from_millis(10),
+        ..DriverConfig::default()
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let summary = driver::run(
+                &rt,
+                Arc::new(job),
+                &mut source,
+                Box::new(sink.clone()),
+                &acks,
+                &Live::default(),
+                &AtomicBool::new(false),
+                &config,
+            );
+            let _ = done_tx.send(summary.map(|s| s.outputs));
+        });
+        let outcome = done_rx.recv_timeout(std::time::Duration::from_secs(60));
+        if outcome.is_err() {
+            // Unblock the driver so the test fails instead of hanging.
+            rt.close();
+        }
+        let outputs = outcome
+            .expect("the run stalled behind a refused commit")
+            .unwrap();
+        assert_eq!(outputs, 40);
+    });
+    let commits = commits.lock().unwrap();
+    assert_eq!(commits.last().unwrap(), &vec![(0, 40)], "{commits:?}");
+    assert_eq!(acks.uncommitted(), 0);
+    rt.shutdown();
+}

@@ -27,7 +27,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -51,8 +52,12 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long metadata and offset look-ups may take before they fail.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One wait for delivery reports while flushing.
-const FLUSH_POLL: Duration = Duration::from_millis(1);
+/// Records one keep-alive takes from librdkafka at most.
+const KEEP_ALIVE_TAKE: usize = 256;
+
+/// How long the producer's poll thread waits in one poll; it checks for
+/// its stop this often.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Records the source takes from librdkafka's queue at once, to hand them
 /// out round-robin over partitions.
@@ -277,6 +282,8 @@ pub struct RdSource {
     count: usize,
     /// The partition that handed out the last record.
     turn: i32,
+    /// Whether fetching is paused because the read-ahead is full.
+    paused: bool,
 }
 
 impl RdSource {
@@ -356,6 +363,7 @@ impl RdSource {
             buffered: BTreeMap::new(),
             count: 0,
             turn: -1,
+            paused: false,
         })
     }
 
@@ -363,10 +371,28 @@ impl RdSource {
         self.consumer.context()
     }
 
-    /// Takes what librdkafka has, waiting up to `timeout` for the first.
-    fn fill(&mut self, timeout: Duration) -> Result<(), ConnectorError> {
+    /// Pauses or resumes fetching for the current assignment. librdkafka
+    /// drops what it fetched for a paused partition and fetches it again
+    /// after the last record it handed out, so nothing is lost.
+    fn set_paused(&mut self, paused: bool) {
+        let result = self.consumer.assignment().and_then(|tpl| {
+            if paused {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            }
+        });
+        match result {
+            Ok(()) => self.paused = paused,
+            Err(e) => tracing::warn!("pausing or resuming the input failed: {e}"),
+        }
+    }
+
+    /// Takes what librdkafka has, waiting up to `timeout` for the first,
+    /// until `limit` records are buffered.
+    fn fill(&mut self, timeout: Duration, limit: usize) -> Result<(), ConnectorError> {
         let mut wait = timeout;
-        while self.count < READ_AHEAD {
+        while self.count < limit {
             let Some(result) = self.consumer.poll(wait) else {
                 break;
             };
@@ -432,10 +458,32 @@ fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
 impl Source for RdSource {
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
         if self.count == 0 {
-            self.fill(timeout)?;
+            self.fill(timeout, READ_AHEAD)?;
         }
         self.forget_revoked();
-        Ok(self.next_round_robin().map_or(Polled::Idle, Polled::Record))
+        let next = self.next_round_robin();
+        if self.paused && self.count < READ_AHEAD / 2 {
+            self.set_paused(false);
+        }
+        Ok(next.map_or(Polled::Idle, Polled::Record))
+    }
+
+    /// Polls without handing anything out. A classic group's rebalance
+    /// completes only inside a poll, and it refuses commits until then: a
+    /// source that stopped polling while the uncommitted bound is full
+    /// would wait for itself. Records that arrive meanwhile are kept; past
+    /// the read-ahead, the partitions are paused so the buffer stays
+    /// bounded.
+    fn keep_alive(&mut self) -> Result<(), ConnectorError> {
+        if self.count >= READ_AHEAD && !self.paused {
+            self.set_paused(true);
+        }
+        // At least one poll, whatever is buffered: that is what serves
+        // the group's events.
+        let limit = self.count + KEEP_ALIVE_TAKE;
+        self.fill(Duration::ZERO, limit)?;
+        self.forget_revoked();
+        Ok(())
     }
 
     fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
@@ -463,7 +511,7 @@ impl Committer for RdCommitter {
                 Ok(())
             }
             Err(e) if moved_on(&e) => {
-                tracing::debug!("commit refused while partitions move ({e}); not marked");
+                tracing::debug!("commit refused while partitions move ({e}); offered again later");
                 Ok(())
             }
             Err(e) if fatal(&e) => Err(kafka_error(&context.brokers, "committing offsets", e)),
@@ -515,11 +563,26 @@ fn ensure_topic<C: ClientContext>(
     ))
 }
 
-/// Collects delivery failures reported by librdkafka's callbacks.
+/// Counts the records sent and not yet reported delivered (or failed),
+/// and keeps the first failure. librdkafka's delivery callbacks run on the
+/// writer's poll thread.
 #[derive(Default)]
 struct DeliveryContext {
+    pending: Mutex<u64>,
+    /// Notified when `pending` reaches zero.
+    settled: Condvar,
     failed: Mutex<Option<String>>,
     logging: Logging,
+}
+
+impl DeliveryContext {
+    fn settle_one(&self) {
+        let mut pending = lock(&self.pending);
+        *pending -= 1;
+        if *pending == 0 {
+            self.settled.notify_all();
+        }
+    }
 }
 
 impl ClientContext for DeliveryContext {
@@ -546,6 +609,8 @@ impl ProducerContext for DeliveryContext {
                 ));
             }
         }
+        // After the failure is recorded, so a flush that wakes sees it.
+        self.settle_one();
     }
 }
 
@@ -564,12 +629,42 @@ fn producer(
         .map_err(|e| kafka_error(brokers, "creating the producer", e))
 }
 
+/// A producer with a thread of its own that serves librdkafka's delivery
+/// reports as they come, so a flush sleeps until the last one instead of
+/// polling. (`Producer::flush` waits in steps of 100 ms, and a poll with a
+/// timeout under a millisecond spins.)
 struct Writer {
-    producer: BaseProducer<DeliveryContext>,
+    producer: Arc<BaseProducer<DeliveryContext>>,
     brokers: String,
+    stop: Arc<AtomicBool>,
+    poller: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
+    fn new(producer: BaseProducer<DeliveryContext>, brokers: &str) -> Writer {
+        let producer = Arc::new(producer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("fila-produce".into())
+                .spawn(move || {
+                    // Relaxed: the flag only ends the loop; nothing is
+                    // published through it.
+                    while !stop.load(Ordering::Relaxed) {
+                        producer.poll(POLL_INTERVAL);
+                    }
+                })
+                .expect("spawning the producer's poll thread")
+        };
+        Writer {
+            producer,
+            brokers: brokers.to_owned(),
+            stop,
+            poller: Some(poller),
+        }
+    }
+
     fn send(
         &self,
         topic: &str,
@@ -588,36 +683,43 @@ impl Writer {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
+        let context = self.producer.context();
+        // Counted before the send: its delivery report may come first.
+        *lock(&context.pending) += 1;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: serve delivery reports,
-                    // which frees room, and try again.
+                    // The local queue is full: the poll thread frees room
+                    // as reports come in.
                     record = back;
-                    self.producer.poll(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
+                    context.settle_one();
                     return Err(kafka_error(
                         &self.brokers,
                         &format!("producing to {topic}"),
                         e,
-                    ))
+                    ));
                 }
             }
         }
     }
 
     /// Returns once everything sent is acknowledged, or the first failure.
+    /// librdkafka reports a record failed after `message.timeout.ms` (5
+    /// minutes by default) of retries, so this ends.
     fn flush(&self) -> Result<(), ConnectorError> {
-        // Serve delivery reports until none is outstanding. librdkafka
-        // fails a record after `message.timeout.ms` (5 minutes by
-        // default) of retries, so this ends. (`Producer::flush` would wait
-        // in steps of 100 ms, a tenth of a second per flush of the sink.)
-        while self.producer.in_flight_count() > 0 {
-            self.producer.poll(FLUSH_POLL);
-        }
-        match lock(&self.producer.context().failed).take() {
+        let context = self.producer.context();
+        let pending = lock(&context.pending);
+        drop(
+            context
+                .settled
+                .wait_while(pending, |p| *p > 0)
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        match lock(&context.failed).take() {
             Some(failure) => Err(error(&self.brokers, failure)),
             None => Ok(()),
         }
@@ -628,11 +730,18 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Dropping a producer purges what it still holds: say so if
         // anything was left, rather than lose it silently.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(FLUSH_POLL);
+        let context = self.producer.context();
+        let pending = lock(&context.pending);
+        let (pending, _) = context
+            .settled
+            .wait_timeout_while(pending, Duration::from_secs(30), |p| *p > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        let left = *pending;
+        drop(pending);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
         }
-        let left = self.producer.in_flight_count();
         if left > 0 {
             tracing::error!(
                 brokers = %self.brokers,
@@ -666,10 +775,7 @@ impl RdSink {
             ensure_topic(producer.client(), brokers, topic)?;
         }
         Ok(RdSink {
-            writer: Writer {
-                producer,
-                brokers: brokers.to_owned(),
-            },
+            writer: Writer::new(producer, brokers),
             input_topic: input_topic.to_owned(),
             output_topic: output_topic.to_owned(),
             dlq_topic: dlq_topic.map(str::to_owned),
@@ -738,10 +844,7 @@ impl TopicWriter {
             partitions.insert(topic.to_owned(), ids.len() as i32);
         }
         Ok(TopicWriter {
-            writer: Writer {
-                producer,
-                brokers: brokers.to_owned(),
-            },
+            writer: Writer::new(producer, brokers),
             partitions,
             turn: 0,
         })
