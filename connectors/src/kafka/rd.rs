@@ -297,6 +297,9 @@ impl RdSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // A missing input topic is created, with the broker's default
+            // partition count, as it would be by the first producer.
+            .set("allow.auto.create.topics", "true")
             // Bound what librdkafka reads ahead of the window, and keep
             // each partition's block in a fetch small enough that
             // partitions interleave (see `READ_AHEAD`).
