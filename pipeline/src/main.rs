@@ -1,4 +1,4 @@
-//! The `fila` command. See `fila --help` and DESIGN.md section 6.
+//! The `fila` command. See `fila --help` and the README.
 
 use std::process::ExitCode;
 

@@ -1,5 +1,6 @@
-//! The reference job of DESIGN.md section 3: five `map` stages, stage k
-//! computing the naive recursive Fibonacci of the record's field `stagek`.
+//! The reference job (docs/design/measurement.md, "The reference
+//! workload"): five `map` stages, stage k computing the naive recursive
+//! Fibonacci of the record's field `stagek`.
 
 use serde::{Deserialize, Serialize};
 

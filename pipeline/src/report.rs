@@ -1,4 +1,4 @@
-//! The report printed by `fila run` and `fila load` (DESIGN.md section 6).
+//! The report printed by `fila run` and `fila load` (fields as in the README).
 //! The JSON form is exactly these structs, serialized.
 
 use std::fmt::Write as _;

@@ -64,8 +64,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let acks = Arc::new(Acks::new());
 
-    // On the embedded burst, w is calibrated around the run (DESIGN.md
-    // section 5), on the workers' CPUs. The burst's clock starts when its
+    // On the embedded burst, w is calibrated around the run
+    // (docs/design/measurement.md), on the workers' CPUs. The burst's clock starts when its
     // source is made, so the first calibration comes before that.
     let burst = args.source == SourceKind::Generate;
     let p = rt.workers();
