@@ -238,3 +238,43 @@ fn e_panicking_task_reports_failure_and_frees_its_slot() {
         assert_eq!((stats.completed, stats.failed, stats.in_flight), (1, 1, 0));
     });
 }
+
+/// (f) A task drops the last reference to its own runtime while another
+/// unit is in flight (or the test thread's drop is the last: both orders
+/// are explored). The drop must not wait for itself: it detaches, both
+/// units still report, and every worker exits. A worker left parked
+/// forever is a thread that never terminates, which loom reports as a
+/// deadlock.
+fn drop_on_own_worker() {
+    loom::model(|| {
+        let rt = Arc::new(runtime(2, 2));
+        let (tx, rx) = loom::sync::mpsc::channel();
+        let last = rt.clone();
+        let first = tx.clone();
+        rt.admit(
+            move |_| drop(last),
+            move |outcome| first.send((0, outcome)).unwrap(),
+        )
+        .unwrap();
+        rt.admit(|_| {}, move |outcome| tx.send((1, outcome)).unwrap())
+            .unwrap();
+        drop(rt);
+        let mut reports = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+        reports.sort_by_key(|(unit, _)| *unit);
+        assert_eq!(reports, ok(0..2));
+    });
+}
+
+#[cfg(not(feature = "broken-detach-never-stops"))]
+#[test]
+fn f_last_drop_on_its_own_worker_detaches_and_every_worker_exits() {
+    drop_on_own_worker();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock (the workers of
+/// the detached runtime never exit).
+#[cfg(feature = "broken-detach-never-stops")]
+#[test]
+fn broken_detach_never_stops_leaves_workers_parked() {
+    drop_on_own_worker();
+}

@@ -4,7 +4,8 @@
 //! `--cfg fila_loom` the same names resolve to loom's instrumented types, so
 //! the loom models in `loom-tests/` explore the real scheduler code rather
 //! than a copy. Scheduler files import `Arc`, atomics, `Mutex`, `Condvar`
-//! and thread spawning from here and from nowhere else.
+//! and thread spawning from here and from nowhere else. (The one
+//! thread-local, `ON_WORKER` in `lib.rs`, picks std's or loom's by cfg.)
 //!
 //! The cfg name is ours (not `loom`) so that dependencies which also have a
 //! loom mode do not switch with us.

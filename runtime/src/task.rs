@@ -79,7 +79,7 @@ impl Drop for Unit {
         // Deliberately wrong order, compiled only for the loom negative test:
         // the slot frees before the caller has been told.
         #[cfg(feature = "loom-broken-early-release")]
-        self.shared.window.release();
+        let drained = self.shared.window.release();
         if let Some(on_done) = self.on_done.0.take() {
             // The completion is user code too: a panic in it must not take
             // the worker down or leak the slot.
@@ -93,7 +93,10 @@ impl Drop for Unit {
         // Only after the completion ran: a freed slot means the caller has
         // been told, so the window also bounds completions not yet handled.
         #[cfg(not(feature = "loom-broken-early-release"))]
-        self.shared.window.release();
+        let drained = self.shared.window.release();
+        if drained {
+            self.shared.on_drained();
+        }
     }
 }
 

@@ -183,7 +183,12 @@ impl Window {
 
     /// Frees one slot. Wakes one blocked admitter if there is one, and the
     /// closer when this was the last unit of a closed window.
-    pub(crate) fn release(&self) {
+    ///
+    /// Returns true if this release drained a closed window: the caller must
+    /// tell the runtime (`Shared::on_drained`), which stops the workers if
+    /// nobody waits to do it.
+    #[must_use = "the release that drains a closed window may have to stop the workers"]
+    pub(crate) fn release(&self) -> bool {
         // AcqRel: release publishes the finished unit's effects to the next
         // admitter; acquire makes the waiter count we read current.
         let prev = State(self.state.fetch_sub(State::IN_FLIGHT_ONE, Ordering::AcqRel));
@@ -191,6 +196,7 @@ impl Window {
         if prev.waiters() > 0 || prev.is_closed() {
             self.release_slow(prev);
         }
+        prev.is_closed() && prev.in_flight() == 1
     }
 
     #[cold]
@@ -207,11 +213,14 @@ impl Window {
     }
 
     /// Refuses every later admission and wakes blocked admitters, who return
-    /// `Closed`. Units already admitted run to the end.
-    pub(crate) fn close(&self) {
+    /// `Closed`. Units already admitted run to the end. Returns the state
+    /// just before: its `in_flight` is exact, since it comes from the same
+    /// RMW that closed the window.
+    pub(crate) fn close(&self) -> State {
         let _guard = self.lock.lock();
-        self.state.fetch_or(State::CLOSED, Ordering::AcqRel);
+        let prev = State(self.state.fetch_or(State::CLOSED, Ordering::AcqRel));
         self.admitters.notify_all();
+        prev
     }
 
     /// Blocks until a closed window has no unit in flight.
@@ -269,10 +278,12 @@ mod tests {
         assert_eq!(w.try_acquire(), Ok(()));
         assert_eq!(w.try_acquire(), Ok(()));
         assert_eq!(w.try_acquire(), Err(Refused::Full));
-        w.release();
+        assert!(!w.release(), "an open window is never drained");
         assert_eq!(w.try_acquire(), Ok(()));
-        w.close();
+        assert_eq!(w.close().in_flight(), 2);
         assert_eq!(w.try_acquire(), Err(Refused::Closed));
+        assert!(!w.release(), "one slot is still taken");
+        assert!(w.release(), "the last release drains the closed window");
         assert_eq!(w.max_in_flight(), 2);
     }
 
@@ -285,7 +296,7 @@ mod tests {
         while w.load().waiters() == 0 {
             std::thread::yield_now();
         }
-        w.release();
+        assert!(!w.release());
         assert_eq!(t.join().unwrap(), Ok(()));
         assert_eq!(w.load().in_flight(), 1);
         assert_eq!(w.load().waiters(), 0);

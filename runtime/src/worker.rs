@@ -26,7 +26,6 @@ impl WorkerThread {
     }
 
     pub(crate) fn run(mut self) {
-        #[cfg(not(fila_loom))]
         crate::ON_WORKER.with(|on| on.set(Arc::as_ptr(&self.shared) as usize));
         loop {
             if let Some(task) = self.find_task_or_spin() {

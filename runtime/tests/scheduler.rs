@@ -311,7 +311,14 @@ fn a_worker_cannot_block_on_its_own_window() {
     let (tx, rx) = mpsc::channel();
     let inner = rt.clone();
     rt.admit(
-        move |_| tx.send(inner.admit(|_| {}, |_| {})).unwrap(),
+        move |_| {
+            let refused = inner.admit(|_| {}, |_| {});
+            // Dropped before the answer is sent, so the test thread holds the
+            // last reference once it has the answer, and the runtime shuts
+            // down here, joined, rather than on its own worker.
+            drop(inner);
+            tx.send(refused).unwrap();
+        },
         |_| {},
     )
     .unwrap();
@@ -319,4 +326,8 @@ fn a_worker_cannot_block_on_its_own_window() {
         rx.recv_timeout(Duration::from_secs(10)).unwrap(),
         Err(AdmitError::OnWorker)
     );
+    let rt = Arc::try_unwrap(rt)
+        .ok()
+        .expect("the task dropped its clone");
+    assert_eq!(rt.shutdown().completed, 1);
 }
