@@ -40,9 +40,19 @@ pub(crate) struct Unit {
     /// Set by the first panicking task. Read in `drop`; the `Arc` count's
     /// release/acquire on the last drop makes a relaxed read enough.
     failed: AtomicBool,
-    /// Taken only on the failure path.
-    failure: Mutex<Option<String>>,
-    on_done: DropOnly<Option<DoneFn>>,
+    /// What only the failure path and the last drop touch. The lock is
+    /// taken only on the failure path; `drop` has `&mut self` and reaches
+    /// the contents without locking. Keeping the completion behind it is
+    /// also what makes `Unit` `Sync` although the completion is only
+    /// `Send`: a `&Unit` shared between tasks never reaches it unlocked.
+    cold: Mutex<Cold>,
+}
+
+struct Cold {
+    /// The first panic message of the unit.
+    failure: Option<String>,
+    /// Taken and called once, by the last drop.
+    on_done: Option<DoneFn>,
 }
 
 impl Unit {
@@ -50,16 +60,18 @@ impl Unit {
         Unit {
             shared,
             failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            on_done: DropOnly(Some(on_done)),
+            cold: Mutex::new(Cold {
+                failure: None,
+                on_done: Some(on_done),
+            }),
         }
     }
 
     #[cold]
     pub(crate) fn record_failure(&self, message: String) {
-        let mut failure = self.failure.lock();
-        if failure.is_none() {
-            *failure = Some(message);
+        let mut cold = self.cold.lock();
+        if cold.failure.is_none() {
+            cold.failure = Some(message);
         }
         self.failed.store(true, Relaxed);
     }
@@ -67,12 +79,14 @@ impl Unit {
 
 impl Drop for Unit {
     fn drop(&mut self) {
+        let cold = self.cold.get_mut();
         let outcome = if self.failed.load(Relaxed) {
-            let message = self.failure.lock().take().unwrap_or_default();
+            let message = cold.failure.take().unwrap_or_default();
             Err(TaskFailure { message })
         } else {
             Ok(())
         };
+        let on_done = cold.on_done.take();
         if outcome.is_err() {
             self.shared.totals.failed.fetch_add(1, Relaxed);
         }
@@ -80,7 +94,7 @@ impl Drop for Unit {
         // the slot frees before the caller has been told.
         #[cfg(feature = "loom-broken-early-release")]
         let drained = self.shared.window.release();
-        if let Some(on_done) = self.on_done.0.take() {
+        if let Some(on_done) = on_done {
             // The completion is user code too: a panic in it must not take
             // the worker down or leak the slot.
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| on_done(outcome))) {
@@ -99,15 +113,6 @@ impl Drop for Unit {
         }
     }
 }
-
-/// Wraps a value that is only ever touched through `&mut` (in `Drop`), so
-/// sharing `&Unit` between threads never shares it.
-struct DropOnly<T>(T);
-
-// SAFETY: `DropOnly`'s field is private to this module and is accessed only
-// in `Unit::drop`, which has `&mut Unit`; no `&DropOnly` is ever used to
-// reach the value, so no two threads can touch it at once.
-unsafe impl<T: Send> Sync for DropOnly<T> {}
 
 /// What a running task can do besides compute: schedule follow-on tasks of
 /// its own unit.
