@@ -398,6 +398,13 @@ impl Runtime {
         self.shared.window.load().is_closed()
     }
 
+    /// Admitters blocked in `reserve` or `admit` right now, waiting for a
+    /// slot of a full window. A snapshot that may change as soon as it is
+    /// read; it is exact when nobody is admitting or releasing.
+    pub fn blocked_admitters(&self) -> usize {
+        self.shared.window.load().waiters() as usize
+    }
+
     /// Units admitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.shared.window.load().in_flight() as usize
