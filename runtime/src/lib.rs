@@ -61,7 +61,7 @@ mod window;
 mod worker;
 
 pub use stats::{Stats, WorkerStats};
-pub use task::{Outcome, TaskCx, TaskFailure};
+pub use task::{panic_message, Outcome, TaskCx, TaskFailure};
 pub use topology::{allowed_cpus, physical_cpus, Workers};
 pub use window::MAX_WINDOW;
 

@@ -143,12 +143,36 @@ impl TaskCx<'_> {
     }
 }
 
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic payload, as caught by `catch_unwind` or seen by a
+/// panic hook: the message itself for the `&str` and `String` payloads
+/// that `panic!` produces, and a fixed placeholder for any other payload.
+/// Never panics. The runtime reports task panics
+/// ([`TaskFailure::message`]) with it.
+pub fn panic_message(payload: &dyn Any) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(all(test, not(fila_loom)))]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn panic_message_reads_str_and_string_payloads_and_names_others() {
+        let caught = |f: fn()| std::panic::catch_unwind(f).unwrap_err();
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let literal = caught(|| panic!("a literal"));
+        let formatted = caught(|| panic!("formatted {}", 7));
+        let other = caught(|| std::panic::panic_any(42u32));
+        std::panic::set_hook(hook);
+        assert_eq!(panic_message(literal.as_ref()), "a literal");
+        assert_eq!(panic_message(formatted.as_ref()), "formatted 7");
+        assert_eq!(panic_message(other.as_ref()), "non-string panic payload");
     }
 }

@@ -1,13 +1,15 @@
 //! One table: fila at each window and both baselines on the same full-size
-//! burst, in one process, against the ideal of DESIGN.md section 5 with w
-//! calibrated in this run (before and after all the systems).
+//! burst, in one process, against the ideal of `docs/design/measurement.md`,
+//! with w calibrated in this run (before and after all the systems).
 //!
 //!     cargo run --release -p fila-benches --bin burst-table -- --burst 10000 [--stages 10,20,30,20,10] [--json]
 
 use clap::Parser;
 use fila_benches::{cpus, systems, whole_message, BurstTimes, Message};
 use fila_pipeline::report::{latency_histogram, LatencyMs, Report};
-use fila_runtime::ideal::{calibrate, Ideal};
+use fila_runtime::ideal::{
+    calibrate, calibration_messages_per_thread, Ideal, WARM_UP_MESSAGES_PER_THREAD,
+};
 use fila_runtime::{DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW};
 
 use serde::Serialize;
@@ -43,9 +45,11 @@ fn main() {
     let message: Message = args.stages;
     let p = fila_runtime::allowed_cpus().len().max(1);
     let pinned = cpus(p);
-    let per_thread = 400usize.max(n / 10).div_ceil(p);
+    let per_thread = calibration_messages_per_thread(n, p);
 
-    calibrate(&pinned, 10, |_| whole_message(&message));
+    calibrate(&pinned, WARM_UP_MESSAGES_PER_THREAD, |_| {
+        whole_message(&message)
+    });
     let before = calibrate(&pinned, per_thread, |_| whole_message(&message));
 
     let default_window = DEFAULT_WINDOW_PER_WORKER * p;
@@ -99,7 +103,7 @@ fn main() {
         message,
         ideal.work_per_message.as_secs_f64() * 1e3,
         ideal.spread * 100.0,
-        if ideal.spread > 0.10 { ", noisy" } else { "" },
+        if ideal.is_noisy() { ", noisy" } else { "" },
         ideal.throughput(),
         ideal.mean_latency(n).as_secs_f64() * 1e3,
     );
