@@ -71,7 +71,8 @@ struct StageRequest {
     reply: tokio::sync::oneshot::Sender<u64>,
 }
 
-/// The thesis's design (DESIGN.md section 1): a Tokio event loop on one
+/// The design fila replaces (`docs/design/architecture.md#background`):
+/// a Tokio event loop on one
 /// thread, like the thesis's Actix arbiter, takes in every message of the
 /// burst at once, one task per message. Each task sends each stage through
 /// one shared queue to a pool of P operator threads and awaits the result,

@@ -61,9 +61,9 @@ impl WorkerThread {
         None
     }
 
-    /// Depth first (DESIGN invariant 4): this worker's own follow-ons, then
-    /// follow-ons stolen from other workers, and only then a newly admitted
-    /// unit from the injector.
+    /// Depth first (`docs/design/scheduler.md#depth-first`): this worker's
+    /// own follow-ons, then follow-ons stolen from other workers, and only
+    /// then a newly admitted unit from the injector.
     fn find_task(&mut self) -> Option<Task> {
         if let Some(task) = self.local.pop() {
             return Some(task);
