@@ -8,6 +8,7 @@
 //! callback, it uses loom's.
 #![cfg(fila_loom)]
 
+use fila_runtime::loom_internals::Parker;
 use fila_runtime::{AdmitError, Outcome, Runtime, Workers};
 use loom::thread;
 use std::num::NonZeroUsize;
@@ -277,4 +278,34 @@ fn f_last_drop_on_its_own_worker_detaches_and_every_worker_exits() {
 #[test]
 fn broken_detach_never_stops_leaves_workers_parked() {
     drop_on_own_worker();
+}
+
+/// (g) The parker never loses its token: an `unpark` that comes before,
+/// during or after a `park` (including between the parker's decision to
+/// block and its wait on the condvar) ends that park. A lost token leaves
+/// the parking thread blocked forever: a deadlock.
+fn unpark_races_park() {
+    loom::model(|| {
+        let parker = Arc::new(Parker::new());
+        let unparker = {
+            let parker = parker.clone();
+            thread::spawn(move || parker.unpark())
+        };
+        parker.park();
+        unparker.join().unwrap();
+    });
+}
+
+#[cfg(not(feature = "broken-unpark-skips-lock"))]
+#[test]
+fn g_unpark_racing_park_is_never_lost() {
+    unpark_races_park();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock (the notify
+/// lands between the parker's PARKED and its wait).
+#[cfg(feature = "broken-unpark-skips-lock")]
+#[test]
+fn broken_unpark_skips_lock_loses_a_wakeup() {
+    unpark_races_park();
 }

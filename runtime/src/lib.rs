@@ -44,7 +44,8 @@ mod idle;
     any(
         feature = "loom-broken-skip-recheck",
         feature = "loom-broken-early-release",
-        feature = "loom-broken-detach-never-stops"
+        feature = "loom-broken-detach-never-stops",
+        feature = "loom-broken-unpark-skips-lock"
     )
 ))]
 compile_error!(
@@ -52,6 +53,13 @@ compile_error!(
 );
 
 mod park;
+
+/// Internals the loom models drive directly. Only under `--cfg fila_loom`.
+#[cfg(fila_loom)]
+#[doc(hidden)]
+pub mod loom_internals {
+    pub use crate::park::Parker;
+}
 mod queue;
 mod stats;
 mod sync;

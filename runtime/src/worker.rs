@@ -13,6 +13,31 @@ pub(crate) struct WorkerThread {
     local: Worker<Task>,
     /// Follow-ons of the running task, pushed only once it returns.
     spawned: Vec<Task>,
+    /// Picks the first victim of each steal round.
+    rng: FastRand,
+}
+
+/// A per-worker xorshift generator: no shared state, a few instructions a
+/// draw. Good enough to spread thieves over victims; nothing else.
+struct FastRand(u32);
+
+impl FastRand {
+    fn new(seed: usize) -> FastRand {
+        // Any odd-ish nonzero seed works; xorshift must never hold 0.
+        FastRand((seed as u32).wrapping_mul(0x9e37_79b9) | 1)
+    }
+
+    /// A value in `0..n`, for `n > 0`.
+    fn below(&mut self, n: usize) -> usize {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        // Multiply-shift instead of `%`: no division, and no bias worth
+        // naming for the handful of workers we index.
+        ((u64::from(x) * n as u64) >> 32) as usize
+    }
 }
 
 impl WorkerThread {
@@ -22,13 +47,14 @@ impl WorkerThread {
             index,
             local,
             spawned: Vec::new(),
+            rng: FastRand::new(index + 1),
         }
     }
 
     pub(crate) fn run(mut self) {
         crate::ON_WORKER.with(|on| on.set(Arc::as_ptr(&self.shared) as usize));
         loop {
-            if let Some(task) = self.find_task_or_spin() {
+            if let Some(task) = self.find_task().or_else(|| self.search()) {
                 self.run_task(task);
                 continue;
             }
@@ -41,24 +67,42 @@ impl WorkerThread {
         }
     }
 
-    /// Looks for a task, spinning briefly before giving up: a burst often
+    /// Keeps looking for a while before the worker sleeps: a burst often
     /// refills the queues within microseconds, and a park/unpark round trip
-    /// costs more than that.
-    fn find_task_or_spin(&mut self) -> Option<Task> {
-        if let Some(task) = self.find_task() {
-            return Some(task);
+    /// costs more than that. At most half the workers search at once
+    /// (`Idle::try_start_searching`); the others go straight to sleep, so
+    /// that idle workers do not all hammer the same queues. While anybody
+    /// searches, producers skip their wake-ups. See sleep.md.
+    fn search(&mut self) -> Option<Task> {
+        if !self.shared.idle.try_start_searching() {
+            return None;
         }
-        #[cfg(not(fila_loom))]
-        {
-            let backoff = crossbeam_utils::Backoff::new();
-            while !backoff.is_completed() {
-                backoff.snooze();
-                if let Some(task) = self.find_task() {
-                    return Some(task);
-                }
+        let found = self.spin();
+        if self.shared.idle.stop_searching() && found.is_some() {
+            // Producers may have skipped wake-ups for work beyond the task
+            // we found, counting on us; hand the search on.
+            self.shared.notify_one();
+        }
+        found
+    }
+
+    #[cfg(not(fila_loom))]
+    fn spin(&mut self) -> Option<Task> {
+        let backoff = crossbeam_utils::Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            if let Some(task) = self.find_task() {
+                return Some(task);
             }
         }
         None
+    }
+
+    /// Under loom, one more look instead of a timed spin: enough for the
+    /// model to explore a search that finds work and one that gives up.
+    #[cfg(fila_loom)]
+    fn spin(&mut self) -> Option<Task> {
+        self.find_task()
     }
 
     /// Depth first (`docs/design/scheduler.md#depth-first`): this worker's
@@ -70,8 +114,15 @@ impl WorkerThread {
         }
         let stealers = &self.shared.stealers;
         let n = stealers.len();
-        for k in 1..n {
-            let victim = &stealers[(self.index + k) % n];
+        // A random first victim, so that thieves spread out instead of all
+        // starting at their right-hand neighbour.
+        let first = if n > 1 { self.rng.below(n) } else { 0 };
+        for k in 0..n {
+            let at = (first + k) % n;
+            if at == self.index {
+                continue;
+            }
+            let victim = &stealers[at];
             loop {
                 match victim.steal() {
                     Steal::Success(task) => {
