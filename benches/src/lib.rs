@@ -122,6 +122,20 @@ impl BurstTimes {
     }
 }
 
+/// The median of `xs` (the mean of the middle two for an even count); NaN
+/// for none. Tables quote it over rounds so that one slow round on a
+/// shared machine does not move the figure.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[mid],
+        _ => (xs[mid - 1] + xs[mid]) / 2.0,
+    }
+}
+
 /// The CPUs the P threads of every system are pinned to: the first P of
 /// the process's allowed CPUs, as fila pins its workers.
 pub fn cpus(p: usize) -> Vec<Option<usize>> {
@@ -162,6 +176,13 @@ mod tests {
         assert_eq!(times.checksums, [0, 1]);
         assert_eq!(times.makespan(), Duration::from_millis(20));
         assert_eq!(times.mean(), Duration::from_millis(15));
+    }
+
+    #[test]
+    fn median_takes_the_middle_of_sorted_values() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]

@@ -36,7 +36,15 @@ fn every_system_runs_every_stage_of_every_message_exactly_once() {
 #[test]
 fn burst_table_json_has_a_row_per_system_and_window() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_burst-table"))
-        .args(["--burst", "60", "--stages", "3,4,5,4,3", "--json"])
+        .args([
+            "--burst",
+            "60",
+            "--stages",
+            "3,4,5,4,3",
+            "--repeat",
+            "2",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -68,4 +76,37 @@ fn burst_table_json_has_a_row_per_system_and_window() {
         assert_eq!(r["messages"], 60);
         assert_eq!(r["window"].is_null(), r["system"] != "fila", "{r}");
     }
+}
+
+#[test]
+fn scheduler_table_json_has_a_positive_rate_per_system_and_body() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scheduler-table"))
+        .args(["--tasks", "2000", "--rounds", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut seen: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r.as_object().unwrap().len(), 3, "{r}");
+            let rate = r["tasks_per_s"].as_f64().unwrap();
+            assert!(rate.is_finite() && rate > 0.0, "{r}");
+            (
+                r["system"].as_str().unwrap().to_owned(),
+                r["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(String, String)> = ["fila", "rayon", "tokio"]
+        .iter()
+        .flat_map(|s| ["about-1us", "empty"].map(|b| (s.to_string(), b.to_string())))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
 }
