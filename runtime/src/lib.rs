@@ -80,7 +80,7 @@ use queue::{Injector, Stealer};
 use stats::{Totals, WorkerCounters};
 use std::sync::atomic::Ordering::Relaxed;
 use sync::{Arc, AtomicBool, JoinHandle, Ordering};
-use task::{Task, Unit};
+use task::Task;
 use window::{Refused, Window};
 
 #[cfg(not(fila_loom))]
@@ -317,15 +317,11 @@ impl Slot<'_> {
         F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
         D: FnOnce(Outcome) + Send + 'static,
     {
-        let shared = self.shared.clone();
-        // The slot now belongs to the unit, which frees it when it drops.
+        let shared = self.shared;
+        // The slot now belongs to the unit, which frees it when it completes.
         std::mem::forget(self);
         shared.totals.admitted.fetch_add(1, Relaxed);
-        let unit = Arc::new(Unit::new(shared.clone(), Box::new(on_done)));
-        shared.injector.push(Task {
-            unit,
-            body: Box::new(task),
-        });
+        shared.injector.push(Task::first(task, on_done));
         shared.notify_one();
     }
 }

@@ -29,11 +29,6 @@ mod imp {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
         }
-
-        /// The contents, through exclusive access: no lock is taken.
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut()
-        }
     }
 
     pub(crate) struct Condvar(parking_lot::Condvar);
@@ -64,6 +59,12 @@ mod imp {
     {
         std::thread::Builder::new().name(name).spawn(f)
     }
+
+    /// An `Arc` from a std one, for unsized values (`Arc<dyn Trait>`), which
+    /// only std's coercion can make.
+    pub(crate) fn arc_from_std<T: ?Sized>(arc: std::sync::Arc<T>) -> Arc<T> {
+        arc
+    }
 }
 
 #[cfg(fila_loom)]
@@ -88,10 +89,6 @@ mod imp {
             // The runtime never panics while holding a lock, so poisoning is
             // a bug in the runtime itself.
             MutexGuard(Some(self.0.lock().expect("runtime lock poisoned")))
-        }
-
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut().expect("runtime lock poisoned")
         }
     }
 
@@ -134,6 +131,10 @@ mod imp {
         F: FnOnce() + Send + 'static,
     {
         loom::thread::Builder::new().name(name).spawn(f)
+    }
+
+    pub(crate) fn arc_from_std<T: ?Sized>(arc: std::sync::Arc<T>) -> Arc<T> {
+        Arc::from_std(arc)
     }
 }
 

@@ -1,22 +1,24 @@
 //! Units, tasks, and the context a task runs in.
 //!
 //! A *unit* is what the window counts: one admitted piece of work, such as a
-//! record. It starts as one task and may grow follow-on tasks. Every task
-//! holds an `Arc` to its unit, so the unit's strong count is its number of
-//! live tasks: when the last task is dropped (run or not), `Unit::drop`
-//! reports the outcome and frees the window slot. Nothing else needs to count.
+//! record. It starts as one task and may grow follow-on tasks. The unit
+//! counts its own live tasks (`Unit::tasks`); the task whose end brings the
+//! count to zero *completes* the unit on its worker: it reports the outcome
+//! and frees the window slot. The `Arc` around a unit only manages its
+//! memory.
+//!
+//! One allocation per unit: the admitted body and the completion live
+//! inline in the unit (`Start`), behind a lock that each takes once,
+//! uncontended. Only follow-on tasks box their bodies.
 
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 use crate::Shared;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// The body of a task.
+/// The body of a follow-on task.
 pub(crate) type TaskFn = Box<dyn for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static>;
-
-/// Called once when a unit's last task has finished.
-pub(crate) type DoneFn = Box<dyn FnOnce(Outcome) + Send + 'static>;
 
 /// How a unit ended.
 pub type Outcome = Result<(), TaskFailure>;
@@ -30,86 +32,151 @@ pub struct TaskFailure {
     pub message: String,
 }
 
+/// A unit with its admitted body and completion erased to `dyn Start`.
+pub(crate) type UnitRef = Arc<Unit<dyn Start>>;
+
 pub(crate) struct Task {
-    pub(crate) unit: Arc<Unit>,
-    pub(crate) body: TaskFn,
+    pub(crate) unit: UnitRef,
+    /// `None` for the unit's first task, whose body is in the unit.
+    pub(crate) body: Option<TaskFn>,
 }
 
-pub(crate) struct Unit {
-    shared: Arc<Shared>,
-    /// Set by the first panicking task. Read in `drop`; the `Arc` count's
-    /// release/acquire on the last drop makes a relaxed read enough.
-    failed: AtomicBool,
-    /// What only the failure path and the last drop touch. The lock is
-    /// taken only on the failure path; `drop` has `&mut self` and reaches
-    /// the contents without locking. Keeping the completion behind it is
-    /// also what makes `Unit` `Sync` although the completion is only
-    /// `Send`: a `&Unit` shared between tasks never reaches it unlocked.
-    cold: Mutex<Cold>,
-}
-
-struct Cold {
-    /// The first panic message of the unit.
-    failure: Option<String>,
-    /// Taken and called once, by the last drop.
-    on_done: Option<DoneFn>,
-}
-
-impl Unit {
-    pub(crate) fn new(shared: Arc<Shared>, on_done: DoneFn) -> Unit {
-        Unit {
-            shared,
+impl Task {
+    /// The first task of a new unit, which holds `body` and `on_done`.
+    pub(crate) fn first<F, D>(body: F, on_done: D) -> Task
+    where
+        F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
+        D: FnOnce(Outcome) + Send + 'static,
+    {
+        let unit = Unit {
+            tasks: AtomicUsize::new(1),
             failed: AtomicBool::new(false),
-            cold: Mutex::new(Cold {
-                failure: None,
-                on_done: Some(on_done),
-            }),
+            failure: Mutex::new(None),
+            start: Inline(Mutex::new((Some(body), Some(on_done)))),
+        };
+        let unit: std::sync::Arc<Unit<dyn Start>> = std::sync::Arc::new(unit);
+        Task {
+            unit: crate::sync::arc_from_std(unit),
+            body: None,
+        }
+    }
+
+    /// Runs the task's body with `cx`.
+    pub(crate) fn run(body: Option<TaskFn>, cx: &mut TaskCx<'_>) {
+        match body {
+            Some(body) => body(cx),
+            None => cx.unit.start.run_first(cx),
+        }
+    }
+}
+
+pub(crate) struct Unit<S: ?Sized> {
+    /// Live tasks: queued, running, or spawned and not yet pushed. A task
+    /// that ends having spawned k follow-ons changes it by k − 1, so the
+    /// usual stage that spawns exactly one costs no RMW at all.
+    tasks: AtomicUsize,
+    /// Set by the first panicking task. Read by the completer, whose acquire
+    /// on `tasks` orders it after every task's end.
+    failed: AtomicBool,
+    /// The first panic message. Locked only on the failure path.
+    failure: Mutex<Option<String>>,
+    /// The admitted body and the completion.
+    start: S,
+}
+
+/// What is generic about a unit: its first body and its completion.
+pub(crate) trait Start: Send + Sync {
+    /// Runs the first body. Called once, by the unit's first task.
+    fn run_first(&self, cx: &mut TaskCx<'_>);
+    /// Calls the completion. Called once, by the completer.
+    fn complete(&self, outcome: Outcome);
+}
+
+/// The body and the completion in the unit's own allocation. Each is taken
+/// once; the lock (never contended: the first task and the completer are
+/// ordered by `tasks`) is also what makes the unit `Sync` although both are
+/// only `Send`.
+struct Inline<F, D>(Mutex<(Option<F>, Option<D>)>);
+
+impl<F, D> Start for Inline<F, D>
+where
+    F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
+    D: FnOnce(Outcome) + Send + 'static,
+{
+    fn run_first(&self, cx: &mut TaskCx<'_>) {
+        let body = self.0.lock().0.take();
+        body.expect("a unit's first body runs once")(cx);
+    }
+
+    fn complete(&self, outcome: Outcome) {
+        let on_done = self.0.lock().1.take();
+        let on_done = on_done.expect("a unit completes once");
+        // The completion is user code too: a panic in it must not take
+        // the worker down or leak the slot.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| on_done(outcome))) {
+            tracing::error!(
+                message = %panic_message(payload.as_ref()),
+                "a unit's completion callback panicked"
+            );
+        }
+    }
+}
+
+impl Unit<dyn Start> {
+    #[cold]
+    pub(crate) fn record_failure(&self, message: String) {
+        let mut failure = self.failure.lock();
+        if failure.is_none() {
+            *failure = Some(message);
+        }
+        self.failed.store(true, Relaxed);
+    }
+
+    /// Ends one task of this unit, which spawned `spawned` follow-ons that
+    /// are not yet visible to any other worker. If that was the unit's last
+    /// task, completes the unit: calls its completion, then frees its slot.
+    pub(crate) fn end_task(&self, spawned: usize, shared: &Shared) {
+        match spawned {
+            // The follow-on takes this task's place.
+            1 => {}
+            0 => {
+                // AcqRel: the release half publishes this task's effects
+                // (and a failure it recorded); the acquire half, in the
+                // task that brings the count to zero, sees every other
+                // task's, before the completion reads them.
+                if self.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.complete(shared);
+                }
+            }
+            // Relaxed, as for a reference count's increment: this task
+            // still holds its own count, so nobody can see zero meanwhile,
+            // and the follow-ons are published later by the deque push.
+            more => {
+                self.tasks.fetch_add(more - 1, Ordering::Relaxed);
+            }
         }
     }
 
     #[cold]
-    pub(crate) fn record_failure(&self, message: String) {
-        let mut cold = self.cold.lock();
-        if cold.failure.is_none() {
-            cold.failure = Some(message);
-        }
-        self.failed.store(true, Relaxed);
-    }
-}
-
-impl Drop for Unit {
-    fn drop(&mut self) {
-        let cold = self.cold.get_mut();
+    fn complete(&self, shared: &Shared) {
         let outcome = if self.failed.load(Relaxed) {
-            let message = cold.failure.take().unwrap_or_default();
+            let message = self.failure.lock().take().unwrap_or_default();
+            shared.totals.failed.fetch_add(1, Relaxed);
             Err(TaskFailure { message })
         } else {
             Ok(())
         };
-        let on_done = cold.on_done.take();
-        if outcome.is_err() {
-            self.shared.totals.failed.fetch_add(1, Relaxed);
-        }
         // Deliberately wrong order, compiled only for the loom negative test:
         // the slot frees before the caller has been told.
         #[cfg(feature = "loom-broken-early-release")]
-        let drained = self.shared.window.release();
-        if let Some(on_done) = on_done {
-            // The completion is user code too: a panic in it must not take
-            // the worker down or leak the slot.
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| on_done(outcome))) {
-                tracing::error!(
-                    message = %panic_message(payload.as_ref()),
-                    "a unit's completion callback panicked"
-                );
-            }
-        }
+        let drained = shared.window.release();
+        self.start.complete(outcome);
         // Only after the completion ran: a freed slot means the caller has
         // been told, so the window also bounds completions not yet handled.
         #[cfg(not(feature = "loom-broken-early-release"))]
-        let drained = self.shared.window.release();
+        let drained = shared.window.release();
         if drained {
-            self.shared.on_drained();
+            shared.on_drained();
         }
     }
 }
@@ -117,7 +184,7 @@ impl Drop for Unit {
 /// What a running task can do besides compute: schedule follow-on tasks of
 /// its own unit.
 pub struct TaskCx<'a> {
-    pub(crate) unit: &'a Arc<Unit>,
+    pub(crate) unit: &'a UnitRef,
     pub(crate) spawned: &'a mut Vec<Task>,
     pub(crate) worker: usize,
 }
@@ -133,7 +200,7 @@ impl TaskCx<'_> {
     {
         self.spawned.push(Task {
             unit: self.unit.clone(),
-            body: Box::new(body),
+            body: Some(Box::new(body)),
         });
     }
 

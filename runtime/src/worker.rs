@@ -151,31 +151,32 @@ impl WorkerThread {
                 spawned: &mut self.spawned,
                 worker: self.index,
             };
-            catch_unwind(AssertUnwindSafe(move || body(&mut cx)))
+            catch_unwind(AssertUnwindSafe(move || Task::run(body, &mut cx)))
         };
         self.shared.counters[self.index].ran_task();
-        match result {
-            Ok(()) => {
-                let spawned = self.spawned.len();
-                // Reversed so that the first one spawned is the first popped.
-                while let Some(task) = self.spawned.pop() {
-                    self.local.push(task);
-                }
-                // The usual stage spawns one follow-on, which this worker
-                // pops next; waking a sleeper for it would only make the two
-                // race for it. Only surplus work is worth a wake-up.
-                if spawned > 0 && self.local.len() > 1 {
-                    self.shared.notify_one();
-                }
-            }
+        let spawned = match result {
+            Ok(()) => self.spawned.len(),
             Err(payload) => {
                 self.spawned.clear();
                 unit.record_failure(panic_message(payload.as_ref()));
+                0
             }
-        }
-        // If this was the unit's last task, this drop completes the unit and
-        // frees its window slot.
+        };
+        // Before the follow-ons are pushed, so that no other worker can end
+        // one of them before they are counted. If this was the unit's last
+        // task, this completes the unit and frees its window slot.
+        unit.end_task(spawned, &self.shared);
         drop(unit);
+        // Reversed so that the first one spawned is the first popped.
+        while let Some(task) = self.spawned.pop() {
+            self.local.push(task);
+        }
+        // The usual stage spawns one follow-on, which this worker pops
+        // next; waking a sleeper for it would only make the two race for
+        // it. Only surplus work is worth a wake-up.
+        if spawned > 0 && self.local.len() > 1 {
+            self.shared.notify_one();
+        }
     }
 
     /// Parks until a producer wakes us. See sleep.md.
