@@ -63,6 +63,9 @@ pub(crate) enum Refused {
 pub(crate) struct Window {
     state: AtomicU64,
     cap: u64,
+    /// A release wakes a blocked admitter only once at least this many
+    /// slots are free (see `window.md`, "Waking in batches").
+    wake_batch: u64,
     /// Serializes the slow paths: waiters register and sleep under it, and
     /// releasers take it before notifying, so a notification cannot slip in
     /// between a waiter's registration and its wait.
@@ -83,6 +86,7 @@ impl Window {
         Window {
             state: AtomicU64::new(0),
             cap: cap as u64,
+            wake_batch: wake_batch(cap as u64),
             lock: Mutex::new(()),
             admitters: Condvar::new(),
             drained: Condvar::new(),
@@ -193,10 +197,16 @@ impl Window {
         // admitter; acquire makes the waiter count we read current.
         let prev = State(self.state.fetch_sub(State::IN_FLIGHT_ONE, Ordering::AcqRel));
         debug_assert!(prev.in_flight() > 0, "released a slot that was not taken");
-        if prev.waiters() > 0 || prev.is_closed() {
+        if self.wakes_admitter(prev) || prev.is_closed() {
             self.release_slow(prev);
         }
         prev.is_closed() && prev.in_flight() == 1
+    }
+
+    /// Whether the release that replaced `prev` must wake an admitter:
+    /// somebody waits, and it left at least `wake_batch` slots free.
+    fn wakes_admitter(&self, prev: State) -> bool {
+        prev.waiters() > 0 && self.cap - (prev.in_flight() - 1) >= self.wake_batch
     }
 
     #[cold]
@@ -204,7 +214,7 @@ impl Window {
         // Taking the lock orders this notification after any waiter that
         // registered before our fetch_sub has gone to sleep.
         let _guard = self.lock.lock();
-        if prev.waiters() > 0 {
+        if self.wakes_admitter(prev) {
             self.admitters.notify_one();
         }
         if prev.is_closed() && prev.in_flight() == 1 {
@@ -248,9 +258,39 @@ impl Window {
     }
 }
 
+/// How many free slots wake a blocked admitter, for a window of `cap`: an
+/// eighth of the window, at least one. A full window then costs its admitter
+/// one wake-up per `wake_batch` units instead of one per unit, while the
+/// workers still hold at least seven eighths of the window's work.
+fn wake_batch(cap: u64) -> u64 {
+    (cap / 8).max(1)
+}
+
 #[cfg(all(test, not(fila_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_admitter_is_woken_once_a_batch_of_slots_is_free() {
+        assert_eq!((wake_batch(1), wake_batch(15), wake_batch(64)), (1, 1, 8));
+        let w = std::sync::Arc::new(Window::new(16));
+        for _ in 0..16 {
+            w.acquire().unwrap();
+        }
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || w2.acquire());
+        while w.load().waiters() == 0 {
+            std::thread::yield_now();
+        }
+        // One slot free is not yet a batch of two: the admitter stays
+        // registered (and asleep, unless it woke spuriously and waits again).
+        assert!(!w.release());
+        assert!(!w.wakes_admitter(State(w.state.load(Ordering::Acquire) + 1)));
+        assert!(!w.release());
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(w.load().in_flight(), 15);
+        assert_eq!(w.load().waiters(), 0);
+    }
 
     #[test]
     fn state_fields_do_not_overlap() {
