@@ -32,6 +32,9 @@ struct Args {
     /// Timed rounds; every system runs once per round and body.
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=1000))]
     rounds: u64,
+    /// Only these systems (for profiling one of them).
+    #[arg(long, value_delimiter = ',', default_values_t = SYSTEMS.map(String::from))]
+    systems: Vec<String>,
     /// Print a JSON array of rows instead of the table.
     #[arg(long)]
     json: bool,
@@ -154,23 +157,35 @@ const SYSTEMS: [&str; 3] = ["fila", "rayon", "tokio"];
 fn main() {
     let args = Args::parse();
     let tasks = args.tasks as usize;
+    let chosen: Vec<&'static str> = SYSTEMS
+        .into_iter()
+        .filter(|s| args.systems.iter().any(|c| c == s))
+        .collect();
+    if chosen.len() != args.systems.len() {
+        eprintln!(
+            "scheduler-table: systems are {SYSTEMS:?}, got {:?}",
+            args.systems
+        );
+        std::process::exit(2);
+    }
     let p = fila_runtime::allowed_cpus().len().max(1);
     let systems = Systems::start(p);
 
     // One untimed pass of everything: thread start-up, page faults, caches.
     for (_, work) in BODIES {
-        for system in SYSTEMS {
+        for &system in &chosen {
             systems.run(system, work, tasks);
         }
     }
-    let mut rates = vec![Vec::new(); SYSTEMS.len() * BODIES.len()];
+    let n = chosen.len();
+    let mut rates = vec![Vec::new(); n * BODIES.len()];
     for round in 0..args.rounds as usize {
         for (b, (_, work)) in BODIES.iter().enumerate() {
-            for k in 0..SYSTEMS.len() {
+            for k in 0..n {
                 // Rotate who goes first, so no system always follows the same one.
-                let s = (round + k) % SYSTEMS.len();
-                let elapsed = systems.run(SYSTEMS[s], *work, tasks);
-                rates[b * SYSTEMS.len() + s].push(tasks as f64 / elapsed.as_secs_f64());
+                let s = (round + k) % n;
+                let elapsed = systems.run(chosen[s], *work, tasks);
+                rates[b * n + s].push(tasks as f64 / elapsed.as_secs_f64());
             }
         }
     }
@@ -178,11 +193,11 @@ fn main() {
         .iter()
         .enumerate()
         .flat_map(|(b, (body, _))| {
-            let rates = &rates;
-            SYSTEMS.iter().enumerate().map(move |(s, &system)| Row {
+            let (rates, chosen) = (&rates, &chosen);
+            chosen.iter().enumerate().map(move |(s, &system)| Row {
                 system,
                 body,
-                tasks_per_s: median(&rates[b * SYSTEMS.len() + s]),
+                tasks_per_s: median(&rates[b * n + s]),
             })
         })
         .collect();
