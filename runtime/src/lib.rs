@@ -320,7 +320,6 @@ impl Slot<'_> {
         let shared = self.shared;
         // The slot now belongs to the unit, which frees it when it completes.
         std::mem::forget(self);
-        shared.totals.admitted.fetch_add(1, Relaxed);
         shared.injector.push(Task::first(task, on_done));
         shared.notify_one();
     }
@@ -416,11 +415,11 @@ impl Runtime {
 
     pub fn stats(&self) -> Stats {
         let shared = &self.shared;
-        // Three loads, not one snapshot: while units run, the derived
-        // completion count can be off by the units that moved in between.
+        // Separate loads, not one snapshot: while units run, the derived
+        // admission count can be off by the units that moved in between.
+        let completed: u64 = shared.counters.iter().map(|c| c.units_completed()).sum();
         let failed = shared.totals.failed.load(Relaxed);
         let in_flight = self.in_flight();
-        let admitted = shared.totals.admitted.load(Relaxed);
         Stats {
             workers: shared
                 .counters
@@ -431,8 +430,8 @@ impl Runtime {
             window: shared.window.cap(),
             in_flight,
             max_in_flight: shared.window.max_in_flight() as usize,
-            admitted,
-            completed: admitted.saturating_sub(in_flight as u64 + failed),
+            admitted: completed + failed + in_flight as u64,
+            completed,
             failed,
         }
     }

@@ -29,6 +29,11 @@ mod imp {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
         }
+
+        /// The contents, through exclusive access: no lock is taken.
+        pub(crate) fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut()
+        }
     }
 
     pub(crate) struct Condvar(parking_lot::Condvar);
@@ -89,6 +94,10 @@ mod imp {
             // The runtime never panics while holding a lock, so poisoning is
             // a bug in the runtime itself.
             MutexGuard(Some(self.0.lock().expect("runtime lock poisoned")))
+        }
+
+        pub(crate) fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut().expect("runtime lock poisoned")
         }
     }
 

@@ -8,8 +8,11 @@
 //! memory.
 //!
 //! One allocation per unit: the admitted body and the completion live
-//! inline in the unit (`Start`), behind a lock that each takes once,
-//! uncontended. Only follow-on tasks box their bodies.
+//! inline in the unit (`Start`). The first task takes the body out through
+//! `&mut`, since nobody else holds the unit yet; the completer of a
+//! one-task unit takes the completion the same way, and only a bigger
+//! unit, whose other tasks may still hold it, locks. Only follow-on tasks
+//! box their bodies.
 
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 use crate::Shared;
@@ -37,8 +40,14 @@ pub(crate) type UnitRef = Arc<Unit<dyn Start>>;
 
 pub(crate) struct Task {
     pub(crate) unit: UnitRef,
-    /// `None` for the unit's first task, whose body is in the unit.
-    pub(crate) body: Option<TaskFn>,
+    pub(crate) body: Body,
+}
+
+pub(crate) enum Body {
+    /// The unit's first task: its body is in the unit, and this runs it.
+    First(fn(&mut UnitRef, &mut Vec<Task>, usize)),
+    /// A follow-on task.
+    Boxed(TaskFn),
 }
 
 impl Task {
@@ -52,22 +61,34 @@ impl Task {
             tasks: AtomicUsize::new(1),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
-            start: Inline(Mutex::new((Some(body), Some(on_done)))),
+            start: Inline::<F, D>(Mutex::new((Some(body), Some(on_done)))),
         };
         let unit: std::sync::Arc<Unit<dyn Start>> = std::sync::Arc::new(unit);
         Task {
             unit: crate::sync::arc_from_std(unit),
-            body: None,
+            body: Body::First(run_first::<F, D>),
         }
     }
+}
 
-    /// Runs the task's body with `cx`.
-    pub(crate) fn run(body: Option<TaskFn>, cx: &mut TaskCx<'_>) {
-        match body {
-            Some(body) => body(cx),
-            None => cx.unit.start.run_first(cx),
-        }
-    }
+/// Runs the first body of a unit whose `Start` is `Inline<F, D>`.
+fn run_first<F, D>(unit: &mut UnitRef, spawned: &mut Vec<Task>, worker: usize)
+where
+    F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
+    D: FnOnce(Outcome) + Send + 'static,
+{
+    // Before its first task runs, nobody else holds the unit (the admitter
+    // handed its only reference to this task), so the body comes out
+    // without taking the lock.
+    let body = Arc::get_mut(unit)
+        .and_then(|unit| unit.start.as_any_mut().downcast_mut::<Inline<F, D>>())
+        .and_then(|start| start.0.get_mut().0.take())
+        .expect("a unit's first body runs once, while the unit is unshared");
+    body(&mut TaskCx {
+        unit,
+        spawned,
+        worker,
+    });
 }
 
 pub(crate) struct Unit<S: ?Sized> {
@@ -86,16 +107,20 @@ pub(crate) struct Unit<S: ?Sized> {
 
 /// What is generic about a unit: its first body and its completion.
 pub(crate) trait Start: Send + Sync {
-    /// Runs the first body. Called once, by the unit's first task.
-    fn run_first(&self, cx: &mut TaskCx<'_>);
-    /// Calls the completion. Called once, by the completer.
+    /// For `run_first`, which knows the concrete type.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Calls the completion, through the lock. Called once, by the
+    /// completer, when other tasks may still hold the unit.
     fn complete(&self, outcome: Outcome);
+    /// Calls the completion without locking. Called once, by the completer,
+    /// when it holds the only reference.
+    fn complete_unshared(&mut self, outcome: Outcome);
 }
 
 /// The body and the completion in the unit's own allocation. Each is taken
-/// once; the lock (never contended: the first task and the completer are
-/// ordered by `tasks`) is also what makes the unit `Sync` although both are
-/// only `Send`.
+/// once, usually through `&mut` while the unit is unshared; the lock serves
+/// the completion of a unit whose other tasks have not yet dropped it, and
+/// it is also what makes the unit `Sync` although both are only `Send`.
 struct Inline<F, D>(Mutex<(Option<F>, Option<D>)>);
 
 impl<F, D> Start for Inline<F, D>
@@ -103,22 +128,29 @@ where
     F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
     D: FnOnce(Outcome) + Send + 'static,
 {
-    fn run_first(&self, cx: &mut TaskCx<'_>) {
-        let body = self.0.lock().0.take();
-        body.expect("a unit's first body runs once")(cx);
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 
     fn complete(&self, outcome: Outcome) {
         let on_done = self.0.lock().1.take();
-        let on_done = on_done.expect("a unit completes once");
-        // The completion is user code too: a panic in it must not take
-        // the worker down or leak the slot.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| on_done(outcome))) {
-            tracing::error!(
-                message = %panic_message(payload.as_ref()),
-                "a unit's completion callback panicked"
-            );
-        }
+        call_completion(on_done, outcome);
+    }
+
+    fn complete_unshared(&mut self, outcome: Outcome) {
+        call_completion(self.0.get_mut().1.take(), outcome);
+    }
+}
+
+fn call_completion<D: FnOnce(Outcome)>(on_done: Option<D>, outcome: Outcome) {
+    let on_done = on_done.expect("a unit completes once");
+    // The completion is user code too: a panic in it must not take the
+    // worker down or leak the slot.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| on_done(outcome))) {
+        tracing::error!(
+            message = %panic_message(payload.as_ref()),
+            "a unit's completion callback panicked"
+        );
     }
 }
 
@@ -132,10 +164,10 @@ impl Unit<dyn Start> {
         self.failed.store(true, Relaxed);
     }
 
-    /// Ends one task of this unit, which spawned `spawned` follow-ons that
-    /// are not yet visible to any other worker. If that was the unit's last
+    /// Ends one task of `unit`, which spawned `spawned` follow-ons that are
+    /// not yet visible to any other worker. If that was the unit's last
     /// task, completes the unit: calls its completion, then frees its slot.
-    pub(crate) fn end_task(&self, spawned: usize, shared: &Shared) {
+    pub(crate) fn end_task(unit: &mut UnitRef, spawned: usize, shared: &Shared, worker: usize) {
         match spawned {
             // The follow-on takes this task's place.
             1 => {}
@@ -144,33 +176,38 @@ impl Unit<dyn Start> {
                 // (and a failure it recorded); the acquire half, in the
                 // task that brings the count to zero, sees every other
                 // task's, before the completion reads them.
-                if self.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.complete(shared);
+                if unit.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    Self::complete(unit, shared, worker);
                 }
             }
             // Relaxed, as for a reference count's increment: this task
             // still holds its own count, so nobody can see zero meanwhile,
             // and the follow-ons are published later by the deque push.
             more => {
-                self.tasks.fetch_add(more - 1, Ordering::Relaxed);
+                unit.tasks.fetch_add(more - 1, Ordering::Relaxed);
             }
         }
     }
 
-    #[cold]
-    fn complete(&self, shared: &Shared) {
-        let outcome = if self.failed.load(Relaxed) {
-            let message = self.failure.lock().take().unwrap_or_default();
+    fn complete(unit: &mut UnitRef, shared: &Shared, worker: usize) {
+        let outcome = if unit.failed.load(Relaxed) {
+            let message = unit.failure.lock().take().unwrap_or_default();
             shared.totals.failed.fetch_add(1, Relaxed);
             Err(TaskFailure { message })
         } else {
+            shared.counters[worker].completed_unit();
             Ok(())
         };
         // Deliberately wrong order, compiled only for the loom negative test:
         // the slot frees before the caller has been told.
         #[cfg(feature = "loom-broken-early-release")]
         let drained = shared.window.release();
-        self.start.complete(outcome);
+        // A unit of one task is unshared here; other tasks of a bigger unit
+        // may not have dropped their references yet.
+        match Arc::get_mut(unit) {
+            Some(unshared) => unshared.start.complete_unshared(outcome),
+            None => unit.start.complete(outcome),
+        }
         // Only after the completion ran: a freed slot means the caller has
         // been told, so the window also bounds completions not yet handled.
         #[cfg(not(feature = "loom-broken-early-release"))]
@@ -200,7 +237,7 @@ impl TaskCx<'_> {
     {
         self.spawned.push(Task {
             unit: self.unit.clone(),
-            body: Some(Box::new(body)),
+            body: Body::Boxed(Box::new(body)),
         });
     }
 

@@ -3,7 +3,7 @@
 
 use crate::queue::{Steal, Worker};
 use crate::sync::{Arc, Ordering};
-use crate::task::{panic_message, Task, TaskCx};
+use crate::task::{panic_message, Body, Task, TaskCx, Unit};
 use crate::Shared;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -144,15 +144,16 @@ impl WorkerThread {
     }
 
     fn run_task(&mut self, task: Task) {
-        let Task { unit, body } = task;
-        let result = {
-            let mut cx = TaskCx {
+        let Task { mut unit, body } = task;
+        let (spawned, worker) = (&mut self.spawned, self.index);
+        let result = catch_unwind(AssertUnwindSafe(|| match body {
+            Body::First(run_first) => run_first(&mut unit, spawned, worker),
+            Body::Boxed(body) => body(&mut TaskCx {
                 unit: &unit,
-                spawned: &mut self.spawned,
-                worker: self.index,
-            };
-            catch_unwind(AssertUnwindSafe(move || Task::run(body, &mut cx)))
-        };
+                spawned,
+                worker,
+            }),
+        }));
         self.shared.counters[self.index].ran_task();
         let spawned = match result {
             Ok(()) => self.spawned.len(),
@@ -165,7 +166,7 @@ impl WorkerThread {
         // Before the follow-ons are pushed, so that no other worker can end
         // one of them before they are counted. If this was the unit's last
         // task, this completes the unit and frees its window slot.
-        unit.end_task(spawned, &self.shared);
+        Unit::end_task(&mut unit, spawned, &self.shared, self.index);
         drop(unit);
         // Reversed so that the first one spawned is the first popped.
         while let Some(task) = self.spawned.pop() {
