@@ -127,6 +127,28 @@ fn b_window_of_two_is_never_exceeded() {
     window_holds(2, 3);
 }
 
+/// (b) with a window of 32, where each of the two workers releases its
+/// completed units' slots two at a time (`Window::release_batch`). Three
+/// units leave a worker owing a slot it cannot batch; it must pay it before
+/// it searches or sleeps, or `shutdown` waits forever for the drain, which
+/// loom reports as a deadlock.
+fn batched_release_drains() {
+    window_holds(32, 3);
+}
+
+#[cfg(not(any(feature = "broken-early-release", feature = "broken-idle-keeps-slots")))]
+#[test]
+fn b_window_of_32_with_batched_releases_drains() {
+    batched_release_drains();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock.
+#[cfg(feature = "broken-idle-keeps-slots")]
+#[test]
+fn broken_idle_keeps_slots_never_drains() {
+    batched_release_drains();
+}
+
 /// Negative test: must fail with "units live at once" (see above).
 #[cfg(feature = "broken-early-release")]
 #[test]

@@ -45,7 +45,8 @@ mod idle;
         feature = "loom-broken-skip-recheck",
         feature = "loom-broken-early-release",
         feature = "loom-broken-detach-never-stops",
-        feature = "loom-broken-unpark-skips-lock"
+        feature = "loom-broken-unpark-skips-lock",
+        feature = "loom-broken-idle-keeps-slots"
     )
 ))]
 compile_error!(
@@ -327,7 +328,7 @@ impl Slot<'_> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if self.shared.window.release() {
+        if self.shared.window.release(1) {
             self.shared.on_drained();
         }
     }

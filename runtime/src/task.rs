@@ -166,8 +166,16 @@ impl Unit<dyn Start> {
 
     /// Ends one task of `unit`, which spawned `spawned` follow-ons that are
     /// not yet visible to any other worker. If that was the unit's last
-    /// task, completes the unit: calls its completion, then frees its slot.
-    pub(crate) fn end_task(unit: &mut UnitRef, spawned: usize, shared: &Shared, worker: usize) {
+    /// task, completes the unit (calls its completion) and returns true:
+    /// the caller then owes the window the unit's slot, and must release it
+    /// (`WorkerThread::owe_slot`).
+    #[must_use = "a completed unit's slot must be released"]
+    pub(crate) fn end_task(
+        unit: &mut UnitRef,
+        spawned: usize,
+        shared: &Shared,
+        worker: usize,
+    ) -> bool {
         match spawned {
             // The follow-on takes this task's place.
             1 => {}
@@ -178,6 +186,8 @@ impl Unit<dyn Start> {
                 // task's, before the completion reads them.
                 if unit.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
                     Self::complete(unit, shared, worker);
+                    // (The broken variant has released the slot already.)
+                    return cfg!(not(feature = "loom-broken-early-release"));
                 }
             }
             // Relaxed, as for a reference count's increment: this task
@@ -187,6 +197,7 @@ impl Unit<dyn Start> {
                 unit.tasks.fetch_add(more - 1, Ordering::Relaxed);
             }
         }
+        false
     }
 
     fn complete(unit: &mut UnitRef, shared: &Shared, worker: usize) {
@@ -201,20 +212,18 @@ impl Unit<dyn Start> {
         // Deliberately wrong order, compiled only for the loom negative test:
         // the slot frees before the caller has been told.
         #[cfg(feature = "loom-broken-early-release")]
-        let drained = shared.window.release();
+        if shared.window.release(1) {
+            shared.on_drained();
+        }
         // A unit of one task is unshared here; other tasks of a bigger unit
         // may not have dropped their references yet.
         match Arc::get_mut(unit) {
             Some(unshared) => unshared.start.complete_unshared(outcome),
             None => unit.start.complete(outcome),
         }
-        // Only after the completion ran: a freed slot means the caller has
-        // been told, so the window also bounds completions not yet handled.
-        #[cfg(not(feature = "loom-broken-early-release"))]
-        let drained = shared.window.release();
-        if drained {
-            shared.on_drained();
-        }
+        // The caller frees the slot, after this: a freed slot means the
+        // caller has been told, so the window also bounds completions not
+        // yet handled.
     }
 }
 

@@ -15,6 +15,10 @@ pub(crate) struct WorkerThread {
     spawned: Vec<Task>,
     /// Picks the first victim of each steal round.
     rng: FastRand,
+    /// Units this worker completed whose slots it has not yet released.
+    owed: u64,
+    /// Release once this many are owed (`Window::release_batch`).
+    release_batch: u64,
 }
 
 /// A per-worker xorshift generator: no shared state, a few instructions a
@@ -42,19 +46,30 @@ impl FastRand {
 
 impl WorkerThread {
     pub(crate) fn new(shared: Arc<Shared>, index: usize, local: Worker<Task>) -> WorkerThread {
+        let release_batch = shared.window.release_batch(shared.parkers.len());
         WorkerThread {
             shared,
             index,
             local,
             spawned: Vec::new(),
             rng: FastRand::new(index + 1),
+            owed: 0,
+            release_batch,
         }
     }
 
     pub(crate) fn run(mut self) {
         crate::ON_WORKER.with(|on| on.set(Arc::as_ptr(&self.shared) as usize));
         loop {
-            if let Some(task) = self.find_task().or_else(|| self.search()) {
+            if let Some(task) = self.find_task() {
+                self.run_task(task);
+                continue;
+            }
+            // Before this worker searches or sleeps, it pays what it owes:
+            // an idle worker must not withhold slots (see window.md).
+            #[cfg(not(feature = "loom-broken-idle-keeps-slots"))]
+            self.release_owed();
+            if let Some(task) = self.search() {
                 self.run_task(task);
                 continue;
             }
@@ -166,7 +181,9 @@ impl WorkerThread {
         // Before the follow-ons are pushed, so that no other worker can end
         // one of them before they are counted. If this was the unit's last
         // task, this completes the unit and frees its window slot.
-        Unit::end_task(&mut unit, spawned, &self.shared, self.index);
+        if Unit::end_task(&mut unit, spawned, &self.shared, self.index) {
+            self.owe_slot();
+        }
         drop(unit);
         // Reversed so that the first one spawned is the first popped.
         while let Some(task) = self.spawned.pop() {
@@ -177,6 +194,24 @@ impl WorkerThread {
         // it. Only surplus work is worth a wake-up.
         if spawned > 0 && self.local.len() > 1 {
             self.shared.notify_one();
+        }
+    }
+
+    /// Records the slot of a unit this worker just completed, and releases
+    /// the slots owed once there are `release_batch` of them: one RMW on
+    /// the window per batch instead of one per unit.
+    fn owe_slot(&mut self) {
+        self.owed += 1;
+        if self.owed >= self.release_batch {
+            self.release_owed();
+        }
+    }
+
+    /// Releases the slots of the units this worker completed, in one RMW.
+    fn release_owed(&mut self) {
+        let owed = std::mem::take(&mut self.owed);
+        if owed > 0 && self.shared.window.release(owed) {
+            self.shared.on_drained();
         }
     }
 
