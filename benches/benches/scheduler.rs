@@ -1,5 +1,6 @@
-//! Scheduler micro-benchmark: 10,000 tiny tasks submitted from outside the
-//! pool, through fila (each a unit, window 4096), rayon (`spawn`) and
+//! Scheduler micro-benchmark (criterion; `scheduler-table` prints the same
+//! comparison as medians over interleaved rounds): 10,000 tiny tasks
+//! submitted from outside the pool, through fila (each a unit, window 4096), rayon (`spawn`) and
 //! Tokio's multi-thread runtime (`spawn`), all with P threads. Criterion
 //! reports tasks per second. Two task bodies: empty, and about 1 µs of
 //! work (naive fib(13)).

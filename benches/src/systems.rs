@@ -2,13 +2,14 @@
 //! and rayon. Each runs a burst of identical messages on P threads.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use fila_runtime::{Runtime, TaskCx, Workers};
 
-use crate::{cpus, pin, stage, BurstTimes, Message};
+use crate::{cpus, pin, stage, BurstTimes, Finished, Message};
 
 /// fila: each message is one unit of five follow-on tasks, admitted through
 /// a window of `window`.
@@ -23,26 +24,45 @@ pub fn fila(p: usize, window: usize, message: Message, n: usize) -> BurstTimes {
 
 /// A burst through an already running runtime (for repeated benches).
 pub fn fila_on(rt: &Runtime, message: Message, n: usize) -> BurstTimes {
-    fn run_stage(message: Message, k: usize) -> impl FnOnce(&mut TaskCx<'_>) + Send {
+    /// Stage k adds its result to `sum` and hands it to stage k + 1; the
+    /// last stage leaves the total in the message's cell for the completion.
+    fn run_stage(
+        message: Message,
+        k: usize,
+        sum: u64,
+        cell: Arc<AtomicU64>,
+    ) -> impl FnOnce(&mut TaskCx<'_>) + Send {
         move |cx| {
-            std::hint::black_box(stage(message[k]));
+            let sum = sum.wrapping_add(stage(message[k]));
             if k + 1 < message.len() {
-                cx.spawn(run_stage(message, k + 1));
+                cx.spawn(run_stage(message, k + 1, sum, cell));
+            } else {
+                // Relaxed: the unit's completion runs after this task has
+                // finished, and the runtime orders the two.
+                cell.store(sum, Ordering::Relaxed);
             }
         }
     }
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
-    for i in 0..n {
+    for index in 0..n {
         let tx = tx.clone();
-        rt.admit(run_stage(message, 0), move |outcome| {
+        let cell = Arc::new(AtomicU64::new(0));
+        let total = cell.clone();
+        rt.admit(run_stage(message, 0, 0, cell), move |outcome| {
             outcome.expect("stages do not panic");
-            let _ = tx.send((i, Instant::now()));
+            let at = Instant::now();
+            let checksum = total.load(Ordering::Relaxed);
+            let _ = tx.send(Finished {
+                index,
+                checksum,
+                at,
+            });
         })
         .expect("the runtime is open");
     }
     drop(tx);
-    BurstTimes::from_instants(start, rx.iter().take(n).collect(), n)
+    BurstTimes::from_finished(start, rx.iter().collect(), n)
 }
 
 /// One stage request on the shared queue of the Tokio design.
@@ -51,7 +71,8 @@ struct StageRequest {
     reply: tokio::sync::oneshot::Sender<u64>,
 }
 
-/// The thesis's design (DESIGN.md section 1): a Tokio event loop on one
+/// The design fila replaces (`docs/design/architecture.md#background`):
+/// a Tokio event loop on one
 /// thread, like the thesis's Actix arbiter, takes in every message of the
 /// burst at once, one task per message. Each task sends each stage through
 /// one shared queue to a pool of P operator threads and awaits the result,
@@ -82,14 +103,19 @@ pub fn tokio_event_loop(p: usize, message: Message, n: usize) -> BurstTimes {
         for i in 0..n {
             let (queue, tx) = (queue.clone(), tx.clone());
             tokio::spawn(async move {
+                let mut checksum = 0u64;
                 for &stage_n in &message {
                     let (reply, result) = tokio::sync::oneshot::channel();
                     queue
                         .send(StageRequest { n: stage_n, reply })
                         .expect("operators are running");
-                    std::hint::black_box(result.await.expect("the operator replies"));
+                    checksum = checksum.wrapping_add(result.await.expect("the operator replies"));
                 }
-                let _ = tx.send((i, Instant::now()));
+                let _ = tx.send(Finished {
+                    index: i,
+                    checksum,
+                    at: Instant::now(),
+                });
             });
         }
         drop(tx);
@@ -97,7 +123,7 @@ pub fn tokio_event_loop(p: usize, message: Message, n: usize) -> BurstTimes {
         while let Some(d) = rx.recv().await {
             done.push(d);
         }
-        BurstTimes::from_instants(start, done, n)
+        BurstTimes::from_finished(start, done, n)
     });
     drop(queue);
     for op in operators {
@@ -124,12 +150,16 @@ pub fn rayon_on(pool: &rayon::ThreadPool, message: Message, n: usize) -> BurstTi
     for i in 0..n {
         let tx = tx.clone();
         pool.spawn(move || {
-            for &stage_n in &message {
-                std::hint::black_box(stage(stage_n));
-            }
-            let _ = tx.send((i, Instant::now()));
+            let checksum = message
+                .iter()
+                .fold(0u64, |sum, &stage_n| sum.wrapping_add(stage(stage_n)));
+            let _ = tx.send(Finished {
+                index: i,
+                checksum,
+                at: Instant::now(),
+            });
         });
     }
     drop(tx);
-    BurstTimes::from_instants(start, rx.iter().take(n).collect(), n)
+    BurstTimes::from_finished(start, rx.iter().collect(), n)
 }

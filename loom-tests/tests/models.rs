@@ -8,6 +8,7 @@
 //! callback, it uses loom's.
 #![cfg(fila_loom)]
 
+use fila_runtime::loom_internals::Parker;
 use fila_runtime::{AdmitError, Outcome, Runtime, Workers};
 use loom::thread;
 use std::num::NonZeroUsize;
@@ -126,6 +127,28 @@ fn b_window_of_two_is_never_exceeded() {
     window_holds(2, 3);
 }
 
+/// (b) with a window of 32, where each of the two workers releases its
+/// completed units' slots two at a time (`Window::release_batch`). Three
+/// units leave a worker owing a slot it cannot batch; it must pay it before
+/// it searches or sleeps, or `shutdown` waits forever for the drain, which
+/// loom reports as a deadlock.
+fn batched_release_drains() {
+    window_holds(32, 3);
+}
+
+#[cfg(not(any(feature = "broken-early-release", feature = "broken-idle-keeps-slots")))]
+#[test]
+fn b_window_of_32_with_batched_releases_drains() {
+    batched_release_drains();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock.
+#[cfg(feature = "broken-idle-keeps-slots")]
+#[test]
+fn broken_idle_keeps_slots_never_drains() {
+    batched_release_drains();
+}
+
 /// Negative test: must fail with "units live at once" (see above).
 #[cfg(feature = "broken-early-release")]
 #[test]
@@ -237,4 +260,74 @@ fn e_panicking_task_reports_failure_and_frees_its_slot() {
         assert_eq!(reports[1], (1, Ok(())));
         assert_eq!((stats.completed, stats.failed, stats.in_flight), (1, 1, 0));
     });
+}
+
+/// (f) A task drops the last reference to its own runtime while another
+/// unit is in flight (or the test thread's drop is the last: both orders
+/// are explored). The drop must not wait for itself: it detaches, both
+/// units still report, and every worker exits. A worker left parked
+/// forever is a thread that never terminates, which loom reports as a
+/// deadlock.
+fn drop_on_own_worker() {
+    loom::model(|| {
+        let rt = Arc::new(runtime(2, 2));
+        let (tx, rx) = loom::sync::mpsc::channel();
+        let last = rt.clone();
+        let first = tx.clone();
+        rt.admit(
+            move |_| drop(last),
+            move |outcome| first.send((0, outcome)).unwrap(),
+        )
+        .unwrap();
+        rt.admit(|_| {}, move |outcome| tx.send((1, outcome)).unwrap())
+            .unwrap();
+        drop(rt);
+        let mut reports = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+        reports.sort_by_key(|(unit, _)| *unit);
+        assert_eq!(reports, ok(0..2));
+    });
+}
+
+#[cfg(not(feature = "broken-detach-never-stops"))]
+#[test]
+fn f_last_drop_on_its_own_worker_detaches_and_every_worker_exits() {
+    drop_on_own_worker();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock (the workers of
+/// the detached runtime never exit).
+#[cfg(feature = "broken-detach-never-stops")]
+#[test]
+fn broken_detach_never_stops_leaves_workers_parked() {
+    drop_on_own_worker();
+}
+
+/// (g) The parker never loses its token: an `unpark` that comes before,
+/// during or after a `park` (including between the parker's decision to
+/// block and its wait on the condvar) ends that park. A lost token leaves
+/// the parking thread blocked forever: a deadlock.
+fn unpark_races_park() {
+    loom::model(|| {
+        let parker = Arc::new(Parker::new());
+        let unparker = {
+            let parker = parker.clone();
+            thread::spawn(move || parker.unpark())
+        };
+        parker.park();
+        unparker.join().unwrap();
+    });
+}
+
+#[cfg(not(feature = "broken-unpark-skips-lock"))]
+#[test]
+fn g_unpark_racing_park_is_never_lost() {
+    unpark_races_park();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock (the notify
+/// lands between the parker's PARKED and its wait).
+#[cfg(feature = "broken-unpark-skips-lock")]
+#[test]
+fn broken_unpark_skips_lock_loses_a_wakeup() {
+    unpark_races_park();
 }

@@ -1,12 +1,15 @@
 //! A burst of 10,000 units of five follow-on tasks each, the reference
 //! Fibonacci stages (10-20-30-20-10), with W = 4 × workers (one per
 //! allowed CPU). Prints
-//! throughput and mean latency next to the ideal of DESIGN.md section 5,
+//! throughput and mean latency next to the ideal of
+//! `docs/design/measurement.md`,
 //! with w calibrated in this same run.
 //!
 //!     cargo run --release -p fila-runtime --example burst [-- N]
 
-use fila_runtime::ideal::{calibrate, Ideal};
+use fila_runtime::ideal::{
+    calibrate, calibration_messages_per_thread, Ideal, WARM_UP_MESSAGES_PER_THREAD,
+};
 use fila_runtime::{Runtime, TaskCx, Workers};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -47,11 +50,11 @@ fn main() {
         .build()
         .expect("runtime starts");
     let (p, window) = (rt.workers(), rt.window());
-    let per_thread = 400usize.div_ceil(p);
+    let per_thread = calibration_messages_per_thread(n, p);
     // The calibration threads run on the workers' CPUs.
     let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
 
-    calibrate(&cpus, 10, |_| one_message());
+    calibrate(&cpus, WARM_UP_MESSAGES_PER_THREAD, |_| one_message());
     let before = calibrate(&cpus, per_thread, |_| one_message());
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
@@ -87,11 +90,7 @@ fn main() {
         "w = {:.3} ms (calibration spread {:.1}%{})",
         ideal.work_per_message.as_secs_f64() * 1e3,
         ideal.spread * 100.0,
-        if ideal.spread > 0.10 {
-            ", noisy run"
-        } else {
-            ""
-        }
+        if ideal.is_noisy() { ", noisy run" } else { "" }
     );
     println!(
         "throughput   {:>9.1} msg/s   ideal {:>9.1}   efficiency    {:.3}",

@@ -1,10 +1,36 @@
-//! The physical limit a burst is measured against (DESIGN.md section 5).
+//! The physical limit a burst is measured against
+//! (`docs/design/measurement.md`).
 //!
 //! Nothing here schedules anything. It lives in the runtime so that the
 //! pipeline, the benches and the examples all compute the ideal the same
 //! way.
 
 use std::time::{Duration, Instant};
+
+/// Timed calibration messages per phase (before, and again after, the
+/// run), over all threads: at least this many. Each phase must time at
+/// least 100 for w to be worth quoting; 400 keeps a moment of noise on a
+/// shared machine from weighing much.
+pub const CALIBRATION_MESSAGES: usize = 400;
+const _: () = assert!(CALIBRATION_MESSAGES >= 100, "too few to time w");
+
+/// Untimed messages each calibration thread runs first, so that page
+/// faults, cold caches and clock ramp-up do not inflate the first w.
+pub const WARM_UP_MESSAGES_PER_THREAD: usize = 10;
+
+/// The calibration spread (|w_before − w_after| / mean) above which a run
+/// is called noisy and its ratios are not to be trusted.
+pub const NOISY_SPREAD: f64 = 0.10;
+
+/// Timed calibration messages per thread for a run of `burst` messages on
+/// `threads` threads: [`CALIBRATION_MESSAGES`] or a tenth of the burst,
+/// whichever is more, split evenly and rounded up. At least 1.
+pub fn calibration_messages_per_thread(burst: usize, threads: usize) -> usize {
+    CALIBRATION_MESSAGES
+        .max(burst / 10)
+        .div_ceil(threads.max(1))
+        .max(1)
+}
 
 /// Work per message, w, measured with `threads` plain threads running in
 /// parallel, with no scheduler and nothing shared.
@@ -57,7 +83,8 @@ where
 }
 
 /// w from a calibration before and one after the burst, and how far apart
-/// they are: |before − after| / mean. Above 0.10 the run was noisy.
+/// they are: |before − after| / mean. Above [`NOISY_SPREAD`] the run was
+/// noisy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ideal {
     pub workers: usize,
@@ -81,6 +108,11 @@ impl Ideal {
                 0.0
             },
         }
+    }
+
+    /// Whether the two calibrations differ by more than [`NOISY_SPREAD`].
+    pub fn is_noisy(&self) -> bool {
+        self.spread > NOISY_SPREAD
     }
 
     /// P / w.
@@ -140,6 +172,20 @@ mod tests {
         };
         let i = Ideal::from_calibrations(2, c, slower);
         assert!((i.spread - 0.3 / 3.15).abs() < 1e-9);
+        assert!(!i.is_noisy(), "a spread of 9.5% is not noisy");
         assert!((i.throughput() - 2.0 / 0.00315).abs() < 1e-6);
+        let noisy = Calibration {
+            elapsed: Duration::from_millis(340),
+            ..c
+        };
+        assert!(Ideal::from_calibrations(2, c, noisy).is_noisy());
+    }
+
+    #[test]
+    fn calibration_takes_the_floor_or_a_tenth_of_the_burst() {
+        assert_eq!(calibration_messages_per_thread(100, 2), 200);
+        assert_eq!(calibration_messages_per_thread(10_000, 2), 500);
+        assert_eq!(calibration_messages_per_thread(10_000, 3), 334);
+        assert_eq!(calibration_messages_per_thread(0, 0), 400);
     }
 }

@@ -43,7 +43,10 @@ mod idle;
     not(fila_loom),
     any(
         feature = "loom-broken-skip-recheck",
-        feature = "loom-broken-early-release"
+        feature = "loom-broken-early-release",
+        feature = "loom-broken-detach-never-stops",
+        feature = "loom-broken-unpark-skips-lock",
+        feature = "loom-broken-idle-keeps-slots"
     )
 ))]
 compile_error!(
@@ -51,6 +54,13 @@ compile_error!(
 );
 
 mod park;
+
+/// Internals the loom models drive directly. Only under `--cfg fila_loom`.
+#[cfg(fila_loom)]
+#[doc(hidden)]
+pub mod loom_internals {
+    pub use crate::park::Parker;
+}
 mod queue;
 mod stats;
 mod sync;
@@ -60,7 +70,7 @@ mod window;
 mod worker;
 
 pub use stats::{Stats, WorkerStats};
-pub use task::{Outcome, TaskCx, TaskFailure};
+pub use task::{panic_message, Outcome, TaskCx, TaskFailure};
 pub use topology::{allowed_cpus, physical_cpus, Workers};
 pub use window::MAX_WINDOW;
 
@@ -71,15 +81,23 @@ use queue::{Injector, Stealer};
 use stats::{Totals, WorkerCounters};
 use std::sync::atomic::Ordering::Relaxed;
 use sync::{Arc, AtomicBool, JoinHandle, Ordering};
-use task::{Task, Unit};
+use task::Task;
 use window::{Refused, Window};
 
 #[cfg(not(fila_loom))]
-thread_local! {
-    /// The `Shared` this thread works for, if it is a worker. Admission
-    /// from a worker of the same runtime could wait on the window the worker
-    /// itself must drain, so it is refused.
+std::thread_local! {
+    /// The `Shared` this thread works for, if it is a worker, as an address
+    /// (0 on every other thread). A worker must never wait on its own
+    /// runtime: admission from it is refused, and dropping the runtime on it
+    /// detaches instead of joining (see shutdown.md).
     static ON_WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// The same under loom, whose threads share one OS thread: loom's
+// thread-locals are per modelled thread. (Its macro has no `const` form.)
+#[cfg(fila_loom)]
+loom::thread_local! {
+    static ON_WORKER: std::cell::Cell<usize> = std::cell::Cell::new(0);
 }
 
 /// The default window is this many units per worker. Depth-first
@@ -124,6 +142,10 @@ pub(crate) struct Shared {
     window: Window,
     /// Set once the window is closed and drained; workers then exit.
     shutdown: AtomicBool,
+    /// Set when the `Runtime` was dropped where it could not wait (on one of
+    /// its own workers, or while unwinding): whoever drains the closed window
+    /// stops the workers. See shutdown.md.
+    detached: AtomicBool,
     counters: Box<[CachePadded<WorkerCounters>]>,
     totals: Totals,
 }
@@ -139,6 +161,43 @@ impl Shared {
         if let Some(worker) = self.idle.wake_one() {
             self.parkers[worker].unpark();
         }
+    }
+
+    /// Tells every worker to exit. The window must be closed and drained, so
+    /// that every queue is empty for good. Calling it twice is harmless.
+    fn stop_workers(&self) {
+        // Release pairs with the workers' acquire loads: a worker that sees
+        // the flag also sees the drained queues.
+        self.shutdown.store(true, Ordering::Release);
+        for worker in self.idle.take_all() {
+            self.parkers[worker].unpark();
+        }
+    }
+
+    /// Called by the unit whose release drained a closed window. If the
+    /// runtime was detached, nobody waits to stop the workers: this does.
+    pub(crate) fn on_drained(&self) {
+        // Acquire pairs with the release store in `detach`. The detacher
+        // stores the flag before it closes the window, and the releaser saw
+        // the closed bit in the value its fetch_sub returned, unless the
+        // window was closed earlier; then the detacher's own close reads
+        // the drained count and stops the workers itself.
+        // Deliberately broken for the loom negative test: the workers of a
+        // detached runtime are never told to stop.
+        if cfg!(feature = "loom-broken-detach-never-stops") {
+            return;
+        }
+        if self.detached.load(Ordering::Acquire) {
+            self.stop_workers();
+        }
+    }
+
+    /// Closes the window so that the workers stop once it drains, without
+    /// waiting for that. Returns true if nothing was in flight: the caller
+    /// must then stop the workers itself, since no release will.
+    fn detach(&self) -> bool {
+        self.detached.store(true, Ordering::Release);
+        self.window.close().in_flight() == 0
     }
 }
 
@@ -197,6 +256,7 @@ impl Builder {
             idle: Idle::new(count),
             window: Window::new(window),
             shutdown: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
             counters: (0..count).map(|_| CachePadded::default()).collect(),
             totals: Totals::default(),
         });
@@ -258,22 +318,19 @@ impl Slot<'_> {
         F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
         D: FnOnce(Outcome) + Send + 'static,
     {
-        let shared = self.shared.clone();
-        // The slot now belongs to the unit, which frees it when it drops.
+        let shared = self.shared;
+        // The slot now belongs to the unit, which frees it when it completes.
         std::mem::forget(self);
-        shared.totals.admitted.fetch_add(1, Relaxed);
-        let unit = Arc::new(Unit::new(shared.clone(), Box::new(on_done)));
-        shared.injector.push(Task {
-            unit,
-            body: Box::new(task),
-        });
+        shared.injector.push(Task::first(task, on_done));
         shared.notify_one();
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.shared.window.release();
+        if self.shared.window.release(1) {
+            self.shared.on_drained();
+        }
     }
 }
 
@@ -325,10 +382,17 @@ impl Runtime {
 
     /// Closes, then waits until no unit is in flight. The workers stay up
     /// (parked) until `shutdown`; a driver uses this to drain before it
-    /// flushes and commits, while it still holds only `&Runtime`. Must not
-    /// be called from a task.
+    /// flushes and commits, while it still holds only `&Runtime`.
+    ///
+    /// # Panics
+    ///
+    /// On one of this runtime's own workers, where it would wait for the
+    /// very unit that called it.
     pub fn close_and_drain(&self) {
-        debug_assert!(self.refuse_on_worker().is_ok(), "drain called from a task");
+        assert!(
+            !self.on_own_worker(),
+            "Runtime::close_and_drain called from one of its own tasks: it would wait for itself"
+        );
         self.shared.window.close();
         self.shared.window.wait_drained();
     }
@@ -338,6 +402,13 @@ impl Runtime {
         self.shared.window.load().is_closed()
     }
 
+    /// Admitters blocked in `reserve` or `admit` right now, waiting for a
+    /// slot of a full window. A snapshot that may change as soon as it is
+    /// read; it is exact when nobody is admitting or releasing.
+    pub fn blocked_admitters(&self) -> usize {
+        self.shared.window.load().waiters() as usize
+    }
+
     /// Units admitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.shared.window.load().in_flight() as usize
@@ -345,11 +416,11 @@ impl Runtime {
 
     pub fn stats(&self) -> Stats {
         let shared = &self.shared;
-        // Three loads, not one snapshot: while units run, the derived
-        // completion count can be off by the units that moved in between.
+        // Separate loads, not one snapshot: while units run, the derived
+        // admission count can be off by the units that moved in between.
+        let completed: u64 = shared.counters.iter().map(|c| c.units_completed()).sum();
         let failed = shared.totals.failed.load(Relaxed);
         let in_flight = self.in_flight();
-        let admitted = shared.totals.admitted.load(Relaxed);
         Stats {
             workers: shared
                 .counters
@@ -360,15 +431,25 @@ impl Runtime {
             window: shared.window.cap(),
             in_flight,
             max_in_flight: shared.window.max_in_flight() as usize,
-            admitted,
-            completed: admitted.saturating_sub(in_flight as u64 + failed),
+            admitted: completed + failed + in_flight as u64,
+            completed,
             failed,
         }
     }
 
     /// Closes, waits for every unit in flight to finish, stops and joins
     /// every worker, and returns the final statistics. See shutdown.md.
+    ///
+    /// # Panics
+    ///
+    /// On one of this runtime's own workers: it cannot wait for the task
+    /// that called it. The panic drops the runtime, which then detaches
+    /// as described under `Drop`.
     pub fn shutdown(mut self) -> Stats {
+        assert!(
+            !self.on_own_worker(),
+            "Runtime::shutdown called from one of its own tasks: it would wait for itself; drop the runtime instead"
+        );
         self.stop();
         self.stats()
     }
@@ -380,12 +461,7 @@ impl Runtime {
         let shared = &self.shared;
         shared.window.close();
         shared.window.wait_drained();
-        // Release pairs with the workers' acquire loads: a worker that sees
-        // the flag also sees the drained queues.
-        shared.shutdown.store(true, Ordering::Release);
-        for worker in shared.idle.take_all() {
-            shared.parkers[worker].unpark();
-        }
+        shared.stop_workers();
         for handle in self.threads.drain(..) {
             if handle.join().is_err() {
                 tracing::error!("a worker thread panicked outside any task");
@@ -393,24 +469,48 @@ impl Runtime {
         }
     }
 
+    /// Lets the workers finish what is in flight and exit on their own.
+    fn detach(&mut self) {
+        // Dropping the join handles detaches the threads.
+        self.threads.clear();
+        if self.shared.detach() {
+            self.shared.stop_workers();
+        }
+    }
+
+    /// Whether the calling thread is one of this runtime's workers.
+    fn on_own_worker(&self) -> bool {
+        ON_WORKER.with(|on| on.get()) == Arc::as_ptr(&self.shared) as usize
+    }
+
     fn refuse_on_worker(&self) -> Result<(), AdmitError> {
-        #[cfg(not(fila_loom))]
-        if ON_WORKER.with(|on| on.get()) == Arc::as_ptr(&self.shared) as usize {
+        if self.on_own_worker() {
             return Err(AdmitError::OnWorker);
         }
         Ok(())
     }
 }
 
+/// Dropping a `Runtime` shuts it down as [`Runtime::shutdown`] does: it
+/// waits for every unit in flight and joins every worker. Where it must not
+/// wait, on one of the runtime's own workers (a task held the last
+/// reference) or while the thread unwinds from a panic, it *detaches*
+/// instead: admission closes at once, the units in flight still run to
+/// the end and report, and the workers exit by themselves once the window
+/// drains. Nothing is lost either way; only the join is skipped.
 impl Drop for Runtime {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // Blocking here while unwinding could hang the panic. Refuse new
-            // work and let the detached workers finish what is in flight.
-            // (Under loom a panic means the model already failed, and any
-            // further loom operation would abort the process.)
+            // Blocking here while unwinding could hang the panic. (Under loom
+            // a panic means the model already failed, and any further loom
+            // operation would abort the process.)
             #[cfg(not(fila_loom))]
-            self.shared.window.close();
+            self.detach();
+            return;
+        }
+        if self.on_own_worker() {
+            // Waiting here would wait for the unit this thread is running.
+            self.detach();
             return;
         }
         self.stop();

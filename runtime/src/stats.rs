@@ -32,10 +32,12 @@ pub struct Stats {
     pub in_flight: usize,
     /// The most units ever in flight at once. Never exceeds `window`.
     pub max_in_flight: usize,
+    /// Units admitted: completed + failed + in flight (a slot reserved and
+    /// not yet submitted counts as admitted). Exact once the runtime is
+    /// drained; while it runs, the three are read one after another and may
+    /// be a unit apart.
     pub admitted: u64,
-    /// Units whose every task ran without panicking: admitted − in flight −
-    /// failed. Exact once the runtime is drained; while it runs, the three
-    /// are read one after another and may be a unit apart.
+    /// Units whose every task ran without panicking.
     pub completed: u64,
     /// Units in which some task panicked.
     pub failed: u64,
@@ -60,6 +62,10 @@ pub(crate) struct WorkerCounters {
     tasks_run: AtomicU64,
     tasks_stolen: AtomicU64,
     parks: AtomicU64,
+    /// Units this worker completed without a failure. Summed over the
+    /// workers, it is the runtime's `completed`; counting here, where each
+    /// counter has one writer, keeps admission free of a shared RMW.
+    units_completed: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -80,6 +86,14 @@ impl WorkerCounters {
         bump(&self.parks);
     }
 
+    pub(crate) fn completed_unit(&self) {
+        bump(&self.units_completed);
+    }
+
+    pub(crate) fn units_completed(&self) -> u64 {
+        self.units_completed.load(Relaxed)
+    }
+
     pub(crate) fn snapshot(&self, cpu: Option<usize>) -> WorkerStats {
         WorkerStats {
             cpu,
@@ -90,12 +104,10 @@ impl WorkerCounters {
     }
 }
 
-/// Totals shared by every thread. `admitted` is bumped by admitters,
-/// `failed` by workers and only on the failure path; each has its own cache
-/// line, so the two sides do not contend. Completions are not counted at
-/// all: they are derived as admitted − in flight − failed.
+/// Totals shared by every thread. `failed` is bumped by workers, only on the
+/// failure path. Admissions are not counted at all: they are derived as
+/// completed + failed + in flight.
 #[derive(Default)]
 pub(crate) struct Totals {
-    pub(crate) admitted: CachePadded<AtomicU64>,
     pub(crate) failed: CachePadded<AtomicU64>,
 }

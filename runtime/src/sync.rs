@@ -4,7 +4,8 @@
 //! `--cfg fila_loom` the same names resolve to loom's instrumented types, so
 //! the loom models in `loom-tests/` explore the real scheduler code rather
 //! than a copy. Scheduler files import `Arc`, atomics, `Mutex`, `Condvar`
-//! and thread spawning from here and from nowhere else.
+//! and thread spawning from here and from nowhere else. (The one
+//! thread-local, `ON_WORKER` in `lib.rs`, picks std's or loom's by cfg.)
 //!
 //! The cfg name is ours (not `loom`) so that dependencies which also have a
 //! loom mode do not switch with us.
@@ -27,6 +28,11 @@ mod imp {
 
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
+        }
+
+        /// The contents, through exclusive access: no lock is taken.
+        pub(crate) fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut()
         }
     }
 
@@ -58,6 +64,12 @@ mod imp {
     {
         std::thread::Builder::new().name(name).spawn(f)
     }
+
+    /// An `Arc` from a std one, for unsized values (`Arc<dyn Trait>`), which
+    /// only std's coercion can make.
+    pub(crate) fn arc_from_std<T: ?Sized>(arc: std::sync::Arc<T>) -> Arc<T> {
+        arc
+    }
 }
 
 #[cfg(fila_loom)]
@@ -82,6 +94,10 @@ mod imp {
             // The runtime never panics while holding a lock, so poisoning is
             // a bug in the runtime itself.
             MutexGuard(Some(self.0.lock().expect("runtime lock poisoned")))
+        }
+
+        pub(crate) fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut().expect("runtime lock poisoned")
         }
     }
 
@@ -124,6 +140,10 @@ mod imp {
         F: FnOnce() + Send + 'static,
     {
         loom::thread::Builder::new().name(name).spawn(f)
+    }
+
+    pub(crate) fn arc_from_std<T: ?Sized>(arc: std::sync::Arc<T>) -> Arc<T> {
+        Arc::from_std(arc)
     }
 }
 

@@ -63,6 +63,9 @@ pub(crate) enum Refused {
 pub(crate) struct Window {
     state: AtomicU64,
     cap: u64,
+    /// A release wakes a blocked admitter only once at least this many
+    /// slots are free (see `window.md`, "Waking in batches").
+    wake_batch: u64,
     /// Serializes the slow paths: waiters register and sleep under it, and
     /// releasers take it before notifying, so a notification cannot slip in
     /// between a waiter's registration and its wait.
@@ -83,6 +86,7 @@ impl Window {
         Window {
             state: AtomicU64::new(0),
             cap: cap as u64,
+            wake_batch: wake_batch(cap as u64),
             lock: Mutex::new(()),
             admitters: Condvar::new(),
             drained: Condvar::new(),
@@ -181,37 +185,69 @@ impl Window {
         }
     }
 
-    /// Frees one slot. Wakes one blocked admitter if there is one, and the
-    /// closer when this was the last unit of a closed window.
-    pub(crate) fn release(&self) {
-        // AcqRel: release publishes the finished unit's effects to the next
+    /// Frees `slots` slots at once (a worker releases the units it
+    /// completed in batches; see `window.md`). Wakes one blocked admitter if
+    /// there is one and enough slots are now free, and the closer when these
+    /// were the last units of a closed window.
+    ///
+    /// Returns true if this release drained a closed window: the caller must
+    /// tell the runtime (`Shared::on_drained`), which stops the workers if
+    /// nobody waits to do it.
+    #[must_use = "the release that drains a closed window may have to stop the workers"]
+    pub(crate) fn release(&self, slots: u64) -> bool {
+        debug_assert!(slots > 0, "released nothing");
+        // AcqRel: release publishes the finished units' effects to the next
         // admitter; acquire makes the waiter count we read current.
-        let prev = State(self.state.fetch_sub(State::IN_FLIGHT_ONE, Ordering::AcqRel));
-        debug_assert!(prev.in_flight() > 0, "released a slot that was not taken");
-        if prev.waiters() > 0 || prev.is_closed() {
-            self.release_slow(prev);
+        let prev = State(
+            self.state
+                .fetch_sub(State::IN_FLIGHT_ONE * slots, Ordering::AcqRel),
+        );
+        debug_assert!(
+            prev.in_flight() >= slots,
+            "released a slot that was not taken"
+        );
+        if self.wakes_admitter(prev, slots) || prev.is_closed() {
+            self.release_slow(prev, slots);
         }
+        prev.is_closed() && prev.in_flight() == slots
+    }
+
+    /// Whether the release of `slots` that replaced `prev` must wake an
+    /// admitter: somebody waits, and it left at least `wake_batch` free.
+    fn wakes_admitter(&self, prev: State, slots: u64) -> bool {
+        prev.waiters() > 0 && self.cap - (prev.in_flight() - slots) >= self.wake_batch
+    }
+
+    /// How many completed units each of `workers` workers may hold before
+    /// it releases their slots in one RMW: its share of `wake_batch`, at
+    /// least one. All the workers together then withhold fewer than
+    /// `wake_batch` slots, an eighth of the window.
+    pub(crate) fn release_batch(&self, workers: usize) -> u64 {
+        (self.wake_batch / workers.max(1) as u64).max(1)
     }
 
     #[cold]
-    fn release_slow(&self, prev: State) {
+    fn release_slow(&self, prev: State, slots: u64) {
         // Taking the lock orders this notification after any waiter that
         // registered before our fetch_sub has gone to sleep.
         let _guard = self.lock.lock();
-        if prev.waiters() > 0 {
+        if self.wakes_admitter(prev, slots) {
             self.admitters.notify_one();
         }
-        if prev.is_closed() && prev.in_flight() == 1 {
+        if prev.is_closed() && prev.in_flight() == slots {
             self.drained.notify_all();
         }
     }
 
     /// Refuses every later admission and wakes blocked admitters, who return
-    /// `Closed`. Units already admitted run to the end.
-    pub(crate) fn close(&self) {
+    /// `Closed`. Units already admitted run to the end. Returns the state
+    /// just before: its `in_flight` is exact, since it comes from the same
+    /// RMW that closed the window.
+    pub(crate) fn close(&self) -> State {
         let _guard = self.lock.lock();
-        self.state.fetch_or(State::CLOSED, Ordering::AcqRel);
+        let prev = State(self.state.fetch_or(State::CLOSED, Ordering::AcqRel));
         self.admitters.notify_all();
+        prev
     }
 
     /// Blocks until a closed window has no unit in flight.
@@ -239,9 +275,56 @@ impl Window {
     }
 }
 
+/// How many free slots wake a blocked admitter, for a window of `cap`: an
+/// eighth of the window, at least one. A full window then costs its admitter
+/// one wake-up per `wake_batch` units instead of one per unit, while the
+/// workers still hold at least seven eighths of the window's work.
+fn wake_batch(cap: u64) -> u64 {
+    (cap / 8).max(1)
+}
+
 #[cfg(all(test, not(fila_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_admitter_is_woken_once_a_batch_of_slots_is_free() {
+        assert_eq!((wake_batch(1), wake_batch(15), wake_batch(64)), (1, 1, 8));
+        let w = std::sync::Arc::new(Window::new(16));
+        for _ in 0..16 {
+            w.acquire().unwrap();
+        }
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || w2.acquire());
+        while w.load().waiters() == 0 {
+            std::thread::yield_now();
+        }
+        // One slot free is not yet a batch of two: the admitter stays
+        // registered (and asleep, unless it woke spuriously and waits again).
+        assert!(!w.release(1));
+        assert!(!w.release(1));
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(w.load().in_flight(), 15);
+        assert_eq!(w.load().waiters(), 0);
+    }
+
+    #[test]
+    fn a_batched_release_frees_every_slot_and_reports_the_drain() {
+        let w = Window::new(64);
+        assert_eq!(
+            (w.release_batch(1), w.release_batch(2), w.release_batch(16)),
+            (8, 4, 1)
+        );
+        for _ in 0..10 {
+            w.acquire().unwrap();
+        }
+        assert!(!w.release(4));
+        assert_eq!(w.load().in_flight(), 6);
+        w.close();
+        assert!(!w.release(5), "one slot is still taken");
+        assert!(w.release(1), "the last release drains the closed window");
+        assert_eq!(w.load().in_flight(), 0);
+    }
 
     #[test]
     fn state_fields_do_not_overlap() {
@@ -269,10 +352,12 @@ mod tests {
         assert_eq!(w.try_acquire(), Ok(()));
         assert_eq!(w.try_acquire(), Ok(()));
         assert_eq!(w.try_acquire(), Err(Refused::Full));
-        w.release();
+        assert!(!w.release(1), "an open window is never drained");
         assert_eq!(w.try_acquire(), Ok(()));
-        w.close();
+        assert_eq!(w.close().in_flight(), 2);
         assert_eq!(w.try_acquire(), Err(Refused::Closed));
+        assert!(!w.release(1), "one slot is still taken");
+        assert!(w.release(1), "the last release drains the closed window");
         assert_eq!(w.max_in_flight(), 2);
     }
 
@@ -285,7 +370,7 @@ mod tests {
         while w.load().waiters() == 0 {
             std::thread::yield_now();
         }
-        w.release();
+        assert!(!w.release(1));
         assert_eq!(t.join().unwrap(), Ok(()));
         assert_eq!(w.load().in_flight(), 1);
         assert_eq!(w.load().waiters(), 0);

@@ -265,22 +265,35 @@ fn shutdown_with_work_in_flight_loses_nothing() {
 
 #[test]
 fn close_refuses_new_units_and_releases_blocked_admitters() {
-    let rt = runtime(1, 1);
+    let rt = Arc::new(runtime(1, 1));
     let (release, gate) = mpsc::channel::<()>();
-    let gate = Mutex::new(gate);
-    let gate = Arc::new(gate);
+    let gate = Arc::new(Mutex::new(gate));
     let g = gate.clone();
     rt.admit(move |_| g.lock().unwrap().recv().unwrap(), |_| {})
         .unwrap();
-    std::thread::scope(|s| {
-        let blocked = s.spawn(|| rt.admit(|_| {}, |_| {}));
-        // Let the admitter block on the full window, then close under it.
-        std::thread::sleep(Duration::from_millis(50));
-        rt.close();
-        assert_eq!(blocked.join().unwrap(), Err(AdmitError::Closed));
-    });
+    // Not a scoped thread: if `close` failed to release it, the test must
+    // fail on the timeout below rather than hang joining it.
+    let (answer, answered) = mpsc::channel();
+    let admitter = {
+        let rt = rt.clone();
+        std::thread::spawn(move || answer.send(rt.admit(|_| {}, |_| {})).unwrap())
+    };
+    // Close only once the admitter is blocked on the full window, so that
+    // it is the wake-up in `close` that must release it.
+    while rt.blocked_admitters() == 0 {
+        std::thread::yield_now();
+    }
+    rt.close();
+    assert_eq!(
+        answered.recv_timeout(Duration::from_secs(10)),
+        Ok(Err(AdmitError::Closed)),
+        "the blocked admitter was not released by close"
+    );
+    admitter.join().unwrap();
+    assert_eq!(rt.blocked_admitters(), 0);
     assert!(matches!(rt.try_reserve(), Err(AdmitError::Closed)));
     release.send(()).unwrap();
+    let rt = Arc::try_unwrap(rt).ok().expect("the admitter has exited");
     let stats = rt.shutdown();
     assert_eq!((stats.admitted, stats.completed), (1, 1));
 }
@@ -311,7 +324,14 @@ fn a_worker_cannot_block_on_its_own_window() {
     let (tx, rx) = mpsc::channel();
     let inner = rt.clone();
     rt.admit(
-        move |_| tx.send(inner.admit(|_| {}, |_| {})).unwrap(),
+        move |_| {
+            let refused = inner.admit(|_| {}, |_| {});
+            // Dropped before the answer is sent, so the test thread holds the
+            // last reference once it has the answer, and the runtime shuts
+            // down here, joined, rather than on its own worker.
+            drop(inner);
+            tx.send(refused).unwrap();
+        },
         |_| {},
     )
     .unwrap();
@@ -319,4 +339,8 @@ fn a_worker_cannot_block_on_its_own_window() {
         rx.recv_timeout(Duration::from_secs(10)).unwrap(),
         Err(AdmitError::OnWorker)
     );
+    let rt = Arc::try_unwrap(rt)
+        .ok()
+        .expect("the task dropped its clone");
+    assert_eq!(rt.shutdown().completed, 1);
 }
