@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use fila_runtime::ideal::Ideal;
+use fila_runtime::ideal::{Ideal, NOISY_SPREAD};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -159,10 +159,10 @@ impl Report {
             l.p50, l.p99, l.max
         ));
         if let Some(i) = &self.ideal {
-            let noisy = if i.calibration_spread > 0.10 {
-                "  (above 10%: a noisy run)"
+            let noisy = if i.calibration_spread > NOISY_SPREAD {
+                format!("  (above {:.0}%: a noisy run)", NOISY_SPREAD * 100.0)
             } else {
-                ""
+                String::new()
             };
             line(format!(
                 "work/message   {:>10.3} ms      calibrated before and after, spread {:.1}%{noisy}",

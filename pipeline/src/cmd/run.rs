@@ -12,17 +12,14 @@ use fila_pipeline::driver::{self, DriverConfig, RunSummary};
 use fila_pipeline::metrics::{self, Live, MetricsListener};
 use fila_pipeline::reference;
 use fila_pipeline::report::{LatencyMs, Report};
-use fila_runtime::ideal::{calibrate, Calibration, Ideal};
+use fila_runtime::ideal::{
+    calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
+};
 use fila_runtime::Runtime;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::{ReportFormat, RunArgs, SinkKind, SourceKind};
-
-/// Calibration messages per phase (before and after), over all threads:
-/// at least this many, and at least a tenth of the burst, so that a
-/// moment of noise on a shared machine weighs less.
-const CALIBRATION_MESSAGES: usize = 400;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut builder = Runtime::builder().workers(args.workers).pin(!args.no_pin);
@@ -70,9 +67,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let burst = args.source == SourceKind::Generate;
     let p = rt.workers();
     let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
-    let per_thread = CALIBRATION_MESSAGES
-        .max(args.burst as usize / 10)
-        .div_ceil(p);
+    let per_thread = calibration_messages_per_thread(args.burst as usize, p);
     let sample = reference::message(0, args.stages, reference::now_ms());
     let calibration = |per_thread: usize| -> Calibration {
         calibrate(&cpus, per_thread, |_| {
@@ -83,7 +78,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let before = burst.then(|| {
         // Untimed warm-up: the first messages pay for page faults, cold
         // caches and clock ramp-up, which would inflate w before.
-        calibration(10);
+        calibration(WARM_UP_MESSAGES_PER_THREAD);
         calibration(per_thread)
     });
 
