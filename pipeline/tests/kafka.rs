@@ -728,12 +728,14 @@ fn a_member_joining_mid_burst_takes_partitions_and_nothing_is_lost(brokers: &str
     let (input, output, group) = six_partitions(brokers);
     let mut first = member(brokers, &input, &output, &group);
     first.wait_assigned();
-    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(12));
+    // A classic group's join waits for the first member's next heartbeat
+    // (3 s), so the stream runs long enough for a slow, busy machine.
+    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(16));
     wait_for_outputs(brokers, &output, N as usize / 6);
     let mut second = member(brokers, &input, &output, &group);
     second.wait_assigned();
     let at_join = count(brokers, &output);
-    assert!(trickle.running(), "joined after the burst ended");
+    assert!(at_join < N as usize, "joined after the burst drained");
     trickle.join();
     let out = read_all(brokers, &output, N as usize, Duration::from_secs(120));
     let (r1, r2) = (first.stop(), second.stop());
