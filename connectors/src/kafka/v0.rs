@@ -215,12 +215,43 @@ fn offsets(
     topic: &str,
     which: FetchOffset,
 ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-    Ok(client
-        .fetch_topic_offsets(topic, which)
-        .map_err(|e| explain(brokers, &format!("listing offsets of {topic}"), e))?
-        .into_iter()
-        .map(|po| (po.partition, po.offset))
-        .collect())
+    // A topic just created may not have its leaders settled yet: the
+    // broker answers NotLeaderForPartition for a moment. Retry, bounded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.fetch_topic_offsets(topic, which) {
+            Ok(list) => {
+                return Ok(list
+                    .into_iter()
+                    .map(|po| (po.partition, po.offset))
+                    .collect())
+            }
+            Err(e) if Instant::now() < deadline && leaders_moving(&e) => {
+                std::thread::sleep(Duration::from_millis(200));
+                client
+                    .load_metadata(&[topic])
+                    .map_err(|e| explain(brokers, "loading metadata", e))?;
+            }
+            Err(e) => return Err(explain(brokers, &format!("listing offsets of {topic}"), e)),
+        }
+    }
+}
+
+/// Whether an error only says that a partition's leader is not known yet.
+fn leaders_moving(e: &KafkaError) -> bool {
+    let transient = |code: &KafkaCode| {
+        matches!(
+            code,
+            KafkaCode::NotLeaderForPartition
+                | KafkaCode::LeaderNotAvailable
+                | KafkaCode::UnknownTopicOrPartition
+        )
+    };
+    match e {
+        KafkaError::Kafka(code) => transient(code),
+        KafkaError::TopicPartitionError { error_code, .. } => transient(error_code),
+        _ => false,
+    }
 }
 
 /// Reads the input topic from the group's committed offsets (or the
