@@ -258,6 +258,15 @@ fn moved_on(e: &KafkaError) -> bool {
     )
 }
 
+/// Whether an error only says that a partition's leader is not known yet.
+fn leader_moving(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition)
+    )
+}
+
 /// Whether retrying can never help.
 fn fatal(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
@@ -980,11 +989,25 @@ pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, Con
     let producer = producer(brokers, 0)?;
     let partitions = ensure_topic(producer.client(), brokers, topic)?;
     let mut out = BTreeMap::new();
+    // A topic just created may not have its leaders settled yet: the
+    // broker answers NotLeaderForPartition for a moment. Retry, bounded.
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
     for p in partitions {
-        let (_, high) = producer
-            .client()
-            .fetch_watermarks(topic, p, LOOKUP_TIMEOUT)
-            .map_err(|e| kafka_error(brokers, &format!("listing offsets of {topic}"), e))?;
+        let high = loop {
+            match producer.client().fetch_watermarks(topic, p, LOOKUP_TIMEOUT) {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() < deadline && leader_moving(&e) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(kafka_error(
+                        brokers,
+                        &format!("listing offsets of {topic}"),
+                        e,
+                    ))
+                }
+            }
+        };
         out.insert(p, high);
     }
     Ok(out)
