@@ -471,8 +471,9 @@ impl Source for RdSource {
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
         if self.count == 0 {
             self.fill(timeout, READ_AHEAD)?;
+            // Revocations run only inside the consumer's poll, in `fill`.
+            self.forget_revoked();
         }
-        self.forget_revoked();
         let next = self.next_round_robin();
         if self.paused && self.count < READ_AHEAD / 2 {
             self.set_paused(false);
