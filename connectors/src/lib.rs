@@ -15,10 +15,12 @@ mod stdio;
 pub use acks::{Ack, Acks};
 pub use error::ConnectorError;
 pub use generate::BurstSource;
+pub use kafka::parse_duration;
 pub use kafka::{
     create_topic, kafka_sink, kafka_source, Assignment, BrokerVersions, ClientKind, Fetched,
-    GroupProtocol, KafkaConfig, KeyedRecord, Replica, TopicReader, TopicWriter, DLQ_OFFSET_HEADER,
-    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+    GroupProtocol, KafkaConfig, KeyedRecord, OffsetReset, Replica, TopicReader, TopicWriter,
+    DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
+    DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink};
 

@@ -17,17 +17,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{Acks, ConnectorError, Position, Sink, Source};
 
 mod probe;
 mod rd;
+mod retry;
 mod v0;
 
 pub use probe::BrokerVersions;
 pub use rd::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
+use retry::Outage;
+pub use retry::{parse_duration, OffsetReset, DEFAULT_RETRY_TIMEOUT};
 
 /// Which Kafka client to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,6 +130,11 @@ pub struct KafkaConfig {
     pub topic: String,
     pub group: String,
     pub assignment: Assignment,
+    /// Where a partition starts when the group has no committed offset
+    /// for it, or the committed offset is out of range.
+    pub offset_reset: OffsetReset,
+    /// How long the broker may stay unreachable before the source fails.
+    pub retry_timeout: Duration,
 }
 
 /// The source for `config` on client `kind`. Offsets it hands out are
@@ -152,13 +161,15 @@ pub fn kafka_source(
 
 /// The pipeline's Kafka sink: outputs to `output_topic`, records that
 /// cannot be processed to `dlq_topic` if set. Its `flush` returns once the
-/// broker has acknowledged everything sent.
+/// broker has acknowledged everything sent; a broker unreachable for
+/// longer than `retry_timeout` makes it fail.
 pub fn kafka_sink(
     kind: ClientKind,
     brokers: &str,
     input_topic: &str,
     output_topic: &str,
     dlq_topic: Option<&str>,
+    retry_timeout: Duration,
 ) -> Result<Box<dyn Sink>, ConnectorError> {
     Ok(match kind {
         ClientKind::Rdkafka => Box::new(rd::RdSink::connect(
@@ -166,12 +177,14 @@ pub fn kafka_sink(
             input_topic,
             output_topic,
             dlq_topic,
+            retry_timeout,
         )?),
         ClientKind::Kafka => Box::new(v0::KafkaSink::connect(
             brokers,
             input_topic,
             output_topic,
             dlq_topic,
+            retry_timeout,
         )?),
     })
 }

@@ -41,7 +41,10 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{error, interleave, Assignment, BrokerVersions, Fetched, GroupProtocol, KafkaConfig};
+use super::{
+    error, interleave, Assignment, BrokerVersions, Fetched, GroupProtocol, KafkaConfig, Outage,
+    DEFAULT_RETRY_TIMEOUT,
+};
 use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, Source};
 
 /// How long a revocation waits for the revoked partitions' records to be
@@ -82,15 +85,28 @@ fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
-/// Routes librdkafka's logs and errors to `tracing`, and says each kind of
-/// client error once until the client recovers, not once per retry.
-#[derive(Default)]
+/// Routes librdkafka's logs and errors to `tracing`. Client errors are
+/// transient faults (librdkafka retries them itself; the fatal ones come
+/// back from the calls that failed), so they go to the client's
+/// [`Outage`], which says the first of a run once.
 struct Logging {
-    last_error: Mutex<Option<String>>,
+    outage: Outage,
 }
 
 impl Logging {
+    fn new(brokers: &str, retry_timeout: Duration) -> Logging {
+        Logging {
+            outage: Outage::new(brokers, retry_timeout),
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // A failed connection is also reported through `error`, which the
+        // outage logs once per run; librdkafka would log it per attempt.
+        if fac == "FAIL" {
+            tracing::debug!(target: "librdkafka", fac, "{message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -105,12 +121,7 @@ impl Logging {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let kind = format!("{error}");
-        let mut last = lock(&self.last_error);
-        if last.as_deref() != Some(kind.as_str()) {
-            tracing::warn!(target: "librdkafka", "{reason} ({kind}); retrying");
-            *last = Some(kind);
-        }
+        self.outage.failed(&format_args!("{reason}: {error}"));
     }
 }
 
@@ -274,6 +285,7 @@ fn fatal(e: &KafkaError) -> bool {
         e.rdkafka_error_code(),
         Some(
             Fatal
+                | AutoOffsetReset
                 | GroupAuthorizationFailed
                 | TopicAuthorizationFailed
                 | SaslAuthenticationFailed
@@ -293,7 +305,14 @@ pub struct RdSource {
     turn: i32,
     /// Whether fetching is paused because the read-ahead is full.
     paused: bool,
+    /// When the source last asked the broker for metadata to learn
+    /// whether it answers again.
+    last_probe: Instant,
 }
+
+/// How often a source whose broker is failing asks whether it answers
+/// again, when no record or commit says so.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RdSource {
     pub fn connect(config: KafkaConfig, acks: Arc<Acks>) -> Result<RdSource, ConnectorError> {
@@ -305,7 +324,9 @@ impl RdSource {
             // Offsets are committed by hand, and only what `Acks` allows.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // Where a partition with no committed offset, or one out of
+            // range, starts. librdkafka logs each reset as a warning.
+            .set("auto.offset.reset", config.offset_reset.as_str())
             // A missing input topic is created, with the broker's default
             // partition count, as it would be by the first producer.
             .set("allow.auto.create.topics", "true")
@@ -340,7 +361,7 @@ impl RdSource {
             acks,
             commit: Mutex::new(()),
             revoked: Mutex::new(Vec::new()),
-            logging: Logging::default(),
+            logging: Logging::new(brokers, config.retry_timeout),
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
@@ -376,6 +397,7 @@ impl RdSource {
             count: 0,
             turn: -1,
             paused: false,
+            last_probe: Instant::now(),
         })
     }
 
@@ -411,6 +433,7 @@ impl RdSource {
             wait = Duration::ZERO;
             match result {
                 Ok(m) => {
+                    self.context().logging.outage.succeeded();
                     let envelope = envelope_of(&m);
                     self.buffered
                         .entry(envelope.position.partition)
@@ -429,6 +452,27 @@ impl RdSource {
             }
         }
         Ok(())
+    }
+
+    /// While the broker is failing: learns whether it answers again (an
+    /// idle topic brings no record to say so), and fails once the failures
+    /// have lasted past the retry timeout.
+    fn watch_outage(&mut self) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        if !context.logging.outage.is_failing() {
+            return Ok(());
+        }
+        if self.last_probe.elapsed() >= PROBE_INTERVAL {
+            self.last_probe = Instant::now();
+            if self
+                .consumer
+                .fetch_metadata(Some(&context.topic), PROBE_INTERVAL)
+                .is_ok()
+            {
+                context.logging.outage.succeeded();
+            }
+        }
+        context.logging.outage.check()
     }
 
     /// Drops the read-ahead of partitions revoked during the last poll.
@@ -473,6 +517,7 @@ impl Source for RdSource {
             self.fill(timeout, READ_AHEAD)?;
             // Revocations run only inside the consumer's poll, in `fill`.
             self.forget_revoked();
+            self.watch_outage()?;
         }
         let next = self.next_round_robin();
         if self.paused && self.count < READ_AHEAD / 2 {
@@ -496,7 +541,7 @@ impl Source for RdSource {
         let limit = self.count + KEEP_ALIVE_TAKE;
         self.fill(Duration::ZERO, limit)?;
         self.forget_revoked();
-        Ok(())
+        self.watch_outage()
     }
 
     fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
@@ -520,6 +565,7 @@ impl Committer for RdCommitter {
         }
         match commit_offsets(&self.consumer, &context.topic, &offsets) {
             Ok(()) => {
+                context.logging.outage.succeeded();
                 acks.mark_committed(&offsets);
                 Ok(())
             }
@@ -579,7 +625,6 @@ fn ensure_topic<C: ClientContext>(
 /// Counts the records sent and not yet reported delivered (or failed),
 /// and keeps the first failure. librdkafka's delivery callbacks run on the
 /// writer's poll thread.
-#[derive(Default)]
 struct DeliveryContext {
     pending: Mutex<u64>,
     /// Notified when `pending` reaches zero.
@@ -589,6 +634,15 @@ struct DeliveryContext {
 }
 
 impl DeliveryContext {
+    fn new(brokers: &str, retry_timeout: Duration) -> DeliveryContext {
+        DeliveryContext {
+            pending: Mutex::new(0),
+            settled: Condvar::new(),
+            failed: Mutex::new(None),
+            logging: Logging::new(brokers, retry_timeout),
+        }
+    }
+
     fn settle_one(&self) {
         let mut pending = lock(&self.pending);
         *pending -= 1;
@@ -612,6 +666,9 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_ok() {
+            self.logging.outage.succeeded();
+        }
         if let Err((e, m)) = result {
             let mut failed = lock(&self.failed);
             if failed.is_none() {
@@ -627,18 +684,28 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// The largest record fila produces: above the broker's default limit
+/// (1 MiB), so a record the broker accepted on the input can go to the
+/// dead-letter topic with its headers; the broker's own limit decides.
+const MAX_RECORD_BYTES: usize = 8 << 20;
+
 /// A producer that waits for every replica (`acks=all`) and never writes
-/// a record twice on a retry (idempotence).
+/// a record twice on a retry (idempotence). librdkafka retries a record
+/// through broker restarts for up to `retry_timeout`, then reports it
+/// failed.
 fn producer(
     brokers: &str,
     linger_ms: u32,
+    retry_timeout: Duration,
 ) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
     BrokerVersions::probe(brokers)?;
     client_config(brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", linger_ms.to_string())
-        .create_with_context(DeliveryContext::default())
+        .set("message.timeout.ms", retry_timeout.as_millis().to_string())
+        .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
+        .create_with_context(DeliveryContext::new(brokers, retry_timeout))
         .map_err(|e| kafka_error(brokers, "creating the producer", e))
 }
 
@@ -721,8 +788,8 @@ impl Writer {
     }
 
     /// Returns once everything sent is acknowledged, or the first failure.
-    /// librdkafka reports a record failed after `message.timeout.ms` (5
-    /// minutes by default) of retries, so this ends.
+    /// librdkafka reports a record failed after `message.timeout.ms` (the
+    /// retry timeout) of retries, so this ends.
     fn flush(&self) -> Result<(), ConnectorError> {
         let context = self.producer.context();
         let pending = lock(&context.pending);
@@ -780,10 +847,11 @@ impl RdSink {
         input_topic: &str,
         output_topic: &str,
         dlq_topic: Option<&str>,
+        retry_timeout: Duration,
     ) -> Result<RdSink, ConnectorError> {
         // The sink flushes after every batch, which sends at once; linger
         // only gathers what arrives while a flush is under way.
-        let producer = producer(brokers, 1)?;
+        let producer = producer(brokers, 1, retry_timeout)?;
         for topic in std::iter::once(output_topic).chain(dlq_topic) {
             ensure_topic(producer.client(), brokers, topic)?;
         }
@@ -836,6 +904,10 @@ impl Sink for RdSink {
     }
 }
 
+/// How long the load client's and the tests' writer retries a record
+/// before it reports the failure: they are tools, and should fail fast.
+const TOOL_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Writes values to topics for the load client and tests. Records without
 /// a key go to the topic's partitions in turn, so a burst is spread evenly
 /// (librdkafka's default would put everything sent within a few
@@ -850,7 +922,7 @@ impl TopicWriter {
     pub fn connect(brokers: &str, topics: &[&str]) -> Result<TopicWriter, ConnectorError> {
         // A burst is sent as fast as possible: a few ms of linger fills
         // batches without delaying the records noticeably.
-        let producer = producer(brokers, 5)?;
+        let producer = producer(brokers, 5, TOOL_RETRY_TIMEOUT)?;
         let mut partitions = BTreeMap::new();
         for &topic in topics {
             let ids = ensure_topic(producer.client(), brokers, topic)?;
@@ -881,7 +953,6 @@ impl TopicWriter {
     }
 }
 
-#[derive(Default)]
 struct ReaderContext {
     logging: Logging,
 }
@@ -914,7 +985,9 @@ fn reader(brokers: &str) -> Result<BaseConsumer<ReaderContext>, ConnectorError> 
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
-        .create_with_context(ReaderContext::default())
+        .create_with_context(ReaderContext {
+            logging: Logging::new(brokers, DEFAULT_RETRY_TIMEOUT),
+        })
         .map_err(|e| kafka_error(brokers, "creating the consumer", e))
 }
 
@@ -987,7 +1060,7 @@ impl TopicReader {
 
 /// The end offset of every partition of `topic`, creating it if needed.
 pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-    let producer = producer(brokers, 0)?;
+    let producer = producer(brokers, 0, DEFAULT_RETRY_TIMEOUT)?;
     let partitions = ensure_topic(producer.client(), brokers, topic)?;
     let mut out = BTreeMap::new();
     // A topic just created may not have its leaders settled yet: the

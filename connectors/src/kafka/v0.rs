@@ -18,7 +18,10 @@ use kafka::error::{Error as KafkaError, KafkaCode};
 use kafka::producer::{Producer, Record};
 use serde::Serialize;
 
-use super::{error, hosts, interleave, BrokerVersions, Fetched, KafkaConfig, Replica};
+use super::{
+    error, hosts, interleave, BrokerVersions, Fetched, KafkaConfig, OffsetReset, Outage, Replica,
+    DEFAULT_RETRY_TIMEOUT,
+};
 use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, Source};
 
 /// Turns a client error into one a user can act on.
@@ -40,6 +43,62 @@ fn explain(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
         other => format!("{what}: {other}"),
     };
     error(brokers, message)
+}
+
+/// Whether retrying, with a fresh client (new connections and metadata),
+/// can outlast the error: the broker is restarting, stalled, or moving a
+/// partition's leadership.
+fn transient(e: &KafkaError) -> bool {
+    let code = |c: &KafkaCode| {
+        use KafkaCode::*;
+        matches!(
+            c,
+            UnknownTopicOrPartition
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | RequestTimedOut
+                | BrokerNotAvailable
+                | ReplicaNotAvailable
+                | NetworkException
+                | GroupLoadInProgress
+                | GroupCoordinatorNotAvailable
+                | NotCoordinatorForGroup
+                | NotEnoughReplicas
+                | NotEnoughReplicasAfterAppend
+        )
+    };
+    match e {
+        KafkaError::Io(_) | KafkaError::NoHostReachable | KafkaError::UnexpectedEOF => true,
+        KafkaError::Kafka(c) => code(c),
+        KafkaError::TopicPartitionError { error_code, .. } => code(error_code),
+        KafkaError::ArcSelf(inner) => transient(inner),
+        _ => false,
+    }
+}
+
+/// A failed request: a fault of the broker's that retrying can outlast,
+/// or one it cannot.
+enum Failure {
+    Transient(String),
+    Fatal(ConnectorError),
+}
+
+impl Failure {
+    fn of(brokers: &str, what: &str, e: KafkaError) -> Failure {
+        if transient(&e) {
+            Failure::Transient(format!("{what}: {e}"))
+        } else {
+            Failure::Fatal(explain(brokers, what, e))
+        }
+    }
+
+    /// For callers that do not retry.
+    fn into_error(self, brokers: &str) -> ConnectorError {
+        match self {
+            Failure::Transient(message) => error(brokers, message),
+            Failure::Fatal(e) => e,
+        }
+    }
 }
 
 /// A client connected to `brokers`, with metadata loaded. A Kafka 4.x
@@ -103,12 +162,28 @@ pub fn ensure_topic(
     }
 }
 
+/// Bytes asked for per partition in a fetch, at first.
+const FETCH_BYTES: i32 = 256 << 10;
+/// A partition whose next record does not fit gets twice the bytes, up to
+/// this; a larger record stops the run with an error naming it.
+const MAX_FETCH_BYTES: i32 = 64 << 20;
+
 /// Reads assigned partitions of a topic from given offsets.
 pub struct TopicReader {
     client: KafkaClient,
     brokers: String,
     topic: String,
     next: BTreeMap<i32, i64>,
+    /// Bytes to ask for, per partition that needed more than
+    /// [`FETCH_BYTES`].
+    fetch_bytes: BTreeMap<i32, i32>,
+    /// What an offset out of range resumes at.
+    reset: OffsetReset,
+    outage: Outage,
+    /// After a transient failure: the next fetch starts with a new client.
+    reconnect: bool,
+    /// No fetch before this (the backoff after a failure).
+    next_attempt: Instant,
 }
 
 impl TopicReader {
@@ -118,12 +193,35 @@ impl TopicReader {
         topic: &str,
         start: BTreeMap<i32, i64>,
     ) -> Result<TopicReader, ConnectorError> {
-        Ok(TopicReader {
-            client: connect(brokers)?,
+        Ok(TopicReader::with(
+            connect(brokers)?,
+            brokers,
+            topic,
+            start,
+            OffsetReset::Earliest,
+            DEFAULT_RETRY_TIMEOUT,
+        ))
+    }
+
+    fn with(
+        client: KafkaClient,
+        brokers: &str,
+        topic: &str,
+        start: BTreeMap<i32, i64>,
+        reset: OffsetReset,
+        retry_timeout: Duration,
+    ) -> TopicReader {
+        TopicReader {
+            client,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
             next: start,
-        })
+            fetch_bytes: BTreeMap::new(),
+            reset,
+            outage: Outage::new(brokers, retry_timeout),
+            reconnect: false,
+            next_attempt: Instant::now(),
+        }
     }
 
     /// The current end (next offset to be written) of every partition.
@@ -135,17 +233,59 @@ impl TopicReader {
 
     /// One fetch: waits up to about 100 ms on the broker for data.
     pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
+        self.fetch_within(Duration::from_millis(100))
+    }
+
+    /// One fetch. A broker fault is retried after a backoff, on a new
+    /// client, for up to the retry timeout; meanwhile this returns
+    /// nothing, after waiting at most `wait`.
+    fn fetch_within(&mut self, wait: Duration) -> Result<Vec<Fetched>, ConnectorError> {
+        let now = Instant::now();
+        if now < self.next_attempt {
+            std::thread::sleep(wait.min(self.next_attempt - now));
+            return Ok(Vec::new());
+        }
+        if self.reconnect {
+            match connect(&self.brokers) {
+                Ok(client) => {
+                    self.client = client;
+                    self.reconnect = false;
+                }
+                // Any failure to connect is the broker not answering yet.
+                Err(e) => return self.failed(e.to_string()),
+            }
+        }
+        match self.fetch_once() {
+            Ok(fetched) => {
+                self.outage.succeeded();
+                Ok(fetched)
+            }
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Transient(cause)) => self.failed(cause),
+        }
+    }
+
+    fn failed(&mut self, cause: String) -> Result<Vec<Fetched>, ConnectorError> {
+        self.outage.failed(&cause);
+        self.outage.check()?;
+        self.reconnect = true;
+        self.next_attempt = Instant::now() + self.outage.backoff();
+        Ok(Vec::new())
+    }
+
+    fn fetch_once(&mut self) -> Result<Vec<Fetched>, Failure> {
         let topic = self.topic.as_str();
-        let requests = self
-            .next
-            .iter()
-            .map(|(&p, &offset)| FetchPartition::new(topic, p, offset).with_max_bytes(1 << 20));
+        let requests = self.next.iter().map(|(&p, &offset)| {
+            let bytes = self.fetch_bytes.get(&p).copied().unwrap_or(FETCH_BYTES);
+            FetchPartition::new(topic, p, offset).with_max_bytes(bytes)
+        });
         let responses = self
             .client
             .fetch_messages(requests)
-            .map_err(|e| explain(&self.brokers, &format!("fetching from {topic}"), e))?;
+            .map_err(|e| Failure::of(&self.brokers, &format!("fetching from {topic}"), e))?;
         let mut per_partition: Vec<Vec<Fetched>> = Vec::new();
         let mut reset = Vec::new();
+        let mut grow = Vec::new();
         for response in &responses {
             for t in response.topics() {
                 for p in t.partitions() {
@@ -155,6 +295,7 @@ impl TopicReader {
                     };
                     match p.data() {
                         Ok(data) => {
+                            let asked = *next;
                             let mut out = Vec::new();
                             for m in data.messages() {
                                 // A fetch may start before the offset asked for.
@@ -172,35 +313,79 @@ impl TopicReader {
                                     headers: Vec::new(),
                                 });
                             }
+                            // Nothing came back though the partition has
+                            // records past `asked`: the next one is larger
+                            // than the bytes asked for.
+                            if out.is_empty() && data.highwatermark_offset() > asked {
+                                grow.push((partition, asked));
+                            }
                             per_partition.push(out);
                         }
                         Err(e) if matches!(*e, KafkaError::Kafka(KafkaCode::OffsetOutOfRange)) => {
                             reset.push(partition);
                         }
                         Err(e) => {
-                            return Err(error(
-                                &self.brokers,
-                                format!("fetching {topic} partition {partition}: {e}"),
-                            ))
+                            let what = format!("fetching {topic} partition {partition}");
+                            return Err(match &*e {
+                                KafkaError::Kafka(code) => {
+                                    Failure::of(&self.brokers, &what, KafkaError::Kafka(*code))
+                                }
+                                other => {
+                                    Failure::Fatal(error(&self.brokers, format!("{what}: {other}")))
+                                }
+                            });
                         }
                     }
                 }
             }
         }
-        if !reset.is_empty() {
-            let earliest = offsets(
-                &mut self.client,
-                &self.brokers,
+        for (partition, offset) in grow {
+            let bytes = self.fetch_bytes.entry(partition).or_insert(FETCH_BYTES);
+            if *bytes >= MAX_FETCH_BYTES {
+                return Err(Failure::Fatal(error(
+                    &self.brokers,
+                    format!(
+                        "the record at offset {offset} of {topic} partition {partition} is \
+                         larger than {} MiB, the most fila fetches",
+                        MAX_FETCH_BYTES >> 20
+                    ),
+                )));
+            }
+            *bytes = (*bytes * 2).min(MAX_FETCH_BYTES);
+            tracing::info!(
                 topic,
-                FetchOffset::Earliest,
-            )?;
+                partition,
+                offset,
+                bytes = *bytes,
+                "a record did not fit in a fetch; asking for more bytes"
+            );
+        }
+        if !reset.is_empty() {
+            let (which, name) = match self.reset {
+                OffsetReset::Earliest => (FetchOffset::Earliest, "earliest"),
+                OffsetReset::Latest => (FetchOffset::Latest, "latest"),
+                OffsetReset::Error => {
+                    let partition = reset[0];
+                    return Err(Failure::Fatal(error(
+                        &self.brokers,
+                        format!(
+                            "offset {} of {topic} partition {partition} is out of range \
+                             (deleted by retention?), and --offset-reset is error",
+                            self.next[&partition]
+                        ),
+                    )));
+                }
+            };
+            let to =
+                offsets(&mut self.client, &self.brokers, topic, which).map_err(Failure::Fatal)?;
             for partition in reset {
-                let to = earliest.get(&partition).copied().unwrap_or(0);
+                let to = to.get(&partition).copied().unwrap_or(0);
                 tracing::warn!(
                     topic,
                     partition,
+                    from = self.next[&partition],
                     to,
-                    "offset out of range; resuming at the earliest offset"
+                    "offset out of range; resuming at the {name} offset (--offset-reset)"
                 );
                 self.next.insert(partition, to);
             }
@@ -254,9 +439,11 @@ fn leaders_moving(e: &KafkaError) -> bool {
     }
 }
 
-/// Reads the input topic from the group's committed offsets (or the
-/// earliest offset where none is committed). Reads only when polled, and a
-/// fetch is at most about 1 MiB per partition.
+/// Reads the input topic from the group's committed offsets (or where
+/// `--offset-reset` says, where none is committed or it is out of range).
+/// Reads only when polled. A broker fault is retried with a fresh client
+/// after a backoff, for up to the retry timeout; a poll meanwhile returns
+/// idle after at most its timeout, so the driver can still stop.
 pub struct KafkaSource {
     config: KafkaConfig,
     reader: TopicReader,
@@ -284,6 +471,7 @@ impl KafkaSource {
             );
         }
         let earliest = offsets(&mut client, brokers, &config.topic, FetchOffset::Earliest)?;
+        let latest = offsets(&mut client, brokers, &config.topic, FetchOffset::Latest)?;
         let committed: BTreeMap<i32, i64> = client
             .fetch_group_topic_offset(&config.group, &config.topic)
             .map_err(|e| {
@@ -299,24 +487,51 @@ impl KafkaSource {
         let mut start = BTreeMap::new();
         for p in mine {
             let floor = earliest.get(&p).copied().unwrap_or(0);
-            // -1 means nothing committed yet; below the earliest means the
-            // committed records were deleted by retention.
-            let at = committed
-                .get(&p)
-                .copied()
-                .filter(|&o| o >= 0)
-                .unwrap_or(floor)
-                .max(floor);
+            let end = latest.get(&p).copied().unwrap_or(floor);
+            let at = match committed.get(&p).copied().filter(|&o| o >= 0) {
+                Some(o) if (floor..=end).contains(&o) => o,
+                // -1 means nothing committed yet; outside the log means
+                // the records were deleted by retention, or the topic
+                // was made anew.
+                found => {
+                    let why = match found {
+                        Some(o) => {
+                            format!("the committed offset {o} is out of range {floor}..={end}")
+                        }
+                        None => "nothing is committed".to_owned(),
+                    };
+                    let at = match config.offset_reset {
+                        OffsetReset::Earliest => floor,
+                        OffsetReset::Latest => end,
+                        OffsetReset::Error => {
+                            return Err(error(
+                                brokers,
+                                format!(
+                                    "partition {p} of {}: {why} for group {}, and \
+                                     --offset-reset is error",
+                                    config.topic, config.group
+                                ),
+                            ))
+                        }
+                    };
+                    if found.is_some() {
+                        tracing::warn!(topic = %config.topic, partition = p, at, "{why}; starting where --offset-reset says");
+                    }
+                    at
+                }
+            };
             acks.start_partition(p, at);
             start.insert(p, at);
         }
         tracing::info!(topic = %config.topic, group = %config.group, ?start, "reading");
-        let reader = TopicReader {
+        let reader = TopicReader::with(
             client,
-            brokers: config.brokers.clone(),
-            topic: config.topic.clone(),
-            next: start,
-        };
+            brokers,
+            &config.topic,
+            start,
+            config.offset_reset,
+            config.retry_timeout,
+        );
         Ok(KafkaSource {
             config: config.clone(),
             reader,
@@ -326,31 +541,61 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    fn poll(&mut self, _timeout: Duration) -> Result<Polled, ConnectorError> {
+    fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
         if self.buffer.is_empty() {
+            let fetched = self.reader.fetch_within(timeout)?;
             let arrived = Instant::now();
-            self.buffer
-                .extend(self.reader.fetch()?.into_iter().map(|f| Envelope {
-                    key: f.key,
-                    payload: f.payload,
-                    position: f.position,
-                    arrived,
-                }));
+            self.buffer.extend(fetched.into_iter().map(|f| Envelope {
+                key: f.key,
+                payload: f.payload,
+                position: f.position,
+                arrived,
+            }));
         }
         Ok(self.buffer.pop_front().map_or(Polled::Idle, Polled::Record))
     }
 
     fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
         Ok(Some(Box::new(KafkaCommitter {
-            client: connect(&self.config.brokers)?,
+            client: Some(connect(&self.config.brokers)?),
+            outage: Outage::new(&self.config.brokers, self.config.retry_timeout),
             config: self.config.clone(),
         })))
     }
 }
 
+/// Commits on a client of its own. A broker fault leaves the offsets
+/// committable, and the next commit, on a new client, carries them.
 struct KafkaCommitter {
-    client: KafkaClient,
+    /// `None` after a transient failure, until the next commit connects.
+    client: Option<KafkaClient>,
+    outage: Outage,
     config: KafkaConfig,
+}
+
+impl KafkaCommitter {
+    fn try_commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), Failure> {
+        let brokers = self.config.brokers.as_str();
+        let client = match &mut self.client {
+            Some(client) => client,
+            None => self
+                .client
+                .insert(connect(brokers).map_err(|e| Failure::Transient(e.to_string()))?),
+        };
+        let topic = self.config.topic.as_str();
+        client
+            .commit_offsets(
+                &self.config.group,
+                offsets.iter().map(|&(p, o)| CommitOffset::new(topic, p, o)),
+            )
+            .map_err(|e| {
+                Failure::of(
+                    brokers,
+                    &format!("committing offsets of group {}", self.config.group),
+                    e,
+                )
+            })
+    }
 }
 
 impl Committer for KafkaCommitter {
@@ -359,21 +604,20 @@ impl Committer for KafkaCommitter {
         if offsets.is_empty() {
             return Ok(());
         }
-        let topic = self.config.topic.as_str();
-        self.client
-            .commit_offsets(
-                &self.config.group,
-                offsets.iter().map(|&(p, o)| CommitOffset::new(topic, p, o)),
-            )
-            .map_err(|e| {
-                explain(
-                    &self.config.brokers,
-                    &format!("committing offsets of group {}", self.config.group),
-                    e,
-                )
-            })?;
-        acks.mark_committed(&offsets);
-        Ok(())
+        match self.try_commit(&offsets) {
+            Ok(()) => {
+                self.outage.succeeded();
+                acks.mark_committed(&offsets);
+                Ok(())
+            }
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Transient(cause)) => {
+                // The uncommitted bound holds the source back meanwhile.
+                self.outage.failed(&cause);
+                self.client = None;
+                self.outage.check()
+            }
+        }
     }
 }
 
@@ -410,6 +654,11 @@ impl TopicWriter {
     /// Sends every `(topic, value)` and returns once all are acknowledged.
     /// Values without a key are spread over the topic's partitions.
     pub fn send_all(&mut self, records: &[(&str, &[u8])]) -> Result<(), ConnectorError> {
+        self.try_send_all(records)
+            .map_err(|f| f.into_error(&self.brokers))
+    }
+
+    fn try_send_all(&mut self, records: &[(&str, &[u8])]) -> Result<(), Failure> {
         for chunk in records.chunks(PRODUCE_BATCH) {
             let batch: Vec<Record<'_, (), &[u8]>> = chunk
                 .iter()
@@ -418,16 +667,14 @@ impl TopicWriter {
             let confirms = self
                 .producer
                 .send_all(&batch)
-                .map_err(|e| explain(&self.brokers, "producing", e))?;
+                .map_err(|e| Failure::of(&self.brokers, "producing", e))?;
             for confirm in confirms {
                 for p in confirm.partition_confirms {
                     if let Err(code) = p.offset {
-                        return Err(error(
+                        return Err(Failure::of(
                             &self.brokers,
-                            format!(
-                                "producing to {} partition {}: {code:?}",
-                                confirm.topic, p.partition
-                            ),
+                            &format!("producing to {} partition {}", confirm.topic, p.partition),
+                            KafkaError::Kafka(code),
                         ));
                     }
                 }
@@ -451,12 +698,20 @@ struct DeadLetter<'a> {
 /// The pipeline's sink: results to the output topic, rejected records to
 /// the dead-letter topic if one is set. `flush` returns once the broker has
 /// acknowledged everything sent, which is what lets offsets be committed.
+///
+/// A broker fault during a flush is retried, after a backoff, on a new
+/// producer, for up to the retry timeout. The whole batch is sent again:
+/// what the broker had already taken is written twice, which at-least-once
+/// allows (and the batch is at most a window).
 pub struct KafkaSink {
-    writer: TopicWriter,
+    /// `None` after a transient failure, until the next attempt connects.
+    writer: Option<TopicWriter>,
+    brokers: String,
     output_topic: String,
     dlq_topic: Option<String>,
     input_topic: String,
     pending: Vec<(bool, Vec<u8>)>,
+    outage: Outage,
 }
 
 impl KafkaSink {
@@ -465,16 +720,52 @@ impl KafkaSink {
         input_topic: &str,
         output_topic: &str,
         dlq_topic: Option<&str>,
+        retry_timeout: Duration,
     ) -> Result<KafkaSink, ConnectorError> {
-        let mut topics = vec![output_topic];
-        topics.extend(dlq_topic);
-        Ok(KafkaSink {
-            writer: TopicWriter::connect(brokers, &topics)?,
+        let mut sink = KafkaSink {
+            writer: None,
+            brokers: brokers.to_owned(),
             output_topic: output_topic.to_owned(),
             dlq_topic: dlq_topic.map(str::to_owned),
             input_topic: input_topic.to_owned(),
             pending: Vec::new(),
-        })
+            outage: Outage::new(brokers, retry_timeout),
+        };
+        sink.writer = Some(TopicWriter::connect(brokers, &sink.topics())?);
+        Ok(sink)
+    }
+
+    fn topics(&self) -> Vec<&str> {
+        let mut topics = vec![self.output_topic.as_str()];
+        topics.extend(self.dlq_topic.as_deref());
+        topics
+    }
+
+    fn try_flush(&mut self) -> Result<(), Failure> {
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => {
+                let writer = TopicWriter::connect(&self.brokers, &self.topics())
+                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                self.writer.insert(writer)
+            }
+        };
+        let dlq = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
+        let records: Vec<(&str, &[u8])> = self
+            .pending
+            .iter()
+            .map(|(dead, v)| {
+                (
+                    if *dead {
+                        dlq
+                    } else {
+                        self.output_topic.as_str()
+                    },
+                    v.as_slice(),
+                )
+            })
+            .collect();
+        writer.try_send_all(&records)
     }
 }
 
@@ -507,24 +798,22 @@ impl Sink for KafkaSink {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let dlq = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
-        let records: Vec<(&str, &[u8])> = self
-            .pending
-            .iter()
-            .map(|(dead, v)| {
-                (
-                    if *dead {
-                        dlq
-                    } else {
-                        self.output_topic.as_str()
-                    },
-                    v.as_slice(),
-                )
-            })
-            .collect();
-        self.writer.send_all(&records)?;
-        self.pending.clear();
-        Ok(())
+        loop {
+            match self.try_flush() {
+                Ok(()) => {
+                    self.outage.succeeded();
+                    self.pending.clear();
+                    return Ok(());
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(cause)) => {
+                    self.outage.failed(&cause);
+                    self.outage.check()?;
+                    self.writer = None;
+                    std::thread::sleep(self.outage.backoff());
+                }
+            }
+        }
     }
 
     fn has_dead_letter_destination(&self) -> bool {

@@ -4,6 +4,7 @@
 //! and reports throughput, latency, lost and duplicated ids.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -41,6 +42,9 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to input topic {}", args.input_topic))?;
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    // Set when producing fails: the reader stops waiting for outputs that
+    // cannot come, and the error is reported at once.
+    let failed = AtomicBool::new(false);
     let (first_input_ms, seen) = std::thread::scope(|s| -> anyhow::Result<(u64, Seen)> {
         // The reader runs from the start, so an output is timed when it
         // shows up, not when the producer is done.
@@ -51,7 +55,10 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
                 distinct: 0,
                 last_seen_ms: 0,
             };
-            while seen.distinct < n as u64 && Instant::now() < deadline {
+            while seen.distinct < n as u64
+                && Instant::now() < deadline
+                && !failed.load(Ordering::Relaxed)
+            {
                 let batch = reader.fetch().context("reading the output topic")?;
                 let now = reference::now_ms();
                 for fetched in batch {
@@ -86,9 +93,11 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|v| (args.input_topic.as_str(), v.as_slice()))
                 .collect();
-            writer
-                .send_all(&records)
-                .with_context(|| format!("producing to input topic {}", args.input_topic))?;
+            if let Err(e) = writer.send_all(&records) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(anyhow::Error::new(e)
+                    .context(format!("producing to input topic {}", args.input_topic)));
+            }
         }
         let seen = consumer.join().expect("the reader thread does not panic")?;
         Ok((first_input_ms.unwrap_or(0), seen))

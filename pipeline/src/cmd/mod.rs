@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fila_connectors::{ClientKind, GroupProtocol, Replica};
+use fila_connectors::{ClientKind, GroupProtocol, OffsetReset, Replica};
 use fila_runtime::{Workers, MAX_WINDOW};
 
 mod load;
@@ -165,6 +166,16 @@ pub struct KafkaArgs {
     /// Consumer-group protocol (rdkafka).
     #[arg(long, value_enum, default_value_t = GroupProtocolArg::Auto)]
     pub group_protocol: GroupProtocolArg,
+    /// Where a partition starts when the group has no committed offset for
+    /// it, or the committed one is out of range (deleted by retention):
+    /// `earliest`, `latest`, or `error` (stop, naming the partition).
+    #[arg(long, default_value = "earliest")]
+    pub offset_reset: OffsetReset,
+    /// How long the broker may fail to answer (a restart, a stall) before
+    /// fila gives up and exits 1: `500ms`, `60s`, `5m`; a bare number is
+    /// seconds. Meanwhile fila retries with backoff and loses nothing.
+    #[arg(long, default_value = "60s", value_parser = fila_connectors::parse_duration)]
+    pub kafka_retry_timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]

@@ -56,6 +56,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             &k.input_topic,
             &k.output_topic,
             k.dlq_topic.as_deref(),
+            k.kafka_retry_timeout,
         )
         .with_context(|| format!("connecting the sink to output topic {}", k.output_topic))?,
     };
@@ -103,6 +104,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 topic: k.input_topic.clone(),
                 group: k.group.clone(),
                 assignment,
+                offset_reset: k.offset_reset,
+                retry_timeout: k.kafka_retry_timeout,
             };
             let source = kafka_source(client, config, acks.clone()).with_context(|| {
                 format!("connecting the source to input topic {}", k.input_topic)
