@@ -314,8 +314,9 @@ impl TopicReader {
                                 });
                             }
                             // Nothing came back though the partition has
-                            // records past `asked`: the next one is larger
-                            // than the bytes asked for.
+                            // records past `asked`: the message set that
+                            // holds the next one is larger than the bytes
+                            // asked for.
                             if out.is_empty() && data.highwatermark_offset() > asked {
                                 grow.push((partition, asked));
                             }
@@ -345,8 +346,8 @@ impl TopicReader {
                 return Err(Failure::Fatal(error(
                     &self.brokers,
                     format!(
-                        "the record at offset {offset} of {topic} partition {partition} is \
-                         larger than {} MiB, the most fila fetches",
+                        "the records from offset {offset} of {topic} partition {partition} \
+                         do not fit in {} MiB, the most fila fetches at once",
                         MAX_FETCH_BYTES >> 20
                     ),
                 )));
@@ -357,7 +358,7 @@ impl TopicReader {
                 partition,
                 offset,
                 bytes = *bytes,
-                "a record did not fit in a fetch; asking for more bytes"
+                "the next records did not fit in a fetch; asking for more bytes"
             );
         }
         if !reset.is_empty() {

@@ -1,0 +1,288 @@
+//! What the tests against real Kafka brokers share: the brokers that
+//! `scripts/test` starts, `fila run` as a child process, and producing and
+//! reading back topics. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use fila_connectors::{ClientKind, Fetched, TopicReader, TopicWriter};
+use fila_pipeline::reference::{fib, message, FibRecord};
+use serde_json::Value;
+
+/// The 3.9 broker: both clients work there.
+pub fn brokers_3x() -> String {
+    std::env::var("FILA_TEST_BROKERS")
+        .expect("FILA_TEST_BROKERS must name the 3.9 test broker (scripts/test sets it)")
+}
+
+/// The 4.x broker: rdkafka only, KIP-848 groups.
+pub fn brokers_4x() -> String {
+    std::env::var("FILA_TEST_BROKERS_4X")
+        .expect("FILA_TEST_BROKERS_4X must name the 4.x test broker (scripts/test sets it)")
+}
+
+/// Topic and group names unique to one test run.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// A `fila run --source kafka` child, killed if the test ends early.
+pub struct Fila {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Fila {
+    pub fn start(brokers: &str, args: &[&str]) -> Fila {
+        let dir = std::env::temp_dir();
+        let tag = unique("fila-run");
+        let (stdout, stderr) = (
+            dir.join(format!("{tag}.out")),
+            dir.join(format!("{tag}.err")),
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_fila"))
+            .args([
+                "run",
+                "--source",
+                "kafka",
+                "--brokers",
+                brokers,
+                "--report",
+                "json",
+            ])
+            .args(args)
+            .env("FILA_LOG", "info")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("fila starts");
+        Fila {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the log says this member got partitions (or, with a
+    /// static assignment, started reading).
+    pub fn wait_assigned(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.stderr().contains("partitions assigned") {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "{}",
+                self.stderr()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no assignment: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit status and the JSON report. The stop must
+    /// come within `limit`.
+    pub fn stop_within(mut self, limit: Duration) -> Value {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+        let status = self.wait(limit);
+        assert!(
+            status.success(),
+            "fila run exited with {status}: {}",
+            self.stderr()
+        );
+        let out = std::fs::read_to_string(&self.stdout).unwrap();
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("report {out:?}: {e}"))
+    }
+
+    pub fn stop(self) -> Value {
+        self.stop_within(Duration::from_secs(60))
+    }
+
+    /// SIGKILL: a crash, with no chance to flush or commit.
+    pub fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fila run did not stop within {limit:?}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Fila {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn produce(brokers: &str, topic: &str, values: &[Vec<u8>]) {
+    let mut writer = TopicWriter::connect(ClientKind::Rdkafka, brokers, &[topic]).unwrap();
+    let records: Vec<(&str, &[u8])> = values.iter().map(|v| (topic, v.as_slice())).collect();
+    writer.send_all(&records).unwrap();
+}
+
+/// Reference messages with ids 0..n.
+pub fn produce_messages(brokers: &str, topic: &str, n: u64, stages: [u32; 5]) {
+    let values: Vec<Vec<u8>> = (0..n).map(|id| message(id, stages, 0)).collect();
+    produce(brokers, topic, &values);
+}
+
+/// Everything in `topic` so far, from the beginning of every partition,
+/// reading until at least `at_least` records or `limit`.
+pub fn read_all(brokers: &str, topic: &str, at_least: usize, limit: Duration) -> Vec<Fetched> {
+    let client = ClientKind::Rdkafka;
+    let start: BTreeMap<i32, i64> = TopicReader::end_offsets(client, brokers, topic)
+        .unwrap()
+        .into_keys()
+        .map(|p| (p, 0))
+        .collect();
+    let mut reader = TopicReader::new(client, brokers, topic, start).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.fetch().unwrap();
+        let empty = batch.is_empty();
+        out.extend(batch);
+        if (out.len() >= at_least && empty) || Instant::now() > deadline {
+            return out;
+        }
+    }
+}
+
+/// How many records `topic` holds, from its end offsets.
+pub fn count(brokers: &str, topic: &str) -> usize {
+    TopicReader::end_offsets(ClientKind::Rdkafka, brokers, topic)
+        .unwrap()
+        .values()
+        .sum::<i64>() as usize
+}
+
+pub fn wait_for_outputs(brokers: &str, topic: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(brokers, topic) < n {
+        assert!(Instant::now() < deadline, "outputs stalled below {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn ids_of(records: &[Fetched]) -> HashMap<u64, usize> {
+    let mut ids = HashMap::new();
+    for r in records {
+        let r: FibRecord = serde_json::from_slice(&r.payload).unwrap();
+        *ids.entry(r.id).or_default() += 1;
+    }
+    ids
+}
+
+pub fn check_fibs(records: &[Fetched]) {
+    for r in records {
+        let r: FibRecord = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(
+            r.fibs(),
+            r.stages().map(|n| Some(fib(n))),
+            "record {}",
+            r.id
+        );
+    }
+}
+
+/// Lost ids (asserted none) and duplicates of ids 0..n in `records`.
+pub fn lost_and_duplicates(records: &[Fetched], n: u64) -> (Vec<u64>, usize) {
+    let ids = ids_of(records);
+    let missing: Vec<u64> = (0..n).filter(|id| !ids.contains_key(id)).collect();
+    let duplicates = ids.values().map(|&c| c - 1).sum();
+    (missing, duplicates)
+}
+
+pub fn metric(page: &str, name: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+pub fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut page).unwrap();
+    page
+}
+
+/// A stream of reference messages, ids 0..n, produced at a steady rate
+/// over `over` by a thread of its own: whatever the machine's speed, the
+/// members act while records are still arriving.
+pub struct Trickle {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Trickle {
+    pub fn start(brokers: &str, topic: &str, n: u64, over: Duration) -> Trickle {
+        let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut writer =
+                TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&topic]).unwrap();
+            let started = Instant::now();
+            let step = Duration::from_millis(50);
+            let per_step = (n as f64 * step.as_secs_f64() / over.as_secs_f64()).ceil() as u64;
+            let mut id = 0;
+            while id < n {
+                let values: Vec<Vec<u8>> = (id..(id + per_step).min(n))
+                    .map(|i| message(i, [10, 20, 30, 20, 10], 0))
+                    .collect();
+                id += values.len() as u64;
+                let records: Vec<(&str, &[u8])> = values
+                    .iter()
+                    .map(|v| (topic.as_str(), v.as_slice()))
+                    .collect();
+                writer.send_all(&records).unwrap();
+                let due = started + step * (id / per_step) as u32;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        });
+        Trickle { thread }
+    }
+
+    pub fn running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    pub fn join(self) {
+        self.thread
+            .join()
+            .expect("the producer thread does not panic");
+    }
+}

@@ -1,0 +1,458 @@
+//! Faults against real Kafka brokers: a broker restarted or stalled in the
+//! middle of a burst, `fila run` killed at random points, stopped with
+//! SIGTERM, and fed hostile input. Each must lose nothing, and duplicate at
+//! most what delivery.md's bound allows.
+//!
+//! These stop and stall the brokers that `scripts/test` starts, so they
+//! run after the other Kafka tests, and each holds its broker for itself
+//! ([`hold`]): tests on the 3.9 and the 4.x broker run side by side, never
+//! two on one broker. They are `#[ignore]`d in a plain `cargo test`.
+//! Every wait is bounded, and a broker stopped or stalled by a test is
+//! started or resumed again even if the test fails.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fila_connectors::{create_topic, Fetched, DLQ_OFFSET_HEADER, DLQ_REASON_HEADER};
+use fila_pipeline::reference::{message, FibRecord, DEFAULT_STAGES};
+
+/// The window and the uncommitted bound of every run here: a crash or a
+/// fault duplicates at most this many records.
+const W: usize = 32;
+
+/// Light stages: the burst is bound by Kafka, not by the CPU, so a
+/// 10,000-record burst takes seconds.
+const LIGHT: [u32; 5] = [20, 20, 20, 20, 20];
+
+const N: u64 = 10_000;
+
+/// The broker at `brokers`, for this test alone until the guard drops.
+fn hold(brokers: &str) -> MutexGuard<'static, ()> {
+    static BROKER_3X: Mutex<()> = Mutex::new(());
+    static BROKER_4X: Mutex<()> = Mutex::new(());
+    let lock = if brokers == brokers_3x() {
+        &BROKER_3X
+    } else {
+        &BROKER_4X
+    };
+    // A test that failed holding it left the broker running again
+    // (`Stopped`, `Stalled`), so the next one may go on.
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn scripts_kafka(args: &[&str]) -> String {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
+        .args(args)
+        .output()
+        .expect("scripts/kafka runs");
+    assert!(
+        out.status.success(),
+        "scripts/kafka {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn port_of(brokers: &str) -> String {
+    brokers
+        .rsplit_once(':')
+        .expect("brokers as host:port")
+        .1
+        .to_owned()
+}
+
+/// A broker stopped by `scripts/kafka stop`, started again on its data
+/// when dropped (so a failing test leaves it running for the next).
+struct Stopped {
+    port: String,
+    started: bool,
+}
+
+impl Stopped {
+    fn stop(brokers: &str) -> Stopped {
+        let port = port_of(brokers);
+        scripts_kafka(&["stop", "--port", &port]);
+        Stopped {
+            port,
+            started: false,
+        }
+    }
+
+    fn start(mut self) {
+        scripts_kafka(&["start", "--port", &self.port]);
+        self.started = true;
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
+                .args(["start", "--port", &self.port])
+                .output();
+        }
+    }
+}
+
+/// A broker stalled with SIGSTOP, resumed with SIGCONT when dropped.
+struct Stalled(i32);
+
+impl Stalled {
+    fn stall(brokers: &str) -> Stalled {
+        let pid: i32 = scripts_kafka(&["status", "--port", &port_of(brokers)])
+            .trim()
+            .parse()
+            .expect("scripts/kafka status prints the broker's PID");
+        // SAFETY: kill(2) with a PID that scripts/kafka just checked is
+        // the test broker it started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Stalled(pid)
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        // SAFETY: as above; the broker is only resumed.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+fn run_args<'a>(input: &'a str, output: &'a str, group: &'a str, w: &'a str) -> Vec<&'a str> {
+    vec![
+        "--input-topic",
+        input,
+        "--output-topic",
+        output,
+        "--group",
+        group,
+        "--window",
+        w,
+        "--max-uncommitted",
+        w,
+    ]
+}
+
+/// Reads `output` until every id of 0..n is there (or two minutes pass),
+/// and asserts none is lost. Returns the records and the duplicates.
+fn every_id(brokers: &str, output: &str, n: u64) -> (Vec<Fetched>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = read_all(brokers, output, n as usize, Duration::from_secs(5));
+        let (missing, duplicates) = lost_and_duplicates(&out, n);
+        if missing.is_empty() {
+            check_fibs(&out);
+            return (out, duplicates);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} ids lost, the first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+}
+
+/// Stops the broker (`restart`) or stalls it (otherwise) for 10 s while a
+/// 10,000-record burst is under way. fila must keep running and lose
+/// nothing.
+fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
+    let _broker = hold(brokers);
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    produce_messages(brokers, &input, N, LIGHT);
+    let w = W.to_string();
+    let mut args = run_args(&input, &output, &group, &w);
+    args.extend(["--kafka-client", client]);
+    if client == "kafka" {
+        args.extend(["--replica", "0/1"]);
+    }
+    let mut fila = Fila::start(brokers, &args);
+    wait_for_outputs(brokers, &output, 2_000);
+    let before = count(brokers, &output);
+    if restart {
+        let stopped = Stopped::stop(brokers);
+        std::thread::sleep(Duration::from_secs(10));
+        assert!(fila.running(), "fila exited: {}", fila.stderr());
+        stopped.start();
+    } else {
+        let stalled = Stalled::stall(brokers);
+        std::thread::sleep(Duration::from_secs(10));
+        assert!(fila.running(), "fila exited: {}", fila.stderr());
+        drop(stalled);
+    }
+    let (out, duplicates) = every_id(brokers, &output, N);
+    assert!(fila.running(), "fila exited: {}", fila.stderr());
+    let report = fila.stop();
+    eprintln!(
+        "{client}, broker {}: {before} outputs before the fault, {} after, {duplicates} duplicates; \
+         fila read {}",
+        if restart { "restarted" } else { "stalled" },
+        out.len(),
+        report["messages"]
+    );
+    assert!(
+        out.len() < N as usize + W,
+        "{} outputs for {N} ids: more than a window of duplicates",
+        out.len()
+    );
+    assert!(duplicates <= W, "{duplicates} duplicates with W = {W}");
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn rdkafka_rides_out_a_broker_restart_mid_burst() {
+    broker_fault_mid_burst(&brokers_4x(), "rdkafka", true);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn kafka_client_rides_out_a_broker_restart_mid_burst() {
+    broker_fault_mid_burst(&brokers_3x(), "kafka", true);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn rdkafka_rides_out_a_broker_stall_mid_burst() {
+    broker_fault_mid_burst(&brokers_4x(), "rdkafka", false);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn kafka_client_rides_out_a_broker_stall_mid_burst() {
+    broker_fault_mid_burst(&brokers_3x(), "kafka", false);
+}
+
+/// A small generator for the crash points, seeded from the clock and
+/// printed, so a failing sequence can be told apart from another.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// `kill -9` of `fila run` at 20 random points of a 10,000-record burst,
+/// with a restart after each: nothing lost, at most W duplicates per
+/// crash.
+fn crashes_at_random_points(brokers: &str, client: &str) {
+    const CRASHES: usize = 20;
+    let _broker = hold(brokers);
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    // The reference stages: the burst is bound by the CPU, slow enough
+    // that reading the output's count between crashes overshoots little.
+    produce_messages(brokers, &input, N, DEFAULT_STAGES);
+    let w = W.to_string();
+    let mut args = run_args(&input, &output, &group, &w);
+    // Static assignment: a restarted process reads at once, instead of
+    // waiting for the group to expire the member it replaces.
+    args.extend(["--kafka-client", client, "--replica", "0/1"]);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = XorShift(seed);
+    let mut points = Vec::new();
+    for _ in 0..CRASHES {
+        let fila = Fila::start(brokers, &args);
+        // 100 to 400 outputs past the last crash: 20 crashes fall inside
+        // the burst whatever the machine's speed.
+        let point = count(brokers, &output) + 100 + rng.below(301) as usize;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count(brokers, &output) < point {
+            assert!(
+                Instant::now() < deadline,
+                "outputs stalled below {point} after crashes at {points:?}: {}",
+                fila.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        fila.crash();
+        points.push(count(brokers, &output));
+    }
+    assert!(
+        points.last().copied().unwrap_or(0) < N as usize,
+        "the burst ended before the last crash: {points:?}"
+    );
+    let last = Fila::start(brokers, &args);
+    let (out, duplicates) = every_id(brokers, &output, N);
+    last.stop();
+    eprintln!(
+        "{client}: {CRASHES} crashes (seed {seed}) after {points:?} outputs: 0 lost, \
+         {duplicates} duplicates in {} outputs",
+        out.len()
+    );
+    assert!(
+        duplicates <= CRASHES * W,
+        "{duplicates} duplicates after {CRASHES} crashes with W = {W}"
+    );
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn rdkafka_crashed_at_20_random_points_loses_nothing() {
+    crashes_at_random_points(&brokers_4x(), "rdkafka");
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn kafka_client_crashed_at_20_random_points_loses_nothing() {
+    crashes_at_random_points(&brokers_3x(), "kafka");
+}
+
+/// SIGTERM in the middle of a burst: exit 0 within 10 s, with what was in
+/// flight drained and committed, so a restart duplicates nothing.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn sigterm_mid_burst_drains_commits_and_exits_within_10_s() {
+    let brokers = brokers_4x();
+    let _broker = hold(&brokers);
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    produce_messages(&brokers, &input, N, LIGHT);
+    let w = W.to_string();
+    let args = run_args(&input, &output, &group, &w);
+    let first = Fila::start(&brokers, &args);
+    wait_for_outputs(&brokers, &output, 3_000);
+    let report = first.stop_within(Duration::from_secs(10));
+    let stopped_at = count(&brokers, &output);
+    assert!(
+        stopped_at < N as usize,
+        "the burst ended before SIGTERM ({stopped_at} outputs)"
+    );
+    let second = Fila::start(&brokers, &args);
+    let (out, duplicates) = every_id(&brokers, &output, N);
+    second.stop();
+    eprintln!(
+        "SIGTERM after {stopped_at} outputs (the run read {}), {} outputs in all, \
+         {duplicates} duplicates",
+        report["messages"],
+        out.len()
+    );
+    assert_eq!(duplicates, 0, "a clean stop must commit all it wrote");
+}
+
+/// Every kind of bad record the issue of hostile input names. Each must go
+/// to the dead-letter topic with a reason, unchanged.
+fn hostile_records() -> Vec<(&'static str, Vec<u8>)> {
+    let valid = |id: u64| String::from_utf8(message(id, LIGHT, 0)).unwrap();
+    let with = |field: &str, value: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(&message(1, LIGHT, 0)).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        serde_json::to_vec(&v).unwrap()
+    };
+    // 10,000 levels where the id should be.
+    let deep = valid(1).replacen(
+        r#""id":1"#,
+        &format!(r#""id":{}{}"#, "[".repeat(10_000), "]".repeat(10_000)),
+        1,
+    );
+    vec![
+        ("not UTF-8", b"\xff\xfe\x00\x81 not text".to_vec()),
+        ("not JSON", b"this is not json".to_vec()),
+        ("empty", Vec::new()),
+        ("whitespace only", b" \n\t  ".to_vec()),
+        ("an array", b"[1, 2, 3]".to_vec()),
+        ("a number", b"42".to_vec()),
+        ("a string", br#""fib please""#.to_vec()),
+        ("null", b"null".to_vec()),
+        (
+            "missing fields",
+            br#"{"id": 7, "stage1": 1, "timestamp": 0}"#.to_vec(),
+        ),
+        ("a string id", with("id", r#""eight""#)),
+        ("a float id", with("id", "1.5")),
+        ("a float stage", with("stage2", "2.5")),
+        ("a negative id", with("id", "-3")),
+        ("a negative stage", with("stage4", "-1")),
+        (
+            "duplicate keys",
+            valid(1).replacen("{", r#"{"id": 2, "#, 1).into_bytes(),
+        ),
+        (
+            "a byte-order mark",
+            [b"\xef\xbb\xbf".as_slice(), valid(1).as_bytes()].concat(),
+        ),
+        ("deeply nested JSON", deep.into_bytes()),
+        ("a stage above the cap", with("stage3", "99")),
+        ("about 1 MiB", vec![b'x'; 1_000_000]),
+    ]
+}
+
+/// Hostile records between valid ones, on one partition so the order is
+/// known: every bad record reaches the dead-letter topic unchanged with a
+/// reason, every valid one comes out computed, and the run never stops.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
+    let brokers = brokers_4x();
+    let _broker = hold(&brokers);
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("g"));
+    create_topic(&brokers, &input, 1).unwrap();
+    let bad = hostile_records();
+    let mut values = Vec::new();
+    for (i, (_, record)) in bad.iter().enumerate() {
+        values.push(message(i as u64, LIGHT, 0));
+        values.push(record.clone());
+    }
+    let valid = bad.len() as u64 + 1;
+    values.push(message(bad.len() as u64, LIGHT, 0));
+    produce(&brokers, &input, &values);
+
+    let w = W.to_string();
+    let mut args = run_args(&input, &output, &group, &w);
+    args.extend(["--dlq-topic", &dlq]);
+    let mut fila = Fila::start(&brokers, &args);
+    let (out, duplicates) = every_id(&brokers, &output, valid);
+    let letters = read_all(&brokers, &dlq, bad.len(), Duration::from_secs(60));
+    assert!(fila.running(), "fila stopped: {}", fila.stderr());
+    assert_eq!(
+        letters.len(),
+        bad.len(),
+        "one dead letter per bad record; none for {:?}\n{}",
+        bad.iter()
+            .filter(|(_, record)| !letters.iter().any(|l| l.payload == *record))
+            .map(|(what, _)| what)
+            .collect::<Vec<_>>(),
+        fila.stderr()
+    );
+    let report = fila.stop();
+    assert_eq!(duplicates, 0);
+    assert_eq!(out.len() as u64, valid, "only the valid records come out");
+
+    let source_offset = |l: &Fetched| -> i64 {
+        let (_, v) = l
+            .headers
+            .iter()
+            .find(|(k, _)| k == DLQ_OFFSET_HEADER)
+            .expect("an offset header");
+        std::str::from_utf8(v).unwrap().parse().unwrap()
+    };
+    let mut letters = letters;
+    letters.sort_by_key(source_offset);
+    for ((what, record), letter) in bad.iter().zip(&letters) {
+        assert!(
+            letter.payload == *record,
+            "{what}: the dead letter is not the original bytes"
+        );
+        let reason = letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == DLQ_REASON_HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("{what}: no reason header"));
+        assert!(!reason.is_empty(), "{what}: empty reason");
+        eprintln!("{what}: {}", reason.chars().take(100).collect::<String>());
+    }
+    assert_eq!(report["messages"].as_u64(), Some(valid + bad.len() as u64));
+    for r in &out {
+        let r: FibRecord = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(r.stages(), LIGHT);
+    }
+}
