@@ -103,6 +103,11 @@ pub fn ensure_topic(
     }
 }
 
+/// The longest a fetch waits on the broker. A caller that allows longer
+/// just polls again; a wait this short stays far inside the client's
+/// socket timeouts.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(5);
+
 /// Reads assigned partitions of a topic from given offsets.
 pub struct TopicReader {
     client: KafkaClient,
@@ -135,6 +140,19 @@ impl TopicReader {
 
     /// One fetch: waits up to about 100 ms on the broker for data.
     pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
+        self.fetch_waiting(Duration::from_millis(100))
+    }
+
+    /// One fetch that waits up to about `wait` on the broker for data:
+    /// whole milliseconds (under one is no wait), at most
+    /// [`MAX_FETCH_WAIT`].
+    fn fetch_waiting(&mut self, wait: Duration) -> Result<Vec<Fetched>, ConnectorError> {
+        let wait = wait.min(MAX_FETCH_WAIT);
+        if self.client.fetch_max_wait_time().as_millis() != wait.as_millis() {
+            self.client
+                .set_fetch_max_wait_time(wait)
+                .expect("MAX_FETCH_WAIT is a valid fetch wait");
+        }
         let topic = self.topic.as_str();
         let requests = self
             .next
@@ -326,16 +344,22 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    fn poll(&mut self, _timeout: Duration) -> Result<Polled, ConnectorError> {
+    /// Fetches only when what the last fetch brought is used up; the fetch
+    /// waits on the broker for about `timeout` at most.
+    fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
         if self.buffer.is_empty() {
             let arrived = Instant::now();
-            self.buffer
-                .extend(self.reader.fetch()?.into_iter().map(|f| Envelope {
-                    key: f.key,
-                    payload: f.payload,
-                    position: f.position,
-                    arrived,
-                }));
+            self.buffer.extend(
+                self.reader
+                    .fetch_waiting(timeout)?
+                    .into_iter()
+                    .map(|f| Envelope {
+                        key: f.key,
+                        payload: f.payload,
+                        position: f.position,
+                        arrived,
+                    }),
+            );
         }
         Ok(self.buffer.pop_front().map_or(Polled::Idle, Polled::Record))
     }
@@ -545,5 +569,38 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("127.0.0.1:1"), "{text}");
         assert!(text.contains("cannot connect"), "{text}");
+    }
+
+    #[test]
+    fn a_poll_waits_on_the_broker_as_long_as_its_timeout_allows() {
+        // No partitions: the fetch asks no broker anything.
+        let mut source = KafkaSource {
+            config: KafkaConfig {
+                brokers: String::new(),
+                topic: "t".into(),
+                group: "g".into(),
+                assignment: super::super::Assignment::Static(Replica::ALL),
+            },
+            reader: TopicReader {
+                client: KafkaClient::new(Vec::new()),
+                brokers: String::new(),
+                topic: "t".into(),
+                next: BTreeMap::new(),
+            },
+            buffer: VecDeque::new(),
+        };
+        for (timeout, wait) in [
+            (Duration::from_millis(20), Duration::from_millis(20)),
+            (Duration::ZERO, Duration::ZERO),
+            (Duration::from_secs(60), MAX_FETCH_WAIT),
+        ] {
+            assert!(matches!(source.poll(timeout).unwrap(), Polled::Idle));
+            let set = source.reader.client.fetch_max_wait_time();
+            assert_eq!(set, wait, "poll({timeout:?})");
+        }
+        // The load client's reader keeps its own wait.
+        source.reader.fetch().unwrap();
+        let set = source.reader.client.fetch_max_wait_time();
+        assert_eq!(set, Duration::from_millis(100));
     }
 }
