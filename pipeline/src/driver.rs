@@ -437,8 +437,11 @@ fn sink_loop(
                     sink.send(key.as_deref(), &payload)
                         .map_err(DriverError::Sink)?;
                     live.outputs.fetch_add(1, Ordering::Relaxed);
-                    let latency = done.saturating_duration_since(arrived).as_micros() as u64;
-                    summary.latencies_us.saturating_record(latency);
+                    let latency = done.saturating_duration_since(arrived);
+                    summary
+                        .latencies_us
+                        .saturating_record(latency.as_micros() as u64);
+                    live.record_latency(latency);
                     summary.last_done = summary.last_done.max(Some(done));
                 }
                 Event::Rejected {

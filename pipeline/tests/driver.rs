@@ -129,6 +129,11 @@ fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on()
         live.messages.load(std::sync::atomic::Ordering::Relaxed),
         100
     );
+    // The live latency histogram counts every output, and only outputs.
+    let page = fila_pipeline::metrics::render(&rt.stats(), &live, None);
+    let count = format!("fila_record_latency_seconds_count {outputs}");
+    assert!(page.lines().any(|l| l == count), "no {count:?} in\n{page}");
+    assert_eq!(summary.latencies_us.len(), outputs);
     assert_eq!(acks.outstanding(), 0, "every position is acknowledged");
     assert_eq!(acks.committable(), vec![(0, 100)]);
     assert_eq!(rt.shutdown().failed, panics_expected.len() as u64);

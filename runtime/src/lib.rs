@@ -78,7 +78,7 @@ use crossbeam_utils::CachePadded;
 use idle::Idle;
 use park::Parker;
 use queue::{Injector, Stealer};
-use stats::{Totals, WorkerCounters};
+use stats::{Clock, Totals, WorkerCounters};
 use std::sync::atomic::Ordering::Relaxed;
 use sync::{Arc, AtomicBool, JoinHandle, Ordering};
 use task::Task;
@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     detached: AtomicBool,
     counters: Box<[CachePadded<WorkerCounters>]>,
     totals: Totals,
+    /// Times the workers' busy time.
+    clock: Clock,
 }
 
 impl Shared {
@@ -259,6 +261,7 @@ impl Builder {
             detached: AtomicBool::new(false),
             counters: (0..count).map(|_| CachePadded::default()).collect(),
             totals: Totals::default(),
+            clock: Clock::default(),
         });
         let mut rt = Runtime {
             shared: shared.clone(),
@@ -421,12 +424,13 @@ impl Runtime {
         let completed: u64 = shared.counters.iter().map(|c| c.units_completed()).sum();
         let failed = shared.totals.failed.load(Relaxed);
         let in_flight = self.in_flight();
+        let now = shared.clock.now();
         Stats {
             workers: shared
                 .counters
                 .iter()
                 .zip(&self.cpus)
-                .map(|(c, &cpu)| c.snapshot(cpu))
+                .map(|(c, &cpu)| c.snapshot(cpu, now))
                 .collect(),
             window: shared.window.cap(),
             in_flight,

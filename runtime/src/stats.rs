@@ -5,9 +5,13 @@
 //! Per-worker counters have a single writer (their worker), which bumps them
 //! with a relaxed load and store; that compiles to an ordinary add, not a
 //! locked instruction, so leaving them on costs next to nothing.
+//!
+//! Busy time is kept the same way, and written only when a worker starts,
+//! parks, wakes or exits: the loop that runs tasks never reads the clock.
 
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 /// What one worker did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +24,10 @@ pub struct WorkerStats {
     pub tasks_stolen: u64,
     /// Times this worker parked because it found no work.
     pub parks: u64,
+    /// Time this worker spent awake, running tasks or looking for them,
+    /// since it started: its lifetime less the time it was parked. Never
+    /// less than in an earlier snapshot of the same runtime.
+    pub busy: Duration,
 }
 
 /// A snapshot of the whole runtime.
@@ -55,6 +63,25 @@ impl Stats {
     pub fn parks(&self) -> u64 {
         self.workers.iter().map(|w| w.parks).sum()
     }
+
+    pub fn busy(&self) -> Duration {
+        self.workers.iter().map(|w| w.busy).sum()
+    }
+}
+
+/// The runtime's clock: nanoseconds since it was built.
+pub(crate) struct Clock(Instant);
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock(Instant::now())
+    }
+}
+
+impl Clock {
+    pub(crate) fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
 }
 
 #[derive(Default)]
@@ -66,6 +93,16 @@ pub(crate) struct WorkerCounters {
     /// workers, it is the runtime's `completed`; counting here, where each
     /// counter has one writer, keeps admission free of a shared RMW.
     units_completed: AtomicU64,
+    /// Busy time in one word, so that a reader never sees half a
+    /// transition. Awake: `t << 1 | 1`, and the worker has been busy for
+    /// `now - t` ns (`t` is when it started plus the time it was parked).
+    /// Parked, exited or not yet started: `b << 1`, busy for `b` ns.
+    busy: AtomicU64,
+    /// The most busy time a snapshot reported. A snapshot that reads the
+    /// clock just before a park and the word just after it could come out a
+    /// little lower than the one before; reporting the maximum keeps busy
+    /// time a counter that never goes back.
+    busy_reported: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -82,8 +119,33 @@ impl WorkerCounters {
         bump(&self.tasks_stolen);
     }
 
-    pub(crate) fn parked(&self) {
+    /// The worker starts running or wakes from a park, at `now`.
+    pub(crate) fn woke(&self, now: u64) {
+        let busy = self.busy.load(Relaxed) >> 1;
+        self.busy
+            .store((now.saturating_sub(busy) << 1) | 1, Relaxed);
+    }
+
+    /// The worker parks for lack of work, at `now`.
+    pub(crate) fn parked(&self, now: u64) {
         bump(&self.parks);
+        self.stopped(now);
+    }
+
+    /// The worker stops being busy at `now`: it parks or exits.
+    pub(crate) fn stopped(&self, now: u64) {
+        let since = self.busy.load(Relaxed) >> 1;
+        self.busy.store(now.saturating_sub(since) << 1, Relaxed);
+    }
+
+    fn busy_ns(&self, now: u64) -> u64 {
+        let word = self.busy.load(Relaxed);
+        let busy = if word & 1 == 1 {
+            now.saturating_sub(word >> 1)
+        } else {
+            word >> 1
+        };
+        self.busy_reported.fetch_max(busy, Relaxed).max(busy)
     }
 
     pub(crate) fn completed_unit(&self) {
@@ -94,12 +156,14 @@ impl WorkerCounters {
         self.units_completed.load(Relaxed)
     }
 
-    pub(crate) fn snapshot(&self, cpu: Option<usize>) -> WorkerStats {
+    /// What the worker did, as of `now` on the runtime's clock.
+    pub(crate) fn snapshot(&self, cpu: Option<usize>, now: u64) -> WorkerStats {
         WorkerStats {
             cpu,
             tasks_run: self.tasks_run.load(Relaxed),
             tasks_stolen: self.tasks_stolen.load(Relaxed),
             parks: self.parks.load(Relaxed),
+            busy: Duration::from_nanos(self.busy_ns(now)),
         }
     }
 }
@@ -110,4 +174,35 @@ impl WorkerCounters {
 #[derive(Default)]
 pub(crate) struct Totals {
     pub(crate) failed: CachePadded<AtomicU64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_time_counts_awake_time_only() {
+        let c = WorkerCounters::default();
+        assert_eq!(c.busy_ns(500), 0, "not started: not busy");
+        c.woke(100);
+        assert_eq!(c.busy_ns(150), 50);
+        c.parked(150);
+        assert_eq!(c.busy_ns(1_000), 50, "parked time is not busy");
+        c.woke(1_000);
+        assert_eq!(c.busy_ns(1_010), 60);
+        c.stopped(1_020);
+        assert_eq!(c.busy_ns(9_999), 70, "an exited worker is not busy");
+        assert_eq!(c.snapshot(None, 9_999).busy, Duration::from_nanos(70));
+        assert_eq!(c.snapshot(None, 9_999).parks, 1);
+    }
+
+    #[test]
+    fn busy_time_never_goes_back() {
+        let c = WorkerCounters::default();
+        c.woke(100);
+        assert_eq!(c.busy_ns(200), 100);
+        // A reader whose clock read came before the worker's park.
+        c.parked(190);
+        assert_eq!(c.busy_ns(300), 100);
+    }
 }

@@ -60,6 +60,8 @@ impl WorkerThread {
 
     pub(crate) fn run(mut self) {
         crate::ON_WORKER.with(|on| on.set(Arc::as_ptr(&self.shared) as usize));
+        let counters = &self.shared.counters[self.index];
+        counters.woke(self.shared.clock.now());
         loop {
             if let Some(task) = self.find_task() {
                 self.run_task(task);
@@ -76,6 +78,8 @@ impl WorkerThread {
             // Shutdown is set only once nothing is in flight, so every queue
             // is empty for good when we see it.
             if self.shared.shutdown.load(Ordering::Acquire) {
+                let counters = &self.shared.counters[self.index];
+                counters.stopped(self.shared.clock.now());
                 return;
             }
             self.sleep();
@@ -229,7 +233,11 @@ impl WorkerThread {
         if recheck && shared.idle.cancel(self.index) {
             return;
         }
-        shared.counters[self.index].parked();
+        // Busy time is measured here, at the park, and not around each task:
+        // two clock reads a park instead of two a task.
+        let counters = &shared.counters[self.index];
+        counters.parked(shared.clock.now());
         shared.parkers[self.index].park();
+        counters.woke(shared.clock.now());
     }
 }

@@ -28,11 +28,13 @@ fn idle_runtime_uses_under_a_tenth_of_a_core() {
         std::thread::yield_now();
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
+    let busy_before = rt.stats().busy();
     let before = process_cpu_seconds();
     let wall = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_secs(2));
     let used = process_cpu_seconds() - before;
     let share = used / wall.elapsed().as_secs_f64();
+    let busy_idle = rt.stats().busy() - busy_before;
     let stats = rt.shutdown();
     assert!(
         share < 0.10,
@@ -42,5 +44,10 @@ fn idle_runtime_uses_under_a_tenth_of_a_core() {
     assert!(
         stats.parks() >= stats.workers.len() as u64,
         "workers never parked: {stats:?}"
+    );
+    // Parked time is not busy time.
+    assert!(
+        busy_idle.as_secs_f64() < 0.10 * wall.elapsed().as_secs_f64(),
+        "idle workers reported {busy_idle:?} busy: {stats:?}"
     );
 }

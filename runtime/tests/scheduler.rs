@@ -344,3 +344,56 @@ fn a_worker_cannot_block_on_its_own_window() {
         .expect("the task dropped its clone");
     assert_eq!(rt.shutdown().completed, 1);
 }
+
+#[test]
+fn every_worker_reports_busy_time_covering_the_tasks_it_ran() {
+    const UNITS: usize = 8;
+    const TASK: Duration = Duration::from_millis(20);
+    let workers = 2;
+    let rt = runtime(workers, UNITS);
+    let started = std::time::Instant::now();
+    assert!(
+        rt.stats()
+            .workers
+            .iter()
+            .all(|w| w.busy <= started.elapsed()),
+        "{:?}",
+        rt.stats()
+    );
+    // Each task blocks its worker until both workers have started a task,
+    // then runs for TASK: every worker must run some.
+    let barrier = Arc::new(std::sync::Barrier::new(workers));
+    for i in 0..UNITS {
+        let barrier = barrier.clone();
+        rt.admit(
+            move |_| {
+                if i < workers {
+                    barrier.wait();
+                }
+                let start = std::time::Instant::now();
+                while start.elapsed() < TASK {
+                    std::hint::spin_loop();
+                }
+            },
+            |_| {},
+        )
+        .unwrap();
+    }
+    let stats = rt.shutdown();
+    let lifetime = started.elapsed();
+    assert_eq!(stats.workers.len(), workers);
+    for (i, w) in stats.workers.iter().enumerate() {
+        assert!(w.tasks_run > 0, "worker {i} ran nothing: {stats:?}");
+        assert!(w.busy >= TASK, "worker {i} busy {:?}: {stats:?}", w.busy);
+        assert!(
+            w.busy <= lifetime,
+            "worker {i} busy {:?}: {stats:?}",
+            w.busy
+        );
+    }
+    assert!(
+        stats.busy() >= TASK * UNITS as u32,
+        "{:?} busy for {UNITS} tasks of {TASK:?}",
+        stats.busy()
+    );
+}

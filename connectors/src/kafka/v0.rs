@@ -168,6 +168,11 @@ const FETCH_BYTES: i32 = 256 << 10;
 /// this; a larger record stops the run with an error naming it.
 const MAX_FETCH_BYTES: i32 = 64 << 20;
 
+/// The longest a fetch waits on the broker. A caller that allows longer
+/// just polls again; a wait this short stays far inside the client's
+/// socket timeouts.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(5);
+
 /// Reads assigned partitions of a topic from given offsets.
 pub struct TopicReader {
     client: KafkaClient,
@@ -236,8 +241,10 @@ impl TopicReader {
         self.fetch_within(Duration::from_millis(100))
     }
 
-    /// One fetch. A broker fault is retried after a backoff, on a new
-    /// client, for up to the retry timeout; meanwhile this returns
+    /// One fetch that waits up to about `wait` on the broker for data:
+    /// whole milliseconds (under one is no wait), at most
+    /// [`MAX_FETCH_WAIT`]. A broker fault is retried after a backoff, on
+    /// a new client, for up to the retry timeout; meanwhile this returns
     /// nothing, after waiting at most `wait`.
     fn fetch_within(&mut self, wait: Duration) -> Result<Vec<Fetched>, ConnectorError> {
         let now = Instant::now();
@@ -254,6 +261,12 @@ impl TopicReader {
                 // Any failure to connect is the broker not answering yet.
                 Err(e) => return self.failed(e.to_string()),
             }
+        }
+        let wait = wait.min(MAX_FETCH_WAIT);
+        if self.client.fetch_max_wait_time().as_millis() != wait.as_millis() {
+            self.client
+                .set_fetch_max_wait_time(wait)
+                .expect("MAX_FETCH_WAIT is a valid fetch wait");
         }
         match self.fetch_once() {
             Ok(fetched) => {
@@ -542,6 +555,8 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
+    /// Fetches only when what the last fetch brought is used up; the fetch
+    /// waits on the broker for about `timeout` at most.
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
         if self.buffer.is_empty() {
             let fetched = self.reader.fetch_within(timeout)?;
@@ -835,5 +850,42 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("127.0.0.1:1"), "{text}");
         assert!(text.contains("cannot connect"), "{text}");
+    }
+
+    #[test]
+    fn a_poll_waits_on_the_broker_as_long_as_its_timeout_allows() {
+        // No partitions: the fetch asks no broker anything.
+        let mut source = KafkaSource {
+            config: KafkaConfig {
+                brokers: String::new(),
+                topic: "t".into(),
+                group: "g".into(),
+                assignment: super::super::Assignment::Static(Replica::ALL),
+                offset_reset: OffsetReset::Earliest,
+                retry_timeout: DEFAULT_RETRY_TIMEOUT,
+            },
+            reader: TopicReader::with(
+                KafkaClient::new(Vec::new()),
+                "",
+                "t",
+                BTreeMap::new(),
+                OffsetReset::Earliest,
+                DEFAULT_RETRY_TIMEOUT,
+            ),
+            buffer: VecDeque::new(),
+        };
+        for (timeout, wait) in [
+            (Duration::from_millis(20), Duration::from_millis(20)),
+            (Duration::ZERO, Duration::ZERO),
+            (Duration::from_secs(60), MAX_FETCH_WAIT),
+        ] {
+            assert!(matches!(source.poll(timeout).unwrap(), Polled::Idle));
+            let set = source.reader.client.fetch_max_wait_time();
+            assert_eq!(set, wait, "poll({timeout:?})");
+        }
+        // The load client's reader keeps its own wait.
+        source.reader.fetch().unwrap();
+        let set = source.reader.client.fetch_max_wait_time();
+        assert_eq!(set, Duration::from_millis(100));
     }
 }

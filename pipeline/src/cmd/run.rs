@@ -183,7 +183,6 @@ fn drive<R: Send + 'static>(
     config: &DriverConfig,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
-    let metrics_stop = AtomicBool::new(false);
     let live = Live::default();
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
@@ -197,14 +196,16 @@ fn drive<R: Send + 'static>(
         });
         if let Some(listener) = metrics {
             s.spawn(|| {
-                listener.serve(&metrics_stop, || {
+                listener.serve(|| {
                     metrics::render(&rt.stats(), &live, commits.then(|| acks.uncommitted()))
                 })
             });
         }
         let result = driver::run(rt, job, source, sink, acks, &live, &stop, config);
         signal_handle.close();
-        metrics_stop.store(true, Ordering::Relaxed);
+        if let Some(listener) = metrics {
+            listener.stop();
+        }
         result.map_err(anyhow::Error::from)
     })
 }
