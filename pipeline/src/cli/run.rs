@@ -3,15 +3,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::driver::{self, DriverConfig, RunSummary};
+use crate::metrics::{self, Live, MetricsListener};
+use crate::reference;
+use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
     kafka_sink, kafka_source, Acks, Assignment, BurstSource, ClientKind, DiscardSink, KafkaConfig,
     Replica, Sink, Source, StdinSource, StdoutSink,
 };
-use fila_pipeline::driver::{self, DriverConfig, RunSummary};
-use fila_pipeline::metrics::{self, Live, MetricsListener};
-use fila_pipeline::reference;
-use fila_pipeline::report::{LatencyMs, Report};
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
 };
@@ -171,7 +171,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn drive<R: Send + 'static>(
     rt: &Runtime,
-    job: Arc<fila_pipeline::dataflow::Job<R>>,
+    job: Arc<crate::dataflow::Job<R>>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
     acks: &Acks,

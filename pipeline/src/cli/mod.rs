@@ -1,11 +1,18 @@
-//! Command-line interface: argument types and dispatch.
+//! The `fila` command line, as a library: argument types, dispatch,
+//! logging and the panic hook. Behind the `cli` feature, so that a job
+//! that does not want fila's command line does not build its
+//! dependencies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fila_connectors::{ClientKind, GroupProtocol, Replica};
 use fila_runtime::{Workers, MAX_WINDOW};
+/// The allocator the `fila` binary uses, for a binary of one's own:
+/// `#[global_allocator] static A: fila_pipeline::cli::MiMalloc = fila_pipeline::cli::MiMalloc;`
+pub use mimalloc::MiMalloc;
 
 mod load;
 mod run;
@@ -71,7 +78,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub burst: u64,
     /// The five stage values of the generated message (fib of each).
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = fila_pipeline::reference::parse_stages)]
+    #[arg(long, default_value = "10,20,30,20,10", value_parser = crate::reference::parse_stages)]
     pub stages: [u32; 5],
     /// Worker threads: `physical`, `logical`, or a count.
     #[arg(long, default_value = "logical")]
@@ -183,7 +190,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub burst: u64,
     /// The five stage values of each message.
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = fila_pipeline::reference::parse_stages)]
+    #[arg(long, default_value = "10,20,30,20,10", value_parser = crate::reference::parse_stages)]
     pub stages: [u32; 5],
     /// Give up waiting for outputs after this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -208,7 +215,60 @@ fn parse_window(s: &str) -> Result<usize, String> {
     }
 }
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// The `fila` command: parses the process's arguments, runs the
+/// subcommand, and returns the exit status (2 for wrong flags, 1 for a
+/// runtime error).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init();
+    exit_status(dispatch(cli))
+}
+
+fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fila: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logging to stderr (filtered by `FILA_LOG`, `warn` by default) and the
+/// one-line panic message.
+fn init() {
+    init_logging();
+    install_panic_hook();
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FILA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A binary that set up its own subscriber keeps it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Panics in stage code are caught by the runtime and the record is
+/// dead-lettered; say so in one line instead of the default message and
+/// backtrace hint.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let message = fila_runtime::panic_message(info.payload());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("fila: panic on thread {name}{at}: {message}");
+    }));
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Load(args) => load::load(args),
