@@ -78,8 +78,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub burst: u64,
     /// The five stage values of the generated message (fib of each).
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = crate::reference::parse_stages)]
+    #[arg(long, default_value = crate::reference::DEFAULT_STAGES_FLAG, value_parser = crate::reference::parse_stages)]
     pub stages: [u32; 5],
+    /// The reference job's largest stage value: a record asking for more
+    /// is dead-lettered as bad input.
+    #[arg(long, default_value_t = crate::reference::MAX_STAGE)]
+    pub max_stage: u32,
     /// Worker threads: `physical`, `logical`, or a count.
     #[arg(long, default_value = "logical")]
     pub workers: Workers,
@@ -190,7 +194,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub burst: u64,
     /// The five stage values of each message.
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = crate::reference::parse_stages)]
+    #[arg(long, default_value = crate::reference::DEFAULT_STAGES_FLAG, value_parser = crate::reference::parse_stages)]
     pub stages: [u32; 5],
     /// Give up waiting for outputs after this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -220,6 +224,23 @@ fn parse_window(s: &str) -> Result<usize, String> {
 /// runtime error).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The generated burst is the only user of --stages.
+    if let Command::Run(
+        args @ RunArgs {
+            source: SourceKind::Generate,
+            ..
+        },
+    ) = &cli.command
+    {
+        if let Err(e) = crate::reference::check_stages(args.stages, args.max_stage) {
+            <Cli as clap::CommandFactory>::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--stages: {e}"),
+                )
+                .exit();
+        }
+    }
     init();
     exit_status(dispatch(cli))
 }

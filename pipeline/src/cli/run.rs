@@ -39,7 +39,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let job = Arc::new(reference::job());
+    let job = Arc::new(reference::job_with_max_stage(args.max_stage));
     let sink_kind = args.sink.unwrap_or(match args.source {
         SourceKind::Generate => SinkKind::None,
         SourceKind::Stdin => SinkKind::Stdout,
