@@ -39,6 +39,11 @@ pub struct Envelope {
     /// keeps its input's key.
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The record's headers (Kafka), in order; empty elsewhere.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (Kafka), in milliseconds since the Unix
+    /// epoch.
+    pub timestamp: Option<i64>,
     pub position: Position,
     /// When the record became available to fila. For the burst generator
     /// that is the start of the burst, for every record.

@@ -176,6 +176,8 @@ impl fila_connectors::Source for Replayable {
         self.next += 1;
         Ok(fila_connectors::Polled::Record(fila_connectors::Envelope {
             key: None,
+            headers: Vec::new(),
+            timestamp: None,
             payload: self.next.to_string().into_bytes(),
             position: Position {
                 partition: 0,

@@ -333,6 +333,8 @@ impl Source for KafkaSource {
                 .extend(self.reader.fetch()?.into_iter().map(|f| Envelope {
                     key: f.key,
                     payload: f.payload,
+                    headers: Vec::new(),
+                    timestamp: None,
                     position: f.position,
                     arrived,
                 }));
