@@ -9,3 +9,4 @@ pub mod driver;
 pub mod metrics;
 pub mod reference;
 pub mod report;
+pub mod state;

@@ -121,21 +121,23 @@ pub fn encode(record: &FibRecord) -> Vec<u8> {
 }
 
 /// The reference job, with the default cap [`MAX_STAGE`].
-pub fn job() -> Job<FibRecord> {
+pub fn job() -> Job {
     job_with_max_stage(MAX_STAGE)
 }
 
 /// The reference job: a record with a stage value above `max_stage` is
 /// dead-lettered as bad input.
-pub fn job_with_max_stage(max_stage: u32) -> Job<FibRecord> {
-    let decode = move |payload: &[u8]| decode(payload, max_stage);
-    (0..STAGES).fold(Job::new("fibonacci", decode, encode), |job, k| {
-        job.map(format!("fib{}", k + 1), move |mut record: FibRecord| {
-            let n = record.stages()[k];
-            *record.fib_mut(k) = Some(fib(std::hint::black_box(n)));
-            Ok(record)
+pub fn job_with_max_stage(max_stage: u32) -> Job {
+    let records = Job::new("fibonacci").decode(move |input| decode(input.payload(), max_stage));
+    (0..STAGES)
+        .fold(records, |records, k| {
+            records.map(format!("fib{}", k + 1), move |mut record: FibRecord| {
+                let n = record.stages()[k];
+                *record.fib_mut(k) = Some(fib(std::hint::black_box(n)));
+                Ok(record)
+            })
         })
-    })
+        .sink(encode)
 }
 
 /// One reference input message, as bytes.
@@ -195,7 +197,8 @@ mod tests {
         let out = job()
             .run_inline(&message(7, [10, 20, 30, 20, 10], 1732000000000))
             .unwrap();
-        let record: FibRecord = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out.len(), 1);
+        let record: FibRecord = serde_json::from_slice(&out[0]).unwrap();
         assert_eq!((record.id, record.timestamp), (7, 1732000000000));
         assert_eq!(
             record.fibs(),
@@ -242,7 +245,7 @@ mod tests {
             "{rejected}"
         );
         let out = job_with_max_stage(46).run_inline(&record).unwrap();
-        let out: FibRecord = serde_json::from_slice(&out).unwrap();
+        let out: FibRecord = serde_json::from_slice(&out[0]).unwrap();
         assert_eq!(out.fib3, Some(fib(46)));
         let tighter = job_with_max_stage(2).run_inline(&record).unwrap_err();
         assert!(

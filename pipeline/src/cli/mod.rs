@@ -17,6 +17,8 @@ pub use mimalloc::MiMalloc;
 mod load;
 mod run;
 
+pub use run::{reference_spec, Generator, JobSpec};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fila",
@@ -90,6 +92,10 @@ pub struct RunArgs {
     /// Do not pin workers to CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Write each input partition's results in input order (a reorder
+    /// buffer before the sink).
+    #[arg(long)]
+    pub ordered: bool,
     /// Records in flight at most [default: 16 × workers].
     #[arg(long, value_parser = parse_window)]
     pub window: Option<usize>,
@@ -245,6 +251,37 @@ pub fn main() -> ExitCode {
     exit_status(dispatch(cli))
 }
 
+/// fila's `run` command line for a job of one's own: the same flags,
+/// sources, sinks, metrics, report and signals as `fila run`, with no
+/// subcommand. `job` is built from the parsed flags.
+///
+/// ```no_run
+/// use fila_pipeline::cli::{self, JobSpec};
+/// use fila_pipeline::dataflow::Job;
+///
+/// fn main() -> std::process::ExitCode {
+///     cli::run_main(|_flags| JobSpec::new(
+///         Job::new("upper")
+///             .decode(|input| Ok(String::from_utf8_lossy(input.payload()).to_uppercase()))
+///             .sink(|line: &String| line.clone().into_bytes()),
+///     ))
+/// }
+/// ```
+pub fn run_main(job: impl FnOnce(&RunArgs) -> JobSpec) -> ExitCode {
+    let cli = JobCli::parse();
+    init();
+    let spec = job(&cli.run);
+    exit_status(run::run(cli.run, spec))
+}
+
+/// The command line of a job's own binary: `fila run`'s flags.
+#[derive(Debug, Parser)]
+#[command(version, about = "A fila job: fila run's flags, for this binary's job")]
+struct JobCli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 fn exit_status(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -291,7 +328,10 @@ fn install_panic_hook() {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => {
+            let spec = reference_spec(&args);
+            run::run(args, spec)
+        }
         Command::Load(args) => load::load(args),
     }
 }
