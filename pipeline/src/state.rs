@@ -184,7 +184,7 @@ where
 /// result per key. A record whose window has already closed is late: it
 /// goes to the dead-letter destination with the reason. The out-of-orderness
 /// must cover both the input's own disorder and the reordering of records
-/// in flight together (at most the admission window of them).
+/// processed in parallel (docs/design/state.md#windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tumbling {
     size_ms: i64,
