@@ -580,9 +580,15 @@ impl Reorder {
         let done = matches!(event, Event::Done { .. });
         held.events.push(event);
         held.done = done;
+        let mut released = None;
         while queue.front().is_some_and(|h| h.done) {
             let held = queue.pop_front().expect("the front is there");
-            for event in held.events {
+            // An output's latency includes its wait in the buffer.
+            let now = *released.get_or_insert_with(Instant::now);
+            for mut event in held.events {
+                if let Event::Output { done, .. } = &mut event {
+                    *done = (*done).max(now);
+                }
                 out.write(event)?;
             }
         }
