@@ -33,6 +33,8 @@ impl<F: FnMut(u64) -> Vec<u8> + Send> Source for BurstSource<F> {
         self.next += 1;
         Ok(Polled::Record(Envelope {
             key: None,
+            headers: Vec::new(),
+            timestamp: None,
             payload: (self.make)(i),
             position: Position {
                 partition: 0,

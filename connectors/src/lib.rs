@@ -38,9 +38,14 @@ pub struct Position {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     /// The record's key, for sources that have one (Kafka). An output
-    /// keeps its input's key.
+    /// keeps its input's key unless the job sets another.
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The record's headers (Kafka), in order; empty elsewhere.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (Kafka), in milliseconds since the Unix
+    /// epoch.
+    pub timestamp: Option<i64>,
     pub position: Position,
     /// When the record became available to fila. For the burst generator
     /// that is the start of the burst, for every record.
@@ -93,7 +98,8 @@ pub trait Committer: Send {
 
 /// Where results go.
 pub trait Sink: Send {
-    /// Queues one output record, with the key of the input it came from.
+    /// Queues one output record with its key: the input's, unless the job
+    /// set one.
     fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError>;
 
     /// Queues a record that could not be processed, with the reason. The

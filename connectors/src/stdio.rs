@@ -59,6 +59,8 @@ impl Source for StdinSource {
                 Ok(Ok((number, line))) => {
                     return Ok(Polled::Record(Envelope {
                         key: None,
+                        headers: Vec::new(),
+                        timestamp: None,
                         payload: line,
                         position: Position {
                             partition: 0,

@@ -1,15 +1,48 @@
-//! The dataflow API: a job is a decoder, a sequence of named stages over a
-//! record type, and an encoder. Each stage runs as its own task on the
-//! runtime, so any worker can run any stage, and a record's next stage is
-//! scheduled depth first on the worker that ran the previous one.
+//! The dataflow API: a typed job, in the spirit of Flink's DataStream.
 //!
-//! Only `map` exists today. A stage is an [`Op`], so `filter`, `flat_map`
-//! and keyed stages can be added as new variants: each decides how many
-//! follow-on tasks (zero, one, many) a record produces.
+//! A job starts from the raw [`Input`] (bytes and their metadata), decodes
+//! it into a type of its own, runs it through stages that may change the
+//! type, and ends in a sink stage that encodes the result:
+//!
+//! ```
+//! use fila_pipeline::dataflow::{Job, Rejected};
+//!
+//! let job = Job::new("lengths")
+//!     .decode(|input| Ok(String::from_utf8_lossy(input.payload()).into_owned()))
+//!     .filter("not empty", |line: &String| Ok(!line.is_empty()))
+//!     .flat_map("words", |line: String| {
+//!         Ok(line.split(' ').map(str::to_owned).collect::<Vec<_>>())
+//!     })
+//!     .map("length", |word: String| Ok(word.len()))
+//!     .sink(|n: &usize| n.to_string().into_bytes());
+//! assert_eq!(job.run_inline(b"ab cde").unwrap(), [b"2".to_vec(), b"3".to_vec()]);
+//! ```
+//!
+//! Each stage runs as its own task of the record's runtime unit, so any
+//! worker can run any stage, and a record's next stage is scheduled depth
+//! first on the worker that ran the previous one. A `flat_map` spawns one
+//! task per output: they all belong to the parent record's unit, which
+//! holds one window slot, and the record completes (and its position is
+//! acknowledged) only once every one of them has been written. Decoding and
+//! the first stage share the first task, and the sink runs in the task of
+//! the last stage, as they are cheap.
+//!
+//! Every stage function returns a `Result`: an `Err(Rejected)` sends the
+//! input record to the dead-letter destination with the reason, prefixed
+//! by the stage's name. A panic in a stage is caught by the runtime and
+//! dead-letters the record too. After a `flat_map`, each output that fails
+//! dead-letters the input once more; the other outputs still go out.
+//!
+//! Keyed state (`key_by(..).reduce(..)`, windows) is in [`crate::state`].
 
+use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
+use fila_connectors::Position;
 use fila_runtime::TaskCx;
+
+use crate::driver::Event;
 
 /// A record was rejected: it goes to the dead-letter destination with this
 /// reason, and its position still counts as handled.
@@ -17,125 +50,534 @@ use fila_runtime::TaskCx;
 #[error("{0}")]
 pub struct Rejected(pub String);
 
-type MapFn<R> = dyn Fn(R) -> Result<R, Rejected> + Send + Sync;
-type DecodeFn<R> = dyn Fn(&[u8]) -> Result<R, Rejected> + Send + Sync;
-type EncodeFn<R> = dyn Fn(&R) -> Vec<u8> + Send + Sync;
-
-/// What a stage does to one record.
-pub enum Op<R> {
-    /// One record in, one record out (or a rejection).
-    Map(Box<MapFn<R>>),
+impl Rejected {
+    pub fn new(reason: impl Into<String>) -> Rejected {
+        Rejected(reason.into())
+    }
 }
 
-pub struct Stage<R> {
-    pub name: String,
-    pub op: Op<R>,
+/// One input record as the job's decoder sees it: the payload and what
+/// the source knows about it.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) position: Position,
 }
 
-/// A complete job: bytes in, stages, bytes out.
-pub struct Job<R> {
-    name: String,
-    decode: Box<DecodeFn<R>>,
-    stages: Vec<Stage<R>>,
-    encode: Box<EncodeFn<R>>,
-}
-
-impl<R: Send + 'static> Job<R> {
-    /// A job with no stages yet: records are decoded and re-encoded.
-    pub fn new(
-        name: impl Into<String>,
-        decode: impl Fn(&[u8]) -> Result<R, Rejected> + Send + Sync + 'static,
-        encode: impl Fn(&R) -> Vec<u8> + Send + Sync + 'static,
-    ) -> Self {
-        Job {
-            name: name.into(),
-            decode: Box::new(decode),
-            stages: Vec::new(),
-            encode: Box::new(encode),
+impl Input {
+    /// A record with no key, headers or timestamp, at partition 0.
+    pub fn new(payload: &[u8], offset: i64) -> Input {
+        Input {
+            payload: payload.into(),
+            key: None,
+            headers: Vec::new(),
+            timestamp: None,
+            position: Position {
+                partition: 0,
+                offset,
+            },
         }
     }
 
-    /// Appends a `map` stage.
-    pub fn map(
-        mut self,
-        name: impl Into<String>,
-        f: impl Fn(R) -> Result<R, Rejected> + Send + Sync + 'static,
-    ) -> Self {
-        self.stages.push(Stage {
-            name: name.into(),
-            op: Op::Map(Box::new(f)),
-        });
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The Kafka record's key; `None` for sources without keys.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The Kafka record's headers, in order (none on other sources, and
+    /// none on the `kafka` client, whose protocol has no headers).
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.headers
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The Kafka record's timestamp, in milliseconds since the Unix epoch.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    /// The partition the record was read from (0 for stdin and generate).
+    pub fn partition(&self) -> i32 {
+        self.position.partition
+    }
+
+    /// Its offset (the line number on stdin, the index in a burst).
+    pub fn offset(&self) -> i64 {
+        self.position.offset
+    }
+
+    /// Decodes the payload as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Rejected> {
+        serde_json::from_slice(&self.payload).map_err(|e| Rejected(format!("not JSON: {e}")))
+    }
+
+    /// Builder-style setters, for tests and sources of one's own.
+    pub fn with_key(mut self, key: &[u8]) -> Input {
+        self.key = Some(key.into());
         self
+    }
+
+    pub fn with_header(mut self, name: &str, value: &[u8]) -> Input {
+        self.headers.push((name.to_owned(), value.to_vec()));
+        self
+    }
+
+    pub fn with_timestamp(mut self, ms: i64) -> Input {
+        self.timestamp = Some(ms);
+        self
+    }
+
+    pub fn with_partition(mut self, partition: i32) -> Input {
+        self.position.partition = partition;
+        self
+    }
+}
+
+/// Where a record's results go, carried along its stages. Cloned for each
+/// output of a `flat_map`.
+#[derive(Clone)]
+pub(crate) struct Outlet {
+    pub(crate) tx: Sender<Event>,
+    /// `None` for results that belong to no record: windows closed at the
+    /// end of a bounded input.
+    pub(crate) position: Option<Position>,
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) arrived: Instant,
+}
+
+impl Outlet {
+    pub(crate) fn partition(&self) -> i32 {
+        self.position.map_or(0, |p| p.partition)
+    }
+
+    fn output(&self, key: Option<Arc<[u8]>>, payload: Vec<u8>) {
+        // A send fails only once the sink thread has stopped on an error;
+        // the record is then not acknowledged, and is replayed.
+        let _ = self.tx.send(Event::Output {
+            position: self.position,
+            key,
+            payload,
+            arrived: self.arrived,
+            done: Instant::now(),
+        });
+    }
+
+    pub(crate) fn reject(&self, reason: Rejected) {
+        let _ = self.tx.send(Event::Rejected {
+            position: self.position,
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            reason: reason.0,
+            at: Instant::now(),
+        });
+    }
+}
+
+/// How a stage hands work on: as a task of the record's runtime unit, or,
+/// off the runtime, onto a local queue run by the caller.
+pub(crate) enum Exec<'a, 'b> {
+    Task(&'a mut TaskCx<'b>),
+    Inline(&'a mut Vec<InlineTask>),
+}
+
+pub(crate) type InlineTask = Box<dyn for<'x, 'y> FnOnce(&mut Exec<'x, 'y>) + Send>;
+
+impl Exec<'_, '_> {
+    fn spawn<F>(&mut self, f: F)
+    where
+        F: for<'x, 'y> FnOnce(&mut Exec<'x, 'y>) + Send + 'static,
+    {
+        match self {
+            Exec::Task(cx) => cx.spawn(move |cx| f(&mut Exec::Task(cx))),
+            Exec::Inline(queue) => queue.push(Box::new(f)),
+        }
+    }
+}
+
+/// Runs `first` and everything it spawns on the calling thread, in the
+/// order spawned.
+pub(crate) fn run_inline_tasks(first: impl for<'x, 'y> FnOnce(&mut Exec<'x, 'y>)) {
+    // Depth first: what a task spawned runs before its siblings.
+    let (mut stack, mut spawned) = (Vec::new(), Vec::new());
+    first(&mut Exec::Inline(&mut spawned));
+    stack.extend(spawned.drain(..).rev());
+    while let Some(task) = stack.pop() {
+        task(&mut Exec::Inline(&mut spawned));
+        stack.extend(spawned.drain(..).rev());
+    }
+}
+
+/// One stage of a built job, taking records of type `T`.
+pub(crate) trait Node<T>: Send + Sync + 'static {
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>);
+
+    /// Cheap enough to run in the task that produced its input (the sink).
+    fn inline(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) type NodeRef<T> = Arc<dyn Node<T>>;
+
+/// Hands `record` to `next`: in the current task if `next` is inline, else
+/// as a new task of the same unit.
+pub(crate) fn forward<T: Send + 'static>(
+    next: &NodeRef<T>,
+    record: T,
+    out: Outlet,
+    exec: &mut Exec<'_, '_>,
+) {
+    if next.inline() {
+        next.push(record, out, exec);
+    } else {
+        let next = next.clone();
+        exec.spawn(move |exec| next.push(record, out, exec));
+    }
+}
+
+pub(crate) fn stage_error(name: &str, e: Rejected) -> Rejected {
+    Rejected(format!("stage {name}: {}", e.0))
+}
+
+/// Something to do once a bounded input has ended: close open windows.
+pub(crate) trait Finish: Send + Sync + 'static {
+    fn finish(&self, out: Outlet, exec: &mut Exec<'_, '_>);
+}
+
+/// Builds the nodes upstream of a stream, given its downstream node.
+type Build<T> = Box<dyn FnOnce(NodeRef<T>, &mut Vec<Arc<dyn Finish>>) -> NodeRef<Input>>;
+
+/// A job under construction whose records are of type `T`.
+pub struct Stream<T> {
+    name: String,
+    build: Build<T>,
+}
+
+/// A job with a name and nothing else yet; [`JobBuilder::decode`] starts
+/// its stream.
+pub struct JobBuilder {
+    name: String,
+}
+
+/// A complete job: input in, stages, bytes out.
+pub struct Job {
+    name: String,
+    root: NodeRef<Input>,
+    /// Upstream first.
+    finishers: Vec<Arc<dyn Finish>>,
+}
+
+impl Job {
+    /// Starts a job; name it after what it computes.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(name: impl Into<String>) -> JobBuilder {
+        JobBuilder { name: name.into() }
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn stages(&self) -> &[Stage<R>] {
-        &self.stages
+    /// Whether the job keeps windows that the end of a bounded input
+    /// closes.
+    pub fn has_windows(&self) -> bool {
+        !self.finishers.is_empty()
     }
 
     /// Runs the whole job on one record on the calling thread, with no
     /// scheduler: what a plain thread does in calibration, and a reference
-    /// for tests.
-    pub fn run_inline(&self, payload: &[u8]) -> Result<Vec<u8>, Rejected> {
-        let mut record = (self.decode)(payload)?;
-        for stage in &self.stages {
-            record = stage.apply(record)?;
+    /// for tests. Returns the outputs, or the first rejection. Keyed state
+    /// is the job's own, so it carries over between calls.
+    pub fn run_inline(&self, payload: &[u8]) -> Result<Vec<Vec<u8>>, Rejected> {
+        self.run_input_inline(Input::new(payload, 0))
+    }
+
+    /// `run_inline` with the record's metadata.
+    pub fn run_input_inline(&self, input: Input) -> Result<Vec<Vec<u8>>, Rejected> {
+        let (tx, rx) = mpsc::channel();
+        let out = Outlet {
+            tx,
+            position: Some(input.position),
+            key: input.key.clone(),
+            payload: input.payload.clone(),
+            arrived: Instant::now(),
+        };
+        run_inline_tasks(|exec| self.root.push(input, out, exec));
+        collect(rx)
+    }
+
+    /// Closes every open window on the calling thread and returns what
+    /// they emit, as the end of a bounded input does.
+    pub fn finish_inline(&self) -> Result<Vec<Vec<u8>>, Rejected> {
+        let (tx, rx) = mpsc::channel();
+        self.finish(&tx, Instant::now());
+        drop(tx);
+        collect(rx)
+    }
+
+    /// Closes every open window, upstream first, sending results to `tx`.
+    pub(crate) fn finish(&self, tx: &Sender<Event>, arrived: Instant) {
+        for finisher in &self.finishers {
+            let out = Outlet {
+                tx: tx.clone(),
+                position: None,
+                key: None,
+                payload: Arc::from(&[][..]),
+                arrived,
+            };
+            let finisher = finisher.clone();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_inline_tasks(|exec| finisher.finish(out, exec))
+            }));
+            if let Err(payload) = ran {
+                let _ = tx.send(Event::Rejected {
+                    position: None,
+                    key: None,
+                    payload: Arc::from(&[][..]),
+                    reason: format!(
+                        "a stage panicked while closing windows: {}",
+                        fila_runtime::panic_message(payload.as_ref())
+                    ),
+                    at: Instant::now(),
+                });
+            }
         }
-        Ok((self.encode)(&record))
+    }
+
+    /// The first task of a record.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        input: Input,
+        out: Outlet,
+    ) -> impl FnOnce(&mut TaskCx<'_>) + Send + 'static {
+        let job = self.clone();
+        move |cx| job.root.push(input, out, &mut Exec::Task(cx))
     }
 }
 
-impl<R> Stage<R> {
-    fn apply(&self, record: R) -> Result<R, Rejected> {
-        match &self.op {
-            Op::Map(f) => f(record).map_err(|e| Rejected(format!("stage {}: {}", self.name, e.0))),
+fn collect(rx: mpsc::Receiver<Event>) -> Result<Vec<Vec<u8>>, Rejected> {
+    let mut outputs = Vec::new();
+    for event in rx.try_iter() {
+        match event {
+            Event::Output { payload, .. } => outputs.push(payload),
+            Event::Rejected { reason, .. } => return Err(Rejected(reason)),
+            Event::Admitted(_) | Event::Done { .. } => {}
+        }
+    }
+    Ok(outputs)
+}
+
+impl JobBuilder {
+    /// Decodes the input: the stream's first type.
+    pub fn decode<T: Send + 'static>(
+        self,
+        f: impl Fn(&Input) -> Result<T, Rejected> + Send + Sync + 'static,
+    ) -> Stream<T> {
+        Stream {
+            name: self.name,
+            build: Box::new(move |next, _| Arc::new(Decode { f, next })),
         }
     }
 }
 
-/// Where a record's results go: called on a worker, so it must be cheap.
-pub trait Outlet: Send + 'static {
-    fn output(self, payload: Vec<u8>);
-    fn reject(self, reason: Rejected);
+struct Decode<T, F> {
+    f: F,
+    next: NodeRef<T>,
 }
 
-/// The first task of a record: decode, then stage 0.
-pub fn start<R: Send + 'static, O: Outlet>(
-    job: Arc<Job<R>>,
-    payload: Arc<[u8]>,
-    outlet: O,
-) -> impl FnOnce(&mut TaskCx<'_>) + Send + 'static {
-    move |cx| match (job.decode)(&payload) {
-        Ok(record) => {
-            drop(payload);
-            run_stage(job, 0, record, outlet, cx)
+impl<T, F> Node<Input> for Decode<T, F>
+where
+    T: Send + 'static,
+    F: Fn(&Input) -> Result<T, Rejected> + Send + Sync + 'static,
+{
+    fn push(&self, input: Input, out: Outlet, exec: &mut Exec<'_, '_>) {
+        match (self.f)(&input) {
+            Ok(record) => {
+                drop(input);
+                // The first stage runs in the record's first task.
+                self.next.push(record, out, exec)
+            }
+            Err(reason) => out.reject(reason),
         }
-        Err(reason) => outlet.reject(reason),
     }
 }
 
-fn run_stage<R: Send + 'static, O: Outlet>(
-    job: Arc<Job<R>>,
-    k: usize,
-    record: R,
-    outlet: O,
-    cx: &mut TaskCx<'_>,
-) {
-    let Some(stage) = job.stages.get(k) else {
-        let bytes = (job.encode)(&record);
-        return outlet.output(bytes);
-    };
-    match stage.apply(record) {
-        Ok(record) if k + 1 == job.stages.len() => {
-            let bytes = (job.encode)(&record);
-            outlet.output(bytes);
+impl<T: Send + 'static> Stream<T> {
+    /// Appends a stage built from its downstream node.
+    pub(crate) fn then<U: Send + 'static>(
+        self,
+        node: impl FnOnce(NodeRef<U>, &mut Vec<Arc<dyn Finish>>) -> NodeRef<T> + 'static,
+    ) -> Stream<U> {
+        let build = self.build;
+        Stream {
+            name: self.name,
+            build: Box::new(move |next, finishers| {
+                let this = node(next, finishers);
+                build(this, finishers)
+            }),
         }
-        // The next stage is a task of its own: it goes to this worker's
-        // deque and runs next here, unless an idle worker steals it.
-        Ok(record) => cx.spawn(move |cx| run_stage(job, k + 1, record, outlet, cx)),
-        Err(reason) => outlet.reject(reason),
+    }
+
+    /// One record in, one record out, of any type.
+    pub fn map<U: Send + 'static>(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(T) -> Result<U, Rejected> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        let name = name.into();
+        self.then(move |next, _| Arc::new(Map { name, f, next }))
+    }
+
+    /// Keeps the records for which `f` is true; the others complete with
+    /// no output.
+    pub fn filter(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(&T) -> Result<bool, Rejected> + Send + Sync + 'static,
+    ) -> Stream<T> {
+        let name = name.into();
+        self.then(move |next, _| Arc::new(Filter { name, f, next }))
+    }
+
+    /// Zero or more records out per record in. Each output runs the rest
+    /// of the job as a task of its own, within the input record's unit.
+    pub fn flat_map<U, I>(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(T) -> Result<I, Rejected> + Send + Sync + 'static,
+    ) -> Stream<U>
+    where
+        U: Send + 'static,
+        I: IntoIterator<Item = U>,
+    {
+        let name = name.into();
+        self.then(move |next, _| Arc::new(FlatMap { name, f, next }))
+    }
+
+    /// The end of the job: each record becomes one output, under the key
+    /// of the input record it came from.
+    pub fn sink(self, encode: impl Fn(&T) -> Vec<u8> + Send + Sync + 'static) -> Job {
+        self.sink_keyed(move |record| (None, encode(record)))
+    }
+
+    /// The end of the job, setting each output's key: `Some(key)`, or
+    /// `None` to keep the input record's.
+    pub fn sink_keyed(
+        self,
+        encode: impl Fn(&T) -> (Option<Vec<u8>>, Vec<u8>) + Send + Sync + 'static,
+    ) -> Job {
+        let mut finishers = Vec::new();
+        let root = (self.build)(Arc::new(Sink { encode }), &mut finishers);
+        // Built downstream first; windows close upstream first.
+        finishers.reverse();
+        Job {
+            name: self.name,
+            root,
+            finishers,
+        }
+    }
+}
+
+struct Map<U, F> {
+    name: String,
+    f: F,
+    next: NodeRef<U>,
+}
+
+impl<T, U, F> Node<T> for Map<U, F>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    F: Fn(T) -> Result<U, Rejected> + Send + Sync + 'static,
+{
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+        match (self.f)(record) {
+            Ok(record) => forward(&self.next, record, out, exec),
+            Err(e) => out.reject(stage_error(&self.name, e)),
+        }
+    }
+}
+
+struct Filter<T, F> {
+    name: String,
+    f: F,
+    next: NodeRef<T>,
+}
+
+impl<T, F> Node<T> for Filter<T, F>
+where
+    T: Send + 'static,
+    F: Fn(&T) -> Result<bool, Rejected> + Send + Sync + 'static,
+{
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+        match (self.f)(&record) {
+            Ok(true) => forward(&self.next, record, out, exec),
+            Ok(false) => {}
+            Err(e) => out.reject(stage_error(&self.name, e)),
+        }
+    }
+}
+
+struct FlatMap<U, F> {
+    name: String,
+    f: F,
+    next: NodeRef<U>,
+}
+
+impl<T, U, I, F> Node<T> for FlatMap<U, F>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    I: IntoIterator<Item = U>,
+    F: Fn(T) -> Result<I, Rejected> + Send + Sync + 'static,
+{
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+        match (self.f)(record) {
+            Ok(records) => {
+                for record in records {
+                    forward(&self.next, record, out.clone(), exec);
+                }
+            }
+            Err(e) => out.reject(stage_error(&self.name, e)),
+        }
+    }
+}
+
+struct Sink<F> {
+    encode: F,
+}
+
+impl<T, F> Node<T> for Sink<F>
+where
+    T: Send + 'static,
+    F: Fn(&T) -> (Option<Vec<u8>>, Vec<u8>) + Send + Sync + 'static,
+{
+    fn push(&self, record: T, mut out: Outlet, _: &mut Exec<'_, '_>) {
+        let (key, payload) = (self.encode)(&record);
+        drop(record);
+        let key = match key {
+            Some(key) => Some(key.into()),
+            None => out.key.take(),
+        };
+        out.output(key, payload);
+    }
+
+    fn inline(&self) -> bool {
+        true
     }
 }

@@ -19,6 +19,7 @@
 //! keeps the loop from waiting on commits while sparing the broker a
 //! write per flush.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use fila_connectors::{Ack, Acks, Committer, ConnectorError, Polled, Position, Si
 use fila_runtime::{AdmitError, Outcome, Runtime};
 use hdrhistogram::Histogram;
 
-use crate::dataflow::{self, Job, Outlet, Rejected};
+use crate::dataflow::{Input, Job, Outlet};
 use crate::metrics::Live;
 use crate::report::latency_histogram;
 
@@ -49,6 +50,10 @@ pub struct DriverConfig {
     /// most: what a crash can replay. `None`: the larger of the window and
     /// [`DEFAULT_UNCOMMITTED_PER_WORKER`] per worker.
     pub max_uncommitted: Option<u64>,
+    /// Write each input partition's results in input order: a record's
+    /// results wait until every record read before it from its partition
+    /// has finished (`--ordered`).
+    pub ordered: bool,
 }
 
 /// The default bound on uncommitted records, per worker. It is the default
@@ -71,6 +76,7 @@ impl Default for DriverConfig {
             sink_tick: Duration::from_millis(2),
             commit_interval: Duration::from_millis(100),
             max_uncommitted: None,
+            ordered: false,
         }
     }
 }
@@ -113,15 +119,20 @@ impl RunSummary {
     }
 }
 
-enum Event {
+pub(crate) enum Event {
+    /// With `ordered`: a record was admitted. Sent by the admitting thread
+    /// before the record is submitted, so it precedes all of its results.
+    Admitted(Position),
     Output {
+        /// `None` for a result of no record (windows closed at the end).
+        position: Option<Position>,
         key: Option<Arc<[u8]>>,
         payload: Vec<u8>,
         arrived: Instant,
         done: Instant,
     },
     Rejected {
-        position: Position,
+        position: Option<Position>,
         key: Option<Arc<[u8]>>,
         payload: Arc<[u8]>,
         reason: String,
@@ -136,41 +147,10 @@ enum Event {
 }
 
 /// A record whose stage panicked, kept to dead-letter it.
-struct Panicked {
+pub(crate) struct Panicked {
     message: String,
     key: Option<Arc<[u8]>>,
     payload: Arc<[u8]>,
-}
-
-struct Emit {
-    tx: Sender<Event>,
-    position: Position,
-    key: Option<Arc<[u8]>>,
-    payload: Arc<[u8]>,
-    arrived: Instant,
-}
-
-impl Outlet for Emit {
-    fn output(self, payload: Vec<u8>) {
-        // A send fails only once the sink thread has stopped on an error;
-        // the record is then not acknowledged, and is replayed.
-        let _ = self.tx.send(Event::Output {
-            key: self.key,
-            payload,
-            arrived: self.arrived,
-            done: Instant::now(),
-        });
-    }
-
-    fn reject(self, reason: Rejected) {
-        let _ = self.tx.send(Event::Rejected {
-            position: self.position,
-            key: self.key,
-            payload: self.payload,
-            reason: reason.0,
-            at: Instant::now(),
-        });
-    }
 }
 
 /// Runs `job` over everything `source` yields (until it ends, `stop` is set
@@ -179,9 +159,9 @@ impl Outlet for Emit {
 /// and acknowledged before this returns, error or not. `live` counts
 /// finished records as they finish, for a metrics endpoint.
 #[allow(clippy::too_many_arguments)]
-pub fn run<R: Send + 'static>(
+pub fn run(
     rt: &Runtime,
-    job: Arc<Job<R>>,
+    job: Arc<Job>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
     acks: &Acks,
@@ -224,7 +204,7 @@ pub fn run<R: Send + 'static>(
         let sink_thread = std::thread::Builder::new()
             .name("fila-sink".into())
             .spawn_scoped(s, move || {
-                let result = sink_loop(rx, sink, acked_tx, acks, live, config.sink_tick);
+                let result = sink_loop(rx, sink, acked_tx, acks, live, config);
                 if result.is_err() {
                     // Stop taking records in: nothing more can be delivered.
                     rt.close();
@@ -274,9 +254,9 @@ pub fn run<R: Send + 'static>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn admit_loop<R: Send + 'static>(
+fn admit_loop(
     rt: &Runtime,
-    job: &Arc<Job<R>>,
+    job: &Arc<Job>,
     source: &mut dyn Source,
     acks: &Acks,
     uncommitted_limit: Option<u64>,
@@ -311,32 +291,53 @@ fn admit_loop<R: Send + 'static>(
                 let payload: Arc<[u8]> = envelope.payload.into();
                 let key: Option<Arc<[u8]>> = envelope.key.map(Into::into);
                 let position = envelope.position;
-                let outlet = Emit {
+                let outlet = Outlet {
                     tx: tx.clone(),
-                    position,
+                    position: Some(position),
                     key: key.clone(),
                     payload: payload.clone(),
                     arrived: envelope.arrived,
                 };
+                let input = Input {
+                    payload: payload.clone(),
+                    key: key.clone(),
+                    headers: envelope.headers,
+                    timestamp: envelope.timestamp,
+                    position,
+                };
+                if config.ordered {
+                    let _ = tx.send(Event::Admitted(position));
+                }
                 let done_tx = tx.clone();
-                let kept = payload.clone();
-                slot.submit(
-                    dataflow::start(job.clone(), payload, outlet),
-                    move |outcome: Outcome| {
-                        let panic = outcome.err().map(|f| Panicked {
-                            message: f.message,
-                            key,
-                            payload: kept,
-                        });
-                        let _ = done_tx.send(Event::Done { position, panic });
-                    },
-                );
+                slot.submit(job.start(input, outlet), move |outcome: Outcome| {
+                    let panic = outcome.err().map(|f| Panicked {
+                        message: f.message,
+                        key,
+                        payload,
+                    });
+                    let _ = done_tx.send(Event::Done { position, panic });
+                });
             }
             Polled::Idle => drop(slot),
-            Polled::End => break,
+            Polled::End => {
+                drop(slot);
+                if job.has_windows() {
+                    close_windows(rt, job, tx);
+                }
+                break;
+            }
         }
     }
     Ok(())
+}
+
+/// At the end of a bounded input: once every record has finished, closes
+/// the job's open windows on this thread.
+fn close_windows(rt: &Runtime, job: &Job, tx: &Sender<Event>) {
+    while rt.in_flight() > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    job.finish(tx, Instant::now());
 }
 
 /// When the commit thread commits.
@@ -403,81 +404,44 @@ fn commit_loop(acked: Receiver<u64>, mut commits: Commits, acks: &Acks) -> Resul
 
 fn sink_loop(
     rx: Receiver<Event>,
-    mut sink: Box<dyn Sink>,
+    sink: Box<dyn Sink>,
     acked: Option<Sender<u64>>,
     acks: &Acks,
     live: &Live,
-    tick: Duration,
+    config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
-    let mut summary = RunSummary {
-        messages: 0,
-        outputs: 0,
-        dead_letters: 0,
-        panicked: 0,
-        first_arrival: None,
-        last_done: None,
-        latencies_us: latency_histogram(),
+    let mut out = Writer {
+        sink,
+        live,
+        finished: Vec::new(),
+        summary: RunSummary {
+            messages: 0,
+            outputs: 0,
+            dead_letters: 0,
+            panicked: 0,
+            first_arrival: None,
+            last_done: None,
+            latencies_us: latency_histogram(),
+        },
     };
+    let mut reorder = config.ordered.then(Reorder::default);
     let mut batch = Vec::new();
-    let mut finished = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
-        if !tick.is_zero() {
-            std::thread::sleep(tick);
+        if !config.sink_tick.is_zero() {
+            std::thread::sleep(config.sink_tick);
         }
         batch.extend(rx.try_iter());
         for event in batch.drain(..) {
-            match event {
-                Event::Output {
-                    key,
-                    payload,
-                    arrived,
-                    done,
-                } => {
-                    sink.send(key.as_deref(), &payload)
-                        .map_err(DriverError::Sink)?;
-                    live.outputs.fetch_add(1, Ordering::Relaxed);
-                    let latency = done.saturating_duration_since(arrived);
-                    summary
-                        .latencies_us
-                        .saturating_record(latency.as_micros() as u64);
-                    live.record_latency(latency);
-                    summary.last_done = summary.last_done.max(Some(done));
-                }
-                Event::Rejected {
-                    position,
-                    key,
-                    payload,
-                    reason,
-                    at,
-                } => {
-                    dead_letter(
-                        &mut *sink,
-                        position,
-                        key.as_deref(),
-                        &payload,
-                        &reason,
-                        live,
-                    )?;
-                    summary.last_done = summary.last_done.max(Some(at));
-                }
-                Event::Done { position, panic } => {
-                    if let Some(p) = panic {
-                        let reason = format!("a stage panicked: {}", p.message);
-                        let key = p.key.as_deref();
-                        dead_letter(&mut *sink, position, key, &p.payload, &reason, live)?;
-                        live.panicked.fetch_add(1, Ordering::Relaxed);
-                        summary.last_done = summary.last_done.max(Some(Instant::now()));
-                    }
-                    live.messages.fetch_add(1, Ordering::Relaxed);
-                    finished.push(position);
-                }
+            match reorder.as_mut() {
+                Some(reorder) => reorder.push(event, &mut out)?,
+                None => out.write(event)?,
             }
         }
         // Acknowledge only what the destination has confirmed.
-        sink.flush().map_err(DriverError::Sink)?;
+        out.sink.flush().map_err(DriverError::Sink)?;
         let mut done = 0;
-        for position in finished.drain(..) {
+        for position in out.finished.drain(..) {
             match acks.ack(position) {
                 Ack::Done => done += 1,
                 // Its partition moved to another member while it ran.
@@ -493,11 +457,146 @@ fn sink_loop(
             let _ = acked.send(done);
         }
     }
+    let mut summary = out.summary;
     summary.messages = live.messages.load(Ordering::Relaxed);
     summary.outputs = live.outputs.load(Ordering::Relaxed);
     summary.dead_letters = live.dead_letters.load(Ordering::Relaxed);
     summary.panicked = live.panicked.load(Ordering::Relaxed);
     Ok(summary)
+}
+
+/// The sink side of the sink thread: writes results, and collects the
+/// positions of finished records for acknowledgement after a flush.
+struct Writer<'a> {
+    sink: Box<dyn Sink>,
+    live: &'a Live,
+    finished: Vec<Position>,
+    summary: RunSummary,
+}
+
+impl Writer<'_> {
+    fn write(&mut self, event: Event) -> Result<(), DriverError> {
+        let (sink, live, summary) = (&mut *self.sink, self.live, &mut self.summary);
+        match event {
+            Event::Admitted(_) => {}
+            Event::Output {
+                key,
+                payload,
+                arrived,
+                done,
+                ..
+            } => {
+                sink.send(key.as_deref(), &payload)
+                    .map_err(DriverError::Sink)?;
+                live.outputs.fetch_add(1, Ordering::Relaxed);
+                let latency = done.saturating_duration_since(arrived);
+                summary
+                    .latencies_us
+                    .saturating_record(latency.as_micros() as u64);
+                live.record_latency(latency);
+                summary.last_done = summary.last_done.max(Some(done));
+            }
+            Event::Rejected {
+                position: Some(position),
+                key,
+                payload,
+                reason,
+                at,
+            } => {
+                dead_letter(sink, position, key.as_deref(), &payload, &reason, live)?;
+                summary.last_done = summary.last_done.max(Some(at));
+            }
+            Event::Rejected {
+                position: None,
+                reason,
+                ..
+            } => {
+                // A result of no record (a window closed at the end of
+                // the input) failed: there is no input to dead-letter.
+                live.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason, "a result at the end of the input was dropped");
+            }
+            Event::Done { position, panic } => {
+                if let Some(p) = panic {
+                    let reason = format!("a stage panicked: {}", p.message);
+                    let key = p.key.as_deref();
+                    dead_letter(sink, position, key, &p.payload, &reason, live)?;
+                    live.panicked.fetch_add(1, Ordering::Relaxed);
+                    summary.last_done = summary.last_done.max(Some(Instant::now()));
+                }
+                live.messages.fetch_add(1, Ordering::Relaxed);
+                self.finished.push(position);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reorder buffer of `ordered`: per partition, the records admitted
+/// and not yet written, in admission order, each with its results so far.
+/// The front record's results are written once it is done, then the next.
+#[derive(Default)]
+struct Reorder {
+    partitions: HashMap<i32, VecDeque<Held>>,
+}
+
+struct Held {
+    offset: i64,
+    events: Vec<Event>,
+    done: bool,
+}
+
+impl Reorder {
+    fn push(&mut self, event: Event, out: &mut Writer<'_>) -> Result<(), DriverError> {
+        let position = match &event {
+            Event::Admitted(p) => {
+                let held = Held {
+                    offset: p.offset,
+                    events: Vec::new(),
+                    done: false,
+                };
+                self.partitions
+                    .entry(p.partition)
+                    .or_default()
+                    .push_back(held);
+                return Ok(());
+            }
+            Event::Output { position, .. } | Event::Rejected { position, .. } => *position,
+            Event::Done { position, .. } => Some(*position),
+        };
+        let Some(position) = position else {
+            // A result of no record has no place in any order.
+            return out.write(event);
+        };
+        let queue = self.partitions.entry(position.partition).or_default();
+        // Admission order is offset order within a partition; a partition
+        // read again after a rebalance can hold one offset twice, and the
+        // earlier of them not yet done is this one.
+        let from = queue.partition_point(|h| h.offset < position.offset);
+        let Some(held) = queue
+            .range_mut(from..)
+            .find(|h| h.offset == position.offset && !h.done)
+        else {
+            // Not admitted through this buffer: nothing to wait for.
+            return out.write(event);
+        };
+        let done = matches!(event, Event::Done { .. });
+        held.events.push(event);
+        held.done = done;
+        let mut released = None;
+        while queue.front().is_some_and(|h| h.done) {
+            let held = queue.pop_front().expect("the front is there");
+            // An output's latency includes its wait in the buffer.
+            let now = *released.get_or_insert_with(Instant::now);
+            for mut event in held.events {
+                if let Event::Output { done, .. } = &mut event {
+                    *done = (*done).max(now);
+                }
+                out.write(event)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn dead_letter(

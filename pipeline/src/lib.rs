@@ -2,8 +2,11 @@
 //! Fibonacci job, the driver that connects a source and a sink to the
 //! runtime, and the reports of the `fila` command.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod dataflow;
 pub mod driver;
 pub mod metrics;
 pub mod reference;
 pub mod report;
+pub mod state;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::{Job, Rejected};
+use crate::dataflow::{Job, Rejected, Stream};
 
 /// Number of stages, and of `stageK` / `fibK` fields.
 pub const STAGES: usize = 5;
@@ -12,8 +12,13 @@ pub const STAGES: usize = 5;
 /// The stage values of the reference message.
 pub const DEFAULT_STAGES: [u32; STAGES] = [10, 20, 30, 20, 10];
 
-/// The largest stage value accepted. fib(45) already takes seconds; a
-/// record asking for more is rejected as bad input, not left to run away.
+/// [`DEFAULT_STAGES`] as the `--stages` flag spells it: the one default of
+/// every command and table that takes the flag.
+pub const DEFAULT_STAGES_FLAG: &str = "10,20,30,20,10";
+
+/// The largest stage value accepted by default (`--max-stage`). fib(45)
+/// already takes seconds; a record asking for more is rejected as bad
+/// input, not left to run away.
 pub const MAX_STAGE: u32 = 45;
 
 /// A reference record, as read and as written. The output adds `fib1` to
@@ -95,14 +100,15 @@ pub fn fib(n: u32) -> u64 {
     }
 }
 
-/// Decodes and checks one input record.
-pub fn decode(payload: &[u8]) -> Result<FibRecord, Rejected> {
+/// Decodes and checks one input record: every stage value at most
+/// `max_stage`.
+pub fn decode(payload: &[u8], max_stage: u32) -> Result<FibRecord, Rejected> {
     let record: FibRecord = serde_json::from_slice(payload)
         .map_err(|e| Rejected(format!("not a reference record: {e}")))?;
     for (k, n) in record.stages().into_iter().enumerate() {
-        if n > MAX_STAGE {
+        if n > max_stage {
             return Err(Rejected(format!(
-                "stage{} = {n} is above the maximum {MAX_STAGE}",
+                "stage{} = {n} is above the maximum {max_stage} (--max-stage)",
                 k + 1
             )));
         }
@@ -114,10 +120,23 @@ pub fn encode(record: &FibRecord) -> Vec<u8> {
     serde_json::to_vec(record).expect("a FibRecord always serializes")
 }
 
-/// The reference job.
-pub fn job() -> Job<FibRecord> {
-    (0..STAGES).fold(Job::new("fibonacci", decode, encode), |job, k| {
-        job.map(format!("fib{}", k + 1), move |mut record: FibRecord| {
+/// The reference job, with the default cap [`MAX_STAGE`].
+pub fn job() -> Job {
+    job_with_max_stage(MAX_STAGE)
+}
+
+/// The reference job: a record with a stage value above `max_stage` is
+/// dead-lettered as bad input.
+pub fn job_with_max_stage(max_stage: u32) -> Job {
+    stages(max_stage).sink(encode)
+}
+
+/// The reference job without its sink, for jobs that add to it (the
+/// benches measure keyed state on it).
+pub fn stages(max_stage: u32) -> Stream<FibRecord> {
+    let records = Job::new("fibonacci").decode(move |input| decode(input.payload(), max_stage));
+    (0..STAGES).fold(records, |records, k| {
+        records.map(format!("fib{}", k + 1), move |mut record: FibRecord| {
             let n = record.stages()[k];
             *record.fib_mut(k) = Some(fib(std::hint::black_box(n)));
             Ok(record)
@@ -137,7 +156,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Parses `--stages 10,20,30,20,10`.
+/// Parses `--stages 10,20,30,20,10`: five whole numbers. Whether they are
+/// below the cap is for the job to say (`check_stages`), since the cap is
+/// a flag of its own.
 pub fn parse_stages(s: &str) -> Result<[u32; STAGES], String> {
     let values: Vec<u32> = s
         .split(',')
@@ -150,12 +171,17 @@ pub fn parse_stages(s: &str) -> Result<[u32; STAGES], String> {
     let values: [u32; STAGES] = values.try_into().map_err(|v: Vec<u32>| {
         format!("expected {STAGES} comma-separated values, got {}", v.len())
     })?;
-    if let Some(too_big) = values.iter().find(|&&n| n > MAX_STAGE) {
-        return Err(format!(
-            "stage value {too_big} is above the maximum {MAX_STAGE}"
-        ));
-    }
     Ok(values)
+}
+
+/// Checks `--stages` against the cap `max_stage`.
+pub fn check_stages(stages: [u32; STAGES], max_stage: u32) -> Result<(), String> {
+    match stages.iter().find(|&&n| n > max_stage) {
+        Some(too_big) => Err(format!(
+            "stage value {too_big} is above the maximum {max_stage} (--max-stage)"
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -175,7 +201,8 @@ mod tests {
         let out = job()
             .run_inline(&message(7, [10, 20, 30, 20, 10], 1732000000000))
             .unwrap();
-        let record: FibRecord = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out.len(), 1);
+        let record: FibRecord = serde_json::from_slice(&out[0]).unwrap();
         assert_eq!((record.id, record.timestamp), (7, 1732000000000));
         assert_eq!(
             record.fibs(),
@@ -206,6 +233,28 @@ mod tests {
         assert_eq!(parse_stages("10,20,30,20,10"), Ok([10, 20, 30, 20, 10]));
         assert!(parse_stages("1,2,3").unwrap_err().contains("expected 5"));
         assert!(parse_stages("1,2,x,4,5").unwrap_err().contains("`x`"));
-        assert!(parse_stages("1,2,3,4,50").unwrap_err().contains("maximum"));
+        assert_eq!(parse_stages(DEFAULT_STAGES_FLAG), Ok(DEFAULT_STAGES));
+        assert!(check_stages([1, 2, 3, 4, 50], MAX_STAGE)
+            .unwrap_err()
+            .contains("maximum 45"));
+        assert_eq!(check_stages([1, 2, 3, 4, 50], 50), Ok(()));
+    }
+
+    #[test]
+    fn the_stage_cap_is_the_jobs_and_names_itself() {
+        let record = message(1, [1, 2, 46, 2, 1], 0);
+        let rejected = job().run_inline(&record).unwrap_err();
+        assert!(
+            rejected.0.contains("stage3 = 46 is above the maximum 45"),
+            "{rejected}"
+        );
+        let out = job_with_max_stage(46).run_inline(&record).unwrap();
+        let out: FibRecord = serde_json::from_slice(&out[0]).unwrap();
+        assert_eq!(out.fib3, Some(fib(46)));
+        let tighter = job_with_max_stage(2).run_inline(&record).unwrap_err();
+        assert!(
+            tighter.0.contains("stage3 = 46 is above the maximum 2"),
+            "{tighter}"
+        );
     }
 }

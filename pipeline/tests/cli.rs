@@ -177,11 +177,101 @@ fn stdin_records_come_out_on_stdout_with_fib_results_and_bad_lines_are_reported(
     assert!(report.get("ideal").is_none(), "no ideal without a burst");
 }
 
+/// A heavy record first and light ones after: on several workers the
+/// light ones finish first, and `--ordered` still writes them in input
+/// order.
+#[test]
+fn ordered_writes_stdin_results_in_input_order() {
+    let mut input = String::new();
+    for id in 0..24u64 {
+        let heavy = if id % 8 == 0 { 27 } else { 1 };
+        input.push_str(&format!(
+            "{{\"id\":{id},\"stage1\":{heavy},\"stage2\":1,\"stage3\":1,\"stage4\":1,\"stage5\":1,\"timestamp\":0}}\n"
+        ));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args([
+            "run",
+            "--source",
+            "stdin",
+            "--ordered",
+            "--workers",
+            "3",
+            "--no-pin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<FibRecord>(l).unwrap().id)
+        .collect();
+    assert_eq!(ids, (0..24).collect::<Vec<_>>());
+}
+
+#[test]
+fn max_stage_moves_the_cap_and_records_above_it_are_dead_lettered_naming_it() {
+    let lines = [
+        r#"{"id":1,"stage1":1,"stage2":2,"stage3":3,"stage4":4,"stage5":5,"timestamp":0}"#,
+        r#"{"id":2,"stage1":1,"stage2":2,"stage3":9,"stage4":4,"stage5":5,"timestamp":0}"#,
+    ];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args([
+            "run",
+            "--source",
+            "stdin",
+            "--max-stage",
+            "8",
+            "--workers",
+            "2",
+            "--no-pin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", lines.join("\n")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let ids: Vec<u64> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<FibRecord>(l).unwrap().id)
+        .collect();
+    assert_eq!(ids, [1]);
+    assert!(
+        stderr.contains("line 2: stage3 = 9 is above the maximum 8 (--max-stage)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn wrong_flags_exit_2_with_a_clear_message() {
     for (args, needle) in [
         (&["run", "--window", "0"][..], "window"),
         (&["run", "--stages", "1,2,3"], "expected 5"),
+        (&["run", "--stages", "1,2,3,4,46"], "above the maximum 45"),
+        (
+            &["run", "--max-stage", "9", "--stages", "1,2,10,4,5"],
+            "above the maximum 9",
+        ),
         (&["run", "--workers", "lots"], "physical"),
         (&["run", "--burst", "0"], "--burst"),
         (&["run", "--report", "xml"], "xml"),

@@ -47,26 +47,24 @@ impl Sink for Collect {
 #[test]
 fn panicking_and_rejecting_stages_dead_letter_their_record_and_the_run_goes_on() {
     std::panic::set_hook(Box::new(|_| {}));
-    let job = Job::new(
-        "test",
-        |b: &[u8]| {
-            std::str::from_utf8(b)
+    let job = Job::new("test")
+        .decode(|input| {
+            std::str::from_utf8(input.payload())
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| Rejected("not a number".into()))
-        },
-        |n: &u64| n.to_string().into_bytes(),
-    )
-    .map("double", |n| Ok(n * 2))
-    .map("picky", |n| {
-        if n % 14 == 0 {
-            panic!("stage bug on {n}");
-        }
-        if n % 10 == 0 {
-            return Err(Rejected(format!("{n} ends in zero")));
-        }
-        Ok(n + 1)
-    });
+        })
+        .map("double", |n: u64| Ok(n * 2))
+        .map("picky", |n: u64| {
+            if n % 14 == 0 {
+                panic!("stage bug on {n}");
+            }
+            if n % 10 == 0 {
+                return Err(Rejected(format!("{n} ends in zero")));
+            }
+            Ok(n + 1)
+        })
+        .sink(|n: &u64| n.to_string().into_bytes());
     let rt = Runtime::builder()
         .workers(Workers::Count(2.try_into().unwrap()))
         .pin(false)
@@ -181,6 +179,8 @@ impl fila_connectors::Source for Replayable {
         self.next += 1;
         Ok(fila_connectors::Polled::Record(fila_connectors::Envelope {
             key: None,
+            headers: Vec::new(),
+            timestamp: None,
             payload: self.next.to_string().into_bytes(),
             position: Position {
                 partition: 0,
@@ -216,7 +216,9 @@ fn a_refused_commit_is_offered_again_and_the_run_goes_on() {
         refusals: 3,
         commits: commits.clone(),
     };
-    let job = Job::new("echo", |b: &[u8]| Ok(b.to_vec()), |b: &Vec<u8>| b.clone());
+    let job = Job::new("echo")
+        .decode(|input| Ok(input.payload().to_vec()))
+        .sink(|b: &Vec<u8>| b.clone());
     let sink = Collect::default();
     let acks = Acks::new();
     let config = DriverConfig {

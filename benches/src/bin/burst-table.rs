@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     burst: u64,
     /// The five stage values of every message.
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = fila_pipeline::reference::parse_stages)]
+    #[arg(long, default_value = fila_pipeline::reference::DEFAULT_STAGES_FLAG, value_parser = fila_pipeline::reference::parse_stages)]
     stages: [u32; 5],
     /// Rounds: every system runs once per round, interleaved with the
     /// others, and the table quotes medians over the rounds.
@@ -98,6 +98,12 @@ struct Row {
 fn main() {
     let args = Args::parse();
     let n = args.burst as usize;
+    if let Err(e) =
+        fila_pipeline::reference::check_stages(args.stages, fila_pipeline::reference::MAX_STAGE)
+    {
+        eprintln!("burst-table: --stages: {e}");
+        std::process::exit(2);
+    }
     let message: Message = args.stages;
     let p = fila_runtime::allowed_cpus().len().max(1);
     let pinned = cpus(p);

@@ -503,6 +503,12 @@ fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
     Envelope {
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().unwrap_or_default().to_vec(),
+        headers: m.headers().map_or_else(Vec::new, |hs| {
+            hs.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        }),
+        timestamp: m.timestamp().to_millis(),
         position: Position {
             partition: m.partition(),
             offset: m.offset(),

@@ -564,6 +564,8 @@ impl Source for KafkaSource {
             self.buffer.extend(fetched.into_iter().map(|f| Envelope {
                 key: f.key,
                 payload: f.payload,
+                headers: Vec::new(),
+                timestamp: None,
                 position: f.position,
                 arrived,
             }));

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::reference::{self, FibRecord};
+use crate::report::{latency_histogram, LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{ClientKind, TopicReader, TopicWriter};
-use fila_pipeline::reference::{self, FibRecord};
-use fila_pipeline::report::{latency_histogram, LatencyMs, Report};
 
 use super::{LoadArgs, ReportFormat};
 

@@ -1,15 +1,24 @@
-//! Command-line interface: argument types and dispatch.
+//! The `fila` command line, as a library: argument types, dispatch,
+//! logging and the panic hook. Behind the `cli` feature, so that a job
+//! that does not want fila's command line does not build its
+//! dependencies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fila_connectors::{ClientKind, GroupProtocol, OffsetReset, Replica};
 use fila_runtime::{Workers, MAX_WINDOW};
+/// The allocator the `fila` binary uses, for a binary of one's own:
+/// `#[global_allocator] static A: fila_pipeline::cli::MiMalloc = fila_pipeline::cli::MiMalloc;`
+pub use mimalloc::MiMalloc;
 
 mod load;
 mod run;
+
+pub use run::{reference_spec, Generator, JobSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,14 +81,22 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub burst: u64,
     /// The five stage values of the generated message (fib of each).
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = fila_pipeline::reference::parse_stages)]
+    #[arg(long, default_value = crate::reference::DEFAULT_STAGES_FLAG, value_parser = crate::reference::parse_stages)]
     pub stages: [u32; 5],
+    /// The reference job's largest stage value: a record asking for more
+    /// is dead-lettered as bad input.
+    #[arg(long, default_value_t = crate::reference::MAX_STAGE)]
+    pub max_stage: u32,
     /// Worker threads: `physical`, `logical`, or a count.
     #[arg(long, default_value = "logical")]
     pub workers: Workers,
     /// Do not pin workers to CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Write each input partition's results in input order (a reorder
+    /// buffer before the sink).
+    #[arg(long)]
+    pub ordered: bool,
     /// Records in flight at most [default: 16 × workers].
     #[arg(long, value_parser = parse_window)]
     pub window: Option<usize>,
@@ -194,7 +211,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub burst: u64,
     /// The five stage values of each message.
-    #[arg(long, default_value = "10,20,30,20,10", value_parser = fila_pipeline::reference::parse_stages)]
+    #[arg(long, default_value = crate::reference::DEFAULT_STAGES_FLAG, value_parser = crate::reference::parse_stages)]
     pub stages: [u32; 5],
     /// Give up waiting for outputs after this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -219,9 +236,113 @@ fn parse_window(s: &str) -> Result<usize, String> {
     }
 }
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// The `fila` command: parses the process's arguments, runs the
+/// subcommand, and returns the exit status (2 for wrong flags, 1 for a
+/// runtime error).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The generated burst is the only user of --stages.
+    if let Command::Run(
+        args @ RunArgs {
+            source: SourceKind::Generate,
+            ..
+        },
+    ) = &cli.command
+    {
+        if let Err(e) = crate::reference::check_stages(args.stages, args.max_stage) {
+            <Cli as clap::CommandFactory>::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--stages: {e}"),
+                )
+                .exit();
+        }
+    }
+    init();
+    exit_status(dispatch(cli))
+}
+
+/// fila's `run` command line for a job of one's own: the same flags,
+/// sources, sinks, metrics, report and signals as `fila run`, with no
+/// subcommand. `job` is built from the parsed flags.
+///
+/// ```no_run
+/// use fila_pipeline::cli::{self, JobSpec};
+/// use fila_pipeline::dataflow::Job;
+///
+/// fn main() -> std::process::ExitCode {
+///     cli::run_main(|_flags| JobSpec::new(
+///         Job::new("upper")
+///             .decode(|input| Ok(String::from_utf8_lossy(input.payload()).to_uppercase()))
+///             .sink(|line: &String| line.clone().into_bytes()),
+///     ))
+/// }
+/// ```
+pub fn run_main(job: impl FnOnce(&RunArgs) -> JobSpec) -> ExitCode {
+    let cli = JobCli::parse();
+    init();
+    let spec = job(&cli.run);
+    exit_status(run::run(cli.run, spec))
+}
+
+/// The command line of a job's own binary: `fila run`'s flags.
+#[derive(Debug, Parser)]
+#[command(version, about = "A fila job: fila run's flags, for this binary's job")]
+struct JobCli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fila: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logging to stderr (filtered by `FILA_LOG`, `warn` by default) and the
+/// one-line panic message.
+fn init() {
+    init_logging();
+    install_panic_hook();
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FILA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A binary that set up its own subscriber keeps it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Panics in stage code are caught by the runtime and the record is
+/// dead-lettered; say so in one line instead of the default message and
+/// backtrace hint.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let message = fila_runtime::panic_message(info.payload());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("fila: panic on thread {name}{at}: {message}");
+    }));
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => {
+            let spec = reference_spec(&args);
+            run::run(args, spec)
+        }
         Command::Load(args) => load::load(args),
     }
 }

@@ -1,17 +1,18 @@
-//! `fila run`.
+//! `fila run`, for the reference job or any other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::dataflow::Job;
+use crate::driver::{self, DriverConfig, RunSummary};
+use crate::metrics::{self, Live, MetricsListener};
+use crate::reference;
+use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
     kafka_sink, kafka_source, Acks, Assignment, BurstSource, ClientKind, DiscardSink, KafkaConfig,
     Replica, Sink, Source, StdinSource, StdoutSink,
 };
-use fila_pipeline::driver::{self, DriverConfig, RunSummary};
-use fila_pipeline::metrics::{self, Live, MetricsListener};
-use fila_pipeline::reference;
-use fila_pipeline::report::{LatencyMs, Report};
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
 };
@@ -21,7 +22,46 @@ use signal_hook::iterator::Signals;
 
 use super::{ReportFormat, RunArgs, SinkKind, SourceKind};
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+/// A job as `run` takes it: the job, and what `--source generate` makes.
+pub struct JobSpec {
+    pub job: Job,
+    /// Message `i` of a generated burst. Without it, `--source generate`
+    /// is refused.
+    pub generate: Option<Generator>,
+    /// A message to calibrate the work per message on: with it, a
+    /// generated burst is compared with the ideal
+    /// (docs/design/measurement.md). The reference job has one.
+    pub calibration_sample: Option<Vec<u8>>,
+}
+
+/// Makes message `i` of a generated burst.
+pub type Generator = Box<dyn FnMut(u64) -> Vec<u8> + Send>;
+
+/// The reference job as `fila run` runs it.
+pub fn reference_spec(args: &RunArgs) -> JobSpec {
+    let (stages, timestamp) = (args.stages, reference::now_ms());
+    JobSpec {
+        job: reference::job_with_max_stage(args.max_stage),
+        generate: Some(Box::new(move |id| {
+            reference::message(id, stages, timestamp)
+        })),
+        calibration_sample: Some(reference::message(0, args.stages, reference::now_ms())),
+    }
+}
+
+pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
+    let JobSpec {
+        job,
+        generate,
+        calibration_sample,
+    } = spec;
+    let generate = match (args.source, generate) {
+        (SourceKind::Generate, None) => anyhow::bail!(
+            "job {} has no generator for --source generate; use --source stdin or kafka",
+            job.name()
+        ),
+        (_, generate) => generate,
+    };
     let mut builder = Runtime::builder().workers(args.workers).pin(!args.no_pin);
     if let Some(window) = args.window {
         builder = builder.window(window);
@@ -39,7 +79,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let job = Arc::new(reference::job());
+    let job = Arc::new(job);
     let sink_kind = args.sink.unwrap_or(match args.source {
         SourceKind::Generate => SinkKind::None,
         SourceKind::Stdin => SinkKind::Stdout,
@@ -65,30 +105,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // On the embedded burst, w is calibrated around the run
     // (docs/design/measurement.md), on the workers' CPUs. The burst's clock starts when its
     // source is made, so the first calibration comes before that.
-    let burst = args.source == SourceKind::Generate;
+    let sample = calibration_sample.filter(|_| args.source == SourceKind::Generate);
     let p = rt.workers();
     let cpus: Vec<Option<usize>> = rt.stats().workers.iter().map(|w| w.cpu).collect();
     let per_thread = calibration_messages_per_thread(args.burst as usize, p);
-    let sample = reference::message(0, args.stages, reference::now_ms());
-    let calibration = |per_thread: usize| -> Calibration {
+    let calibration = |sample: &[u8], per_thread: usize| -> Calibration {
         calibrate(&cpus, per_thread, |_| {
-            job.run_inline(&sample)
-                .expect("the sample message is valid");
+            job.run_inline(sample).expect("the sample message is valid");
         })
     };
-    let before = burst.then(|| {
+    let before = sample.as_deref().map(|sample| {
         // Untimed warm-up: the first messages pay for page faults, cold
         // caches and clock ramp-up, which would inflate w before.
-        calibration(WARM_UP_MESSAGES_PER_THREAD);
-        calibration(per_thread)
+        calibration(sample, WARM_UP_MESSAGES_PER_THREAD);
+        calibration(sample, per_thread)
     });
 
     let mut source: Box<dyn Source> = match args.source {
         SourceKind::Generate => {
-            let (stages, timestamp) = (args.stages, reference::now_ms());
-            Box::new(BurstSource::new(args.burst, move |id| {
-                reference::message(id, stages, timestamp)
-            }))
+            let generate = generate.expect("checked above");
+            Box::new(BurstSource::new(args.burst, generate))
         }
         SourceKind::Stdin => Box::new(StdinSource::new()),
         SourceKind::Kafka => {
@@ -127,6 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let commits = args.source == SourceKind::Kafka;
     let config = DriverConfig {
         max_uncommitted: args.max_uncommitted,
+        ordered: args.ordered,
         ..DriverConfig::default()
     };
     let summary = drive(
@@ -139,7 +176,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         commits,
         &config,
     )?;
-    let ideal = before.map(|before| Ideal::from_calibrations(p, before, calibration(per_thread)));
+    let ideal = before.zip(sample.as_deref()).map(|(before, sample)| {
+        Ideal::from_calibrations(p, before, calibration(sample, per_thread))
+    });
 
     let mut report = Report::new(
         summary.messages,
@@ -172,9 +211,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Runs the driver with SIGINT/SIGTERM wired to a clean stop: admission
 /// closes, what is in flight drains, flushes, and commits.
 #[allow(clippy::too_many_arguments)]
-fn drive<R: Send + 'static>(
+fn drive(
     rt: &Runtime,
-    job: Arc<fila_pipeline::dataflow::Job<R>>,
+    job: Arc<Job>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
     acks: &Acks,
@@ -208,4 +247,21 @@ fn drive<R: Send + 'static>(
         }
         result.map_err(anyhow::Error::from)
     })
+}
+
+impl JobSpec {
+    /// A job with no generator and no calibration.
+    pub fn new(job: Job) -> JobSpec {
+        JobSpec {
+            job,
+            generate: None,
+            calibration_sample: None,
+        }
+    }
+
+    /// What `--source generate` hands the job: message `i` of the burst.
+    pub fn generate(mut self, f: impl FnMut(u64) -> Vec<u8> + Send + 'static) -> JobSpec {
+        self.generate = Some(Box::new(f));
+        self
+    }
 }

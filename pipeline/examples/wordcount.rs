@@ -1,0 +1,70 @@
+//! Word count on fila: JSON lines `{"text": "..."}` in, and for every word
+//! of every line, `{"word": w, "count": n}` out, n being the word's count
+//! so far. A word is a run of letters and digits of the lowercased text.
+//! The output's key is the word.
+//!
+//! It takes every flag of `fila run`:
+//!
+//!     printf '%s\n' '{"text": "To be, or not to be"}' \
+//!       | cargo run --release --example wordcount -- --source stdin
+//!     cargo run --release --example wordcount -- --source kafka --input-topic lines --output-topic counts
+
+use std::process::ExitCode;
+
+use fila_pipeline::cli::{self, JobSpec};
+use fila_pipeline::dataflow::Job;
+use serde::{Deserialize, Serialize};
+
+#[global_allocator]
+static GLOBAL: cli::MiMalloc = cli::MiMalloc;
+
+#[derive(Deserialize)]
+struct Line {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Count<'a> {
+    word: &'a str,
+    count: u64,
+}
+
+/// The words of `text`: lowercased, split on anything that is not a
+/// letter or a digit.
+fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn job() -> Job {
+    Job::new("wordcount")
+        .decode(|input| input.json::<Line>())
+        .flat_map("split", |line: Line| {
+            Ok(words(&line.text).into_iter().map(|w| (w, 1u64)))
+        })
+        .key_by(|(word, _): &(String, u64)| word.clone())
+        .reduce("count", |(word, n): &(String, u64), (_, one)| {
+            Ok((word.clone(), n + one))
+        })
+        .sink_keyed(|(word, count): &(String, u64)| {
+            let out = serde_json::to_vec(&Count {
+                word,
+                count: *count,
+            });
+            let out = out.expect("a count always serializes");
+            (Some(word.as_bytes().to_vec()), out)
+        })
+}
+
+fn main() -> ExitCode {
+    cli::run_main(|_flags| {
+        JobSpec::new(job()).generate(|i| {
+            const WORDS: [&str; 5] = ["fila", "runs", "every", "stage", "anywhere"];
+            let text = format!("{} {}", WORDS[i as usize % 5], WORDS[(i as usize / 5) % 5]);
+            serde_json::json!({ "text": text }).to_string().into_bytes()
+        })
+    })
+}

@@ -1,0 +1,468 @@
+//! Keyed state: the rolling `reduce` of a keyed stream, and tumbling
+//! event-time windows.
+//!
+//! State lives with the job, in memory, in lock-striped shards: a key
+//! hashes to one of [`SHARDS`] shards, each a small mutex-guarded map. An
+//! update takes its shard's lock for one call of the user's reduce
+//! function and a map write, so a key's state is never touched by two
+//! workers at once, while any worker still runs any stage. Why no update
+//! is lost, what a restart keeps, and what the locks cost are in
+//! docs/design/state.md.
+
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::dataflow::{
+    forward, stage_error, Exec, Finish, Node, NodeRef, Outlet, Rejected, Stream,
+};
+
+/// Shards per keyed stage. Two workers contend only when their keys hash
+/// to the same shard, and then for one reduce call.
+pub const SHARDS: usize = 64;
+
+/// One lock of a striped map.
+type Shard<M> = CachePadded<Mutex<M>>;
+
+/// Windows by start, each with its keys' values.
+type Windows<K, T> = BTreeMap<i64, HashMap<K, T>>;
+
+/// Per-key values of type `V`, striped over [`SHARDS`] locks.
+pub struct KeyedState<K, V> {
+    hasher: RandomState,
+    shards: Box<[Shard<HashMap<K, V>>]>,
+}
+
+impl<K: Hash + Eq, V: Clone> Default for KeyedState<K, V> {
+    fn default() -> Self {
+        KeyedState {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> KeyedState<K, V> {
+    /// Replaces `key`'s value with `f(current)` and returns the new value.
+    /// The shard's lock is held across the read, `f` and the write, so
+    /// updates of one key are serialized and none is lost. If `f` fails
+    /// or panics, the value is left as it was: an update applies whole or
+    /// not at all.
+    pub fn update<E>(&self, key: K, f: impl FnOnce(Option<&V>) -> Result<V, E>) -> Result<V, E> {
+        let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
+        let mut map = shard.lock();
+        match map.entry(key) {
+            Entry::Occupied(mut e) => {
+                let new = f(Some(e.get()))?;
+                e.insert(new.clone());
+                Ok(new)
+            }
+            Entry::Vacant(e) => {
+                let new = f(None)?;
+                e.insert(new.clone());
+                Ok(new)
+            }
+        }
+    }
+
+    /// The value of `key`, if it has one.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        shard.lock().get(key).cloned()
+    }
+
+    /// Keys with a value.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+type KeyFn<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
+/// A stream whose records are grouped by a key, for keyed stages.
+pub struct KeyedStream<K, T> {
+    stream: Stream<T>,
+    key: KeyFn<K, T>,
+}
+
+impl<T: Send + 'static> Stream<T> {
+    /// Groups records by `key` for a keyed stage (`reduce`, `window`).
+    pub fn key_by<K>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T>
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+    {
+        KeyedStream {
+            stream: self,
+            key: Arc::new(key),
+        }
+    }
+}
+
+impl<K, T> KeyedStream<K, T>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    /// A rolling aggregate per key: the first record of a key is its
+    /// value, each later one `f(&value, record)`. Emits the updated value
+    /// after every record. Updates of one key apply in the order the
+    /// workers reach the key, which on several workers need not be the
+    /// input order.
+    pub fn reduce(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+    ) -> Stream<T> {
+        let (name, key) = (name.into(), self.key);
+        self.stream.then(move |next, _| {
+            Arc::new(Reduce {
+                name,
+                key,
+                f,
+                state: KeyedState::default(),
+                next,
+            })
+        })
+    }
+
+    /// Tumbling event-time windows: see [`Tumbling`] and
+    /// [`WindowedStream::reduce`].
+    pub fn window(
+        self,
+        windows: Tumbling,
+        event_time_ms: impl Fn(&T) -> i64 + Send + Sync + 'static,
+    ) -> WindowedStream<K, T> {
+        WindowedStream {
+            keyed: self,
+            windows,
+            time: Arc::new(event_time_ms),
+        }
+    }
+}
+
+struct Reduce<K, T, F> {
+    name: String,
+    key: KeyFn<K, T>,
+    f: F,
+    state: KeyedState<K, T>,
+    next: NodeRef<T>,
+}
+
+impl<K, T, F> Node<T> for Reduce<K, T, F>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+{
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+        let key = (self.key)(&record);
+        let updated = self.state.update(key, |value| match value {
+            Some(value) => (self.f)(value, record),
+            None => Ok(record),
+        });
+        match updated {
+            Ok(value) => forward(&self.next, value, out, exec),
+            Err(e) => out.reject(stage_error(&self.name, e)),
+        }
+    }
+}
+
+/// Tumbling event-time windows of a fixed size, aligned to the epoch.
+///
+/// Each input partition has its own watermark: the highest event time
+/// seen in it, less the allowed out-of-orderness. A window [start, end)
+/// closes when its partition's watermark reaches `end`, and then emits one
+/// result per key. A record whose window has already closed is late: it
+/// goes to the dead-letter destination with the reason. The out-of-orderness
+/// must cover both the input's own disorder and the reordering of records
+/// processed in parallel (docs/design/state.md#windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tumbling {
+    size_ms: i64,
+    out_of_orderness_ms: i64,
+}
+
+impl Tumbling {
+    /// Windows of `size`, with no out-of-orderness allowed.
+    ///
+    /// # Panics
+    ///
+    /// If `size` is under a millisecond.
+    pub fn of(size: Duration) -> Tumbling {
+        let size_ms = i64::try_from(size.as_millis()).unwrap_or(i64::MAX);
+        assert!(size_ms > 0, "a window lasts at least a millisecond");
+        Tumbling {
+            size_ms,
+            out_of_orderness_ms: 0,
+        }
+    }
+
+    /// How far behind the highest event time seen a record may still be.
+    pub fn out_of_orderness(mut self, bound: Duration) -> Tumbling {
+        self.out_of_orderness_ms = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+}
+
+/// The result of one key in one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windowed<K, T> {
+    pub key: K,
+    /// The window's start, in milliseconds, inclusive.
+    pub start: i64,
+    /// Its end, exclusive.
+    pub end: i64,
+    pub value: T,
+}
+
+/// A keyed stream cut into windows.
+pub struct WindowedStream<K, T> {
+    keyed: KeyedStream<K, T>,
+    windows: Tumbling,
+    time: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
+}
+
+impl<K, T> WindowedStream<K, T>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    /// Reduces each key's records within each window, as
+    /// [`KeyedStream::reduce`] does, and emits one [`Windowed`] per key
+    /// and window when the window closes. The end of a bounded input
+    /// (stdin, generate) closes every window.
+    pub fn reduce(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+    ) -> Stream<Windowed<K, T>> {
+        let name = name.into();
+        let WindowedStream {
+            keyed,
+            windows,
+            time,
+        } = self;
+        let key = keyed.key;
+        keyed.stream.then(move |next, finishers| {
+            let node = Arc::new(WindowReduce {
+                name,
+                key,
+                time,
+                f,
+                windows,
+                panes: (0..SHARDS).map(|_| CachePadded::default()).collect(),
+                next,
+            });
+            finishers.push(node.clone());
+            node
+        })
+    }
+}
+
+/// Partitions' open windows, by partition.
+type Panes<K, T> = HashMap<i32, Pane<K, T>>;
+
+/// One partition's open windows.
+struct Pane<K, T> {
+    max_time: i64,
+    /// By window start.
+    open: Windows<K, T>,
+}
+
+impl<K, T> Pane<K, T> {
+    fn watermark(&self, windows: &Tumbling) -> i64 {
+        self.max_time.saturating_sub(windows.out_of_orderness_ms)
+    }
+
+    /// Takes the windows that end at or before `watermark`.
+    fn close_until(&mut self, watermark: i64, windows: &Tumbling) -> Windows<K, T> {
+        let still_open = self
+            .open
+            .split_off(&watermark.saturating_sub(windows.size_ms).saturating_add(1));
+        std::mem::replace(&mut self.open, still_open)
+    }
+}
+
+struct WindowReduce<K, T, F> {
+    name: String,
+    key: KeyFn<K, T>,
+    time: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
+    f: F,
+    windows: Tumbling,
+    /// Per partition, striped by partition.
+    panes: Box<[Shard<Panes<K, T>>]>,
+    next: NodeRef<Windowed<K, T>>,
+}
+
+impl<K, T, F> WindowReduce<K, T, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+{
+    fn emit(&self, closed: Windows<K, T>, out: &Outlet, exec: &mut Exec<'_, '_>) {
+        for (start, results) in closed {
+            for (key, value) in results {
+                let result = Windowed {
+                    key,
+                    start,
+                    end: start + self.windows.size_ms,
+                    value,
+                };
+                forward(&self.next, result, out.clone(), exec);
+            }
+        }
+    }
+}
+
+impl<K, T, F> Node<T> for WindowReduce<K, T, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+{
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+        let w = &self.windows;
+        let time = (self.time)(&record);
+        let key = (self.key)(&record);
+        let start = time.div_euclid(w.size_ms) * w.size_ms;
+        let partition = out.partition();
+        let closed = {
+            // Lateness, the update and closing windows happen under the
+            // partition's lock: no record can join a window once it has
+            // closed.
+            let mut panes = self.panes[partition.rem_euclid(SHARDS as i32) as usize].lock();
+            let pane = panes.entry(partition).or_insert_with(|| Pane {
+                max_time: i64::MIN,
+                open: BTreeMap::new(),
+            });
+            let watermark = pane.watermark(w);
+            if start.saturating_add(w.size_ms) <= watermark {
+                drop(panes);
+                return out.reject(stage_error(
+                    &self.name,
+                    Rejected(format!(
+                        "late: event time {time} ms is in window [{start}, {}) ms, closed at watermark {watermark} ms of partition {partition}",
+                        start + w.size_ms
+                    )),
+                ));
+            }
+            let window = pane.open.entry(start).or_default();
+            let updated = match window.entry(key) {
+                Entry::Occupied(mut e) => (self.f)(e.get(), record).map(|v| {
+                    e.insert(v);
+                }),
+                Entry::Vacant(e) => {
+                    e.insert(record);
+                    Ok(())
+                }
+            };
+            if let Err(e) = updated {
+                drop(panes);
+                return out.reject(stage_error(&self.name, e));
+            }
+            pane.max_time = pane.max_time.max(time);
+            let watermark = pane.watermark(w);
+            pane.close_until(watermark, w)
+        };
+        self.emit(closed, &out, exec);
+    }
+}
+
+impl<K, T, F> Finish for WindowReduce<K, T, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+{
+    fn finish(&self, out: Outlet, exec: &mut Exec<'_, '_>) {
+        let mut all: Vec<(i32, Windows<K, T>)> = Vec::new();
+        for shard in self.panes.iter() {
+            let mut panes = shard.lock();
+            all.extend(
+                panes
+                    .iter_mut()
+                    .map(|(&p, pane)| (p, std::mem::take(&mut pane.open))),
+            );
+        }
+        all.sort_by_key(|(p, _)| *p);
+        for (_, closed) in all {
+            self.emit(closed, &out, exec);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many threads add to few keys at once: a lost update would leave a
+    /// total short, and would make two updates see the same old value.
+    #[test]
+    fn concurrent_updates_of_one_key_are_never_lost() {
+        const THREADS: u64 = 4;
+        const PER_THREAD: u64 = 20_000;
+        const KEYS: u64 = 3;
+        let state = Arc::new(KeyedState::<u64, u64>::default());
+        let seen: Vec<Vec<(u64, u64)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let state = &state;
+                    s.spawn(move || {
+                        (0..PER_THREAD)
+                            .map(|i| {
+                                let key = (t + i) % KEYS;
+                                let new = state
+                                    .update(key, |v| Ok::<_, ()>(v.copied().unwrap_or(0) + 1))
+                                    .unwrap();
+                                (key, new)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: u64 = (0..KEYS).map(|k| state.get(&k).unwrap()).sum();
+        assert_eq!(total, THREADS * PER_THREAD);
+        // Every value from 1 to the final count was returned exactly once
+        // per key: no two updates read the same value.
+        for key in 0..KEYS {
+            let mut values: Vec<u64> = seen
+                .iter()
+                .flatten()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .collect();
+            values.sort_unstable();
+            let expected: Vec<u64> = (1..=state.get(&key).unwrap()).collect();
+            assert_eq!(values, expected, "key {key}");
+        }
+    }
+
+    #[test]
+    fn a_failed_or_panicking_update_leaves_the_value_as_it_was() {
+        let state = KeyedState::<&str, u64>::default();
+        assert_eq!(state.update("a", |_| Ok::<_, ()>(5)), Ok(5));
+        assert_eq!(state.update("a", |_| Err("no")), Err("no"));
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            state.update("a", |_| -> Result<u64, ()> { panic!("bug") })
+        }));
+        std::panic::set_hook(hook);
+        assert!(panicked.is_err());
+        // The lock was released on unwinding, and the value kept.
+        assert_eq!(state.update("a", |v| Ok::<_, ()>(v.unwrap() + 1)), Ok(6));
+        assert_eq!((state.get(&"a"), state.len()), (Some(6), 1));
+    }
+}

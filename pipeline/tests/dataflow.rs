@@ -1,0 +1,448 @@
+//! Each operator of the dataflow API through the real driver and runtime,
+//! with exact results on known input.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fila_connectors::{Acks, ConnectorError, Envelope, Polled, Position, Sink, Source};
+use fila_pipeline::dataflow::{Job, Rejected};
+use fila_pipeline::driver::{self, DriverConfig, RunSummary};
+use fila_pipeline::metrics::Live;
+use fila_pipeline::state::{Tumbling, Windowed};
+use fila_runtime::{Runtime, Workers};
+
+type Output = (Option<Vec<u8>>, String);
+type DeadLetter = (Position, String, String);
+
+#[derive(Clone, Default)]
+struct Collect {
+    outputs: Arc<Mutex<Vec<Output>>>,
+    dead: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl Sink for Collect {
+    fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
+        let payload = String::from_utf8(payload.to_vec()).unwrap();
+        self.outputs
+            .lock()
+            .unwrap()
+            .push((key.map(<[u8]>::to_vec), payload));
+        Ok(())
+    }
+    fn dead_letter(
+        &mut self,
+        p: Position,
+        _key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        self.dead
+            .lock()
+            .unwrap()
+            .push((p, payload, reason.to_owned()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+    fn has_dead_letter_destination(&self) -> bool {
+        true
+    }
+}
+
+/// A bounded source over prepared records.
+struct Records(std::vec::IntoIter<Envelope>);
+
+impl Source for Records {
+    fn poll(&mut self, _: Duration) -> Result<Polled, ConnectorError> {
+        Ok(self.0.next().map_or(Polled::End, Polled::Record))
+    }
+}
+
+fn record(partition: i32, offset: i64, payload: &str) -> Envelope {
+    Envelope {
+        key: None,
+        payload: payload.as_bytes().to_vec(),
+        headers: Vec::new(),
+        timestamp: None,
+        position: Position { partition, offset },
+        arrived: Instant::now(),
+    }
+}
+
+/// Numbered records on partition 0.
+fn lines(payloads: &[&str]) -> Vec<Envelope> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| record(0, i as i64, p))
+        .collect()
+}
+
+struct Run {
+    outputs: Vec<Output>,
+    dead: Vec<DeadLetter>,
+    summary: RunSummary,
+    max_in_flight: usize,
+}
+
+impl Run {
+    fn payloads(&self) -> Vec<String> {
+        self.outputs.iter().map(|o| o.1.clone()).collect()
+    }
+
+    fn sorted(&self) -> Vec<String> {
+        let mut p = self.payloads();
+        p.sort();
+        p
+    }
+}
+
+fn run(job: Job, input: Vec<Envelope>, workers: usize, window: usize, ordered: bool) -> Run {
+    let rt = Runtime::builder()
+        .workers(Workers::Count(workers.try_into().unwrap()))
+        .pin(false)
+        .window(window)
+        .build()
+        .unwrap();
+    let sink = Collect::default();
+    let acks = Acks::new();
+    let n = input.len();
+    let summary = driver::run(
+        &rt,
+        Arc::new(job),
+        &mut Records(input.into_iter()),
+        Box::new(sink.clone()),
+        &acks,
+        &Live::default(),
+        &AtomicBool::new(false),
+        &DriverConfig {
+            ordered,
+            ..DriverConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(summary.messages, n as u64, "every record finished once");
+    assert_eq!(acks.outstanding(), 0, "every position is acknowledged");
+    let max_in_flight = rt.shutdown().max_in_flight;
+    let outputs = sink.outputs.lock().unwrap().clone();
+    let dead = sink.dead.lock().unwrap().clone();
+    Run {
+        outputs,
+        dead,
+        summary,
+        max_in_flight,
+    }
+}
+
+fn number(input: &fila_pipeline::dataflow::Input) -> Result<i64, Rejected> {
+    std::str::from_utf8(input.payload())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| Rejected::new("not a number"))
+}
+
+#[test]
+fn map_changes_the_type_and_filter_drops_records_without_output() {
+    let job = Job::new("evens")
+        .decode(number)
+        .filter("even", |n: &i64| Ok(n % 2 == 0))
+        .map("describe", |n: i64| Ok(format!("{n} is even")))
+        .map("length", |s: String| Ok((s.len(), s)))
+        .sink(|(len, s): &(usize, String)| format!("{s}/{len}").into_bytes());
+    let input = lines(&["1", "2", "3", "4", "x", "10"]);
+    let r = run(job, input, 2, 4, false);
+    assert_eq!(r.sorted(), ["10 is even/10", "2 is even/9", "4 is even/9"]);
+    assert_eq!(r.dead.len(), 1);
+    assert_eq!(r.dead[0].1, "x");
+    assert_eq!(r.dead[0].2, "not a number");
+    assert_eq!((r.summary.outputs, r.summary.dead_letters), (3, 1));
+}
+
+#[test]
+fn a_stage_error_names_the_stage_and_dead_letters_the_input_unchanged() {
+    let job = Job::new("picky")
+        .decode(number)
+        .map("no sevens", |n: i64| {
+            if n == 7 {
+                Err(Rejected::new("seven"))
+            } else {
+                Ok(n)
+            }
+        })
+        .filter("small", |n: &i64| {
+            if *n > 100 {
+                Err(Rejected::new(format!("{n} is too big")))
+            } else {
+                Ok(true)
+            }
+        })
+        .sink(|n: &i64| n.to_string().into_bytes());
+    let r = run(job, lines(&["6", "7", "8", "101"]), 2, 4, false);
+    assert_eq!(r.sorted(), ["6", "8"]);
+    let mut dead: Vec<(i64, String, String)> = r
+        .dead
+        .iter()
+        .map(|d| (d.0.offset, d.1.clone(), d.2.clone()))
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            (1, "7".into(), "stage no sevens: seven".into()),
+            (3, "101".into(), "stage small: 101 is too big".into())
+        ]
+    );
+}
+
+/// Each record n becomes n outputs, all within the record's one window
+/// slot: with a window of 1, never more than one record is in flight, and
+/// the record is acknowledged once, after all its outputs.
+#[test]
+fn flat_map_outputs_count_against_the_window_through_their_parent() {
+    let job = Job::new("fan out")
+        .decode(number)
+        .flat_map("copies", |n: i64| Ok((0..n).map(move |i| (n, i))))
+        .map("label", |(n, i): (i64, i64)| Ok(format!("{n}.{i}")))
+        .sink(|s: &String| s.clone().into_bytes());
+    let r = run(job, lines(&["3", "0", "1", "4"]), 3, 1, false);
+    assert_eq!(
+        r.sorted(),
+        ["1.0", "3.0", "3.1", "3.2", "4.0", "4.1", "4.2", "4.3"]
+    );
+    assert_eq!(r.max_in_flight, 1);
+    assert_eq!((r.summary.messages, r.summary.outputs), (4, 8));
+}
+
+#[test]
+fn a_panicking_flat_map_output_dead_letters_its_record_and_the_others_go_on() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let job = Job::new("fan out")
+        .decode(number)
+        .flat_map("copies", |n: i64| Ok(0..n))
+        .map("fragile", |i: i64| {
+            if i == 2 {
+                panic!("output {i} broke");
+            }
+            Ok(i)
+        })
+        .sink(|i: &i64| i.to_string().into_bytes());
+    let r = run(job, lines(&["2", "4"]), 2, 2, false);
+    // Record 4's outputs 0, 1 and 3 still go out; its panic dead-letters it.
+    assert_eq!(r.sorted(), ["0", "0", "1", "1", "3"]);
+    assert_eq!(r.dead.len(), 1);
+    assert_eq!(r.dead[0].1, "4");
+    assert!(r.dead[0].2.contains("output 2 broke"), "{:?}", r.dead);
+}
+
+/// Every key's emitted values are exactly 1, 2, ..., n: a lost update
+/// would emit one value twice and never reach n.
+#[test]
+fn keyed_reduce_emits_each_rolling_value_once_under_concurrency() {
+    const RECORDS: usize = 20_000;
+    const KEYS: usize = 7;
+    let job = Job::new("counts")
+        .decode(|input| Ok(input.payload().to_vec()))
+        .map("one", |key: Vec<u8>| Ok((key, 1u64)))
+        .key_by(|(key, _): &(Vec<u8>, u64)| key.clone())
+        .reduce("count", |(key, a): &(Vec<u8>, u64), (_, b)| {
+            Ok((key.clone(), a + b))
+        })
+        .sink(|(key, n): &(Vec<u8>, u64)| {
+            format!("{}={n}", String::from_utf8_lossy(key)).into_bytes()
+        });
+    let keys: Vec<String> = (0..RECORDS)
+        .map(|i| format!("k{}", (i * i + i / 3) % KEYS))
+        .collect();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for k in &keys {
+        *expected.entry(k.clone()).or_default() += 1;
+    }
+    let input: Vec<Envelope> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| record(0, i as i64, k))
+        .collect();
+    let r = run(job, input, 4, 64, false);
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for out in r.payloads() {
+        let (k, n) = out.split_once('=').unwrap();
+        seen.entry(k.to_owned())
+            .or_default()
+            .push(n.parse().unwrap());
+    }
+    assert_eq!(seen.len(), expected.len());
+    for (k, mut values) in seen {
+        values.sort_unstable();
+        let want: Vec<u64> = (1..=expected[&k]).collect();
+        assert_eq!(values, want, "key {k}");
+    }
+}
+
+#[test]
+fn a_panicking_or_failing_reduce_leaves_the_keys_state_as_it_was() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let job = Job::new("sum")
+        .decode(number)
+        .key_by(|_: &i64| "all")
+        .reduce("sum", |a: &i64, b: i64| match b {
+            13 => panic!("unlucky"),
+            -1 => Err(Rejected::new("negative")),
+            b => Ok(a + b),
+        })
+        .sink(|n: &i64| n.to_string().into_bytes());
+    let r = run(job, lines(&["1", "13", "2", "-1", "3"]), 1, 1, false);
+    assert_eq!(r.payloads(), ["1", "3", "6"]);
+    let reasons: Vec<&str> = r.dead.iter().map(|d| d.2.as_str()).collect();
+    assert_eq!(reasons.len(), 2);
+    assert!(reasons[0].contains("unlucky"), "{reasons:?}");
+    assert_eq!(reasons[1], "stage sum: negative");
+}
+
+/// Per-key sums over 1 s tumbling windows with 500 ms of out-of-orderness.
+/// One worker and a window of one, so records reach the window stage in
+/// input order and the result is exact.
+#[test]
+fn tumbling_windows_close_on_the_partitions_watermark_and_late_records_are_dead_lettered() {
+    let job = Job::new("window sums")
+        .decode(|input| {
+            let s = std::str::from_utf8(input.payload()).unwrap();
+            let mut f = s.split(',');
+            let key = f.next().unwrap().to_owned();
+            let time: i64 = f.next().unwrap().parse().unwrap();
+            let value: i64 = f.next().unwrap().parse().unwrap();
+            Ok((key, time, value))
+        })
+        .key_by(|(k, _, _): &(String, i64, i64)| k.clone())
+        .window(
+            Tumbling::of(Duration::from_secs(1)).out_of_orderness(Duration::from_millis(500)),
+            |(_, t, _): &(String, i64, i64)| *t,
+        )
+        .reduce("sum", |(k, t, a): &(String, i64, i64), (_, _, b)| {
+            Ok((k.clone(), *t, a + b))
+        })
+        .sink(|w: &Windowed<String, (String, i64, i64)>| {
+            format!("{}@{}-{}={}", w.key, w.start, w.end, w.value.2).into_bytes()
+        });
+    let input = vec![
+        record(0, 0, "a,100,1"),
+        record(0, 1, "b,200,2"),
+        record(0, 2, "a,900,3"),
+        record(0, 3, "a,1200,4"), // watermark 700
+        record(0, 4, "b,600,5"),  // out of order, its window still open
+        record(0, 5, "a,2600,6"), // watermark 2100: [0,1000) and [1000,2000) close
+        record(0, 6, "b,800,7"),  // late: [0,1000) is closed
+        record(1, 0, "c,150,9"),  // partition 1 has its own watermark: not late
+        record(0, 7, "a,2700,8"),
+    ];
+    let r = run(job, input, 1, 1, false);
+    // Three closed by the watermark, then two by the end of the input,
+    // partition by partition.
+    assert_eq!(r.payloads()[3..], ["a@2000-3000=14", "c@0-1000=9"]);
+    assert_eq!(
+        r.sorted(),
+        [
+            "a@0-1000=4",
+            "a@1000-2000=4",
+            "a@2000-3000=14",
+            "b@0-1000=7",
+            "c@0-1000=9"
+        ]
+    );
+    assert_eq!(r.dead.len(), 1);
+    let (position, payload, reason) = &r.dead[0];
+    assert_eq!((position.offset, payload.as_str()), (6, "b,800,7"));
+    assert!(
+        reason.contains("late: event time 800 ms is in window [0, 1000) ms, closed at watermark 2100 ms of partition 0"),
+        "{reason}"
+    );
+}
+
+/// A stage whose time varies by record makes results finish out of input
+/// order on several workers; `ordered` writes each partition's in order.
+#[test]
+fn ordered_writes_each_partitions_results_in_input_order() {
+    let job = || {
+        Job::new("uneven")
+            .decode(|input| Ok((input.partition(), number(input)?)))
+            .map("spin", |(p, n): (i32, i64)| {
+                // Uneven work: a few records take far longer than the rest.
+                let rounds = if n % 5 == 0 { 30_000 } else { 10 };
+                let mut x = n as u64;
+                for _ in 0..rounds {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                std::hint::black_box(x);
+                Ok((p, n))
+            })
+            .filter("drop sevens", |(_, n): &(i32, i64)| Ok(n % 7 != 0))
+            .sink(|(p, n): &(i32, i64)| format!("{p}:{n}").into_bytes())
+    };
+    let input = || -> Vec<Envelope> {
+        (0..400i64)
+            .map(|i| record((i % 2) as i32, i / 2, &i.to_string()))
+            .collect()
+    };
+    let ordered = run(job(), input(), 4, 32, true);
+    for p in 0..2 {
+        let got: Vec<i64> = ordered
+            .payloads()
+            .iter()
+            .filter_map(|s| s.strip_prefix(&format!("{p}:")).map(|n| n.parse().unwrap()))
+            .collect();
+        let want: Vec<i64> = (0..400).filter(|i| i % 2 == p && i % 7 != 0).collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+    // The same job unordered produces the same set.
+    let unordered = run(job(), input(), 4, 32, false);
+    assert_eq!(
+        unordered.sorted().into_iter().collect::<BTreeSet<_>>(),
+        ordered.sorted().into_iter().collect::<BTreeSet<_>>()
+    );
+}
+
+/// The Kafka record's metadata reaches the job, and the job sets the
+/// output key.
+#[test]
+fn the_job_sees_key_headers_timestamp_partition_and_offset_and_sets_the_output_key() {
+    let job = Job::new("metadata")
+        .decode(|input| {
+            Ok(format!(
+                "key={} trace={} ts={:?} at={}/{} headers={}",
+                String::from_utf8_lossy(input.key().unwrap_or(b"-")),
+                String::from_utf8_lossy(input.header("trace").unwrap_or(b"-")),
+                input.timestamp(),
+                input.partition(),
+                input.offset(),
+                input.headers().len()
+            ))
+        })
+        .sink_keyed(|s: &String| {
+            let key = s.starts_with("key=k1").then(|| b"out-key".to_vec());
+            (key, s.clone().into_bytes())
+        });
+    let mut with_meta = record(3, 41, "x");
+    with_meta.key = Some(b"k1".to_vec());
+    with_meta.headers = vec![("trace".into(), b"t-9".to_vec()), ("other".into(), vec![])];
+    with_meta.timestamp = Some(1_700_000_000_123);
+    let mut keyed = record(3, 42, "y");
+    keyed.key = Some(b"k2".to_vec());
+    let r = run(job, vec![with_meta, keyed], 1, 1, true);
+    assert_eq!(
+        r.outputs,
+        [
+            (
+                Some(b"out-key".to_vec()),
+                "key=k1 trace=t-9 ts=Some(1700000000123) at=3/41 headers=2".to_owned()
+            ),
+            // No key set: the input's key is kept.
+            (
+                Some(b"k2".to_vec()),
+                "key=k2 trace=- ts=None at=3/42 headers=0".to_owned()
+            ),
+        ]
+    );
+}
