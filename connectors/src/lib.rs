@@ -15,7 +15,7 @@ mod stdio;
 pub use acks::{Ack, Acks};
 pub use error::ConnectorError;
 pub use generate::BurstSource;
-pub use kafka::parse_duration;
+pub use kafka::{commit_group_offsets, parse_duration};
 pub use kafka::{
     create_topic, kafka_sink, kafka_source, Assignment, BrokerVersions, ClientKind, Fetched,
     GroupProtocol, KafkaConfig, KeyedRecord, OffsetReset, Replica, TopicReader, TopicWriter,

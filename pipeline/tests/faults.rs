@@ -17,7 +17,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fila_connectors::{create_topic, Fetched, DLQ_OFFSET_HEADER, DLQ_REASON_HEADER};
+use fila_connectors::{
+    commit_group_offsets, create_topic, ClientKind, Fetched, DLQ_OFFSET_HEADER, DLQ_REASON_HEADER,
+};
 use fila_pipeline::reference::{message, FibRecord, DEFAULT_STAGES};
 
 /// The window and the uncommitted bound of every run here: a crash or a
@@ -455,4 +457,57 @@ fn hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
         let r: FibRecord = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(r.stages(), LIGHT);
     }
+}
+
+/// A committed offset out of range (here: past the end of the partition,
+/// as after a topic is made anew): `--offset-reset error` stops with an
+/// error naming the partition; `earliest` logs the reset and reads it all.
+fn offset_out_of_range(brokers: &str, client: &str) {
+    const COUNT: u64 = 20;
+    let _broker = hold(brokers);
+    let kind = if client == "kafka" {
+        ClientKind::Kafka
+    } else {
+        ClientKind::Rdkafka
+    };
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(brokers, &input, 1).unwrap();
+    produce_messages(brokers, &input, COUNT, LIGHT);
+    commit_group_offsets(kind, brokers, &group, &input, &[(0, 1_000)]).unwrap();
+    let w = W.to_string();
+    let mut args = run_args(&input, &output, &group, &w);
+    args.extend(["--kafka-client", client, "--replica", "0/1"]);
+
+    let mut strict = args.clone();
+    strict.extend(["--offset-reset", "error"]);
+    let mut fila = Fila::start(brokers, &strict);
+    let status = fila.wait(Duration::from_secs(60));
+    let stderr = fila.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("partition 0"), "{stderr}");
+    assert_eq!(count(brokers, &output), 0, "{stderr}");
+
+    let mut lenient = args.clone();
+    lenient.extend(["--offset-reset", "earliest"]);
+    let fila = Fila::start(brokers, &lenient);
+    let (out, duplicates) = every_id(brokers, &output, COUNT);
+    let stderr = fila.stderr();
+    fila.stop();
+    assert_eq!((out.len(), duplicates), (COUNT as usize, 0));
+    assert!(
+        stderr.contains("out of range") || stderr.contains("offset reset"),
+        "the reset is not logged: {stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn rdkafka_offset_out_of_range_follows_offset_reset() {
+    offset_out_of_range(&brokers_4x(), "rdkafka");
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn kafka_client_offset_out_of_range_follows_offset_reset() {
+    offset_out_of_range(&brokers_3x(), "kafka");
 }

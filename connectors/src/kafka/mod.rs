@@ -195,6 +195,22 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), C
     rd::create_topic(brokers, topic, partitions)
 }
 
+/// Sets group `group`'s committed offsets of `topic`, partition by
+/// partition, outside any group membership. For a group with no running
+/// member: an operator moving it, or a test.
+pub fn commit_group_offsets(
+    kind: ClientKind,
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), ConnectorError> {
+    match kind {
+        ClientKind::Rdkafka => rd::commit_group_offsets(brokers, group, topic, offsets),
+        ClientKind::Kafka => v0::commit_group_offsets(brokers, group, topic, offsets),
+    }
+}
+
 /// One record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Fetched {

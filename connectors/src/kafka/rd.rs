@@ -237,8 +237,8 @@ impl SourceContext {
     }
 }
 
-fn commit_offsets(
-    consumer: &BaseConsumer<SourceContext>,
+fn commit_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     offsets: &[(i32, i64)],
 ) -> Result<(), KafkaError> {
@@ -1112,6 +1112,25 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), C
         }
     }
     Ok(())
+}
+
+/// Sets group `group`'s committed offsets of `topic`, outside any group
+/// membership: for an operator moving a group that is not running, and
+/// for tests.
+pub fn commit_group_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), ConnectorError> {
+    BrokerVersions::probe(brokers)?;
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| kafka_error(brokers, "creating the consumer", e))?;
+    commit_offsets(&consumer, topic, offsets)
+        .map_err(|e| kafka_error(brokers, &format!("committing offsets of group {group}"), e))
 }
 
 /// Blocks the calling thread until `future` is ready. The admin client's

@@ -639,6 +639,23 @@ impl Committer for KafkaCommitter {
     }
 }
 
+/// Sets group `group`'s committed offsets of `topic` (see the rdkafka
+/// client's function of the same name).
+pub fn commit_group_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), ConnectorError> {
+    let mut client = connect(brokers)?;
+    client
+        .commit_offsets(
+            group,
+            offsets.iter().map(|&(p, o)| CommitOffset::new(topic, p, o)),
+        )
+        .map_err(|e| explain(brokers, &format!("committing offsets of group {group}"), e))
+}
+
 /// Writes values to topics and waits until every in-sync replica has them.
 pub struct TopicWriter {
     producer: Producer,
