@@ -139,8 +139,9 @@ fn run_args<'a>(input: &'a str, output: &'a str, group: &'a str, w: &'a str) -> 
 }
 
 /// Reads `output` until every id of 0..n is there (or two minutes pass),
-/// and asserts none is lost. Returns the records and the duplicates.
-fn every_id(brokers: &str, output: &str, n: u64) -> (Vec<Fetched>, usize) {
+/// and asserts none is lost (showing what `fila` logged if one is).
+/// Returns the records and the duplicates.
+fn every_id(brokers: &str, output: &str, n: u64, fila: &Fila) -> (Vec<Fetched>, usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let out = read_all(brokers, output, n as usize, Duration::from_secs(5));
@@ -151,9 +152,10 @@ fn every_id(brokers: &str, output: &str, n: u64) -> (Vec<Fetched>, usize) {
         }
         assert!(
             Instant::now() < deadline,
-            "{} ids lost, the first {:?}",
+            "{} ids lost, the first {:?}; fila logged:\n{}",
             missing.len(),
-            &missing[..missing.len().min(10)]
+            &missing[..missing.len().min(10)],
+            fila.stderr()
         );
     }
 }
@@ -185,7 +187,7 @@ fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
         assert!(fila.running(), "fila exited: {}", fila.stderr());
         drop(stalled);
     }
-    let (out, duplicates) = every_id(brokers, &output, N);
+    let (out, duplicates) = every_id(brokers, &output, N, &fila);
     assert!(fila.running(), "fila exited: {}", fila.stderr());
     let report = fila.stop();
     eprintln!(
@@ -196,7 +198,7 @@ fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
         report["messages"]
     );
     assert!(
-        out.len() < N as usize + W,
+        out.len() <= N as usize + W,
         "{} outputs for {N} ids: more than a window of duplicates",
         out.len()
     );
@@ -284,7 +286,7 @@ fn crashes_at_random_points(brokers: &str, client: &str) {
         "the burst ended before the last crash: {points:?}"
     );
     let last = Fila::start(brokers, &args);
-    let (out, duplicates) = every_id(brokers, &output, N);
+    let (out, duplicates) = every_id(brokers, &output, N, &last);
     last.stop();
     eprintln!(
         "{client}: {CRASHES} crashes (seed {seed}) after {points:?} outputs: 0 lost, \
@@ -329,7 +331,7 @@ fn sigterm_mid_burst_drains_commits_and_exits_within_10_s() {
         "the burst ended before SIGTERM ({stopped_at} outputs)"
     );
     let second = Fila::start(&brokers, &args);
-    let (out, duplicates) = every_id(&brokers, &output, N);
+    let (out, duplicates) = every_id(&brokers, &output, N, &second);
     second.stop();
     eprintln!(
         "SIGTERM after {stopped_at} outputs (the run read {}), {} outputs in all, \
@@ -411,7 +413,7 @@ fn hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
     let mut args = run_args(&input, &output, &group, &w);
     args.extend(["--dlq-topic", &dlq]);
     let mut fila = Fila::start(&brokers, &args);
-    let (out, duplicates) = every_id(&brokers, &output, valid);
+    let (out, duplicates) = every_id(&brokers, &output, valid, &fila);
     let letters = read_all(&brokers, &dlq, bad.len(), Duration::from_secs(60));
     assert!(fila.running(), "fila stopped: {}", fila.stderr());
     assert_eq!(
@@ -490,7 +492,7 @@ fn offset_out_of_range(brokers: &str, client: &str) {
     let mut lenient = args.clone();
     lenient.extend(["--offset-reset", "earliest"]);
     let fila = Fila::start(brokers, &lenient);
-    let (out, duplicates) = every_id(brokers, &output, COUNT);
+    let (out, duplicates) = every_id(brokers, &output, COUNT, &fila);
     let stderr = fila.stderr();
     fila.stop();
     assert_eq!((out.len(), duplicates), (COUNT as usize, 0));

@@ -121,6 +121,12 @@ impl Logging {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // Fatal errors come back from the call that failed, which says
+        // more; they are no outage to retry.
+        if fatal(&error) {
+            tracing::debug!("{reason}: {error}");
+            return;
+        }
         self.outage.failed(&format_args!("{reason}: {error}"));
     }
 }
@@ -441,6 +447,9 @@ impl RdSource {
                         .push_back(envelope);
                     self.count += 1;
                 }
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                    return Err(self.out_of_range());
+                }
                 Err(e) if fatal(&e) => {
                     return Err(kafka_error(
                         &self.context().brokers,
@@ -452,6 +461,43 @@ impl RdSource {
             }
         }
         Ok(())
+    }
+
+    /// The error for `--offset-reset error`, naming the partitions whose
+    /// committed offset is missing or out of range (librdkafka's error
+    /// does not say which).
+    fn out_of_range(&self) -> ConnectorError {
+        let context = self.context();
+        let timeout = Duration::from_secs(5);
+        let mut found = Vec::new();
+        if let Ok(committed) = self.consumer.committed(timeout) {
+            for e in committed.elements_for_topic(&context.topic) {
+                let p = e.partition();
+                let range = self.consumer.fetch_watermarks(&context.topic, p, timeout);
+                match (e.offset(), range) {
+                    (Offset::Offset(o), Ok((low, high))) if o < low || o > high => {
+                        found.push(format!(
+                            "partition {p}: committed offset {o} is out of range {low}..={high}"
+                        ))
+                    }
+                    (Offset::Invalid, _) => {
+                        found.push(format!("partition {p}: no committed offset"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if found.is_empty() {
+            found.push("a partition's committed offset is missing or out of range".into());
+        }
+        error(
+            &context.brokers,
+            format!(
+                "{} of {}, and --offset-reset is error",
+                found.join("; "),
+                context.topic
+            ),
+        )
     }
 
     /// While the broker is failing: learns whether it answers again (an
