@@ -513,3 +513,38 @@ fn rdkafka_offset_out_of_range_follows_offset_reset() {
 fn kafka_client_offset_out_of_range_follows_offset_reset() {
     offset_out_of_range(&brokers_3x(), "kafka");
 }
+
+/// A broker that stays away longer than `--kafka-retry-timeout`: fila
+/// exits 1 soon after, naming the broker and saying it gave up.
+fn gives_up_after_the_retry_timeout(brokers: &str, client: &str) {
+    let _broker = hold(brokers);
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    produce_messages(brokers, &input, 10, LIGHT);
+    let w = W.to_string();
+    let mut args = run_args(&input, &output, &group, &w);
+    args.extend(["--kafka-client", client, "--kafka-retry-timeout", "3s"]);
+    if client == "kafka" {
+        args.extend(["--replica", "0/1"]);
+    }
+    let mut fila = Fila::start(brokers, &args);
+    wait_for_outputs(brokers, &output, 10);
+    let stopped = Stopped::stop(brokers);
+    let status = fila.wait(Duration::from_secs(60));
+    let stderr = fila.stderr();
+    stopped.start();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("gave up after 3s"), "{stderr}");
+    assert!(stderr.contains(brokers), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn rdkafka_gives_up_after_the_retry_timeout() {
+    gives_up_after_the_retry_timeout(&brokers_4x(), "rdkafka");
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn kafka_client_gives_up_after_the_retry_timeout() {
+    gives_up_after_the_retry_timeout(&brokers_3x(), "kafka");
+}
