@@ -275,12 +275,16 @@ fn moved_on(e: &KafkaError) -> bool {
     )
 }
 
-/// Whether an error only says that a partition's leader is not known yet.
+/// Whether an error only says that a partition's leader is not known yet:
+/// a topic just created, or a broker just back from a restart or a stall,
+/// whose metadata the client has not caught up with.
 fn leader_moving(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         e.rdkafka_error_code(),
-        Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition)
+        Some(
+            NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition | UnknownPartition
+        )
     )
 }
 
