@@ -144,7 +144,17 @@ fn run_args<'a>(input: &'a str, output: &'a str, group: &'a str, w: &'a str) -> 
 fn every_id(brokers: &str, output: &str, n: u64, fila: &Fila) -> (Vec<Fetched>, usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = read_all(brokers, output, n as usize, Duration::from_secs(5));
+        // Right after a broker fault the reader itself may fail for a
+        // moment (the broker is not leading its partitions again yet).
+        let out = match try_read_all(brokers, output, n as usize, Duration::from_secs(5)) {
+            Ok(out) => out,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading {output} failed, retrying: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => panic!("reading {output}: {e}"),
+        };
         let (missing, duplicates) = lost_and_duplicates(&out, n);
         if missing.is_empty() {
             check_fibs(&out);

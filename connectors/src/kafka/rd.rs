@@ -1119,12 +1119,17 @@ pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, Con
     let producer = producer(brokers, 0, DEFAULT_RETRY_TIMEOUT)?;
     let partitions = ensure_topic(producer.client(), brokers, topic)?;
     let mut out = BTreeMap::new();
-    // A topic just created may not have its leaders settled yet: the
-    // broker answers NotLeaderForPartition for a moment. Retry, bounded.
+    // A topic just created may not have its leaders settled yet, and a
+    // broker just back from a stall may not lead its partitions again yet:
+    // it answers NotLeaderForPartition, or the client's metadata knows no
+    // leader, for a moment. Retry in short attempts, bounded.
     let deadline = Instant::now() + LOOKUP_TIMEOUT;
     for p in partitions {
         let high = loop {
-            match producer.client().fetch_watermarks(topic, p, LOOKUP_TIMEOUT) {
+            let attempt = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(100), Duration::from_secs(2));
+            match producer.client().fetch_watermarks(topic, p, attempt) {
                 Ok((_, high)) => break high,
                 Err(e) if Instant::now() < deadline && leader_moving(&e) => {
                     std::thread::sleep(Duration::from_millis(200));

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use fila_connectors::{ClientKind, Fetched, TopicReader, TopicWriter};
+use fila_connectors::{ClientKind, ConnectorError, Fetched, TopicReader, TopicWriter};
 use fila_pipeline::reference::{fib, message, FibRecord};
 use serde_json::Value;
 
@@ -165,21 +165,30 @@ pub fn produce_messages(brokers: &str, topic: &str, n: u64, stages: [u32; 5]) {
 /// Everything in `topic` so far, from the beginning of every partition,
 /// reading until at least `at_least` records or `limit`.
 pub fn read_all(brokers: &str, topic: &str, at_least: usize, limit: Duration) -> Vec<Fetched> {
+    try_read_all(brokers, topic, at_least, limit).unwrap()
+}
+
+/// [`read_all`], with the client's error returned rather than a panic.
+pub fn try_read_all(
+    brokers: &str,
+    topic: &str,
+    at_least: usize,
+    limit: Duration,
+) -> Result<Vec<Fetched>, ConnectorError> {
     let client = ClientKind::Rdkafka;
-    let start: BTreeMap<i32, i64> = TopicReader::end_offsets(client, brokers, topic)
-        .unwrap()
+    let start: BTreeMap<i32, i64> = TopicReader::end_offsets(client, brokers, topic)?
         .into_keys()
         .map(|p| (p, 0))
         .collect();
-    let mut reader = TopicReader::new(client, brokers, topic, start).unwrap();
+    let mut reader = TopicReader::new(client, brokers, topic, start)?;
     let deadline = Instant::now() + limit;
     let mut out = Vec::new();
     loop {
-        let batch = reader.fetch().unwrap();
+        let batch = reader.fetch()?;
         let empty = batch.is_empty();
         out.extend(batch);
         if (out.len() >= at_least && empty) || Instant::now() > deadline {
-            return out;
+            return Ok(out);
         }
     }
 }
