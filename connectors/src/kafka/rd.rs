@@ -58,6 +58,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Records one keep-alive takes from librdkafka at most.
 const KEEP_ALIVE_TAKE: usize = 256;
 
+/// How long one keep-alive waits for a record, serving every event
+/// queued meanwhile.
+const KEEP_ALIVE_WAIT: Duration = Duration::from_millis(1);
+
 /// How long the producer's poll thread waits in one poll; it checks for
 /// its stop this often.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -433,14 +437,28 @@ impl RdSource {
     }
 
     /// Takes what librdkafka has, waiting up to `timeout` for the first,
-    /// until `limit` records are buffered.
+    /// until `limit` records are buffered. Until a record comes, the
+    /// events queued before it (logs, errors, rebalances) are all served:
+    /// a poll that does not wait serves a single event, so polling only
+    /// that way would let them pile up, the group's among them.
     fn fill(&mut self, timeout: Duration, limit: usize) -> Result<(), ConnectorError> {
-        let mut wait = timeout;
+        let deadline = Instant::now() + timeout;
+        let mut got_one = false;
         while self.count < limit {
-            let Some(result) = self.consumer.poll(wait) else {
-                break;
+            let wait = if got_one {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(Instant::now())
             };
-            wait = Duration::ZERO;
+            let Some(result) = self.consumer.poll(wait) else {
+                // Nothing more, or an event served (a rebalance returns
+                // early): go on while there is time to wait for a record.
+                if got_one || Instant::now() >= deadline {
+                    break;
+                }
+                continue;
+            };
+            got_one = true;
             match result {
                 Ok(m) => {
                     self.context().logging.outage.succeeded();
@@ -595,7 +613,7 @@ impl Source for RdSource {
         // At least one poll, whatever is buffered: that is what serves
         // the group's events.
         let limit = self.count + KEEP_ALIVE_TAKE;
-        self.fill(Duration::ZERO, limit)?;
+        self.fill(KEEP_ALIVE_WAIT, limit)?;
         self.forget_revoked();
         self.watch_outage()
     }
