@@ -86,6 +86,13 @@ fn client_config(brokers: &str) -> ClientConfig {
         .set("bootstrap.servers", brokers)
         .set("client.id", "fila")
         .set_log_level(RDKafkaLogLevel::Warning);
+    // librdkafka's own debug log, for diagnosing a client: a list of its
+    // debug contexts (`cgrp,fetch`, `all`), shown with FILA_LOG=debug.
+    if let Ok(contexts) = std::env::var("FILA_RDKAFKA_DEBUG") {
+        config
+            .set("debug", contexts)
+            .set_log_level(RDKafkaLogLevel::Debug);
+    }
     config
 }
 

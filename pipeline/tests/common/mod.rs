@@ -59,7 +59,12 @@ impl Fila {
                 "json",
             ])
             .args(args)
-            .env("FILA_LOG", "info")
+            // `info` shows the group's events in a failing test's output;
+            // FILA_TEST_LOG overrides it (with FILA_RDKAFKA_DEBUG, say).
+            .env(
+                "FILA_LOG",
+                std::env::var("FILA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
