@@ -77,9 +77,9 @@ pub trait Source: Send {
     }
 
     /// For sources whose positions can be committed (Kafka), something
-    /// that commits them. The driver calls it from the sink's thread, after
-    /// a flush, once enough has been acknowledged since the last commit (a
-    /// quarter of the window) or some time has passed. `None` for sources
+    /// that commits them. The driver calls it from a commit thread of its
+    /// own, once enough has been acknowledged since the last commit (a
+    /// quarter of the uncommitted bound) or some time has passed. `None` for sources
     /// that cannot be replayed anyway (a burst, stdin).
     fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
         Ok(None)

@@ -14,8 +14,9 @@
 //!    workers and the sink's thread go on meanwhile: nothing they do
 //!    needs the source's thread);
 //! 2. it commits their acknowledged offsets, under the same lock as the
-//!    sink thread's commits, so no commit of a partition can land after
-//!    its release;
+//!    commit thread's commits, so no commit of a partition can land after
+//!    its release (it waits for that lock at most [`COMMIT_WAIT`]: a
+//!    commit stuck on the group must not hold the group's rebalance);
 //! 3. it releases them from [`Acks`]: a record that is still running after
 //!    the bound finishes later and is ignored, and the new owner replays it
 //!    from the last commit (a duplicate, never a loss);
@@ -52,6 +53,10 @@ use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, S
 /// a member must finish it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a revocation waits for a commit under way before it releases
+/// the partitions anyway.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long metadata and offset look-ups may take before they fail.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -61,6 +66,10 @@ const KEEP_ALIVE_TAKE: usize = 256;
 /// How long one keep-alive waits for a record, serving every event
 /// queued meanwhile.
 const KEEP_ALIVE_WAIT: Duration = Duration::from_millis(1);
+
+/// How much longer than the retry timeout a flush waits for librdkafka's
+/// last delivery report before it calls the producer stuck.
+const FLUSH_SLACK: Duration = Duration::from_secs(30);
 
 /// How long the producer's poll thread waits in one poll; it checks for
 /// its stop this often.
@@ -154,8 +163,10 @@ struct SourceContext {
     topic: String,
     acks: Arc<Acks>,
     /// Held across every commit, and across a revocation's commit and
-    /// release, so no commit of a released partition lands after it.
-    commit: Mutex<()>,
+    /// release, so no commit of a released partition lands after it. A
+    /// revocation waits for it at most [`COMMIT_WAIT`] (see
+    /// [`SourceContext::commit_guard`]).
+    commit: parking_lot::Mutex<()>,
     /// Partitions revoked since the source last looked: their read-ahead
     /// records must be dropped.
     revoked: Mutex<Vec<i32>>,
@@ -182,7 +193,7 @@ impl ConsumerContext for SourceContext {
                         topic = %self.topic, ?partitions,
                         "partitions lost to another member: nothing of theirs is committed here"
                     );
-                    let _guard = lock(&self.commit);
+                    let _guard = self.commit_guard();
                     self.acks.release(&partitions);
                 } else {
                     self.revoke(consumer, &partitions);
@@ -213,6 +224,26 @@ impl SourceContext {
             .collect()
     }
 
+    /// The commit lock, for a revocation. librdkafka waits for the app's
+    /// answer to a revocation before it goes on with the group, and a
+    /// commit under way may wait on the group (its coordinator, say):
+    /// waiting for the lock without a bound could hold both forever. Past
+    /// [`COMMIT_WAIT`] the revocation goes on without it. A commit that
+    /// lands after the release then carries only acknowledged offsets: at
+    /// worst it moves the group's offset back, and the new owner reads
+    /// some records twice. Nothing is lost.
+    fn commit_guard(&self) -> Option<parking_lot::MutexGuard<'_, ()>> {
+        let guard = self.commit.try_lock_for(COMMIT_WAIT);
+        if guard.is_none() {
+            tracing::warn!(
+                topic = %self.topic,
+                "a commit is still under way after {COMMIT_WAIT:?}; releasing partitions without \
+                 waiting for it (their new owner may read some records twice)"
+            );
+        }
+        guard
+    }
+
     /// Drain, commit, release: see the module documentation.
     fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
         if partitions.is_empty() {
@@ -220,7 +251,7 @@ impl SourceContext {
         }
         let started = Instant::now();
         let drained = self.acks.wait_drained(partitions, DRAIN_TIMEOUT);
-        let _guard = lock(&self.commit);
+        let _guard = self.commit_guard();
         let offsets: Vec<(i32, i64)> = self
             .acks
             .committable()
@@ -380,7 +411,7 @@ impl RdSource {
             brokers: config.brokers.clone(),
             topic: config.topic.clone(),
             acks,
-            commit: Mutex::new(()),
+            commit: parking_lot::Mutex::new(()),
             revoked: Mutex::new(Vec::new()),
             logging: Logging::new(brokers, config.retry_timeout),
         };
@@ -628,18 +659,26 @@ impl Source for RdSource {
     fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
         Ok(Some(Box::new(RdCommitter {
             consumer: self.consumer.clone(),
+            refused_since: None,
         })))
     }
 }
 
 struct RdCommitter {
     consumer: Arc<BaseConsumer<SourceContext>>,
+    /// When the group began refusing this member's commits, and whether
+    /// that was said.
+    refused_since: Option<(Instant, bool)>,
 }
+
+/// How long the group may refuse commits (a rebalance, a fenced member
+/// rejoining) before fila says so.
+const REFUSED_WARN: Duration = Duration::from_secs(10);
 
 impl Committer for RdCommitter {
     fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError> {
         let context = self.consumer.context();
-        let _guard = lock(&context.commit);
+        let _guard = context.commit.lock();
         let offsets = acks.committable();
         if offsets.is_empty() {
             return Ok(());
@@ -647,11 +686,24 @@ impl Committer for RdCommitter {
         match commit_offsets(&self.consumer, &context.topic, &offsets) {
             Ok(()) => {
                 context.logging.outage.succeeded();
+                if let Some((since, true)) = self.refused_since {
+                    tracing::info!("commits accepted again after {:.1?}", since.elapsed());
+                }
+                self.refused_since = None;
                 acks.mark_committed(&offsets);
                 Ok(())
             }
             Err(e) if moved_on(&e) => {
                 tracing::debug!("commit refused while partitions move ({e}); offered again later");
+                let (since, said) = self.refused_since.get_or_insert((Instant::now(), false));
+                if !*said && since.elapsed() >= REFUSED_WARN {
+                    *said = true;
+                    tracing::warn!(
+                        "the group has refused this member's commits for {:.1?} ({e}); \
+                         reading waits until it assigns partitions again",
+                        since.elapsed()
+                    );
+                }
                 Ok(())
             }
             Err(e) if fatal(&e) => Err(kafka_error(&context.brokers, "committing offsets", e)),
@@ -797,12 +849,20 @@ fn producer(
 struct Writer {
     producer: Arc<BaseProducer<DeliveryContext>>,
     brokers: String,
+    /// How long a flush waits for the last delivery report: librdkafka
+    /// reports every record by then (`message.timeout.ms` is the retry
+    /// timeout), so a wait past it means the client is stuck.
+    flush_bound: Duration,
     stop: Arc<AtomicBool>,
     poller: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
-    fn new(producer: BaseProducer<DeliveryContext>, brokers: &str) -> Writer {
+    fn new(
+        producer: BaseProducer<DeliveryContext>,
+        brokers: &str,
+        retry_timeout: Duration,
+    ) -> Writer {
         let producer = Arc::new(producer);
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {
@@ -821,6 +881,7 @@ impl Writer {
         Writer {
             producer,
             brokers: brokers.to_owned(),
+            flush_bound: retry_timeout + FLUSH_SLACK,
             stop,
             poller: Some(poller),
         }
@@ -870,16 +931,26 @@ impl Writer {
 
     /// Returns once everything sent is acknowledged, or the first failure.
     /// librdkafka reports a record failed after `message.timeout.ms` (the
-    /// retry timeout) of retries, so this ends.
+    /// retry timeout) of retries; if no report comes for longer than that,
+    /// the flush fails rather than wait for ever.
     fn flush(&self) -> Result<(), ConnectorError> {
         let context = self.producer.context();
         let pending = lock(&context.pending);
-        drop(
-            context
-                .settled
-                .wait_while(pending, |p| *p > 0)
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let (pending, _) = context
+            .settled
+            .wait_timeout_while(pending, self.flush_bound, |p| *p > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        let left = *pending;
+        drop(pending);
+        if left > 0 {
+            return Err(error(
+                &self.brokers,
+                format!(
+                    "{left} records were neither acknowledged nor reported failed within {:?}",
+                    self.flush_bound
+                ),
+            ));
+        }
         match lock(&context.failed).take() {
             Some(failure) => Err(error(&self.brokers, failure)),
             None => Ok(()),
@@ -937,7 +1008,7 @@ impl RdSink {
             ensure_topic(producer.client(), brokers, topic)?;
         }
         Ok(RdSink {
-            writer: Writer::new(producer, brokers),
+            writer: Writer::new(producer, brokers, retry_timeout),
             input_topic: input_topic.to_owned(),
             output_topic: output_topic.to_owned(),
             dlq_topic: dlq_topic.map(str::to_owned),
@@ -1010,7 +1081,7 @@ impl TopicWriter {
             partitions.insert(topic.to_owned(), ids.len() as i32);
         }
         Ok(TopicWriter {
-            writer: Writer::new(producer, brokers),
+            writer: Writer::new(producer, brokers, TOOL_RETRY_TIMEOUT),
             partitions,
             turn: 0,
         })
