@@ -170,6 +170,9 @@ struct SourceContext {
     /// Partitions revoked since the source last looked: their read-ahead
     /// records must be dropped.
     revoked: Mutex<Vec<i32>>,
+    /// Set when partitions were assigned (and resumed) since the source
+    /// last looked.
+    assigned: AtomicBool,
     logging: Logging,
 }
 
@@ -205,10 +208,19 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = self.partitions_of(tpl);
             if !partitions.is_empty() {
+                // librdkafka keeps a partition paused across a lost
+                // assignment and its return. The source may have paused
+                // it for its read-ahead and resumed the assignment while
+                // it was empty: fetch the new partitions, and let the
+                // source pause them again if its read-ahead is full.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(topic = %self.topic, "resuming assigned partitions failed: {e}");
+                }
+                self.assigned.store(true, Ordering::Release);
                 tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
             }
         }
@@ -413,6 +425,7 @@ impl RdSource {
             acks,
             commit: parking_lot::Mutex::new(()),
             revoked: Mutex::new(Vec::new()),
+            assigned: AtomicBool::new(false),
             logging: Logging::new(brokers, config.retry_timeout),
         };
         let consumer: BaseConsumer<SourceContext> = client
@@ -581,8 +594,14 @@ impl RdSource {
         context.logging.outage.check()
     }
 
-    /// Drops the read-ahead of partitions revoked during the last poll.
+    /// Drops the read-ahead of partitions revoked during the last poll,
+    /// and learns of partitions assigned (unpaused) during it.
     fn forget_revoked(&mut self) {
+        // Acquire: pairs with the callback's store; both run on this
+        // thread in fact, inside the consumer's poll.
+        if self.context().assigned.swap(false, Ordering::Acquire) {
+            self.paused = false;
+        }
         let revoked = std::mem::take(&mut *lock(&self.context().revoked));
         for p in revoked {
             if let Some(q) = self.buffered.remove(&p) {
