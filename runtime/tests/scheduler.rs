@@ -350,8 +350,9 @@ fn every_worker_reports_busy_time_covering_the_tasks_it_ran() {
     const UNITS: usize = 8;
     const TASK: Duration = Duration::from_millis(20);
     let workers = 2;
-    let rt = runtime(workers, UNITS);
+    // Before the runtime: its workers count busy time from their start.
     let started = std::time::Instant::now();
+    let rt = runtime(workers, UNITS);
     assert!(
         rt.stats()
             .workers
