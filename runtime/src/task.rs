@@ -61,7 +61,31 @@ impl UnitPtr {
         // SAFETY: a `UnitPtr` is used only by a live task of the unit, or by
         // its completer before it frees it (see the type's doc), and the
         // unit is allocated for as long.
-        unsafe { self.0.as_ref() }
+        let unit = unsafe { self.0.as_ref() };
+        #[cfg(fila_loom)]
+        unit.memory.with(|memory| {
+            // SAFETY: loom checks this read against the free's write.
+            let allocated = unsafe { (*memory).is_some() };
+            assert!(allocated, "a task used its unit after the unit was freed");
+        });
+        unit
+    }
+
+    /// Frees the unit. Only its completer calls this, once, and nobody uses
+    /// the unit afterwards.
+    fn free(self) {
+        // Under loom the memory stays allocated (a few bytes per unit a
+        // model run), so that a late use finds the cell it checks.
+        #[cfg(fila_loom)]
+        self.unit().memory.with_mut(|memory| {
+            // SAFETY: loom checks this write against every use's read.
+            drop(unsafe { (*memory).take() });
+        });
+        // SAFETY: the unit came from `Box::leak` in `Task::first`, and the
+        // caller is its completer: every other task has ended, and the
+        // caller does not use it again.
+        #[cfg(not(fila_loom))]
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
 
@@ -89,7 +113,7 @@ impl Task {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             #[cfg(fila_loom)]
-            _allocated: crate::sync::Arc::new(()),
+            memory: UnsafeCell::new(Some(crate::sync::Arc::new(()))),
             start: Inline::<F, D> {
                 body: UnsafeCell::new(Some(body)),
                 on_done: UnsafeCell::new(Some(on_done)),
@@ -129,10 +153,12 @@ pub(crate) struct Unit<S: ?Sized> {
     failed: AtomicBool,
     /// The first panic message. Locked only on the failure path.
     failure: Mutex<Option<String>>,
-    /// Under loom, stands for the unit's memory: loom reports it leaked if
-    /// a unit is never freed.
+    /// Under loom, stands for the unit's memory, which loom cannot see:
+    /// `Some` while it is allocated. Every use of the unit reads this cell
+    /// and freeing writes it, so loom reports a use that is not ordered
+    /// before the free, and the token inside leaks if a unit is never freed.
     #[cfg(fila_loom)]
-    _allocated: crate::sync::Arc<()>,
+    memory: UnsafeCell<Option<crate::sync::Arc<()>>>,
     /// The admitted body and the completion.
     start: S,
 }
@@ -268,10 +294,9 @@ impl UnitPtr {
         // SAFETY: the count reached zero through this task, so every other
         // task of the unit has ended.
         unsafe { unit.start.complete(outcome) };
-        // SAFETY: the unit came from `Box::leak` in `Task::first`, and no
-        // task is left to use it: the others have ended, and this one does
-        // not touch it again.
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        // No task is left to use the unit: the others have ended, and this
+        // one does not touch it again.
+        self.free();
         // The caller frees the slot, after this: a freed slot means the
         // caller has been told, so the window also bounds completions not
         // yet handled.

@@ -175,6 +175,11 @@ impl WorkerThread {
                 0
             }
         };
+        // Deliberately wrong order, compiled only for the loom negative test:
+        // another worker can end a follow-on before it is counted, see the
+        // count reach zero, and free the unit while this task still uses it.
+        #[cfg(feature = "loom-broken-count-after-push")]
+        self.push_spawned();
         // Before the follow-ons are pushed, so that no other worker can end
         // one of them before they are counted. If this was the unit's last
         // task, this completes and frees the unit, and the window slot is
@@ -182,15 +187,20 @@ impl WorkerThread {
         if unit.end_task(spawned, &self.shared, self.index) {
             self.owe_slot();
         }
-        // Reversed so that the first one spawned is the first popped.
-        while let Some(task) = self.spawned.pop() {
-            self.local.push(task);
-        }
+        self.push_spawned();
         // The usual stage spawns one follow-on, which this worker pops
         // next; waking a sleeper for it would only make the two race for
         // it. Only surplus work is worth a wake-up.
         if spawned > 0 && self.local.len() > 1 {
             self.shared.notify_one();
+        }
+    }
+
+    /// Pushes the follow-ons of the task that just ran onto this worker's
+    /// deque, reversed so that the first one spawned is the first popped.
+    fn push_spawned(&mut self) {
+        while let Some(task) = self.spawned.pop() {
+            self.local.push(task);
         }
     }
 
