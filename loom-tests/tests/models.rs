@@ -159,9 +159,9 @@ fn broken_early_release_overfills_the_window() {
 /// (c) A unit fans out into two follow-on tasks, which the idle worker may
 /// steal. Every task runs once, the unit completes once, and it frees
 /// exactly one slot: the next unit gets in, and nothing is left in flight.
-#[test]
-fn c_fanned_out_unit_completes_once_and_frees_one_slot() {
-    static STOLEN_IN_SOME_EXECUTION: AtomicBool = AtomicBool::new(false);
+/// The unit's last task frees its memory; under loom every use of a unit
+/// is checked to come before that free (`task.rs`).
+fn fanned_out_unit(stolen_in_some_execution: &'static AtomicBool) {
     loom::model(|| {
         let rt = runtime(2, 1);
         let reports = Reports::default();
@@ -193,13 +193,31 @@ fn c_fanned_out_unit_completes_once_and_frees_one_slot() {
         assert_eq!(reports.sorted(), ok(0..2));
         assert_eq!((stats.completed, stats.in_flight), (2, 0));
         if stats.tasks_stolen() > 0 {
-            STOLEN_IN_SOME_EXECUTION.store(true, SeqCst);
+            stolen_in_some_execution.store(true, SeqCst);
         }
     });
+}
+
+#[cfg(not(feature = "broken-count-after-push"))]
+#[test]
+fn c_fanned_out_unit_completes_once_and_frees_one_slot() {
+    static STOLEN_IN_SOME_EXECUTION: AtomicBool = AtomicBool::new(false);
+    fanned_out_unit(&STOLEN_IN_SOME_EXECUTION);
     assert!(
         STOLEN_IN_SOME_EXECUTION.load(SeqCst),
         "no explored execution stole a follow-on"
     );
+}
+
+/// Negative test: must fail. Follow-ons pushed before they are counted let
+/// the thief end one, see the count reach zero and free the unit while the
+/// task that spawned them still uses it; loom reports that use as a
+/// causality violation (a read not ordered against the free's write).
+#[cfg(feature = "broken-count-after-push")]
+#[test]
+fn broken_count_after_push_frees_a_unit_in_use() {
+    static STOLEN_IN_SOME_EXECUTION: AtomicBool = AtomicBool::new(false);
+    fanned_out_unit(&STOLEN_IN_SOME_EXECUTION);
 }
 
 /// (d) Close while units are in flight and another thread is admitting:

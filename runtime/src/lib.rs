@@ -46,7 +46,8 @@ mod idle;
         feature = "loom-broken-early-release",
         feature = "loom-broken-detach-never-stops",
         feature = "loom-broken-unpark-skips-lock",
-        feature = "loom-broken-idle-keeps-slots"
+        feature = "loom-broken-idle-keeps-slots",
+        feature = "loom-broken-count-after-push"
     )
 ))]
 compile_error!(

@@ -3,8 +3,8 @@
 //! Production builds use `std` atomics and `parking_lot` locks. Under
 //! `--cfg fila_loom` the same names resolve to loom's instrumented types, so
 //! the loom models in `loom-tests/` explore the real scheduler code rather
-//! than a copy. Scheduler files import `Arc`, atomics, `Mutex`, `Condvar`
-//! and thread spawning from here and from nowhere else. (The one
+//! than a copy. Scheduler files import `Arc`, atomics, `Mutex`, `Condvar`,
+//! `UnsafeCell` and thread spawning from here and from nowhere else. (The one
 //! thread-local, `ON_WORKER` in `lib.rs`, picks std's or loom's by cfg.)
 //!
 //! The cfg name is ours (not `loom`) so that dependencies which also have a
@@ -28,11 +28,6 @@ mod imp {
 
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
-        }
-
-        /// The contents, through exclusive access: no lock is taken.
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut()
         }
     }
 
@@ -65,10 +60,21 @@ mod imp {
         std::thread::Builder::new().name(name).spawn(f)
     }
 
-    /// An `Arc` from a std one, for unsized values (`Arc<dyn Trait>`), which
-    /// only std's coercion can make.
-    pub(crate) fn arc_from_std<T: ?Sized>(arc: std::sync::Arc<T>) -> Arc<T> {
-        arc
+    /// A cell whose contents the caller guarantees are never accessed by
+    /// two threads at once. loom's version checks that guarantee; this one
+    /// only hands out the pointer.
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Calls `f` with a pointer through which it may read and write the
+        /// contents; nobody else may access them meanwhile.
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
     }
 }
 
@@ -94,10 +100,6 @@ mod imp {
             // The runtime never panics while holding a lock, so poisoning is
             // a bug in the runtime itself.
             MutexGuard(Some(self.0.lock().expect("runtime lock poisoned")))
-        }
-
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut().expect("runtime lock poisoned")
         }
     }
 
@@ -142,9 +144,9 @@ mod imp {
         loom::thread::Builder::new().name(name).spawn(f)
     }
 
-    pub(crate) fn arc_from_std<T: ?Sized>(arc: std::sync::Arc<T>) -> Arc<T> {
-        Arc::from_std(arc)
-    }
+    /// loom's cell: it reports two accesses that are not ordered by
+    /// happens-before, the exclusive access the runtime claims.
+    pub(crate) use loom::cell::UnsafeCell;
 }
 
 pub(crate) use imp::*;

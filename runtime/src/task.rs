@@ -4,20 +4,26 @@
 //! record. It starts as one task and may grow follow-on tasks. The unit
 //! counts its own live tasks (`Unit::tasks`); the task whose end brings the
 //! count to zero *completes* the unit on its worker: it reports the outcome
-//! and frees the window slot. The `Arc` around a unit only manages its
-//! memory.
+//! and frees the window slot.
+//!
+//! That count is also what keeps the unit's memory alive: there is no
+//! reference count beside it. Each live task holds a plain pointer to the
+//! unit (`UnitPtr`), and the completer, which is the last of them, frees
+//! the unit once its completion has returned. A task does not touch its unit
+//! after its own end has been counted, unless it is the completer.
 //!
 //! One allocation per unit: the admitted body and the completion live
-//! inline in the unit (`Start`). The first task takes the body out through
-//! `&mut`, since nobody else holds the unit yet; the completer of a
-//! one-task unit takes the completion the same way, and only a bigger
-//! unit, whose other tasks may still hold it, locks. Only follow-on tasks
-//! box their bodies.
+//! inline in the unit (`Inline`). The first task takes the body out while
+//! it is the unit's only task, and the completer takes the completion once
+//! every other task has ended, so neither needs a lock. A unit whose single
+//! task ends without spawning sees a count of one and needs no atomic
+//! read-modify-write at all. Only follow-on tasks box their bodies.
 
-use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicUsize, Mutex, Ordering, UnsafeCell};
 use crate::Shared;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// The body of a follow-on task.
@@ -35,17 +41,62 @@ pub struct TaskFailure {
     pub message: String,
 }
 
-/// A unit with its admitted body and completion erased to `dyn Start`.
-pub(crate) type UnitRef = Arc<Unit<dyn Start>>;
+/// The address of a unit, held by each of its tasks. The unit stays
+/// allocated while any of its tasks is live: queued, running, or spawned and
+/// not yet pushed. (A follow-on discarded because its parent panicked was
+/// never counted; its parent still is until it ends.) So a task may use its
+/// `UnitPtr` until its end is counted, in `end_task`, and the completer
+/// until it frees the unit.
+#[derive(Clone, Copy)]
+pub(crate) struct UnitPtr(NonNull<Unit<dyn Start>>);
+
+// SAFETY: the unit is shared by its tasks, which may run on any worker. What
+// several tasks touch at once (`tasks`, `failed`, `failure`) is atomic or
+// locked; `start` is touched only by one task at a time, as `Start` says.
+// The body and completion inside are `Send`.
+unsafe impl Send for UnitPtr {}
+
+impl UnitPtr {
+    fn unit(&self) -> &Unit<dyn Start> {
+        // SAFETY: a `UnitPtr` is used only by a live task of the unit, or by
+        // its completer before it frees it (see the type's doc), and the
+        // unit is allocated for as long.
+        let unit = unsafe { self.0.as_ref() };
+        #[cfg(fila_loom)]
+        unit.memory.with(|memory| {
+            // SAFETY: loom checks this read against the free's write.
+            let allocated = unsafe { (*memory).is_some() };
+            assert!(allocated, "a task used its unit after the unit was freed");
+        });
+        unit
+    }
+
+    /// Frees the unit. Only its completer calls this, once, and nobody uses
+    /// the unit afterwards.
+    fn free(self) {
+        // Under loom the memory stays allocated (a few bytes per unit a
+        // model run), so that a late use finds the cell it checks.
+        #[cfg(fila_loom)]
+        self.unit().memory.with_mut(|memory| {
+            // SAFETY: loom checks this write against every use's read.
+            drop(unsafe { (*memory).take() });
+        });
+        // SAFETY: the unit came from `Box::leak` in `Task::first`, and the
+        // caller is its completer: every other task has ended, and the
+        // caller does not use it again.
+        #[cfg(not(fila_loom))]
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
 
 pub(crate) struct Task {
-    pub(crate) unit: UnitRef,
+    pub(crate) unit: UnitPtr,
     pub(crate) body: Body,
 }
 
 pub(crate) enum Body {
-    /// The unit's first task: its body is in the unit, and this runs it.
-    First(fn(&mut UnitRef, &mut Vec<Task>, usize)),
+    /// The unit's first task: its body is in the unit.
+    First,
     /// A follow-on task.
     Boxed(TaskFn),
 }
@@ -57,38 +108,39 @@ impl Task {
         F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
         D: FnOnce(Outcome) + Send + 'static,
     {
-        let unit = Unit {
+        let unit: Box<Unit<dyn Start>> = Box::new(Unit {
             tasks: AtomicUsize::new(1),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
-            start: Inline::<F, D>(Mutex::new((Some(body), Some(on_done)))),
-        };
-        let unit: std::sync::Arc<Unit<dyn Start>> = std::sync::Arc::new(unit);
+            #[cfg(fila_loom)]
+            memory: UnsafeCell::new(Some(crate::sync::Arc::new(()))),
+            start: Inline::<F, D> {
+                body: UnsafeCell::new(Some(body)),
+                on_done: UnsafeCell::new(Some(on_done)),
+            },
+        });
         Task {
-            unit: crate::sync::arc_from_std(unit),
-            body: Body::First(run_first::<F, D>),
+            unit: UnitPtr(NonNull::from(Box::leak(unit))),
+            body: Body::First,
         }
     }
-}
 
-/// Runs the first body of a unit whose `Start` is `Inline<F, D>`.
-fn run_first<F, D>(unit: &mut UnitRef, spawned: &mut Vec<Task>, worker: usize)
-where
-    F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
-    D: FnOnce(Outcome) + Send + 'static,
-{
-    // Before its first task runs, nobody else holds the unit (the admitter
-    // handed its only reference to this task), so the body comes out
-    // without taking the lock.
-    let body = Arc::get_mut(unit)
-        .and_then(|unit| unit.start.as_any_mut().downcast_mut::<Inline<F, D>>())
-        .and_then(|start| start.0.get_mut().0.take())
-        .expect("a unit's first body runs once, while the unit is unshared");
-    body(&mut TaskCx {
-        unit,
-        spawned,
-        worker,
-    });
+    /// Runs this task's body; the follow-ons it spawns go to `spawned`.
+    /// A panic in the body propagates to the caller.
+    pub(crate) fn run(self, spawned: &mut Vec<Task>, worker: usize) {
+        let unit = self.unit;
+        let mut cx = TaskCx {
+            unit,
+            spawned,
+            worker,
+        };
+        match self.body {
+            // SAFETY: this is the unit's first task, and while it runs it is
+            // the unit's only one: what it spawns is pushed after it returns.
+            Body::First => unsafe { unit.unit().start.run_first(&mut cx) },
+            Body::Boxed(body) => body(&mut cx),
+        }
+    }
 }
 
 pub(crate) struct Unit<S: ?Sized> {
@@ -101,44 +153,62 @@ pub(crate) struct Unit<S: ?Sized> {
     failed: AtomicBool,
     /// The first panic message. Locked only on the failure path.
     failure: Mutex<Option<String>>,
+    /// Under loom, stands for the unit's memory, which loom cannot see:
+    /// `Some` while it is allocated. Every use of the unit reads this cell
+    /// and freeing writes it, so loom reports a use that is not ordered
+    /// before the free, and the token inside leaks if a unit is never freed.
+    #[cfg(fila_loom)]
+    memory: UnsafeCell<Option<crate::sync::Arc<()>>>,
     /// The admitted body and the completion.
     start: S,
 }
 
 /// What is generic about a unit: its first body and its completion.
-pub(crate) trait Start: Send + Sync {
-    /// For `run_first`, which knows the concrete type.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Calls the completion, through the lock. Called once, by the
-    /// completer, when other tasks may still hold the unit.
-    fn complete(&self, outcome: Outcome);
-    /// Calls the completion without locking. Called once, by the completer,
-    /// when it holds the only reference.
-    fn complete_unshared(&mut self, outcome: Outcome);
+pub(crate) trait Start: Send {
+    /// Takes the first body out of the unit and runs it.
+    ///
+    /// # Safety
+    ///
+    /// Called once, by the unit's first task, while it is the unit's only
+    /// task.
+    unsafe fn run_first(&self, cx: &mut TaskCx<'_>);
+
+    /// Takes the completion out of the unit and calls it.
+    ///
+    /// # Safety
+    ///
+    /// Called once, by the completer, after every other task of the unit
+    /// has ended (its end counted in `Unit::tasks`).
+    unsafe fn complete(&self, outcome: Outcome);
 }
 
 /// The body and the completion in the unit's own allocation. Each is taken
-/// once, usually through `&mut` while the unit is unshared; the lock serves
-/// the completion of a unit whose other tasks have not yet dropped it, and
-/// it is also what makes the unit `Sync` although both are only `Send`.
-struct Inline<F, D>(Mutex<(Option<F>, Option<D>)>);
+/// once, by a task that has the unit to itself at that moment (see `Start`),
+/// so the cells need no lock. Under loom they check that claim.
+struct Inline<F, D> {
+    body: UnsafeCell<Option<F>>,
+    on_done: UnsafeCell<Option<D>>,
+}
 
 impl<F, D> Start for Inline<F, D>
 where
     F: for<'a> FnOnce(&mut TaskCx<'a>) + Send + 'static,
     D: FnOnce(Outcome) + Send + 'static,
 {
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
+    unsafe fn run_first(&self, cx: &mut TaskCx<'_>) {
+        // SAFETY: the caller is the only task of the unit (see `Start`).
+        let body = self.body.with_mut(|body| unsafe { (*body).take() });
+        let body = body.expect("a unit's first body runs once");
+        body(cx);
     }
 
-    fn complete(&self, outcome: Outcome) {
-        let on_done = self.0.lock().1.take();
+    unsafe fn complete(&self, outcome: Outcome) {
+        // SAFETY: every other task has ended (see `Start`), and their ends
+        // happen-before this through the acquire on `tasks`.
+        let on_done = self
+            .on_done
+            .with_mut(|on_done| unsafe { (*on_done).take() });
         call_completion(on_done, outcome);
-    }
-
-    fn complete_unshared(&mut self, outcome: Outcome) {
-        call_completion(self.0.get_mut().1.take(), outcome);
     }
 }
 
@@ -154,38 +224,42 @@ fn call_completion<D: FnOnce(Outcome)>(on_done: Option<D>, outcome: Outcome) {
     }
 }
 
-impl Unit<dyn Start> {
+impl UnitPtr {
     #[cold]
-    pub(crate) fn record_failure(&self, message: String) {
-        let mut failure = self.failure.lock();
+    pub(crate) fn record_failure(self, message: String) {
+        let unit = self.unit();
+        let mut failure = unit.failure.lock();
         if failure.is_none() {
             *failure = Some(message);
         }
-        self.failed.store(true, Relaxed);
+        unit.failed.store(true, Relaxed);
     }
 
-    /// Ends one task of `unit`, which spawned `spawned` follow-ons that are
+    /// Ends one task of the unit, which spawned `spawned` follow-ons that are
     /// not yet visible to any other worker. If that was the unit's last
-    /// task, completes the unit (calls its completion) and returns true:
-    /// the caller then owes the window the unit's slot, and must release it
-    /// (`WorkerThread::owe_slot`).
+    /// task, completes the unit (calls its completion), frees it, and
+    /// returns true: the caller then owes the window the unit's slot, and
+    /// must release it (`WorkerThread::owe_slot`). Either way the caller
+    /// must not use this `UnitPtr` again; its follow-ons hold their own.
     #[must_use = "a completed unit's slot must be released"]
-    pub(crate) fn end_task(
-        unit: &mut UnitRef,
-        spawned: usize,
-        shared: &Shared,
-        worker: usize,
-    ) -> bool {
+    pub(crate) fn end_task(self, spawned: usize, shared: &Shared, worker: usize) -> bool {
+        let tasks = &self.unit().tasks;
         match spawned {
             // The follow-on takes this task's place.
             1 => {}
             0 => {
-                // AcqRel: the release half publishes this task's effects
-                // (and a failure it recorded); the acquire half, in the
-                // task that brings the count to zero, sees every other
-                // task's, before the completion reads them.
-                if unit.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    Self::complete(unit, shared, worker);
+                // The count includes this task. If it reads one, no other
+                // task of the unit exists and none can appear (only live
+                // tasks spawn), so this task is the last without an RMW.
+                // Acquire: it reads the value the last other task's
+                // fetch_sub left, and that task's release half (and all
+                // earlier ones, through the release sequence) publishes its
+                // effects, and a failure it recorded, to the completion.
+                // Otherwise AcqRel: the release half publishes this task's
+                // effects; the acquire half, in the task that brings the
+                // count to zero, sees every other task's.
+                if tasks.load(Ordering::Acquire) == 1 || tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.complete(shared, worker);
                     // (The broken variant has released the slot already.)
                     return cfg!(not(feature = "loom-broken-early-release"));
                 }
@@ -194,13 +268,15 @@ impl Unit<dyn Start> {
             // still holds its own count, so nobody can see zero meanwhile,
             // and the follow-ons are published later by the deque push.
             more => {
-                unit.tasks.fetch_add(more - 1, Ordering::Relaxed);
+                tasks.fetch_add(more - 1, Ordering::Relaxed);
             }
         }
         false
     }
 
-    fn complete(unit: &mut UnitRef, shared: &Shared, worker: usize) {
+    /// Completes and frees the unit. Called by its last task only.
+    fn complete(self, shared: &Shared, worker: usize) {
+        let unit = self.unit();
         let outcome = if unit.failed.load(Relaxed) {
             let message = unit.failure.lock().take().unwrap_or_default();
             shared.totals.failed.fetch_add(1, Relaxed);
@@ -215,12 +291,12 @@ impl Unit<dyn Start> {
         if shared.window.release(1) {
             shared.on_drained();
         }
-        // A unit of one task is unshared here; other tasks of a bigger unit
-        // may not have dropped their references yet.
-        match Arc::get_mut(unit) {
-            Some(unshared) => unshared.start.complete_unshared(outcome),
-            None => unit.start.complete(outcome),
-        }
+        // SAFETY: the count reached zero through this task, so every other
+        // task of the unit has ended.
+        unsafe { unit.start.complete(outcome) };
+        // No task is left to use the unit: the others have ended, and this
+        // one does not touch it again.
+        self.free();
         // The caller frees the slot, after this: a freed slot means the
         // caller has been told, so the window also bounds completions not
         // yet handled.
@@ -230,7 +306,7 @@ impl Unit<dyn Start> {
 /// What a running task can do besides compute: schedule follow-on tasks of
 /// its own unit.
 pub struct TaskCx<'a> {
-    pub(crate) unit: &'a UnitRef,
+    pub(crate) unit: UnitPtr,
     pub(crate) spawned: &'a mut Vec<Task>,
     pub(crate) worker: usize,
 }
@@ -245,7 +321,7 @@ impl TaskCx<'_> {
         F: for<'b> FnOnce(&mut TaskCx<'b>) + Send + 'static,
     {
         self.spawned.push(Task {
-            unit: self.unit.clone(),
+            unit: self.unit,
             body: Body::Boxed(Box::new(body)),
         });
     }

@@ -3,7 +3,7 @@
 
 use crate::queue::{Steal, Worker};
 use crate::sync::{Arc, Ordering};
-use crate::task::{panic_message, Body, Task, TaskCx, Unit};
+use crate::task::{panic_message, Task};
 use crate::Shared;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -163,16 +163,9 @@ impl WorkerThread {
     }
 
     fn run_task(&mut self, task: Task) {
-        let Task { mut unit, body } = task;
+        let unit = task.unit;
         let (spawned, worker) = (&mut self.spawned, self.index);
-        let result = catch_unwind(AssertUnwindSafe(|| match body {
-            Body::First(run_first) => run_first(&mut unit, spawned, worker),
-            Body::Boxed(body) => body(&mut TaskCx {
-                unit: &unit,
-                spawned,
-                worker,
-            }),
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| task.run(spawned, worker)));
         self.shared.counters[self.index].ran_task();
         let spawned = match result {
             Ok(()) => self.spawned.len(),
@@ -182,22 +175,32 @@ impl WorkerThread {
                 0
             }
         };
+        // Deliberately wrong order, compiled only for the loom negative test:
+        // another worker can end a follow-on before it is counted, see the
+        // count reach zero, and free the unit while this task still uses it.
+        #[cfg(feature = "loom-broken-count-after-push")]
+        self.push_spawned();
         // Before the follow-ons are pushed, so that no other worker can end
         // one of them before they are counted. If this was the unit's last
-        // task, this completes the unit and frees its window slot.
-        if Unit::end_task(&mut unit, spawned, &self.shared, self.index) {
+        // task, this completes and frees the unit, and the window slot is
+        // owed. Either way this task is done with the unit.
+        if unit.end_task(spawned, &self.shared, self.index) {
             self.owe_slot();
         }
-        drop(unit);
-        // Reversed so that the first one spawned is the first popped.
-        while let Some(task) = self.spawned.pop() {
-            self.local.push(task);
-        }
+        self.push_spawned();
         // The usual stage spawns one follow-on, which this worker pops
         // next; waking a sleeper for it would only make the two race for
         // it. Only surplus work is worth a wake-up.
         if spawned > 0 && self.local.len() > 1 {
             self.shared.notify_one();
+        }
+    }
+
+    /// Pushes the follow-ons of the task that just ran onto this worker's
+    /// deque, reversed so that the first one spawned is the first popped.
+    fn push_spawned(&mut self) {
+        while let Some(task) = self.spawned.pop() {
+            self.local.push(task);
         }
     }
 
