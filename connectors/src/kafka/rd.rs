@@ -1,6 +1,7 @@
 //! Kafka source and sink on librdkafka (the `rdkafka` crate), through its
 //! synchronous API only: a `BaseConsumer` polled by the source's thread,
-//! and a `BaseProducer` whose delivery callbacks run inside `flush`.
+//! and a `BaseProducer` whose delivery callbacks run on a poll thread of
+//! the writer's.
 //!
 //! # Group membership and revocation
 //!
@@ -63,9 +64,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Records one keep-alive takes from librdkafka at most.
 const KEEP_ALIVE_TAKE: usize = 256;
 
-/// How long one keep-alive waits for a record, serving every event
-/// queued meanwhile.
-const KEEP_ALIVE_WAIT: Duration = Duration::from_millis(1);
+/// How long one keep-alive waits for a record, serving the events queued
+/// meanwhile. (librdkafka counts waits in whole milliseconds, and a wait
+/// under one does not sleep.)
+const KEEP_ALIVE_WAIT: Duration = Duration::from_millis(5);
 
 /// How much longer than the retry timeout a flush waits for librdkafka's
 /// last delivery report before it calls the producer stuck.
@@ -503,13 +505,18 @@ impl RdSource {
             };
             let Some(result) = self.consumer.poll(wait) else {
                 // Nothing more, or an event served (a rebalance returns
-                // early): go on while there is time to wait for a record.
+                // early). A revocation's read-ahead goes before any record
+                // read after it: those belong to the partition's next
+                // assignment. Then go on while there is time to wait for a
+                // record.
+                self.forget_revoked();
                 if got_one || Instant::now() >= deadline {
                     break;
                 }
                 continue;
             };
-            got_one = true;
+            // An error is no record: keep serving what is queued.
+            got_one |= result.is_ok();
             match result {
                 Ok(m) => {
                     self.context().logging.outage.succeeded();
@@ -599,14 +606,18 @@ impl RdSource {
     fn forget_revoked(&mut self) {
         // Acquire: pairs with the callback's store; both run on this
         // thread in fact, inside the consumer's poll.
-        if self.context().assigned.swap(false, Ordering::Acquire) {
-            self.paused = false;
-        }
+        let assigned = self.context().assigned.swap(false, Ordering::Acquire);
         let revoked = std::mem::take(&mut *lock(&self.context().revoked));
         for p in revoked {
             if let Some(q) = self.buffered.remove(&p) {
                 self.count -= q.len();
             }
+        }
+        // The assignment callback resumed only the new partitions. While
+        // the read-ahead is paused, pause them too, so that the whole
+        // assignment resumes together once the read-ahead drains.
+        if assigned && self.paused {
+            self.set_paused(true);
         }
     }
 
