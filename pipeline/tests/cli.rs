@@ -262,6 +262,36 @@ fn max_stage_moves_the_cap_and_records_above_it_are_dead_lettered_naming_it() {
     );
 }
 
+/// The sink waits one tick after the first result before it writes: a
+/// 2 s tick holds a one-record run for at least that long, where the
+/// default tick (25 ms) would not.
+#[test]
+fn sink_tick_sets_how_long_the_sink_gathers_results() {
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(["run", "--source", "stdin", "--sink-tick", "2s", "--no-pin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(
+        child.stdin.take().unwrap(),
+        r#"{{"id":7,"stage1":1,"stage2":2,"stage3":3,"stage4":4,"stage5":5,"timestamp":0}}"#
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: FibRecord = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record.id, 7);
+    assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
+}
+
 #[test]
 fn wrong_flags_exit_2_with_a_clear_message() {
     for (args, needle) in [
@@ -274,6 +304,8 @@ fn wrong_flags_exit_2_with_a_clear_message() {
         ),
         (&["run", "--workers", "lots"], "physical"),
         (&["run", "--burst", "0"], "--burst"),
+        (&["run", "--sink-tick", "0"], "above zero"),
+        (&["run", "--sink-tick", "soon"], "expected a duration"),
         (&["run", "--report", "xml"], "xml"),
         (&["run", "--frobnicate"], "--frobnicate"),
         (&["bogus"], "bogus"),

@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// workers].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_uncommitted: Option<u64>,
+    /// How long the sink gathers results before it writes and flushes
+    /// them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
+    /// request, and a commit follows it: a longer tick spares the broker,
+    /// and each output waits up to one tick longer.
+    #[arg(long, default_value = "25ms", value_parser = fila_connectors::parse_duration)]
+    pub sink_tick: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Serve live metrics (Prometheus text format) at http://ADDR/metrics.

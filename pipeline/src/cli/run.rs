@@ -164,6 +164,7 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
     let config = DriverConfig {
         max_uncommitted: args.max_uncommitted,
         ordered: args.ordered,
+        sink_tick: args.sink_tick,
         ..DriverConfig::default()
     };
     let summary = drive(
