@@ -80,6 +80,9 @@ impl DriverConfig {
 /// taken when the record's last stage finishes, before the sink.
 pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 
+/// [`DEFAULT_SINK_TICK`] as `--sink-tick` spells it.
+pub const DEFAULT_SINK_TICK_FLAG: &str = "25ms";
+
 impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
@@ -630,5 +633,18 @@ fn dead_letter(
             "bad record skipped (no dead-letter destination)"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_tick_flag_default_is_the_driver_default() {
+        assert_eq!(
+            fila_connectors::parse_duration(DEFAULT_SINK_TICK_FLAG),
+            Ok(DEFAULT_SINK_TICK)
+        );
     }
 }

@@ -109,7 +109,7 @@ pub struct RunArgs {
     /// them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
     /// request, and a commit follows it: a longer tick spares the broker,
     /// and each output waits up to one tick longer.
-    #[arg(long, default_value = "25ms", value_parser = fila_connectors::parse_duration)]
+    #[arg(long, default_value = crate::driver::DEFAULT_SINK_TICK_FLAG, value_parser = fila_connectors::parse_duration)]
     pub sink_tick: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
