@@ -7,9 +7,11 @@
 //! below it is done. Records finish out of order, so a finished record above
 //! an unfinished one waits.
 //!
-//! `uncommitted` counts the records read but not yet covered by a
-//! successful commit: exactly what a crash would replay. A driver that
-//! keeps it below a bound before reading more bounds the duplicates.
+//! [`Acks::uncommitted`] counts the records read and not yet covered by a
+//! successful commit, and their bytes: exactly what a crash would replay. A
+//! driver that keeps it below a [`ReplayBound`] before reading more bounds
+//! the duplicates, and the memory held by records between the source and
+//! the commit.
 //!
 //! Partitions come and go when a consumer group rebalances. A partition
 //! is known from `start_partition`, or from the first offset tracked in
@@ -18,11 +20,41 @@
 //! answers [`Ack::Released`] and changes nothing, since the partition's
 //! new owner decides what is committed now.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::Position;
+
+/// Records read and not yet committed, and their payload bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uncommitted {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// How much may be read and not yet committed: what a crash can replay.
+/// Reading waits while either figure is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayBound {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl ReplayBound {
+    /// Whether `u` leaves room for one more record.
+    pub fn admits(&self, u: Uncommitted) -> bool {
+        u.records < self.records && u.bytes < self.bytes
+    }
+
+    /// The bound scaled by `num / den`, each figure at least 1.
+    pub fn scaled(&self, num: u64, den: u64) -> ReplayBound {
+        ReplayBound {
+            records: (self.records * num / den).max(1),
+            bytes: (self.bytes * num / den).max(1),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Partition {
@@ -32,11 +64,47 @@ struct Partition {
     /// The offset last committed successfully (the next one to read after
     /// a restart), or where reading started.
     committed: i64,
+    /// Records tracked at or above `committed`, in offset order, with
+    /// their sizes: what a crash would replay.
+    replay: VecDeque<(i64, u64)>,
 }
 
 impl Partition {
+    fn starting_at(offset: i64) -> Partition {
+        Partition {
+            next: offset,
+            committed: offset,
+            ..Partition::default()
+        }
+    }
+
     fn committable(&self) -> i64 {
         self.outstanding.first().copied().unwrap_or(self.next)
+    }
+
+    /// What `replay` holds, summed.
+    fn uncommitted(&self) -> Uncommitted {
+        self.replay
+            .iter()
+            .fold(Uncommitted::default(), |u, &(_, bytes)| Uncommitted {
+                records: u.records + 1,
+                bytes: u.bytes + bytes,
+            })
+    }
+
+    /// Drops from `replay` the records below `offset`, returning what
+    /// they were.
+    fn forget_below(&mut self, offset: i64) -> Uncommitted {
+        let mut gone = Uncommitted::default();
+        while let Some(&(o, bytes)) = self.replay.front() {
+            if o >= offset {
+                break;
+            }
+            self.replay.pop_front();
+            gone.records += 1;
+            gone.bytes += bytes;
+        }
+        gone
     }
 }
 
@@ -45,6 +113,15 @@ struct Partitions {
     live: BTreeMap<i32, Partition>,
     /// Positions that were outstanding when their partition was released.
     released: BTreeSet<Position>,
+    /// The sum of every live partition's `replay`.
+    uncommitted: Uncommitted,
+}
+
+impl Partitions {
+    fn forget(&mut self, gone: Uncommitted) {
+        self.uncommitted.records -= gone.records;
+        self.uncommitted.bytes -= gone.bytes;
+    }
 }
 
 /// What an [`Acks::ack`] found.
@@ -63,7 +140,7 @@ pub enum Ack {
 #[derive(Default)]
 pub struct Acks {
     partitions: Mutex<Partitions>,
-    /// Notified after every successful commit.
+    /// Notified after every successful commit and release.
     committed: Condvar,
 }
 
@@ -84,23 +161,31 @@ impl Acks {
         let p = parts.live.entry(partition).or_default();
         p.next = offset;
         p.committed = offset;
+        let mut gone = p.forget_below(offset);
+        // Anything tracked at or above where reading resumes is read again.
+        let left = std::mem::take(&mut p.replay);
+        gone.records += left.len() as u64;
+        gone.bytes += left.iter().map(|&(_, b)| b).sum::<u64>();
+        parts.forget(gone);
     }
 
-    /// A record at `position` was handed out and is not done yet. The
-    /// first position tracked in a partition that was not started is
-    /// taken as where reading resumed.
-    pub fn track(&self, position: Position) {
+    /// A record at `position`, of `bytes` bytes, was handed out and is not
+    /// done yet. The first position tracked in a partition that was not
+    /// started is taken as where reading resumed.
+    pub fn track(&self, position: Position, bytes: usize) {
+        let bytes = bytes as u64;
         let mut parts = self.lock();
         let p = parts
             .live
             .entry(position.partition)
-            .or_insert_with(|| Partition {
-                outstanding: BTreeSet::new(),
-                next: position.offset,
-                committed: position.offset,
-            });
+            .or_insert_with(|| Partition::starting_at(position.offset));
         p.outstanding.insert(position.offset);
         p.next = p.next.max(position.offset + 1);
+        // A source hands out each partition's records in offset order.
+        debug_assert!(p.replay.back().map_or(true, |&(o, _)| o < position.offset));
+        p.replay.push_back((position.offset, bytes));
+        parts.uncommitted.records += 1;
+        parts.uncommitted.bytes += bytes;
     }
 
     /// The record at `position` is done.
@@ -162,11 +247,13 @@ impl Acks {
         let mut parts = self.lock();
         for partition in partitions {
             if let Some(p) = parts.live.remove(partition) {
-                let gone = p.outstanding.into_iter().map(|offset| Position {
+                let gone = p.uncommitted();
+                parts.forget(gone);
+                let running = p.outstanding.into_iter().map(|offset| Position {
                     partition: *partition,
                     offset,
                 });
-                parts.released.extend(gone);
+                parts.released.extend(running);
             }
         }
         drop(parts);
@@ -174,17 +261,10 @@ impl Acks {
         self.committed.notify_all();
     }
 
-    /// Records handed out and not yet covered by a successful commit.
-    pub fn uncommitted(&self) -> u64 {
-        Self::uncommitted_in(&self.lock())
-    }
-
-    fn uncommitted_in(parts: &Partitions) -> u64 {
-        parts
-            .live
-            .values()
-            .map(|p| (p.next - p.committed).max(0) as u64)
-            .sum()
+    /// Records handed out and not yet covered by a successful commit, and
+    /// their bytes.
+    pub fn uncommitted(&self) -> Uncommitted {
+        self.lock().uncommitted
     }
 
     /// Per partition, the offset to commit now, where it moved past the
@@ -202,25 +282,32 @@ impl Acks {
     /// Offsets of partitions released meanwhile are ignored.
     pub fn mark_committed(&self, offsets: &[(i32, i64)]) {
         let mut parts = self.lock();
+        let mut gone = Uncommitted::default();
         for &(partition, offset) in offsets {
             if let Some(p) = parts.live.get_mut(&partition) {
                 p.committed = p.committed.max(offset);
+                let g = p.forget_below(p.committed);
+                gone.records += g.records;
+                gone.bytes += g.bytes;
             }
         }
+        parts.forget(gone);
         drop(parts);
         self.committed.notify_all();
     }
 
-    /// Waits until fewer than `limit` records are uncommitted, or `timeout`
-    /// passes. Returns whether the bound now holds.
-    pub fn wait_uncommitted_below(&self, limit: u64, timeout: Duration) -> bool {
-        let below = |parts: &mut Partitions| Self::uncommitted_in(parts) < limit;
+    /// Waits until `bound` admits another record, or `timeout` passes.
+    /// Returns whether it now does.
+    pub fn wait_uncommitted_below(&self, bound: ReplayBound, timeout: Duration) -> bool {
         let guard = self.lock();
-        let (mut guard, _) = self
+        if bound.admits(guard.uncommitted) {
+            return true;
+        }
+        let (guard, _) = self
             .committed
-            .wait_timeout_while(guard, timeout, |parts| !below(parts))
+            .wait_timeout_while(guard, timeout, |parts| !bound.admits(parts.uncommitted))
             .unwrap_or_else(|p| p.into_inner());
-        below(&mut guard)
+        bound.admits(guard.uncommitted)
     }
 }
 
@@ -232,15 +319,19 @@ mod tests {
         Position { partition, offset }
     }
 
+    fn replay(records: u64, bytes: u64) -> Uncommitted {
+        Uncommitted { records, bytes }
+    }
+
     #[test]
     fn commit_stops_below_the_lowest_unacked_offset() {
         let acks = Acks::new();
         acks.start_partition(0, 10);
         for o in 10..15 {
-            acks.track(pos(0, o));
+            acks.track(pos(0, o), 10);
         }
         assert_eq!(acks.committable(), vec![]);
-        assert_eq!(acks.uncommitted(), 5);
+        assert_eq!(acks.uncommitted(), replay(5, 50));
         assert_eq!(acks.ack(pos(0, 12)), Ack::Done);
         assert_eq!(acks.ack(pos(0, 13)), Ack::Done);
         // 10 and 11 are still running: nothing new to commit.
@@ -248,13 +339,13 @@ mod tests {
         assert_eq!(acks.ack(pos(0, 10)), Ack::Done);
         assert_eq!(acks.committable(), vec![(0, 11)]);
         acks.mark_committed(&[(0, 11)]);
-        assert_eq!(acks.uncommitted(), 4);
+        assert_eq!(acks.uncommitted(), replay(4, 40));
         assert_eq!(acks.ack(pos(0, 11)), Ack::Done);
         assert_eq!(acks.committable(), vec![(0, 14)]);
         assert_eq!(acks.ack(pos(0, 14)), Ack::Done);
         assert_eq!(acks.committable(), vec![(0, 15)]);
         acks.mark_committed(&[(0, 15)]);
-        assert_eq!((acks.outstanding(), acks.uncommitted()), (0, 0));
+        assert_eq!((acks.outstanding(), acks.uncommitted()), (0, replay(0, 0)));
         assert_eq!(acks.committable(), vec![]);
     }
 
@@ -263,7 +354,7 @@ mod tests {
         let acks = Acks::new();
         acks.start_partition(0, 5);
         acks.start_partition(1, 0);
-        acks.track(pos(1, 0));
+        acks.track(pos(1, 0), 1);
         assert_eq!(acks.ack(pos(1, 0)), Ack::Done);
         assert_eq!(acks.ack(pos(1, 0)), Ack::Unknown);
         assert_eq!(acks.ack(pos(2, 0)), Ack::Unknown);
@@ -275,9 +366,9 @@ mod tests {
     #[test]
     fn a_partition_first_seen_in_track_resumes_at_that_offset() {
         let acks = Acks::new();
-        acks.track(pos(3, 40));
-        acks.track(pos(3, 41));
-        assert_eq!(acks.uncommitted(), 2);
+        acks.track(pos(3, 40), 7);
+        acks.track(pos(3, 41), 8);
+        assert_eq!(acks.uncommitted(), replay(2, 15));
         assert_eq!(acks.ack(pos(3, 40)), Ack::Done);
         assert_eq!(acks.committable(), vec![(3, 41)]);
     }
@@ -286,14 +377,14 @@ mod tests {
     fn released_partitions_stop_counting_and_their_late_acks_change_nothing() {
         let acks = Acks::new();
         for o in 0..4 {
-            acks.track(pos(0, o));
-            acks.track(pos(1, o));
+            acks.track(pos(0, o), 1);
+            acks.track(pos(1, o), 2);
         }
         assert_eq!(acks.ack(pos(1, 0)), Ack::Done);
         assert_eq!(acks.outstanding_in(&[1]), 3);
         assert!(!acks.wait_drained(&[1], Duration::from_millis(5)));
         acks.release(&[1]);
-        assert_eq!((acks.outstanding(), acks.uncommitted()), (4, 4));
+        assert_eq!((acks.outstanding(), acks.uncommitted()), (4, replay(4, 4)));
         assert_eq!(acks.outstanding_in(&[1]), 0);
         assert!(acks.wait_drained(&[1], Duration::ZERO));
         // The records that were running finish after the release.
@@ -305,7 +396,7 @@ mod tests {
         // Assigned again later: it resumes at the first record re-read.
         // Offset 1 is re-read while its first run is still going: it is
         // done only after both acks.
-        acks.track(pos(1, 1));
+        acks.track(pos(1, 1), 2);
         assert_eq!(acks.ack(pos(1, 1)), Ack::Released);
         assert_eq!(acks.committable(), vec![]);
         assert_eq!(acks.ack(pos(1, 1)), Ack::Done);
@@ -316,9 +407,13 @@ mod tests {
     fn waiting_for_commits_wakes_when_a_commit_lands() {
         let acks = std::sync::Arc::new(Acks::new());
         acks.start_partition(0, 0);
-        acks.track(pos(0, 0));
-        acks.track(pos(0, 1));
-        assert!(!acks.wait_uncommitted_below(2, Duration::from_millis(10)));
+        acks.track(pos(0, 0), 1);
+        acks.track(pos(0, 1), 1);
+        let bound = ReplayBound {
+            records: 2,
+            bytes: u64::MAX,
+        };
+        assert!(!acks.wait_uncommitted_below(bound, Duration::from_millis(10)));
         let committer = {
             let acks = acks.clone();
             std::thread::spawn(move || {
@@ -326,7 +421,37 @@ mod tests {
                 acks.mark_committed(&acks.committable());
             })
         };
-        assert!(acks.wait_uncommitted_below(2, Duration::from_secs(10)));
+        assert!(acks.wait_uncommitted_below(bound, Duration::from_secs(10)));
         committer.join().unwrap();
+    }
+
+    #[test]
+    fn the_bytes_bound_holds_reading_back_as_the_records_bound_does() {
+        let acks = Acks::new();
+        let bound = ReplayBound {
+            records: 100,
+            bytes: 1000,
+        };
+        acks.track(pos(0, 0), 600);
+        assert!(bound.admits(acks.uncommitted()));
+        acks.track(pos(0, 1), 400);
+        assert!(!acks.wait_uncommitted_below(bound, Duration::ZERO));
+        acks.ack(pos(0, 0));
+        acks.mark_committed(&acks.committable());
+        assert_eq!(acks.uncommitted(), replay(1, 400));
+        assert!(acks.wait_uncommitted_below(bound, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_partition_started_again_replays_nothing_of_before() {
+        let acks = Acks::new();
+        acks.start_partition(0, 0);
+        for o in 0..5 {
+            acks.track(pos(0, o), 3);
+        }
+        acks.start_partition(0, 2);
+        assert_eq!(acks.uncommitted(), replay(0, 0));
+        acks.track(pos(0, 2), 3);
+        assert_eq!(acks.uncommitted(), replay(1, 3));
     }
 }

@@ -11,11 +11,12 @@ mod error;
 mod generate;
 mod kafka;
 mod stdio;
+pub mod units;
 
-pub use acks::{Ack, Acks};
+pub use acks::{Ack, Acks, ReplayBound, Uncommitted};
 pub use error::ConnectorError;
 pub use generate::BurstSource;
-pub use kafka::{commit_group_offsets, parse_duration};
+pub use kafka::commit_group_offsets;
 pub use kafka::{
     create_topic, kafka_sink, kafka_source, Assignment, BrokerVersions, ClientKind, Fetched,
     GroupProtocol, KafkaConfig, KeyedRecord, OffsetReset, Replica, TopicReader, TopicWriter,

@@ -2,17 +2,19 @@
 //! ack (in any order, and twice), commit and release, checked after every
 //! step against a plain model. `Acks` must never panic, never offer an
 //! offset above a record that is not done, never move a committed offset
-//! back, and count exactly what a crash would replay.
+//! back, and count exactly what a crash would replay: the records read at
+//! or above the committed offset, and their bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fila_connectors::{Ack, Acks, Position};
+use fila_connectors::{Ack, Acks, Position, Uncommitted};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Track the next record of partition `p`, `gap` offsets on.
-    Track { p: i32, gap: i64 },
+    /// Track the next record of partition `p`, `gap` offsets on, of
+    /// `bytes` bytes.
+    Track { p: i32, gap: i64, bytes: usize },
     /// Ack the `i`-th (mod count) record tracked so far, done or not.
     Ack { i: usize },
     /// Commit what is committable.
@@ -23,7 +25,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..3i32, 1..4i64).prop_map(|(p, gap)| Op::Track { p, gap }),
+        6 => (0..3i32, 1..4i64, 0..100usize).prop_map(|(p, gap, bytes)| Op::Track { p, gap, bytes }),
         6 => any::<usize>().prop_map(|i| Op::Ack { i }),
         2 => Just(Op::Commit),
         1 => (0..3i32).prop_map(|p| Op::Release { p }),
@@ -37,6 +39,8 @@ struct Model {
     /// One past the highest tracked, or where reading started.
     next: i64,
     committed: i64,
+    /// Every record tracked, by offset, with its size.
+    read: BTreeMap<i64, usize>,
     live: bool,
 }
 
@@ -77,7 +81,7 @@ proptest! {
 
         for op in ops {
             match op {
-                Op::Track { p, gap } => {
+                Op::Track { p, gap, bytes } => {
                     if gone.contains(&p) {
                         continue;
                     }
@@ -93,8 +97,9 @@ proptest! {
                         ..Model::default()
                     });
                     let position = Position { partition: p, offset };
-                    acks.track(position);
+                    acks.track(position, bytes);
                     m.outstanding.insert(offset);
+                    m.read.insert(offset, bytes);
                     m.next = m.next.max(offset + 1);
                     tracked.push(position);
                 }
@@ -158,8 +163,14 @@ proptest! {
             for p in offered.keys() {
                 prop_assert!(model.contains_key(p), "offers unknown partition {}", p);
             }
-            let replay: i64 = model.values().map(|m| (m.next - m.committed).max(0)).sum();
-            prop_assert_eq!(acks.uncommitted(), replay as u64);
+            let replay = model
+                .values()
+                .flat_map(|m| m.read.range(m.committed..).map(|(_, &b)| b as u64))
+                .fold(Uncommitted::default(), |u, b| Uncommitted {
+                    records: u.records + 1,
+                    bytes: u.bytes + b,
+                });
+            prop_assert_eq!(acks.uncommitted(), replay);
             let outstanding: usize = model.values().map(|m| m.outstanding.len()).sum();
             prop_assert_eq!(acks.outstanding(), outstanding);
         }

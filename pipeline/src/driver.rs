@@ -9,15 +9,19 @@
 //! commit thread commits what the acknowledgements allow, so the sink
 //! never waits on a commit's round trip.
 //!
-//! For a source that commits (Kafka), the loop also keeps the records read
-//! but not yet committed below a bound U before it reads another. A crash
-//! replays only the uncommitted records, so at most U duplicates. U is not
-//! the window: records stay uncommitted for a produce and a commit round
-//! trip after they leave the window, and a small window would otherwise
-//! stall on those. The commit thread commits once a quarter of U has been
-//! acknowledged since the last commit (or after `commit_interval`), which
-//! keeps the loop from waiting on commits while sparing the broker a
-//! write per flush.
+//! Commits go by time: every `commit_interval`, whatever the job costs,
+//! so the broker serves a few commits a second rather than one per batch
+//! of records. The source never waits for a commit while the job keeps
+//! up. What a crash replays is what was read since the last commit, and
+//! the source loop keeps that below a [`ReplayBound`] (records and bytes)
+//! before it reads another record; the bound is a backstop for a sink or
+//! a broker that falls behind, so it also bounds the memory held between
+//! the source and the commit. When half of it is reached, the commit
+//! thread commits at once rather than wait for the interval.
+//!
+//! The window is not the replay bound: a record leaves the window when
+//! its last stage is done, but stays uncommitted for a sink tick, a
+//! produce and a commit after that.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +29,9 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fila_connectors::{Ack, Acks, Committer, ConnectorError, Polled, Position, Sink, Source};
+use fila_connectors::{
+    Ack, Acks, Committer, ConnectorError, Polled, Position, ReplayBound, Sink, Source,
+};
 use fila_runtime::{AdmitError, Outcome, Runtime};
 use hdrhistogram::Histogram;
 
@@ -43,33 +49,33 @@ pub struct DriverConfig {
     /// replica must acknowledge, so the tick sets how many requests the
     /// broker serves: [`DEFAULT_SINK_TICK`] says why it is 25 ms.
     pub sink_tick: Duration,
-    /// With a committing source, acknowledged positions are committed once
-    /// a quarter of `max_uncommitted` has been acknowledged since the last
-    /// commit, or once this long has passed with something to commit.
-    /// Every commit is a write on the broker, so not one per flush.
+    /// With a committing source, how often acknowledged positions are
+    /// committed ([`DEFAULT_COMMIT_INTERVAL`]).
     pub commit_interval: Duration,
-    /// With a committing source, records read and not yet committed at
-    /// most: what a crash can replay. `None`: the larger of the window and
-    /// [`DEFAULT_UNCOMMITTED_PER_WORKER`] per worker.
-    pub max_uncommitted: Option<u64>,
+    /// With a committing source, how much may be read and not yet
+    /// committed: what a crash can replay ([`DEFAULT_REPLAY_BOUND`]).
+    pub max_uncommitted: ReplayBound,
     /// Write each input partition's results in input order: a record's
     /// results wait until every record read before it from its partition
     /// has finished (`--ordered`).
     pub ordered: bool,
 }
 
-/// The default bound on uncommitted records, per worker. It is the default
-/// window too, so by default a crash replays at most a window.
-pub const DEFAULT_UNCOMMITTED_PER_WORKER: u64 = 16;
+/// How often offsets are committed by default. A commit is one small
+/// write on the broker, so ten a second cost it little, and a crash
+/// replays about a tenth of a second of input plus what was in flight.
+/// Longer intervals spare the broker more and replay more.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
-impl DriverConfig {
-    /// The uncommitted bound on `rt`.
-    pub fn uncommitted_limit(&self, rt: &Runtime) -> u64 {
-        self.max_uncommitted.unwrap_or_else(|| {
-            (rt.window() as u64).max(DEFAULT_UNCOMMITTED_PER_WORKER * rt.workers() as u64)
-        })
-    }
-}
+/// The default replay bound. It is a backstop, not a pace: a job that
+/// keeps up holds about its rate times (commit interval + sink tick +
+/// produce and commit round trips) uncommitted, far below it. It bounds
+/// what a crash replays and what a slow sink or broker can make fila hold
+/// in memory.
+pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
+    records: 100_000,
+    bytes: 64 << 20,
+};
 
 /// The sink's default tick. With Kafka on the 2-core build machine, where
 /// the broker shares the cores with fila, going from 2 ms to 25 ms cut the
@@ -80,16 +86,13 @@ impl DriverConfig {
 /// taken when the record's last stage finishes, before the sink.
 pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 
-/// [`DEFAULT_SINK_TICK`] as `--sink-tick` spells it.
-pub const DEFAULT_SINK_TICK_FLAG: &str = "25ms";
-
 impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             poll_timeout: Duration::from_millis(100),
             sink_tick: DEFAULT_SINK_TICK,
-            commit_interval: Duration::from_millis(100),
-            max_uncommitted: None,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            max_uncommitted: DEFAULT_REPLAY_BOUND,
             ordered: false,
         }
     }
@@ -183,18 +186,18 @@ pub fn run(
     stop: &AtomicBool,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
-    let limit = config.uncommitted_limit(rt).max(1);
+    let bound = config.max_uncommitted;
     let committer = source
         .committer()
         .map_err(DriverError::Source)?
         .map(|committer| Commits {
             committer,
-            every: (limit / 4).max(1),
             interval: config.commit_interval,
-            acked_since: 0,
+            urgent: bound.scaled(1, 2),
+            pending: false,
             last: Instant::now(),
         });
-    let gate = committer.is_some().then_some(limit);
+    let gate = committer.is_some().then_some(bound);
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
         let (acked_tx, commit_thread) = match committer {
@@ -273,7 +276,7 @@ fn admit_loop(
     job: &Arc<Job>,
     source: &mut dyn Source,
     acks: &Acks,
-    uncommitted_limit: Option<u64>,
+    replay_bound: Option<ReplayBound>,
     stop: &AtomicBool,
     config: &DriverConfig,
     tx: &Sender<Event>,
@@ -281,10 +284,10 @@ fn admit_loop(
 ) -> Result<(), DriverError> {
     let stopping = || stop.load(Ordering::Relaxed) || rt.is_closed();
     while !stopping() {
-        if let Some(limit) = uncommitted_limit {
-            // Bounded replay: read on only while fewer than `limit`
-            // records are uncommitted. The commit thread commits them.
-            if !acks.wait_uncommitted_below(limit, config.poll_timeout) {
+        if let Some(bound) = replay_bound {
+            // Bounded replay: read on only while the bound admits another
+            // record. The commit thread commits them.
+            if !acks.wait_uncommitted_below(bound, config.poll_timeout) {
                 source.keep_alive().map_err(DriverError::Source)?;
                 continue;
             }
@@ -301,7 +304,7 @@ fn admit_loop(
         {
             Polled::Record(envelope) => {
                 first_arrival.get_or_insert(envelope.arrived);
-                acks.track(envelope.position);
+                acks.track(envelope.position, envelope.payload.len());
                 let payload: Arc<[u8]> = envelope.payload.into();
                 let key: Option<Arc<[u8]>> = envelope.key.map(Into::into);
                 let position = envelope.position;
@@ -357,21 +360,22 @@ fn close_windows(rt: &Runtime, job: &Job, tx: &Sender<Event>) {
 /// When the commit thread commits.
 struct Commits {
     committer: Box<dyn Committer>,
-    /// Commit once this many records were acknowledged since the last one.
-    every: u64,
-    /// Or once this long has passed with something to commit.
+    /// Commit this often while something is acknowledged and not
+    /// committed.
     interval: Duration,
-    acked_since: u64,
+    /// Or at once when this much is uncommitted: half the replay bound,
+    /// so a source near the bound does not wait out the interval.
+    urgent: ReplayBound,
+    /// Whether something was acknowledged since the last commit, or a
+    /// commit was refused and must be offered again.
+    pending: bool,
     last: Instant,
 }
 
 impl Commits {
-    fn pending(&self) -> bool {
-        self.acked_since > 0
-    }
-
-    fn due(&self) -> bool {
-        self.acked_since >= self.every || (self.pending() && self.last.elapsed() >= self.interval)
+    fn due(&self, acks: &Acks) -> bool {
+        self.pending
+            && (self.last.elapsed() >= self.interval || !self.urgent.admits(acks.uncommitted()))
     }
 
     fn commit(&mut self, acks: &Acks) -> Result<(), DriverError> {
@@ -379,8 +383,8 @@ impl Commits {
         // A commit the broker refused for now (a group rebalancing) leaves
         // its offsets committable: keep them pending, so they are offered
         // again after `interval` even if no record is acknowledged
-        // meanwhile. With the uncommitted bound full, none would be.
-        self.acked_since = u64::from(!acks.committable().is_empty());
+        // meanwhile. With the replay bound full, none would be.
+        self.pending = !acks.committable().is_empty();
         self.last = Instant::now();
         Ok(())
     }
@@ -393,24 +397,25 @@ fn commit_loop(acked: Receiver<u64>, mut commits: Commits, acks: &Acks) -> Resul
     loop {
         // With acknowledgements waiting, wake in time to commit them even
         // if no more come.
-        let received = if commits.pending() {
-            acked.recv_timeout(commits.interval)
+        let received = if commits.pending {
+            let left = commits.interval.saturating_sub(commits.last.elapsed());
+            acked.recv_timeout(left)
         } else {
             acked
                 .recv()
                 .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
         };
         match received {
-            Ok(n) => commits.acked_since += n,
+            Ok(n) => commits.pending |= n > 0,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        commits.acked_since += acked.try_iter().sum::<u64>();
-        if commits.due() {
+        commits.pending |= acked.try_iter().any(|n| n > 0);
+        if commits.due(acks) {
             commits.commit(acks)?;
         }
     }
-    if commits.pending() {
+    if commits.pending {
         commits.commit(acks)?;
     }
     Ok(())
@@ -633,18 +638,5 @@ fn dead_letter(
             "bad record skipped (no dead-letter destination)"
         );
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sink_tick_flag_default_is_the_driver_default() {
-        assert_eq!(
-            fila_connectors::parse_duration(DEFAULT_SINK_TICK_FLAG),
-            Ok(DEFAULT_SINK_TICK)
-        );
     }
 }

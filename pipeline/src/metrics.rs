@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use fila_connectors::Uncommitted;
 use fila_runtime::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -68,7 +69,7 @@ impl Live {
 
 /// The metrics page for `stats`, `live`, and (for a source that commits)
 /// the records not yet committed.
-pub fn render(stats: &Stats, live: &Live, uncommitted: Option<u64>) -> String {
+pub fn render(stats: &Stats, live: &Live, uncommitted: Option<Uncommitted>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Page {
         stats: stats.clone(),
@@ -96,7 +97,7 @@ struct Page {
     dead_letters: u64,
     panicked: u64,
     latency: Histogram,
-    uncommitted: Option<u64>,
+    uncommitted: Option<Uncommitted>,
 }
 
 impl Collector for Page {
@@ -151,8 +152,14 @@ impl Collector for Page {
             one(
                 &mut e,
                 "fila_uncommitted",
-                "Records read and not yet covered by a commit.",
-                ConstGauge::new(uncommitted),
+                "Records read and not yet covered by a commit: what a crash would replay.",
+                ConstGauge::new(uncommitted.records),
+            )?;
+            one(
+                &mut e,
+                "fila_uncommitted_bytes",
+                "Bytes of the records read and not yet covered by a commit.",
+                ConstGauge::new(uncommitted.bytes),
             )?;
         }
         let per_worker = |f: fn(&fila_runtime::WorkerStats) -> u64| {
@@ -444,7 +451,11 @@ mod tests {
         let live = Live::default();
         live.outputs.store(5, Relaxed);
         live.dead_letters.store(2, Relaxed);
-        let page = render(&stats, &live, Some(4));
+        let uncommitted = Uncommitted {
+            records: 4,
+            bytes: 400,
+        };
+        let page = render(&stats, &live, Some(uncommitted));
         assert!(!render(&stats, &live, None).contains("fila_uncommitted"));
         for line in [
             "fila_records_total{outcome=\"output\"} 5",
@@ -454,6 +465,7 @@ mod tests {
             "fila_in_flight 3",
             "fila_max_in_flight 30",
             "fila_uncommitted 4",
+            "fila_uncommitted_bytes 400",
             "fila_worker_tasks_total{worker=\"1\"} 7",
             "# TYPE fila_worker_parks_total counter",
             "# TYPE fila_worker_busy_seconds_total counter",

@@ -4,7 +4,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use fila_connectors::{Acks, BurstSource, ConnectorError, Position, Sink};
+use fila_connectors::{
+    Acks, BurstSource, ConnectorError, Position, ReplayBound, Sink, Uncommitted,
+};
 use fila_pipeline::dataflow::{Job, Rejected};
 use fila_pipeline::driver::{self, DriverConfig};
 use fila_pipeline::metrics::Live;
@@ -222,7 +224,10 @@ fn a_refused_commit_is_offered_again_and_the_run_goes_on() {
     let sink = Collect::default();
     let acks = Acks::new();
     let config = DriverConfig {
-        max_uncommitted: Some(4),
+        max_uncommitted: ReplayBound {
+            records: 4,
+            bytes: u64::MAX,
+        },
         commit_interval: std::time::Duration::from_millis(10),
         ..DriverConfig::default()
     };
@@ -253,6 +258,80 @@ fn a_refused_commit_is_offered_again_and_the_run_goes_on() {
     });
     let commits = commits.lock().unwrap();
     assert_eq!(commits.last().unwrap(), &vec![(0, 40)], "{commits:?}");
-    assert_eq!(acks.uncommitted(), 0);
+    assert_eq!(acks.uncommitted(), Uncommitted::default());
     rt.shutdown();
+}
+
+/// Runs `n` records of a committing source through an echo job with
+/// `config`, and returns the commits that landed.
+fn run_committing(n: u64, config: &DriverConfig) -> Vec<Vec<(i32, i64)>> {
+    let rt = Runtime::builder()
+        .workers(Workers::Count(2.try_into().unwrap()))
+        .pin(false)
+        .build()
+        .unwrap();
+    let commits = CommitLog::default();
+    let mut source = Replayable {
+        n,
+        next: 0,
+        refusals: 0,
+        commits: commits.clone(),
+    };
+    let job = Job::new("echo")
+        .decode(|input| Ok(input.payload().to_vec()))
+        .sink(|b: &Vec<u8>| b.clone());
+    let acks = Acks::new();
+    let summary = driver::run(
+        &rt,
+        Arc::new(job),
+        &mut source,
+        Box::new(Collect::default()),
+        &acks,
+        &Live::default(),
+        &AtomicBool::new(false),
+        config,
+    )
+    .unwrap();
+    assert_eq!(summary.outputs, n);
+    assert_eq!(acks.uncommitted(), Uncommitted::default());
+    rt.shutdown();
+    let commits = commits.lock().unwrap().clone();
+    assert_eq!(commits.last(), Some(&vec![(0, n as i64)]), "{commits:?}");
+    commits
+}
+
+/// Commits go by time, not by a count of records: with an interval longer
+/// than the run and a bound the run never nears, the only commit is the
+/// last one, at the end.
+#[test]
+fn commits_go_by_time_so_a_job_that_keeps_up_never_waits_for_one() {
+    let config = DriverConfig {
+        commit_interval: std::time::Duration::from_secs(3600),
+        ..DriverConfig::default()
+    };
+    assert_eq!(run_committing(20_000, &config).len(), 1);
+}
+
+/// Near the replay bound the commit thread commits at once instead of
+/// waiting out the interval, so a small bound paces reading by commits
+/// (without it this run would wait an hour for its first commit).
+#[test]
+fn a_source_at_half_the_replay_bound_gets_a_commit_at_once() {
+    let config = DriverConfig {
+        commit_interval: std::time::Duration::from_secs(3600),
+        max_uncommitted: ReplayBound {
+            records: 100,
+            bytes: u64::MAX,
+        },
+        ..DriverConfig::default()
+    };
+    let commits = run_committing(2_000, &config);
+    // At most 100 uncommitted at a time: at least 20 commits.
+    assert!(commits.len() >= 20, "{} commits", commits.len());
+    let mut last = 0;
+    for c in &commits {
+        let (_, offset) = c[0];
+        assert!(offset > last && offset - last <= 100, "{commits:?}");
+        last = offset;
+    }
 }

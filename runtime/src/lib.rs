@@ -102,13 +102,11 @@ loom::thread_local! {
 }
 
 /// The default window is this many units per worker. Depth-first
-/// scheduling, not a small window, is what keeps a burst draining in arrival
-/// order: on the reference burst, every window from 2 per worker up to the
-/// whole burst measured the same throughput and latency. A source that
-/// commits offsets also keeps its uncommitted records below the window,
-/// and there a small window stalls on commit round trips (with Kafka on
-/// 2 cores, 4 in flight ran at about 60% of the throughput of 32). So the
-/// default is generous. The README has the measurements.
+/// scheduling, not a small window, is what keeps a burst draining in
+/// arrival order, so the window can be generous: a larger one costs memory
+/// for the units in flight, and a smaller one makes the admitting thread
+/// wait for a free slot more often, which light records feel most.
+/// `benches/src/bin/burst-table.rs` measures windows against each other.
 pub const DEFAULT_WINDOW_PER_WORKER: usize = 16;
 
 /// Why a unit was not admitted.

@@ -31,7 +31,7 @@ pub use rd::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
 use retry::Outage;
-pub use retry::{parse_duration, OffsetReset, DEFAULT_RETRY_TIMEOUT};
+pub use retry::{OffsetReset, DEFAULT_RETRY_TIMEOUT};
 
 /// Which Kafka client to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -187,28 +187,6 @@ fn backoff_after(failures: u32) -> Duration {
     (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
 }
 
-/// Parses `--kafka-retry-timeout`: a number with a unit `ms`, `s` or `m`
-/// (`500ms`, `60s`, `5m`); a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("expected a duration like 500ms, 60s or 5m, got `{s}`");
-    let t = s.trim();
-    let (number, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1_000)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60_000)
-    } else {
-        (t, 1_000)
-    };
-    let n: u64 = number.trim().parse().map_err(|_| bad())?;
-    let ms = n.checked_mul(scale_ms).ok_or_else(bad)?;
-    if ms == 0 {
-        return Err(format!("the duration must be above zero, got `{s}`"));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,17 +232,6 @@ mod tests {
         outage.failed(&"x: y");
         outage.failed(&"x: y");
         assert_eq!(outage.backoff(), Duration::from_millis(200));
-    }
-
-    #[test]
-    fn durations_parse_with_and_without_units() {
-        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        for bad in ["", "s", "-1s", "1h", "1.5s", "0s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
-        }
     }
 
     #[test]

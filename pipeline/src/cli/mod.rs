@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fila_connectors::units::{Bytes, Span};
 use fila_connectors::{ClientKind, GroupProtocol, OffsetReset, Replica};
 use fila_runtime::{Workers, MAX_WINDOW};
 /// The allocator the `fila` binary uses, for a binary of one's own:
@@ -100,17 +100,24 @@ pub struct RunArgs {
     /// Records in flight at most [default: 16 × workers].
     #[arg(long, value_parser = parse_window)]
     pub window: Option<usize>,
-    /// With Kafka, records read and not yet committed at most, so a crash
-    /// replays at most this many [default: the window, and at least 16 ×
-    /// workers].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_uncommitted: Option<u64>,
+    /// With Kafka, how often offsets are committed. A crash replays what
+    /// was read since the last commit.
+    #[arg(long, default_value_t = Span(crate::driver::DEFAULT_COMMIT_INTERVAL))]
+    pub commit_interval: Span,
+    /// With Kafka, records read and not yet committed at most: reading
+    /// waits at this many, so a crash replays at most this many.
+    #[arg(long, default_value_t = crate::driver::DEFAULT_REPLAY_BOUND.records, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_uncommitted: u64,
+    /// With Kafka, bytes of input read and not yet committed at most
+    /// (`64MiB`, `512KiB`): reading waits at this many.
+    #[arg(long, default_value_t = Bytes(crate::driver::DEFAULT_REPLAY_BOUND.bytes))]
+    pub max_uncommitted_bytes: Bytes,
     /// How long the sink gathers results before it writes and flushes
     /// them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
-    /// request, and a commit follows it: a longer tick spares the broker,
-    /// and each output waits up to one tick longer.
-    #[arg(long, default_value = crate::driver::DEFAULT_SINK_TICK_FLAG, value_parser = fila_connectors::parse_duration)]
-    pub sink_tick: Duration,
+    /// request: a longer tick spares the broker, and each output waits up
+    /// to one tick longer.
+    #[arg(long, default_value_t = Span(crate::driver::DEFAULT_SINK_TICK))]
+    pub sink_tick: Span,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Serve live metrics (Prometheus text format) at http://ADDR/metrics.
@@ -197,8 +204,8 @@ pub struct KafkaArgs {
     /// How long the broker may fail to answer (a restart, a stall) before
     /// fila gives up and exits 1: `500ms`, `60s`, `5m`; a bare number is
     /// seconds. Meanwhile fila retries with backoff and loses nothing.
-    #[arg(long, default_value = "60s", value_parser = fila_connectors::parse_duration)]
-    pub kafka_retry_timeout: Duration,
+    #[arg(long, default_value_t = Span(fila_connectors::DEFAULT_RETRY_TIMEOUT))]
+    pub kafka_retry_timeout: Span,
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,7 +11,7 @@ use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
     kafka_sink, kafka_source, Acks, Assignment, BurstSource, ClientKind, DiscardSink, KafkaConfig,
-    Replica, Sink, Source, StdinSource, StdoutSink,
+    ReplayBound, Replica, Sink, Source, StdinSource, StdoutSink,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -96,7 +96,7 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
             &k.input_topic,
             &k.output_topic,
             k.dlq_topic.as_deref(),
-            k.kafka_retry_timeout,
+            k.kafka_retry_timeout.0,
         )
         .with_context(|| format!("connecting the sink to output topic {}", k.output_topic))?,
     };
@@ -141,7 +141,7 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
                 group: k.group.clone(),
                 assignment,
                 offset_reset: k.offset_reset,
-                retry_timeout: k.kafka_retry_timeout,
+                retry_timeout: k.kafka_retry_timeout.0,
             };
             let source = kafka_source(client, config, acks.clone()).with_context(|| {
                 format!("connecting the source to input topic {}", k.input_topic)
@@ -162,9 +162,13 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
     };
     let commits = args.source == SourceKind::Kafka;
     let config = DriverConfig {
-        max_uncommitted: args.max_uncommitted,
+        commit_interval: args.commit_interval.0,
+        max_uncommitted: ReplayBound {
+            records: args.max_uncommitted,
+            bytes: args.max_uncommitted_bytes.0,
+        },
         ordered: args.ordered,
-        sink_tick: args.sink_tick,
+        sink_tick: args.sink_tick.0,
         ..DriverConfig::default()
     };
     let summary = drive(
