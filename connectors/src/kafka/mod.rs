@@ -260,6 +260,17 @@ impl TopicReader {
         }
     }
 
+    /// Waits until the reader has read every partition to its end once (so
+    /// it is fetching, and what is written next arrives without a start-up
+    /// delay), or until `timeout` passes. Returns whether it got there.
+    pub fn wait_caught_up(&mut self, timeout: Duration) -> Result<bool, ConnectorError> {
+        match &mut self.0 {
+            ReaderImpl::Rd(r) => r.wait_caught_up(timeout),
+            // Its fetches are synchronous: each one reads from the broker.
+            ReaderImpl::V0(_) => Ok(true),
+        }
+    }
+
     /// What arrived since the last call, waiting up to about 100 ms for
     /// something to arrive.
     pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {

@@ -143,6 +143,13 @@ impl Logging {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // A reader that asked to hear of partition ends hears of them
+        // here too; they are no fault.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            return;
+        }
         // Fatal errors come back from the call that failed, which says
         // more; they are no outage to retry.
         if fatal(&error) {
@@ -793,6 +800,11 @@ struct DeliveryContext {
     /// Notified when `pending` reaches zero.
     settled: Condvar,
     failed: Mutex<Option<String>>,
+    /// Set once the idempotent producer has its producer id, as its
+    /// statistics say (when they are turned on).
+    ready: Mutex<bool>,
+    /// Notified when `ready` is set.
+    readied: Condvar,
     logging: Logging,
 }
 
@@ -802,8 +814,20 @@ impl DeliveryContext {
             pending: Mutex::new(0),
             settled: Condvar::new(),
             failed: Mutex::new(None),
+            ready: Mutex::new(false),
+            readied: Condvar::new(),
             logging: Logging::new(brokers, retry_timeout),
         }
+    }
+
+    /// Waits until the producer has its producer id, or `timeout` passes.
+    fn wait_ready(&self, timeout: Duration) -> bool {
+        let ready = lock(&self.ready);
+        let (ready, _) = self
+            .readied
+            .wait_timeout_while(ready, timeout, |r| !*r)
+            .unwrap_or_else(|p| p.into_inner());
+        *ready
     }
 
     fn settle_one(&self) {
@@ -818,6 +842,16 @@ impl DeliveryContext {
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         self.logging.log(level, fac, message)
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics
+            .eos
+            .is_some_and(|eos| eos.idemp_state == "Assigned")
+        {
+            *lock(&self.ready) = true;
+            self.readied.notify_all();
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -860,9 +894,14 @@ fn producer(
     brokers: &str,
     linger_ms: u32,
     retry_timeout: Duration,
+    stats_every: Option<Duration>,
 ) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
     BrokerVersions::probe(brokers)?;
-    client_config(brokers)
+    let mut config = client_config(brokers);
+    if let Some(every) = stats_every {
+        config.set("statistics.interval.ms", every.as_millis().to_string());
+    }
+    config
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", linger_ms.to_string())
@@ -1033,7 +1072,7 @@ impl RdSink {
     ) -> Result<RdSink, ConnectorError> {
         // The sink flushes after every batch, which sends at once; linger
         // only gathers what arrives while a flush is under way.
-        let producer = producer(brokers, 1, retry_timeout)?;
+        let producer = producer(brokers, 1, retry_timeout, None)?;
         for topic in std::iter::once(output_topic).chain(dlq_topic) {
             ensure_topic(producer.client(), brokers, topic)?;
         }
@@ -1086,6 +1125,10 @@ impl Sink for RdSink {
     }
 }
 
+/// How often the load client's and the tests' producer reports its
+/// statistics: how it learns that it has its producer id.
+const READY_STATS: Duration = Duration::from_millis(100);
+
 /// How long the load client's and the tests' writer retries a record
 /// before it reports the failure: they are tools, and should fail fast.
 const TOOL_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1104,11 +1147,22 @@ impl TopicWriter {
     pub fn connect(brokers: &str, topics: &[&str]) -> Result<TopicWriter, ConnectorError> {
         // A burst is sent as fast as possible: a few ms of linger fills
         // batches without delaying the records noticeably.
-        let producer = producer(brokers, 5, TOOL_RETRY_TIMEOUT)?;
+        let producer = producer(brokers, 5, TOOL_RETRY_TIMEOUT, Some(READY_STATS))?;
         let mut partitions = BTreeMap::new();
         for &topic in topics {
             let ids = ensure_topic(producer.client(), brokers, topic)?;
             partitions.insert(topic.to_owned(), ids.len() as i32);
+        }
+        // An idempotent producer sends nothing before it has its producer
+        // id, and when it asks before its first connection is up it asks
+        // again only after a backoff: wait for it here, so that the first
+        // records sent are not held back. (It sends anyway if the wait
+        // runs out.)
+        if !producer.context().wait_ready(LOOKUP_TIMEOUT) {
+            tracing::warn!(
+                brokers,
+                "the producer has no producer id yet; sending anyway"
+            );
         }
         Ok(TopicWriter {
             writer: Writer::new(producer, brokers, TOOL_RETRY_TIMEOUT),
@@ -1156,6 +1210,19 @@ pub struct TopicReader {
     consumer: BaseConsumer<ReaderContext>,
     brokers: String,
     topic: String,
+    partitions: usize,
+    /// Records read by `wait_caught_up`, for the next `fetch`.
+    early: Vec<Fetched>,
+}
+
+fn fetched_of(m: &BorrowedMessage<'_>) -> Fetched {
+    let e = envelope_of(m);
+    Fetched {
+        position: e.position,
+        key: e.key,
+        payload: e.payload,
+        headers: e.headers,
+    }
 }
 
 fn reader(brokers: &str) -> Result<BaseConsumer<ReaderContext>, ConnectorError> {
@@ -1167,6 +1234,9 @@ fn reader(brokers: &str) -> Result<BaseConsumer<ReaderContext>, ConnectorError> 
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
+        // Says when a partition has been read to its end: how
+        // `wait_caught_up` knows the reader is fetching.
+        .set("enable.partition.eof", "true")
         .create_with_context(ReaderContext {
             logging: Logging::new(brokers, DEFAULT_RETRY_TIMEOUT),
         })
@@ -1192,11 +1262,48 @@ impl TopicReader {
             consumer,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
+            partitions: tpl.count(),
+            early: Vec::new(),
         })
+    }
+
+    /// Waits until every partition has been read to its end once, or
+    /// `timeout` passes, keeping what arrived meanwhile for `fetch`. A
+    /// consumer just assigned looks up its partitions' leaders and checks
+    /// its offsets before it fetches anything, which takes a while.
+    pub fn wait_caught_up(&mut self, timeout: Duration) -> Result<bool, ConnectorError> {
+        let deadline = Instant::now() + timeout;
+        let mut at_end = std::collections::BTreeSet::new();
+        while at_end.len() < self.partitions && Instant::now() < deadline {
+            let Some(result) = self.consumer.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            match result {
+                Ok(m) => self.early.push(fetched_of(&m)),
+                Err(KafkaError::PartitionEOF(p)) => {
+                    at_end.insert(p);
+                }
+                Err(e) if fatal(&e) => {
+                    return Err(kafka_error(
+                        &self.brokers,
+                        &format!("reading {}", self.topic),
+                        e,
+                    ))
+                }
+                Err(e) => self.consumer.context().logging.error(e, "reading a topic"),
+            }
+        }
+        Ok(at_end.len() >= self.partitions)
     }
 
     pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
         let mut per_partition: BTreeMap<i32, Vec<Fetched>> = BTreeMap::new();
+        for f in self.early.drain(..) {
+            per_partition
+                .entry(f.position.partition)
+                .or_default()
+                .push(f);
+        }
         let mut wait = Duration::from_millis(100);
         let mut count = 0;
         while count < 10_000 {
@@ -1207,25 +1314,13 @@ impl TopicReader {
             match result {
                 Ok(m) => {
                     count += 1;
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let e = envelope_of(&m);
+                    let f = fetched_of(&m);
                     per_partition
-                        .entry(e.position.partition)
+                        .entry(f.position.partition)
                         .or_default()
-                        .push(Fetched {
-                            position: e.position,
-                            key: e.key,
-                            payload: e.payload,
-                            headers,
-                        });
+                        .push(f);
                 }
+                Err(KafkaError::PartitionEOF(_)) => {}
                 Err(e) if fatal(&e) => {
                     return Err(kafka_error(
                         &self.brokers,
@@ -1242,7 +1337,7 @@ impl TopicReader {
 
 /// The end offset of every partition of `topic`, creating it if needed.
 pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-    let producer = producer(brokers, 0, DEFAULT_RETRY_TIMEOUT)?;
+    let producer = producer(brokers, 0, DEFAULT_RETRY_TIMEOUT, None)?;
     let partitions = ensure_topic(producer.client(), brokers, topic)?;
     let mut out = BTreeMap::new();
     // A topic just created may not have its leaders settled yet, and a

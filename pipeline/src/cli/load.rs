@@ -51,6 +51,14 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
     let mut writer = TopicWriter::connect(client, &args.brokers, &[&args.input_topic])
         .with_context(|| format!("connecting to input topic {}", args.input_topic))?;
 
+    // The burst's clock starts with its first record: the reader must be
+    // fetching by then, or its start-up counts as the system's latency.
+    if !reader
+        .wait_caught_up(Duration::from_secs(10))
+        .context("reading the output topic")?
+    {
+        tracing::warn!("the output topic's reader did not catch up within 10 s; going on");
+    }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     // Set when producing fails: the reader stops waiting for outputs that
     // cannot come, and the error is reported at once.
