@@ -144,6 +144,14 @@ pub struct Acks {
     committed: Condvar,
 }
 
+impl std::fmt::Debug for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acks")
+            .field("uncommitted", &self.uncommitted())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Acks {
     pub fn new() -> Acks {
         Acks::default()

@@ -3,8 +3,10 @@
 //! everything at or below it has been acknowledged downstream.
 //!
 //! This crate knows nothing of the scheduler. A driver pulls [`Envelope`]s
-//! from a [`Source`], runs them wherever it likes, hands the results to a
-//! [`Sink`], and reports each finished position to an [`Acks`] tracker.
+//! from a [`Source`], runs them wherever it likes, and hands the results to
+//! a [`Sink`]. A source whose positions can be committed owns an [`Acks`]
+//! tracker and hands it out with its committer ([`Committing`]): the driver
+//! tracks each record it takes and acknowledges each one finished there.
 
 mod acks;
 mod error;
@@ -19,12 +21,13 @@ pub use generate::BurstSource;
 pub use kafka::commit_group_offsets;
 pub use kafka::{
     create_topic, kafka_sink, kafka_source, Assignment, BrokerVersions, ClientKind, Fetched,
-    GroupProtocol, KafkaConfig, KeyedRecord, OffsetReset, Replica, TopicReader, TopicWriter,
-    DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
+    GroupProtocol, KeyedRecord, OffsetReset, Replica, SinkConfig, SourceConfig, TopicReader,
+    TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
     DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink};
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where a record came from: a partition and an offset in it. Sources
@@ -77,24 +80,31 @@ pub trait Source: Send {
         Ok(())
     }
 
-    /// For sources whose positions can be committed (Kafka), something
-    /// that commits them. The driver calls it from a commit thread of its
-    /// own, once enough has been acknowledged since the last commit (a
-    /// quarter of the uncommitted bound) or some time has passed. `None` for sources
-    /// that cannot be replayed anyway (a burst, stdin).
-    fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
+    /// For sources whose positions can be committed (Kafka): the tracker
+    /// the source keeps its partitions in, and what commits them. The
+    /// driver tracks and acknowledges every record it takes in that
+    /// tracker, and calls the committer from a commit thread of its own.
+    /// `None` for sources that cannot be replayed anyway (a burst, stdin).
+    fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
         Ok(None)
     }
 }
 
+/// A committing source's offset tracker and its committer, which commits
+/// from that same tracker.
+pub struct Committing {
+    pub acks: Arc<Acks>,
+    pub committer: Box<dyn Committer>,
+}
+
 /// Makes acknowledged positions durable.
 pub trait Committer: Send {
-    /// Commits what `acks` allows (`Acks::committable`) and, on success,
-    /// marks it committed. A commit that the broker refuses only because
-    /// the partitions moved to another member is not an error: the offsets
-    /// are simply not marked, and the partitions' new owner resumes from
-    /// the last commit that did land.
-    fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError>;
+    /// Commits what its source's [`Acks`] allows (`Acks::committable`)
+    /// and, on success, marks it committed. A commit that the broker
+    /// refuses only because the partitions moved to another member is not
+    /// an error: the offsets are simply not marked, and the partitions' new
+    /// owner resumes from the last commit that did land.
+    fn commit(&mut self) -> Result<(), ConnectorError>;
 }
 
 /// Where results go.

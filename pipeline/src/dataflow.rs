@@ -42,7 +42,7 @@ use std::time::Instant;
 use fila_connectors::Position;
 use fila_runtime::TaskCx;
 
-use crate::driver::Event;
+use crate::outlet::{Event, Origin, Outlet};
 
 /// A record was rejected: it goes to the dead-letter destination with this
 /// reason, and its position still counts as handled.
@@ -68,6 +68,22 @@ pub struct Input {
 }
 
 impl Input {
+    /// The record `envelope` brought, and its origin, which shares its
+    /// bytes.
+    pub(crate) fn from_envelope(envelope: fila_connectors::Envelope) -> (Input, Origin) {
+        let payload: Arc<[u8]> = envelope.payload.as_slice().into();
+        let key: Option<Arc<[u8]>> = envelope.key.as_deref().map(Into::into);
+        let origin = Origin::of(&envelope, key.clone(), payload.clone());
+        let input = Input {
+            payload,
+            key,
+            headers: envelope.headers,
+            timestamp: envelope.timestamp,
+            position: envelope.position,
+        };
+        (input, origin)
+    }
+
     /// A record with no key, headers or timestamp, at partition 0.
     pub fn new(payload: &[u8], offset: i64) -> Input {
         Input {
@@ -144,47 +160,6 @@ impl Input {
     pub fn with_partition(mut self, partition: i32) -> Input {
         self.position.partition = partition;
         self
-    }
-}
-
-/// Where a record's results go, carried along its stages. Cloned for each
-/// output of a `flat_map`.
-#[derive(Clone)]
-pub(crate) struct Outlet {
-    pub(crate) tx: Sender<Event>,
-    /// `None` for results that belong to no record: windows closed at the
-    /// end of a bounded input.
-    pub(crate) position: Option<Position>,
-    pub(crate) key: Option<Arc<[u8]>>,
-    pub(crate) payload: Arc<[u8]>,
-    pub(crate) arrived: Instant,
-}
-
-impl Outlet {
-    pub(crate) fn partition(&self) -> i32 {
-        self.position.map_or(0, |p| p.partition)
-    }
-
-    fn output(&self, key: Option<Arc<[u8]>>, payload: Vec<u8>) {
-        // A send fails only once the sink thread has stopped on an error;
-        // the record is then not acknowledged, and is replayed.
-        let _ = self.tx.send(Event::Output {
-            position: self.position,
-            key,
-            payload,
-            arrived: self.arrived,
-            done: Instant::now(),
-        });
-    }
-
-    pub(crate) fn reject(&self, reason: Rejected) {
-        let _ = self.tx.send(Event::Rejected {
-            position: self.position,
-            key: self.key.clone(),
-            payload: self.payload.clone(),
-            reason: reason.0,
-            at: Instant::now(),
-        });
     }
 }
 
@@ -310,13 +285,13 @@ impl Job {
     /// `run_inline` with the record's metadata.
     pub fn run_input_inline(&self, input: Input) -> Result<Vec<Vec<u8>>, Rejected> {
         let (tx, rx) = mpsc::channel();
-        let out = Outlet {
-            tx,
-            position: Some(input.position),
+        let origin = Origin {
+            position: input.position,
             key: input.key.clone(),
             payload: input.payload.clone(),
             arrived: Instant::now(),
         };
+        let out = Outlet::new(tx, &origin);
         run_inline_tasks(|exec| self.root.push(input, out, exec));
         collect(rx)
     }
@@ -333,28 +308,17 @@ impl Job {
     /// Closes every open window, upstream first, sending results to `tx`.
     pub(crate) fn finish(&self, tx: &Sender<Event>, arrived: Instant) {
         for finisher in &self.finishers {
-            let out = Outlet {
-                tx: tx.clone(),
-                position: None,
-                key: None,
-                payload: Arc::from(&[][..]),
-                arrived,
-            };
+            let out = Outlet::of_no_record(tx.clone(), arrived);
             let finisher = finisher.clone();
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_inline_tasks(|exec| finisher.finish(out, exec))
             }));
             if let Err(payload) = ran {
-                let _ = tx.send(Event::Rejected {
-                    position: None,
-                    key: None,
-                    payload: Arc::from(&[][..]),
-                    reason: format!(
-                        "a stage panicked while closing windows: {}",
-                        fila_runtime::panic_message(payload.as_ref())
-                    ),
-                    at: Instant::now(),
-                });
+                let reason = format!(
+                    "a stage panicked while closing windows: {}",
+                    fila_runtime::panic_message(payload.as_ref())
+                );
+                Outlet::reject_no_record(tx, reason);
             }
         }
     }
@@ -412,7 +376,7 @@ where
                 // The first stage runs in the record's first task.
                 self.next.push(record, out, exec)
             }
-            Err(reason) => out.reject(reason),
+            Err(reason) => out.reject(reason.0),
         }
     }
 }
@@ -508,7 +472,7 @@ where
     fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
         match (self.f)(record) {
             Ok(record) => forward(&self.next, record, out, exec),
-            Err(e) => out.reject(stage_error(&self.name, e)),
+            Err(e) => out.reject(stage_error(&self.name, e).0),
         }
     }
 }
@@ -528,7 +492,7 @@ where
         match (self.f)(&record) {
             Ok(true) => forward(&self.next, record, out, exec),
             Ok(false) => {}
-            Err(e) => out.reject(stage_error(&self.name, e)),
+            Err(e) => out.reject(stage_error(&self.name, e).0),
         }
     }
 }
@@ -553,7 +517,7 @@ where
                     forward(&self.next, record, out.clone(), exec);
                 }
             }
-            Err(e) => out.reject(stage_error(&self.name, e)),
+            Err(e) => out.reject(stage_error(&self.name, e).0),
         }
     }
 }
@@ -567,14 +531,10 @@ where
     T: Send + 'static,
     F: Fn(&T) -> (Option<Vec<u8>>, Vec<u8>) + Send + Sync + 'static,
 {
-    fn push(&self, record: T, mut out: Outlet, _: &mut Exec<'_, '_>) {
+    fn push(&self, record: T, out: Outlet, _: &mut Exec<'_, '_>) {
         let (key, payload) = (self.encode)(&record);
         drop(record);
-        let key = match key {
-            Some(key) => Some(key.into()),
-            None => out.key.take(),
-        };
-        out.output(key, payload);
+        out.output(key.map(Into::into), payload);
     }
 
     fn inline(&self) -> bool {

@@ -4,9 +4,11 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod counters;
 pub mod dataflow;
 pub mod driver;
 pub mod metrics;
+mod outlet;
 pub mod reference;
 pub mod report;
 pub mod state;

@@ -12,9 +12,9 @@ pub const STAGES: usize = 5;
 /// The stage values of the reference message.
 pub const DEFAULT_STAGES: [u32; STAGES] = [10, 20, 30, 20, 10];
 
-/// [`DEFAULT_STAGES`] as the `--stages` flag spells it: the one default of
-/// every command and table that takes the flag.
-pub const DEFAULT_STAGES_FLAG: &str = "10,20,30,20,10";
+/// Messages in a burst, generated (`fila run`) or produced (`fila load`),
+/// unless told otherwise.
+pub const DEFAULT_BURST: u64 = 10_000;
 
 /// The largest stage value accepted by default (`--max-stage`). fib(45)
 /// already takes seconds; a record asking for more is rejected as bad
@@ -156,22 +156,36 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Parses `--stages 10,20,30,20,10`: five whole numbers. Whether they are
-/// below the cap is for the job to say (`check_stages`), since the cap is
-/// a flag of its own.
-pub fn parse_stages(s: &str) -> Result<[u32; STAGES], String> {
-    let values: Vec<u32> = s
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{v}` is not a whole number"))
-        })
-        .collect::<Result<_, _>>()?;
-    let values: [u32; STAGES] = values.try_into().map_err(|v: Vec<u32>| {
-        format!("expected {STAGES} comma-separated values, got {}", v.len())
-    })?;
-    Ok(values)
+/// The five stage values of a reference message, as `--stages` writes
+/// them: `10,20,30,20,10`. Whether they are below the cap is for the job to
+/// say (`check_stages`), since the cap is a flag of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stages(pub [u32; STAGES]);
+
+impl std::str::FromStr for Stages {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let values: Vec<u32> = s
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("`{v}` is not a whole number"))
+            })
+            .collect::<Result<_, _>>()?;
+        let values: [u32; STAGES] = values.try_into().map_err(|v: Vec<u32>| {
+            format!("expected {STAGES} comma-separated values, got {}", v.len())
+        })?;
+        Ok(Stages(values))
+    }
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e] = self.0;
+        write!(f, "{a},{b},{c},{d},{e}")
+    }
 }
 
 /// Checks `--stages` against the cap `max_stage`.
@@ -230,10 +244,13 @@ mod tests {
 
     #[test]
     fn stages_flag_needs_five_small_numbers() {
-        assert_eq!(parse_stages("10,20,30,20,10"), Ok([10, 20, 30, 20, 10]));
-        assert!(parse_stages("1,2,3").unwrap_err().contains("expected 5"));
-        assert!(parse_stages("1,2,x,4,5").unwrap_err().contains("`x`"));
-        assert_eq!(parse_stages(DEFAULT_STAGES_FLAG), Ok(DEFAULT_STAGES));
+        assert_eq!("10,20,30,20,10".parse(), Ok(Stages([10, 20, 30, 20, 10])));
+        assert!("1,2,3"
+            .parse::<Stages>()
+            .unwrap_err()
+            .contains("expected 5"));
+        assert!("1,2,x,4,5".parse::<Stages>().unwrap_err().contains("`x`"));
+        assert_eq!(Stages(DEFAULT_STAGES).to_string(), "10,20,30,20,10");
         assert!(check_stages([1, 2, 3, 4, 50], MAX_STAGE)
             .unwrap_err()
             .contains("maximum 45"));

@@ -18,9 +18,8 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::dataflow::{
-    forward, stage_error, Exec, Finish, Node, NodeRef, Outlet, Rejected, Stream,
-};
+use crate::dataflow::{forward, stage_error, Exec, Finish, Node, NodeRef, Rejected, Stream};
+use crate::outlet::Outlet;
 
 /// Shards per keyed stage. Two workers contend only when their keys hash
 /// to the same shard, and then for one reduce call.
@@ -171,7 +170,7 @@ where
         });
         match updated {
             Ok(value) => forward(&self.next, value, out, exec),
-            Err(e) => out.reject(stage_error(&self.name, e)),
+            Err(e) => out.reject(stage_error(&self.name, e).0),
         }
     }
 }
@@ -354,7 +353,7 @@ where
                         "late: event time {time} ms is in window [{start}, {}) ms, closed at watermark {watermark} ms of partition {partition}",
                         start + w.size_ms
                     )),
-                ));
+                ).0);
             }
             let window = pane.open.entry(start).or_default();
             let updated = match window.entry(key) {
@@ -368,7 +367,7 @@ where
             };
             if let Err(e) = updated {
                 drop(panes);
-                return out.reject(stage_error(&self.name, e));
+                return out.reject(stage_error(&self.name, e).0);
             }
             pane.max_time = pane.max_time.max(time);
             let watermark = pane.watermark(w);

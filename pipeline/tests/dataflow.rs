@@ -1,86 +1,18 @@
 //! Each operator of the dataflow API through the real driver and runtime,
 //! with exact results on known input.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
 
-use fila_connectors::{Acks, ConnectorError, Envelope, Polled, Position, Sink, Source};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fila_connectors::Envelope;
 use fila_pipeline::dataflow::{Job, Rejected};
-use fila_pipeline::driver::{self, DriverConfig, RunSummary};
-use fila_pipeline::metrics::Live;
+use fila_pipeline::driver::{Driver, RunSummary};
 use fila_pipeline::state::{Tumbling, Windowed};
 use fila_runtime::{Runtime, Workers};
-
-type Output = (Option<Vec<u8>>, String);
-type DeadLetter = (Position, String, String);
-
-#[derive(Clone, Default)]
-struct Collect {
-    outputs: Arc<Mutex<Vec<Output>>>,
-    dead: Arc<Mutex<Vec<DeadLetter>>>,
-}
-
-impl Sink for Collect {
-    fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
-        let payload = String::from_utf8(payload.to_vec()).unwrap();
-        self.outputs
-            .lock()
-            .unwrap()
-            .push((key.map(<[u8]>::to_vec), payload));
-        Ok(())
-    }
-    fn dead_letter(
-        &mut self,
-        p: Position,
-        _key: Option<&[u8]>,
-        payload: &[u8],
-        reason: &str,
-    ) -> Result<(), ConnectorError> {
-        let payload = String::from_utf8_lossy(payload).into_owned();
-        self.dead
-            .lock()
-            .unwrap()
-            .push((p, payload, reason.to_owned()));
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), ConnectorError> {
-        Ok(())
-    }
-    fn has_dead_letter_destination(&self) -> bool {
-        true
-    }
-}
-
-/// A bounded source over prepared records.
-struct Records(std::vec::IntoIter<Envelope>);
-
-impl Source for Records {
-    fn poll(&mut self, _: Duration) -> Result<Polled, ConnectorError> {
-        Ok(self.0.next().map_or(Polled::End, Polled::Record))
-    }
-}
-
-fn record(partition: i32, offset: i64, payload: &str) -> Envelope {
-    Envelope {
-        key: None,
-        payload: payload.as_bytes().to_vec(),
-        headers: Vec::new(),
-        timestamp: None,
-        position: Position { partition, offset },
-        arrived: Instant::now(),
-    }
-}
-
-/// Numbered records on partition 0.
-fn lines(payloads: &[&str]) -> Vec<Envelope> {
-    payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| record(0, i as i64, p))
-        .collect()
-}
+use std::sync::Arc;
+use support::{lines, record, Collect, DeadLetter, Output, Records};
 
 struct Run {
     outputs: Vec<Output>,
@@ -109,22 +41,12 @@ fn run(job: Job, input: Vec<Envelope>, workers: usize, window: usize, ordered: b
         .build()
         .unwrap();
     let sink = Collect::default();
-    let acks = Acks::new();
     let n = input.len();
-    let summary = driver::run(
-        &rt,
-        Arc::new(job),
-        &mut Records(input.into_iter()),
-        Box::new(sink.clone()),
-        &acks,
-        &Live::default(),
-        &AtomicBool::new(false),
-        &DriverConfig {
-            ordered,
-            ..DriverConfig::default()
-        },
-    )
-    .unwrap();
+    let (mut source, acks, _) = Records::committing(input, 0);
+    let summary = Driver::new()
+        .ordered(ordered)
+        .run(&rt, Arc::new(job), &mut source, Box::new(sink.clone()))
+        .unwrap();
     assert_eq!(summary.messages, n as u64, "every record finished once");
     assert_eq!(acks.outstanding(), 0, "every position is acknowledged");
     let max_in_flight = rt.shutdown().max_in_flight;

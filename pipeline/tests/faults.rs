@@ -10,17 +10,17 @@
 //! Every wait is bounded, and a broker stopped or stalled by a test is
 //! started or resumed again even if the test fails.
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::*;
 use fila_connectors::{
     commit_group_offsets, create_topic, ClientKind, Fetched, DLQ_OFFSET_HEADER, DLQ_REASON_HEADER,
 };
 use fila_pipeline::reference::{message, FibRecord, DEFAULT_STAGES};
+use support::*;
 
 /// The window of every run here.
 const W: usize = 32;
@@ -219,7 +219,10 @@ fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
         "{} outputs for {N} ids: more duplicates than the replay bound {U}",
         out.len()
     );
-    assert!(duplicates <= U, "{duplicates} duplicates with a replay bound of {U}");
+    assert!(
+        duplicates <= U,
+        "{duplicates} duplicates with a replay bound of {U}"
+    );
 }
 
 #[test]

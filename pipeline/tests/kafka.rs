@@ -5,19 +5,19 @@
 //! FILA_TEST_BROKERS_4X. They are `#[ignore]`d in a plain `cargo test`;
 //! `scripts/test` runs them with `--ignored`. Every wait is bounded.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use fila_connectors::{
     create_topic, ClientKind, Fetched, KeyedRecord, TopicReader, TopicWriter, DLQ_OFFSET_HEADER,
     DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
 use fila_pipeline::reference::{message, FibRecord};
 use serde_json::Value;
+use support::*;
 
 /// `fila load` of 1,000 messages through `fila run`, both on `client`: the
 /// load client must see exactly 1,000 ids back, and the uncommitted gauge,

@@ -37,6 +37,16 @@ impl std::str::FromStr for Workers {
     }
 }
 
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::Physical => f.write_str("physical"),
+            Workers::Logical => f.write_str("logical"),
+            Workers::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// The CPUs this process may run on, in ascending order.
 pub fn allowed_cpus() -> Vec<usize> {
     let mut cpus: Vec<usize> = core_affinity::get_core_ids()

@@ -24,11 +24,11 @@ use std::time::Duration;
 )]
 struct Args {
     /// Messages in the burst.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = fila_pipeline::reference::DEFAULT_BURST, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     burst: u64,
     /// The five stage values of every message.
-    #[arg(long, default_value = fila_pipeline::reference::DEFAULT_STAGES_FLAG, value_parser = fila_pipeline::reference::parse_stages)]
-    stages: [u32; 5],
+    #[arg(long, default_value_t = fila_pipeline::reference::Stages(fila_pipeline::reference::DEFAULT_STAGES))]
+    stages: fila_pipeline::reference::Stages,
     /// Rounds: every system runs once per round, interleaved with the
     /// others, and the table quotes medians over the rounds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
@@ -99,12 +99,12 @@ fn main() {
     let args = Args::parse();
     let n = args.burst as usize;
     if let Err(e) =
-        fila_pipeline::reference::check_stages(args.stages, fila_pipeline::reference::MAX_STAGE)
+        fila_pipeline::reference::check_stages(args.stages.0, fila_pipeline::reference::MAX_STAGE)
     {
         eprintln!("burst-table: --stages: {e}");
         std::process::exit(2);
     }
-    let message: Message = args.stages;
+    let message: Message = args.stages.0;
     let p = fila_runtime::allowed_cpus().len().max(1);
     let pinned = cpus(p);
     let per_thread = calibration_messages_per_thread(n, p);

@@ -9,16 +9,14 @@
 //! Heavy stages (the default) show the cost at the reference grain, where
 //! it should vanish; light ones (`--stages 1,1,1,1,1`) show it per record.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use fila_benches::median;
-use fila_connectors::{Acks, BurstSource, DiscardSink};
+use fila_connectors::{BurstSource, DiscardSink};
 use fila_pipeline::dataflow::Job;
-use fila_pipeline::driver::{self, DriverConfig};
-use fila_pipeline::metrics::Live;
+use fila_pipeline::driver::Driver;
 use fila_pipeline::reference::{self, FibRecord};
 use fila_pipeline::report::LatencyMs;
 use fila_runtime::{Runtime, Workers};
@@ -27,11 +25,11 @@ use fila_runtime::{Runtime, Workers};
 #[command(about = "The reference job plain, with --ordered, and with keyed state, on one burst")]
 struct Args {
     /// Messages in the burst.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = fila_pipeline::reference::DEFAULT_BURST, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     burst: u64,
     /// The five stage values of every message.
-    #[arg(long, default_value = reference::DEFAULT_STAGES_FLAG, value_parser = reference::parse_stages)]
-    stages: [u32; 5],
+    #[arg(long, default_value_t = reference::Stages(reference::DEFAULT_STAGES))]
+    stages: reference::Stages,
     /// Distinct keys of the keyed variant (the record id modulo this).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
@@ -82,22 +80,17 @@ fn run_once(args: &Args, variant: Variant) -> (f64, LatencyMs) {
         .workers(Workers::Logical)
         .build()
         .expect("starting the worker pool");
-    let stages = args.stages;
+    let stages = args.stages.0;
     let mut source = BurstSource::new(args.burst, move |id| reference::message(id, stages, 0));
-    let summary = driver::run(
-        &rt,
-        Arc::new(variant.job(args.keys)),
-        &mut source,
-        Box::new(DiscardSink),
-        &Acks::new(),
-        &Live::default(),
-        &AtomicBool::new(false),
-        &DriverConfig {
-            ordered: matches!(variant, Variant::Ordered),
-            ..DriverConfig::default()
-        },
-    )
-    .expect("an in-process run does not fail");
+    let summary = Driver::new()
+        .ordered(matches!(variant, Variant::Ordered))
+        .run(
+            &rt,
+            Arc::new(variant.job(args.keys)),
+            &mut source,
+            Box::new(DiscardSink),
+        )
+        .expect("an in-process run does not fail");
     assert_eq!(
         summary.outputs,
         args.burst,
@@ -113,7 +106,7 @@ fn run_once(args: &Args, variant: Variant) -> (f64, LatencyMs) {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = reference::check_stages(args.stages, reference::MAX_STAGE) {
+    if let Err(e) = reference::check_stages(args.stages.0, reference::MAX_STAGE) {
         eprintln!("job-cost: --stages: {e}");
         std::process::exit(2);
     }

@@ -16,10 +16,9 @@
 //! acknowledged by the output or the dead-letter topic.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Acks, ConnectorError, Position, Sink, Source};
+use crate::{ConnectorError, Position, Sink, Source};
 
 mod probe;
 mod rd;
@@ -35,24 +34,13 @@ pub use retry::{OffsetReset, DEFAULT_RETRY_TIMEOUT};
 
 /// Which Kafka client to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ClientKind {
     /// librdkafka: Kafka 3.x and 4.x, consumer groups.
     #[default]
     Rdkafka,
     /// The pure-Rust `kafka` crate: Kafka 3.x only, static assignment.
     Kafka,
-}
-
-impl std::str::FromStr for ClientKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "rdkafka" => Ok(ClientKind::Rdkafka),
-            "kafka" => Ok(ClientKind::Kafka),
-            _ => Err(format!("expected rdkafka or kafka, got `{s}`")),
-        }
-    }
 }
 
 /// One fila process's share of the partitions: replica `index` of `count`.
@@ -89,6 +77,7 @@ impl std::str::FromStr for Replica {
 
 /// Which consumer-group protocol a member uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum GroupProtocol {
     /// KIP-848 (`consumer`) if the broker offers it, else `classic`.
     #[default]
@@ -97,19 +86,6 @@ pub enum GroupProtocol {
     Consumer,
     /// The classic protocol with the cooperative-sticky assignor.
     Classic,
-}
-
-impl std::str::FromStr for GroupProtocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(GroupProtocol::Auto),
-            "consumer" => Ok(GroupProtocol::Consumer),
-            "classic" => Ok(GroupProtocol::Classic),
-            _ => Err(format!("expected auto, consumer or classic, got `{s}`")),
-        }
-    }
 }
 
 /// How a source gets its partitions.
@@ -124,7 +100,7 @@ pub enum Assignment {
 
 /// Where the source reads and commits.
 #[derive(Debug, Clone)]
-pub struct KafkaConfig {
+pub struct SourceConfig {
     /// Comma-separated `host:port` list.
     pub brokers: String,
     pub topic: String,
@@ -137,15 +113,30 @@ pub struct KafkaConfig {
     pub retry_timeout: Duration,
 }
 
-/// The source for `config` on client `kind`. Offsets it hands out are
-/// tracked in `acks`, which its committer reads.
+/// Where the sink writes.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// The topic the records came from, named in dead letters.
+    pub input_topic: String,
+    pub output_topic: String,
+    /// Records that cannot be processed go here; without it the driver
+    /// logs and counts them.
+    pub dlq_topic: Option<String>,
+    /// How long the broker may stay unreachable before a flush fails.
+    pub retry_timeout: Duration,
+}
+
+/// The source for `config` on client `kind`. It keeps the offsets it
+/// hands out in an offset tracker of its own, which it hands to the driver
+/// with its committer (`Source::committing`).
 pub fn kafka_source(
     kind: ClientKind,
-    config: KafkaConfig,
-    acks: Arc<Acks>,
+    config: SourceConfig,
 ) -> Result<Box<dyn Source>, ConnectorError> {
     match kind {
-        ClientKind::Rdkafka => Ok(Box::new(rd::RdSource::connect(config, acks)?)),
+        ClientKind::Rdkafka => Ok(Box::new(rd::RdSource::connect(config)?)),
         ClientKind::Kafka => {
             let Assignment::Static(replica) = config.assignment else {
                 return Err(error(
@@ -154,38 +145,18 @@ pub fn kafka_source(
                      (0/1 reads every partition), or use --kafka-client rdkafka",
                 ));
             };
-            Ok(Box::new(v0::KafkaSource::connect(&config, replica, &acks)?))
+            Ok(Box::new(v0::KafkaSource::connect(&config, replica)?))
         }
     }
 }
 
-/// The pipeline's Kafka sink: outputs to `output_topic`, records that
-/// cannot be processed to `dlq_topic` if set. Its `flush` returns once the
+/// The pipeline's Kafka sink for `config`. Its `flush` returns once the
 /// broker has acknowledged everything sent; a broker unreachable for
-/// longer than `retry_timeout` makes it fail.
-pub fn kafka_sink(
-    kind: ClientKind,
-    brokers: &str,
-    input_topic: &str,
-    output_topic: &str,
-    dlq_topic: Option<&str>,
-    retry_timeout: Duration,
-) -> Result<Box<dyn Sink>, ConnectorError> {
+/// longer than the retry timeout makes it fail.
+pub fn kafka_sink(kind: ClientKind, config: &SinkConfig) -> Result<Box<dyn Sink>, ConnectorError> {
     Ok(match kind {
-        ClientKind::Rdkafka => Box::new(rd::RdSink::connect(
-            brokers,
-            input_topic,
-            output_topic,
-            dlq_topic,
-            retry_timeout,
-        )?),
-        ClientKind::Kafka => Box::new(v0::KafkaSink::connect(
-            brokers,
-            input_topic,
-            output_topic,
-            dlq_topic,
-            retry_timeout,
-        )?),
+        ClientKind::Rdkafka => Box::new(rd::RdSink::connect(config)?),
+        ClientKind::Kafka => Box::new(v0::KafkaSink::connect(config)?),
     })
 }
 
@@ -390,14 +361,5 @@ mod tests {
             vec!["c0", "c1"],
         ]);
         assert_eq!(merged, ["a0", "b0", "c0", "a1", "c1", "a2"]);
-    }
-
-    #[test]
-    fn client_and_protocol_names_parse() {
-        assert_eq!("rdkafka".parse(), Ok(ClientKind::Rdkafka));
-        assert_eq!("kafka".parse(), Ok(ClientKind::Kafka));
-        assert!("librdkafka".parse::<ClientKind>().is_err());
-        assert_eq!("consumer".parse(), Ok(GroupProtocol::Consumer));
-        assert!("eager".parse::<GroupProtocol>().is_err());
     }
 }

@@ -44,10 +44,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    error, interleave, Assignment, BrokerVersions, Fetched, GroupProtocol, KafkaConfig, Outage,
-    DEFAULT_RETRY_TIMEOUT,
+    error, interleave, Assignment, BrokerVersions, Fetched, GroupProtocol, Outage, SinkConfig,
+    SourceConfig, DEFAULT_RETRY_TIMEOUT,
 };
-use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, Source};
+use crate::{
+    Acks, Committer, Committing, ConnectorError, Envelope, Polled, Position, Sink, Source,
+};
 
 /// How long a revocation waits for the revoked partitions' records to be
 /// acknowledged: far inside the 300 s `max.poll.interval.ms` within which
@@ -388,7 +390,7 @@ pub struct RdSource {
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RdSource {
-    pub fn connect(config: KafkaConfig, acks: Arc<Acks>) -> Result<RdSource, ConnectorError> {
+    pub fn connect(config: SourceConfig) -> Result<RdSource, ConnectorError> {
         let brokers = config.brokers.as_str();
         let versions = BrokerVersions::probe(brokers)?;
         let mut client = client_config(brokers);
@@ -431,7 +433,7 @@ impl RdSource {
         let context = SourceContext {
             brokers: config.brokers.clone(),
             topic: config.topic.clone(),
-            acks,
+            acks: Arc::new(Acks::new()),
             commit: parking_lot::Mutex::new(()),
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
@@ -693,11 +695,14 @@ impl Source for RdSource {
         self.watch_outage()
     }
 
-    fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
-        Ok(Some(Box::new(RdCommitter {
-            consumer: self.consumer.clone(),
-            refused_since: None,
-        })))
+    fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
+        Ok(Some(Committing {
+            acks: self.context().acks.clone(),
+            committer: Box::new(RdCommitter {
+                consumer: self.consumer.clone(),
+                refused_since: None,
+            }),
+        }))
     }
 }
 
@@ -713,8 +718,9 @@ struct RdCommitter {
 const REFUSED_WARN: Duration = Duration::from_secs(10);
 
 impl Committer for RdCommitter {
-    fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError> {
+    fn commit(&mut self) -> Result<(), ConnectorError> {
         let context = self.consumer.context();
+        let acks = &context.acks;
         let _guard = context.commit.lock();
         let offsets = acks.committable();
         if offsets.is_empty() {
@@ -1063,24 +1069,19 @@ pub struct RdSink {
 }
 
 impl RdSink {
-    pub fn connect(
-        brokers: &str,
-        input_topic: &str,
-        output_topic: &str,
-        dlq_topic: Option<&str>,
-        retry_timeout: Duration,
-    ) -> Result<RdSink, ConnectorError> {
+    pub fn connect(config: &SinkConfig) -> Result<RdSink, ConnectorError> {
+        let brokers = config.brokers.as_str();
         // The sink flushes after every batch, which sends at once; linger
         // only gathers what arrives while a flush is under way.
-        let producer = producer(brokers, 1, retry_timeout, None)?;
-        for topic in std::iter::once(output_topic).chain(dlq_topic) {
+        let producer = producer(brokers, 1, config.retry_timeout, None)?;
+        for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
             ensure_topic(producer.client(), brokers, topic)?;
         }
         Ok(RdSink {
-            writer: Writer::new(producer, brokers, retry_timeout),
-            input_topic: input_topic.to_owned(),
-            output_topic: output_topic.to_owned(),
-            dlq_topic: dlq_topic.map(str::to_owned),
+            writer: Writer::new(producer, brokers, config.retry_timeout),
+            input_topic: config.input_topic.clone(),
+            output_topic: config.output_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
         })
     }
 }

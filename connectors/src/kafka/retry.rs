@@ -28,6 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What policy a committed offset that is out of range (or missing) gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum OffsetReset {
     /// Start at the partition's earliest record.
     #[default]
@@ -45,19 +46,6 @@ impl OffsetReset {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
             OffsetReset::Error => "error",
-        }
-    }
-}
-
-impl std::str::FromStr for OffsetReset {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "earliest" => Ok(OffsetReset::Earliest),
-            "latest" => Ok(OffsetReset::Latest),
-            "error" => Ok(OffsetReset::Error),
-            _ => Err(format!("expected earliest, latest or error, got `{s}`")),
         }
     }
 }
@@ -232,17 +220,5 @@ mod tests {
         outage.failed(&"x: y");
         outage.failed(&"x: y");
         assert_eq!(outage.backoff(), Duration::from_millis(200));
-    }
-
-    #[test]
-    fn offset_reset_names_round_trip() {
-        for policy in [
-            OffsetReset::Earliest,
-            OffsetReset::Latest,
-            OffsetReset::Error,
-        ] {
-            assert_eq!(policy.as_str().parse(), Ok(policy));
-        }
-        assert!("smallest".parse::<OffsetReset>().is_err());
     }
 }

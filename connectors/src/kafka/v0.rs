@@ -9,6 +9,7 @@
 //! are not carried through and a dead letter is a JSON envelope.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka::client::{
@@ -19,10 +20,12 @@ use kafka::producer::{Producer, Record};
 use serde::Serialize;
 
 use super::{
-    error, hosts, interleave, BrokerVersions, Fetched, KafkaConfig, OffsetReset, Outage, Replica,
-    DEFAULT_RETRY_TIMEOUT,
+    error, hosts, interleave, BrokerVersions, Fetched, OffsetReset, Outage, Replica, SinkConfig,
+    SourceConfig, DEFAULT_RETRY_TIMEOUT,
 };
-use crate::{Acks, Committer, ConnectorError, Envelope, Polled, Position, Sink, Source};
+use crate::{
+    Acks, Committer, Committing, ConnectorError, Envelope, Polled, Position, Sink, Source,
+};
 
 /// Turns a client error into one a user can act on.
 fn explain(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
@@ -459,19 +462,17 @@ fn leaders_moving(e: &KafkaError) -> bool {
 /// after a backoff, for up to the retry timeout; a poll meanwhile returns
 /// idle after at most its timeout, so the driver can still stop.
 pub struct KafkaSource {
-    config: KafkaConfig,
+    config: SourceConfig,
     reader: TopicReader,
     buffer: VecDeque<Envelope>,
+    acks: Arc<Acks>,
 }
 
 impl KafkaSource {
     /// Connects, finds this replica's partitions and where each resumes,
     /// and registers them with `acks`.
-    pub fn connect(
-        config: &KafkaConfig,
-        replica: Replica,
-        acks: &Acks,
-    ) -> Result<KafkaSource, ConnectorError> {
+    pub fn connect(config: &SourceConfig, replica: Replica) -> Result<KafkaSource, ConnectorError> {
+        let acks = Arc::new(Acks::new());
         let brokers = config.brokers.as_str();
         let mut client = connect(brokers)?;
         let all = ensure_topic(&mut client, brokers, &config.topic)?;
@@ -550,6 +551,7 @@ impl KafkaSource {
             config: config.clone(),
             reader,
             buffer: VecDeque::new(),
+            acks,
         })
     }
 }
@@ -573,12 +575,16 @@ impl Source for KafkaSource {
         Ok(self.buffer.pop_front().map_or(Polled::Idle, Polled::Record))
     }
 
-    fn committer(&mut self) -> Result<Option<Box<dyn Committer>>, ConnectorError> {
-        Ok(Some(Box::new(KafkaCommitter {
-            client: Some(connect(&self.config.brokers)?),
-            outage: Outage::new(&self.config.brokers, self.config.retry_timeout),
-            config: self.config.clone(),
-        })))
+    fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
+        Ok(Some(Committing {
+            acks: self.acks.clone(),
+            committer: Box::new(KafkaCommitter {
+                client: Some(connect(&self.config.brokers)?),
+                outage: Outage::new(&self.config.brokers, self.config.retry_timeout),
+                config: self.config.clone(),
+                acks: self.acks.clone(),
+            }),
+        }))
     }
 }
 
@@ -588,7 +594,8 @@ struct KafkaCommitter {
     /// `None` after a transient failure, until the next commit connects.
     client: Option<KafkaClient>,
     outage: Outage,
-    config: KafkaConfig,
+    config: SourceConfig,
+    acks: Arc<Acks>,
 }
 
 impl KafkaCommitter {
@@ -617,7 +624,8 @@ impl KafkaCommitter {
 }
 
 impl Committer for KafkaCommitter {
-    fn commit(&mut self, acks: &Acks) -> Result<(), ConnectorError> {
+    fn commit(&mut self) -> Result<(), ConnectorError> {
+        let acks = self.acks.clone();
         let offsets = acks.committable();
         if offsets.is_empty() {
             return Ok(());
@@ -750,23 +758,17 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn connect(
-        brokers: &str,
-        input_topic: &str,
-        output_topic: &str,
-        dlq_topic: Option<&str>,
-        retry_timeout: Duration,
-    ) -> Result<KafkaSink, ConnectorError> {
+    pub fn connect(config: &SinkConfig) -> Result<KafkaSink, ConnectorError> {
         let mut sink = KafkaSink {
             writer: None,
-            brokers: brokers.to_owned(),
-            output_topic: output_topic.to_owned(),
-            dlq_topic: dlq_topic.map(str::to_owned),
-            input_topic: input_topic.to_owned(),
+            brokers: config.brokers.clone(),
+            output_topic: config.output_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            input_topic: config.input_topic.clone(),
             pending: Vec::new(),
-            outage: Outage::new(brokers, retry_timeout),
+            outage: Outage::new(&config.brokers, config.retry_timeout),
         };
-        sink.writer = Some(TopicWriter::connect(brokers, &sink.topics())?);
+        sink.writer = Some(TopicWriter::connect(&config.brokers, &sink.topics())?);
         Ok(sink)
     }
 
@@ -875,7 +877,7 @@ mod tests {
     fn a_poll_waits_on_the_broker_as_long_as_its_timeout_allows() {
         // No partitions: the fetch asks no broker anything.
         let mut source = KafkaSource {
-            config: KafkaConfig {
+            config: SourceConfig {
                 brokers: String::new(),
                 topic: "t".into(),
                 group: "g".into(),
@@ -892,6 +894,7 @@ mod tests {
                 DEFAULT_RETRY_TIMEOUT,
             ),
             buffer: VecDeque::new(),
+            acks: Arc::new(Acks::new()),
         };
         for (timeout, wait) in [
             (Duration::from_millis(20), Duration::from_millis(20)),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::reference::{self, FibRecord};
 use crate::report::{latency_histogram, LatencyMs, Report};
 use anyhow::Context;
-use fila_connectors::{ClientKind, TopicReader, TopicWriter};
+use fila_connectors::{TopicReader, TopicWriter};
 
 use super::{LoadArgs, ReportFormat};
 
@@ -38,18 +38,14 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
     // topics are never counted: the second of the run, times a million.
     let base = reference::now_ms() / 1000 * 1_000_000;
 
-    let client = ClientKind::from(args.kafka_client);
-    let start =
-        TopicReader::end_offsets(client, &args.brokers, &args.output_topic).with_context(|| {
-            format!(
-                "reading the end offsets of output topic {}",
-                args.output_topic
-            )
-        })?;
-    let mut reader = TopicReader::new(client, &args.brokers, &args.output_topic, start)
-        .with_context(|| format!("connecting to output topic {}", args.output_topic))?;
-    let mut writer = TopicWriter::connect(client, &args.brokers, &[&args.input_topic])
-        .with_context(|| format!("connecting to input topic {}", args.input_topic))?;
+    let c = &args.cluster;
+    let client = c.kafka_client;
+    let start = TopicReader::end_offsets(client, &c.brokers, &c.output_topic)
+        .with_context(|| format!("reading the end offsets of output topic {}", c.output_topic))?;
+    let mut reader = TopicReader::new(client, &c.brokers, &c.output_topic, start)
+        .with_context(|| format!("connecting to output topic {}", c.output_topic))?;
+    let mut writer = TopicWriter::connect(client, &c.brokers, &[&c.input_topic])
+        .with_context(|| format!("connecting to input topic {}", c.input_topic))?;
 
     // The burst's clock starts with its first record: the reader must be
     // fetching by then, or its start-up counts as the system's latency.
@@ -105,16 +101,16 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
             for i in start..(start + CHUNK).min(n) {
                 let ts = reference::now_ms();
                 first_input_ms.get_or_insert(ts);
-                chunk.push(reference::message(base + i as u64, args.stages, ts));
+                chunk.push(reference::message(base + i as u64, args.stages.0, ts));
             }
             let records: Vec<(&str, &[u8])> = chunk
                 .iter()
-                .map(|v| (args.input_topic.as_str(), v.as_slice()))
+                .map(|v| (c.input_topic.as_str(), v.as_slice()))
                 .collect();
             if let Err(e) = writer.send_all(&records) {
                 failed.store(true, Ordering::Relaxed);
                 return Err(anyhow::Error::new(e)
-                    .context(format!("producing to input topic {}", args.input_topic)));
+                    .context(format!("producing to input topic {}", c.input_topic)));
             }
         }
         let seen = consumer.join().expect("the reader thread does not panic")?;

@@ -9,8 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fila_connectors::units::{Bytes, Span};
-use fila_connectors::{ClientKind, GroupProtocol, OffsetReset, Replica};
-use fila_runtime::{Workers, MAX_WINDOW};
+use fila_connectors::{ClientKind, GroupProtocol, OffsetReset, ReplayBound, Replica};
+use fila_runtime::{Workers, DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW};
+
+use crate::driver::DriverConfig;
+use crate::reference::{Stages, DEFAULT_BURST, DEFAULT_STAGES, MAX_STAGE};
 /// The allocator the `fila` binary uses, for a binary of one's own:
 /// `#[global_allocator] static A: fila_pipeline::cli::MiMalloc = fila_pipeline::cli::MiMalloc;`
 pub use mimalloc::MiMalloc;
@@ -78,17 +81,17 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub sink: Option<SinkKind>,
     /// Messages in the generated burst.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_BURST, value_parser = clap::value_parser!(u64).range(1..))]
     pub burst: u64,
     /// The five stage values of the generated message (fib of each).
-    #[arg(long, default_value = crate::reference::DEFAULT_STAGES_FLAG, value_parser = crate::reference::parse_stages)]
-    pub stages: [u32; 5],
+    #[arg(long, default_value_t = Stages(DEFAULT_STAGES))]
+    pub stages: Stages,
     /// The reference job's largest stage value: a record asking for more
     /// is dead-lettered as bad input.
-    #[arg(long, default_value_t = crate::reference::MAX_STAGE)]
+    #[arg(long, default_value_t = MAX_STAGE)]
     pub max_stage: u32,
     /// Worker threads: `physical`, `logical`, or a count.
-    #[arg(long, default_value = "logical")]
+    #[arg(long, default_value_t = Workers::Logical)]
     pub workers: Workers,
     /// Do not pin workers to CPUs.
     #[arg(long)]
@@ -97,26 +100,26 @@ pub struct RunArgs {
     /// buffer before the sink).
     #[arg(long)]
     pub ordered: bool,
-    /// Records in flight at most [default: 16 × workers].
-    #[arg(long, value_parser = parse_window)]
+    /// Records in flight at most.
+    #[arg(long, value_parser = parse_window, help = window_help())]
     pub window: Option<usize>,
     /// With Kafka, how often offsets are committed. A crash replays what
     /// was read since the last commit.
-    #[arg(long, default_value_t = Span(crate::driver::DEFAULT_COMMIT_INTERVAL))]
+    #[arg(long, default_value_t = Span(DriverConfig::default().commit_interval))]
     pub commit_interval: Span,
     /// With Kafka, records read and not yet committed at most: reading
     /// waits at this many, so a crash replays at most this many.
-    #[arg(long, default_value_t = crate::driver::DEFAULT_REPLAY_BOUND.records, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DriverConfig::default().max_uncommitted.records, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_uncommitted: u64,
     /// With Kafka, bytes of input read and not yet committed at most
     /// (`64MiB`, `512KiB`): reading waits at this many.
-    #[arg(long, default_value_t = Bytes(crate::driver::DEFAULT_REPLAY_BOUND.bytes))]
+    #[arg(long, default_value_t = Bytes(DriverConfig::default().max_uncommitted.bytes))]
     pub max_uncommitted_bytes: Bytes,
     /// How long the sink gathers results before it writes and flushes
     /// them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
     /// request: a longer tick spares the broker, and each output waits up
     /// to one tick longer.
-    #[arg(long, default_value_t = Span(crate::driver::DEFAULT_SINK_TICK))]
+    #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
     pub sink_tick: Span,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -129,57 +132,46 @@ pub struct RunArgs {
     pub report: ReportFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KafkaClientArg {
-    /// librdkafka: Kafka 3.x and 4.x, consumer groups.
-    Rdkafka,
-    /// The pure-Rust `kafka` crate: Kafka 3.x only (protocol v0), static
-    /// assignment only.
-    Kafka,
-}
-
-impl From<KafkaClientArg> for ClientKind {
-    fn from(k: KafkaClientArg) -> ClientKind {
-        match k {
-            KafkaClientArg::Rdkafka => ClientKind::Rdkafka,
-            KafkaClientArg::Kafka => ClientKind::Kafka,
+impl RunArgs {
+    /// The driver's configuration these flags ask for.
+    pub fn driver_config(&self) -> DriverConfig {
+        DriverConfig {
+            commit_interval: self.commit_interval.0,
+            max_uncommitted: ReplayBound {
+                records: self.max_uncommitted,
+                bytes: self.max_uncommitted_bytes.0,
+            },
+            ordered: self.ordered,
+            sink_tick: self.sink_tick.0,
+            ..DriverConfig::default()
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GroupProtocolArg {
-    /// KIP-848 where the broker offers it (Kafka 4.x), else classic.
-    Auto,
-    /// KIP-848: the broker assigns partitions incrementally.
-    Consumer,
-    /// The classic protocol with the cooperative-sticky assignor.
-    Classic,
+fn window_help() -> String {
+    format!("Records in flight at most [default: {DEFAULT_WINDOW_PER_WORKER} × workers]")
 }
 
-impl From<GroupProtocolArg> for GroupProtocol {
-    fn from(g: GroupProtocolArg) -> GroupProtocol {
-        match g {
-            GroupProtocolArg::Auto => GroupProtocol::Auto,
-            GroupProtocolArg::Consumer => GroupProtocol::Consumer,
-            GroupProtocolArg::Classic => GroupProtocol::Classic,
-        }
-    }
-}
-
+/// The flags that say which cluster and topics: the same for `run` and
+/// `load`.
 #[derive(Debug, clap::Args)]
-pub struct KafkaArgs {
+pub struct ClusterArgs {
     /// Kafka bootstrap broker(s), `host:port[,host:port...]`.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Kafka client: `rdkafka` (Kafka 3.x and 4.x, consumer groups) or
-    /// `kafka` (pure Rust, protocol v0: Kafka 3.x only, static assignment).
-    #[arg(long, value_enum, default_value_t = KafkaClientArg::Rdkafka)]
-    pub kafka_client: KafkaClientArg,
+    /// Kafka client.
+    #[arg(long, value_enum, default_value_t = ClientKind::Rdkafka)]
+    pub kafka_client: ClientKind,
     #[arg(long, default_value = "fila-input")]
     pub input_topic: String,
     #[arg(long, default_value = "fila-output")]
     pub output_topic: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Where records that cannot be processed go, with the reason. Without
     /// it they are logged and counted, and their offsets still commit.
     #[arg(long)]
@@ -194,12 +186,11 @@ pub struct KafkaArgs {
     #[arg(long)]
     pub replica: Option<Replica>,
     /// Consumer-group protocol (rdkafka).
-    #[arg(long, value_enum, default_value_t = GroupProtocolArg::Auto)]
-    pub group_protocol: GroupProtocolArg,
+    #[arg(long, value_enum, default_value_t = GroupProtocol::Auto)]
+    pub group_protocol: GroupProtocol,
     /// Where a partition starts when the group has no committed offset for
-    /// it, or the committed one is out of range (deleted by retention):
-    /// `earliest`, `latest`, or `error` (stop, naming the partition).
-    #[arg(long, default_value = "earliest")]
+    /// it, or the committed one is out of range (deleted by retention).
+    #[arg(long, value_enum, default_value_t = OffsetReset::Earliest)]
     pub offset_reset: OffsetReset,
     /// How long the broker may fail to answer (a restart, a stall) before
     /// fila gives up and exits 1: `500ms`, `60s`, `5m`; a bare number is
@@ -210,22 +201,14 @@ pub struct KafkaArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// Kafka bootstrap broker(s), `host:port[,host:port...]`.
-    #[arg(long)]
-    pub brokers: String,
-    /// Kafka client: `rdkafka` or `kafka` (protocol v0, Kafka 3.x only).
-    #[arg(long, value_enum, default_value_t = KafkaClientArg::Rdkafka)]
-    pub kafka_client: KafkaClientArg,
-    #[arg(long, default_value = "fila-input")]
-    pub input_topic: String,
-    #[arg(long, default_value = "fila-output")]
-    pub output_topic: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Messages in the burst.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = DEFAULT_BURST, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub burst: u64,
     /// The five stage values of each message.
-    #[arg(long, default_value = crate::reference::DEFAULT_STAGES_FLAG, value_parser = crate::reference::parse_stages)]
-    pub stages: [u32; 5],
+    #[arg(long, default_value_t = Stages(DEFAULT_STAGES))]
+    pub stages: Stages,
     /// Give up waiting for outputs after this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_s: u64,
@@ -262,7 +245,7 @@ pub fn main() -> ExitCode {
         },
     ) = &cli.command
     {
-        if let Err(e) = crate::reference::check_stages(args.stages, args.max_stage) {
+        if let Err(e) = crate::reference::check_stages(args.stages.0, args.max_stage) {
             <Cli as clap::CommandFactory>::command()
                 .error(
                     clap::error::ErrorKind::ValueValidation,

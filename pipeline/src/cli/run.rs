@@ -3,15 +3,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::counters::Counters;
 use crate::dataflow::Job;
-use crate::driver::{self, DriverConfig, RunSummary};
-use crate::metrics::{self, Live, MetricsListener};
+use crate::driver::{Driver, DriverConfig, RunSummary};
+use crate::metrics::{self, MetricsListener};
 use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
-    kafka_sink, kafka_source, Acks, Assignment, BurstSource, ClientKind, DiscardSink, KafkaConfig,
-    ReplayBound, Replica, Sink, Source, StdinSource, StdoutSink,
+    kafka_sink, kafka_source, Assignment, BurstSource, ClientKind, DiscardSink, Replica, Sink,
+    SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -43,9 +44,9 @@ pub fn reference_spec(args: &RunArgs) -> JobSpec {
     JobSpec {
         job: reference::job_with_max_stage(args.max_stage),
         generate: Some(Box::new(move |id| {
-            reference::message(id, stages, timestamp)
+            reference::message(id, stages.0, timestamp)
         })),
-        calibration_sample: Some(reference::message(0, args.stages, reference::now_ms())),
+        calibration_sample: Some(reference::message(0, args.stages.0, reference::now_ms())),
     }
 }
 
@@ -86,21 +87,24 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
         SourceKind::Kafka => SinkKind::Kafka,
     });
     let k = &args.kafka;
-    let client = ClientKind::from(k.kafka_client);
+    let c = &k.cluster;
+    let client = c.kafka_client;
     let sink: Box<dyn Sink> = match sink_kind {
         SinkKind::None => Box::new(DiscardSink),
         SinkKind::Stdout => Box::new(StdoutSink::new()),
-        SinkKind::Kafka => kafka_sink(
-            client,
-            &k.brokers,
-            &k.input_topic,
-            &k.output_topic,
-            k.dlq_topic.as_deref(),
-            k.kafka_retry_timeout.0,
-        )
-        .with_context(|| format!("connecting the sink to output topic {}", k.output_topic))?,
+        SinkKind::Kafka => {
+            let config = SinkConfig {
+                brokers: c.brokers.clone(),
+                input_topic: c.input_topic.clone(),
+                output_topic: c.output_topic.clone(),
+                dlq_topic: k.dlq_topic.clone(),
+                retry_timeout: k.kafka_retry_timeout.0,
+            };
+            kafka_sink(client, &config).with_context(|| {
+                format!("connecting the sink to output topic {}", c.output_topic)
+            })?
+        }
     };
-    let acks = Arc::new(Acks::new());
 
     // On the embedded burst, w is calibrated around the run
     // (docs/design/measurement.md), on the workers' CPUs. The burst's clock starts when its
@@ -133,18 +137,18 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
             let assignment = match (k.replica, client) {
                 (Some(replica), _) => Assignment::Static(replica),
                 (None, ClientKind::Kafka) => Assignment::Static(Replica::ALL),
-                (None, ClientKind::Rdkafka) => Assignment::Group(k.group_protocol.into()),
+                (None, ClientKind::Rdkafka) => Assignment::Group(k.group_protocol),
             };
-            let config = KafkaConfig {
-                brokers: k.brokers.clone(),
-                topic: k.input_topic.clone(),
+            let config = SourceConfig {
+                brokers: c.brokers.clone(),
+                topic: c.input_topic.clone(),
                 group: k.group.clone(),
                 assignment,
                 offset_reset: k.offset_reset,
                 retry_timeout: k.kafka_retry_timeout.0,
             };
-            let source = kafka_source(client, config, acks.clone()).with_context(|| {
-                format!("connecting the source to input topic {}", k.input_topic)
+            let source = kafka_source(client, config).with_context(|| {
+                format!("connecting the source to input topic {}", c.input_topic)
             })?;
             let how = match assignment {
                 Assignment::Group(_) => format!("member of group {}", k.group),
@@ -155,31 +159,18 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
             };
             eprintln!(
                 "fila: reading {} ({how}) into {} on {}; stop with Ctrl-C",
-                k.input_topic, k.output_topic, k.brokers
+                c.input_topic, c.output_topic, c.brokers
             );
             source
         }
-    };
-    let commits = args.source == SourceKind::Kafka;
-    let config = DriverConfig {
-        commit_interval: args.commit_interval.0,
-        max_uncommitted: ReplayBound {
-            records: args.max_uncommitted,
-            bytes: args.max_uncommitted_bytes.0,
-        },
-        ordered: args.ordered,
-        sink_tick: args.sink_tick.0,
-        ..DriverConfig::default()
     };
     let summary = drive(
         &rt,
         job.clone(),
         source.as_mut(),
         sink,
-        &acks,
         metrics.as_ref(),
-        commits,
-        &config,
+        args.driver_config(),
     )?;
     let ideal = before.zip(sample.as_deref()).map(|(before, sample)| {
         Ideal::from_calibrations(p, before, calibration(sample, per_thread))
@@ -215,19 +206,16 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
 
 /// Runs the driver with SIGINT/SIGTERM wired to a clean stop: admission
 /// closes, what is in flight drains, flushes, and commits.
-#[allow(clippy::too_many_arguments)]
 fn drive(
     rt: &Runtime,
     job: Arc<Job>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
-    acks: &Acks,
     metrics: Option<&MetricsListener>,
-    commits: bool,
-    config: &DriverConfig,
+    config: DriverConfig,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
-    let live = Live::default();
+    let counters = Counters::default();
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     std::thread::scope(|s| {
@@ -239,13 +227,13 @@ fn drive(
             }
         });
         if let Some(listener) = metrics {
-            s.spawn(|| {
-                listener.serve(|| {
-                    metrics::render(&rt.stats(), &live, commits.then(|| acks.uncommitted()))
-                })
-            });
+            s.spawn(|| listener.serve(|| metrics::render(&rt.stats(), &counters)));
         }
-        let result = driver::run(rt, job, source, sink, acks, &live, &stop, config);
+        let result = Driver::new()
+            .config(config)
+            .stop_on(&stop)
+            .counters(&counters)
+            .run(rt, job, source, sink);
         signal_handle.close();
         if let Some(listener) = metrics {
             listener.stop();

@@ -1,16 +1,166 @@
-//! What the tests against real Kafka brokers share: the brokers that
-//! `scripts/test` starts, `fila run` as a child process, and producing and
-//! reading back topics. Every wait is bounded.
+//! What this crate's tests share. In process: a sink that keeps what it
+//! is given, and a source of prepared records that can commit. Against
+//! real Kafka brokers: the brokers that `scripts/test` starts, `fila run`
+//! as a child process, and producing and reading back topics. Every wait
+//! is bounded.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fila_connectors::{ClientKind, ConnectorError, Fetched, TopicReader, TopicWriter};
+use fila_connectors::{
+    Acks, ClientKind, Committer, Committing, ConnectorError, Envelope, Fetched, Polled, Position,
+    Sink, Source, TopicReader, TopicWriter,
+};
 use fila_pipeline::reference::{fib, message, FibRecord};
 use serde_json::Value;
+
+/// An output as [`Collect`] keeps it: its key, and its payload as text.
+pub type Output = (Option<Vec<u8>>, String);
+/// A dead letter as [`Collect`] keeps it: where the record was, its payload
+/// as text, and the reason.
+pub type DeadLetter = (Position, String, String);
+
+/// A sink that keeps everything it is given, with a dead-letter
+/// destination. Clones share what they keep.
+#[derive(Clone, Default)]
+pub struct Collect {
+    pub outputs: Arc<Mutex<Vec<Output>>>,
+    pub dead: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl Sink for Collect {
+    fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        let output = (key.map(<[u8]>::to_vec), payload);
+        self.outputs.lock().unwrap().push(output);
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        p: Position,
+        _key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        self.dead
+            .lock()
+            .unwrap()
+            .push((p, payload, reason.to_owned()));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn has_dead_letter_destination(&self) -> bool {
+        true
+    }
+}
+
+/// Every commit that landed: the offsets it committed.
+pub type CommitLog = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
+
+/// A bounded source over prepared records. [`Records::committing`] makes
+/// it one that commits, the way a Kafka source does, into a [`CommitLog`].
+pub struct Records {
+    records: std::vec::IntoIter<Envelope>,
+    committing: Option<(Arc<Acks>, RecordingCommitter)>,
+}
+
+impl Records {
+    /// A source of `records` that commits nothing.
+    pub fn new(records: Vec<Envelope>) -> Records {
+        Records {
+            records: records.into_iter(),
+            committing: None,
+        }
+    }
+
+    /// A source of `records` that commits, whose committer refuses its
+    /// first `refusals` commits the way a broker does while a group
+    /// rebalances: nothing committed, no error.
+    pub fn committing(records: Vec<Envelope>, refusals: u32) -> (Records, Arc<Acks>, CommitLog) {
+        let acks = Arc::new(Acks::new());
+        let log = CommitLog::default();
+        let committer = RecordingCommitter {
+            acks: acks.clone(),
+            refusals,
+            log: log.clone(),
+        };
+        let source = Records {
+            records: records.into_iter(),
+            committing: Some((acks.clone(), committer)),
+        };
+        (source, acks, log)
+    }
+}
+
+impl Source for Records {
+    fn poll(&mut self, _: Duration) -> Result<Polled, ConnectorError> {
+        Ok(self.records.next().map_or(Polled::End, Polled::Record))
+    }
+
+    fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
+        Ok(self.committing.take().map(|(acks, committer)| Committing {
+            acks,
+            committer: Box::new(committer),
+        }))
+    }
+}
+
+struct RecordingCommitter {
+    acks: Arc<Acks>,
+    refusals: u32,
+    log: CommitLog,
+}
+
+impl Committer for RecordingCommitter {
+    fn commit(&mut self) -> Result<(), ConnectorError> {
+        if self.refusals > 0 {
+            self.refusals -= 1;
+            return Ok(());
+        }
+        let offsets = self.acks.committable();
+        self.acks.mark_committed(&offsets);
+        self.log.lock().unwrap().push(offsets);
+        Ok(())
+    }
+}
+
+/// A record of `payload` at `partition`, `offset`.
+pub fn record(partition: i32, offset: i64, payload: &str) -> Envelope {
+    Envelope {
+        key: None,
+        payload: payload.as_bytes().to_vec(),
+        headers: Vec::new(),
+        timestamp: None,
+        position: Position { partition, offset },
+        arrived: Instant::now(),
+    }
+}
+
+/// Numbered records on partition 0.
+pub fn lines(payloads: &[&str]) -> Vec<Envelope> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| record(0, i as i64, p))
+        .collect()
+}
+
+/// `n` records on partition 0, each its offset as text.
+pub fn numbered(n: u64) -> Vec<Envelope> {
+    (0..n as i64)
+        .map(|i| record(0, i, &i.to_string()))
+        .collect()
+}
 
 /// The 3.9 broker: both clients work there.
 pub fn brokers_3x() -> String {

@@ -1,0 +1,67 @@
+//! The counters of a run: bumped by the driver's sink thread as records
+//! finish, read by the report and the metrics page.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fila_connectors::{Acks, Uncommitted};
+
+use prometheus_client::metrics::histogram::Histogram;
+
+/// Upper bounds, in seconds, of the latency histogram's buckets: 1, 2.5
+/// and 5 per decade from 10 µs to 10 s. A record takes tens of
+/// microseconds through an idle pipeline and up to seconds behind a full
+/// window on a loaded one; above 10 s only `+Inf` counts it.
+pub const LATENCY_BUCKETS: [f64; 19] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+    250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters the driver's sink thread bumps as records finish.
+#[derive(Debug)]
+pub struct Counters {
+    pub messages: AtomicU64,
+    pub outputs: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub panicked: AtomicU64,
+    /// Latency of each output, in seconds, as the run's report measures it:
+    /// from when the record became available to fila (for the burst
+    /// generator, the start of the burst) until its last stage emitted the
+    /// output. Buckets are [`LATENCY_BUCKETS`].
+    pub latency: Histogram,
+    /// The offset tracker of the run's source, if it commits: what the
+    /// uncommitted gauges read.
+    tracker: Mutex<Option<Arc<Acks>>>,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            messages: AtomicU64::new(0),
+            outputs: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            latency: Histogram::new(LATENCY_BUCKETS),
+            tracker: Mutex::new(None),
+        }
+    }
+}
+
+impl Counters {
+    /// Reads the uncommitted records from `acks` from now on.
+    pub(crate) fn watch(&self, acks: Arc<Acks>) {
+        *self.tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(acks);
+    }
+
+    /// For a source that commits: the records read and not yet committed.
+    pub fn uncommitted(&self) -> Option<Uncommitted> {
+        let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        tracker.as_ref().map(|acks| acks.uncommitted())
+    }
+
+    /// Records the latency of one output.
+    pub fn record_latency(&self, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+    }
+}

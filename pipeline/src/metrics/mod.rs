@@ -1,0 +1,330 @@
+//! The metrics page: a run's counters and the scheduler's statistics in
+//! the Prometheus text format, encoded by `prometheus-client` (which
+//! escapes help text and label values). [`http`] serves it.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use fila_connectors::Uncommitted;
+use fila_runtime::Stats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::counters::Counters;
+
+pub mod http;
+
+pub use http::MetricsListener;
+
+/// The metrics page for `stats` and the run's `counters`, with the
+/// records not yet committed when the run's source commits.
+pub fn render(stats: &Stats, counters: &Counters) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Page {
+        stats: stats.clone(),
+        outputs: counters.outputs.load(Relaxed),
+        dead_letters: counters.dead_letters.load(Relaxed),
+        panicked: counters.panicked.load(Relaxed),
+        latency: counters.latency.clone(),
+        uncommitted: counters.uncommitted(),
+    }));
+    let mut page = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut page, &registry)
+        .expect("writing to a String cannot fail");
+    page
+}
+
+/// The `Content-Type` of the page `render` makes.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// One scrape's values. The registry lives for one scrape only, so the
+/// collector owns a copy of what it encodes.
+#[derive(Debug)]
+struct Page {
+    stats: Stats,
+    outputs: u64,
+    dead_letters: u64,
+    panicked: u64,
+    latency: Histogram,
+    uncommitted: Option<Uncommitted>,
+}
+
+impl Collector for Page {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.stats;
+        // Counter names get their `_total` from the encoder.
+        labeled(
+            &mut e,
+            "fila_records",
+            None,
+            "Records finished, by outcome.",
+            "outcome",
+            [
+                ("output".to_owned(), ConstCounter::new(self.outputs)),
+                (
+                    "dead_letter".to_owned(),
+                    ConstCounter::new(self.dead_letters),
+                ),
+            ],
+        )?;
+        one(
+            &mut e,
+            "fila_records_panicked",
+            "Dead letters whose stage panicked.",
+            ConstCounter::new(self.panicked),
+        )?;
+        self.latency.encode(e.encode_descriptor(
+            "fila_record_latency",
+            "Latency of each record that produced an output: from when it became available to fila until its output was emitted.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?)?;
+        one(
+            &mut e,
+            "fila_window",
+            "The admission window W.",
+            ConstGauge::new(stats.window as u64),
+        )?;
+        one(
+            &mut e,
+            "fila_in_flight",
+            "Window slots taken: records admitted and not yet finished, plus one while the source waits for input.",
+            ConstGauge::new(stats.in_flight as u64),
+        )?;
+        one(
+            &mut e,
+            "fila_max_in_flight",
+            "The most records ever in flight at once.",
+            ConstGauge::new(stats.max_in_flight as u64),
+        )?;
+        if let Some(uncommitted) = self.uncommitted {
+            one(
+                &mut e,
+                "fila_uncommitted",
+                "Records read and not yet covered by a commit: what a crash would replay.",
+                ConstGauge::new(uncommitted.records),
+            )?;
+            one(
+                &mut e,
+                "fila_uncommitted_bytes",
+                "Bytes of the records read and not yet covered by a commit.",
+                ConstGauge::new(uncommitted.bytes),
+            )?;
+        }
+        let per_worker = |f: fn(&fila_runtime::WorkerStats) -> u64| {
+            stats
+                .workers
+                .iter()
+                .enumerate()
+                .map(move |(i, w)| (i.to_string(), ConstCounter::new(f(w))))
+        };
+        labeled(
+            &mut e,
+            "fila_worker_tasks",
+            None,
+            "Tasks run, per worker.",
+            "worker",
+            per_worker(|w| w.tasks_run),
+        )?;
+        labeled(
+            &mut e,
+            "fila_worker_stolen",
+            None,
+            "Tasks stolen from another worker, per worker.",
+            "worker",
+            per_worker(|w| w.tasks_stolen),
+        )?;
+        labeled(
+            &mut e,
+            "fila_worker_parks",
+            None,
+            "Times a worker parked for lack of work.",
+            "worker",
+            per_worker(|w| w.parks),
+        )?;
+        labeled(
+            &mut e,
+            "fila_worker_busy",
+            Some(Unit::Seconds),
+            "Time a worker spent awake, running tasks or looking for them, rather than parked.",
+            "worker",
+            stats
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (i.to_string(), ConstCounter::new(w.busy.as_secs_f64()))),
+        )
+    }
+}
+
+/// Encodes a metric without labels.
+fn one<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Encodes a metric with one sample per value of `label`. The encoder
+/// escapes the values.
+fn labeled<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    unit: Option<Unit>,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (String, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut samples = samples.into_iter().peekable();
+    let Some(metric_type) = samples.peek().map(|(_, m)| m.metric_type()) else {
+        return Ok(());
+    };
+    let mut family = e.encode_descriptor(name, help, unit.as_ref(), metric_type)?;
+    for (value, metric) in samples {
+        metric.encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Counters;
+    use std::time::Duration;
+
+    fn stats() -> Stats {
+        Stats {
+            workers: vec![
+                fila_runtime::WorkerStats {
+                    busy: Duration::from_millis(1500),
+                    ..Default::default()
+                },
+                fila_runtime::WorkerStats {
+                    tasks_run: 7,
+                    ..Default::default()
+                },
+            ],
+            window: 32,
+            in_flight: 3,
+            max_in_flight: 30,
+            ..Default::default()
+        }
+    }
+
+    fn has_line(page: &str, line: &str) {
+        assert!(
+            page.lines().any(|l| l == line),
+            "missing {line:?} in\n{page}"
+        );
+    }
+
+    #[test]
+    fn page_has_every_metric_with_its_value() {
+        let stats = stats();
+        let counters = Counters::default();
+        counters.outputs.store(5, Relaxed);
+        counters.dead_letters.store(2, Relaxed);
+        assert!(!render(&stats, &counters).contains("fila_uncommitted"));
+        let acks = std::sync::Arc::new(fila_connectors::Acks::new());
+        for offset in 0..4 {
+            let at = fila_connectors::Position {
+                partition: 0,
+                offset,
+            };
+            acks.track(at, 100);
+        }
+        counters.watch(acks);
+        let page = render(&stats, &counters);
+        for line in [
+            "fila_records_total{outcome=\"output\"} 5",
+            "fila_records_total{outcome=\"dead_letter\"} 2",
+            "fila_records_panicked_total 0",
+            "fila_window 32",
+            "fila_in_flight 3",
+            "fila_max_in_flight 30",
+            "fila_uncommitted 4",
+            "fila_uncommitted_bytes 400",
+            "fila_worker_tasks_total{worker=\"1\"} 7",
+            "# TYPE fila_worker_parks_total counter",
+            "# TYPE fila_worker_busy_seconds_total counter",
+            "fila_worker_busy_seconds_total{worker=\"0\"} 1.5",
+            "fila_worker_busy_seconds_total{worker=\"1\"} 0.0",
+            "# TYPE fila_record_latency_seconds histogram",
+        ] {
+            has_line(&page, line);
+        }
+    }
+
+    #[test]
+    fn latency_histogram_counts_every_recorded_latency_in_its_bucket() {
+        let counters = Counters::default();
+        for micros in [20, 30, 700, 3_000_000] {
+            counters.record_latency(Duration::from_micros(micros));
+        }
+        let page = render(&stats(), &counters);
+        for line in [
+            "fila_record_latency_seconds_bucket{le=\"1e-05\"} 0",
+            "fila_record_latency_seconds_bucket{le=\"2.5e-05\"} 1",
+            "fila_record_latency_seconds_bucket{le=\"5e-05\"} 2",
+            "fila_record_latency_seconds_bucket{le=\"0.001\"} 3",
+            "fila_record_latency_seconds_bucket{le=\"2.5\"} 3",
+            "fila_record_latency_seconds_bucket{le=\"5\"} 4",
+            "fila_record_latency_seconds_bucket{le=\"+Inf\"} 4",
+            "fila_record_latency_seconds_count 4",
+        ] {
+            has_line(&page, line);
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut registry = Registry::default();
+        #[derive(Debug)]
+        struct Odd;
+        impl Collector for Odd {
+            fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                labeled(
+                    &mut e,
+                    "odd",
+                    None,
+                    "A label value with a quote, a backslash and a newline.",
+                    "name",
+                    [("a\"b\\c\nd".to_owned(), ConstCounter::new(1u64))],
+                )
+            }
+        }
+        registry.register_collector(Box::new(Odd));
+        let mut page = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut page, &registry).unwrap();
+        has_line(&page, r#"odd_total{name="a\"b\\c\nd"} 1"#);
+    }
+
+    #[test]
+    fn busy_time_is_reported_for_every_worker_after_work_ran() {
+        let rt = fila_runtime::Runtime::builder()
+            .workers(fila_runtime::Workers::Count(3.try_into().unwrap()))
+            .pin(false)
+            .build()
+            .unwrap();
+        for _ in 0..100 {
+            rt.admit(|cx| cx.spawn(|_| {}), |_| {}).unwrap();
+        }
+        let page = render(&rt.shutdown(), &Counters::default());
+        for worker in 0..3 {
+            let prefix = format!("fila_worker_busy_seconds_total{{worker=\"{worker}\"}} ");
+            let busy: f64 = page
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no busy time for worker {worker} in\n{page}"))
+                .parse()
+                .unwrap();
+            assert!(busy > 0.0, "worker {worker} busy {busy} in\n{page}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! What a record's stages send to the sink thread, and the handle they
+//! send it through. A leaf module: the dataflow sends these, the driver
+//! receives them, and neither needs the other to do so.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fila_connectors::{Envelope, Position};
+use fila_runtime::Outcome;
+
+/// A message from a record's tasks to the sink thread.
+pub(crate) enum Event {
+    /// With `--ordered`: a record was admitted. Sent by the admitting
+    /// thread before the record is submitted, so it precedes all of its
+    /// results.
+    Admitted(Position),
+    Output {
+        /// `None` for a result of no record (windows closed at the end).
+        position: Option<Position>,
+        key: Option<Arc<[u8]>>,
+        payload: Vec<u8>,
+        arrived: Instant,
+        done: Instant,
+    },
+    Rejected {
+        position: Option<Position>,
+        key: Option<Arc<[u8]>>,
+        payload: Arc<[u8]>,
+        reason: String,
+        at: Instant,
+    },
+    /// The record's unit completed: every result it emitted is ahead of
+    /// this in the channel.
+    Done {
+        position: Position,
+        panic: Option<Panicked>,
+    },
+}
+
+/// A record whose stage panicked, kept to dead-letter it.
+pub(crate) struct Panicked {
+    pub(crate) message: String,
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) payload: Arc<[u8]>,
+}
+
+/// A record as it entered the pipeline: what its outputs, its dead letter
+/// and its completion carry. Shares its bytes with the record's `Input`.
+#[derive(Clone)]
+pub(crate) struct Origin {
+    pub(crate) position: Position,
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) arrived: Instant,
+}
+
+impl Origin {
+    pub(crate) fn of(envelope: &Envelope, key: Option<Arc<[u8]>>, payload: Arc<[u8]>) -> Origin {
+        Origin {
+            position: envelope.position,
+            key,
+            payload,
+            arrived: envelope.arrived,
+        }
+    }
+
+    /// Reports the record's unit completed with `outcome`, behind every
+    /// result it sent.
+    pub(crate) fn done(self, tx: &Sender<Event>, outcome: Outcome) {
+        let panic = outcome.err().map(|f| Panicked {
+            message: f.message,
+            key: self.key,
+            payload: self.payload,
+        });
+        // Fails only once the sink thread has stopped on an error.
+        let _ = tx.send(Event::Done {
+            position: self.position,
+            panic,
+        });
+    }
+}
+
+/// Where a record's results go, carried along its stages. Cloned for each
+/// output of a `flat_map`.
+#[derive(Clone)]
+pub(crate) struct Outlet {
+    tx: Sender<Event>,
+    /// `None` for results that belong to no record: windows closed at the
+    /// end of a bounded input.
+    position: Option<Position>,
+    key: Option<Arc<[u8]>>,
+    payload: Arc<[u8]>,
+    arrived: Instant,
+}
+
+impl Outlet {
+    /// The outlet of the record `origin`.
+    pub(crate) fn new(tx: Sender<Event>, origin: &Origin) -> Outlet {
+        Outlet {
+            tx,
+            position: Some(origin.position),
+            key: origin.key.clone(),
+            payload: origin.payload.clone(),
+            arrived: origin.arrived,
+        }
+    }
+
+    /// An outlet for results of no record (windows closed at the end of
+    /// the input), counted from `arrived`.
+    pub(crate) fn of_no_record(tx: Sender<Event>, arrived: Instant) -> Outlet {
+        Outlet {
+            tx,
+            position: None,
+            key: None,
+            payload: Arc::from(&[][..]),
+            arrived,
+        }
+    }
+
+    pub(crate) fn partition(&self) -> i32 {
+        self.position.map_or(0, |p| p.partition)
+    }
+
+    /// Sends one output with `key`, or with the record's own key when it
+    /// is `None`.
+    pub(crate) fn output(self, key: Option<Arc<[u8]>>, payload: Vec<u8>) {
+        // A send fails only once the sink thread has stopped on an error;
+        // the record is then not acknowledged, and is replayed.
+        let _ = self.tx.send(Event::Output {
+            position: self.position,
+            key: key.or(self.key),
+            payload,
+            arrived: self.arrived,
+            done: Instant::now(),
+        });
+    }
+
+    /// Sends the record to the dead-letter destination with `reason`.
+    pub(crate) fn reject(&self, reason: String) {
+        let _ = self.tx.send(Event::Rejected {
+            position: self.position,
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            reason,
+            at: Instant::now(),
+        });
+    }
+
+    /// Reports a failure of no record's (a window closed at the end).
+    pub(crate) fn reject_no_record(tx: &Sender<Event>, reason: String) {
+        let _ = tx.send(Event::Rejected {
+            position: None,
+            key: None,
+            payload: Arc::from(&[][..]),
+            reason,
+            at: Instant::now(),
+        });
+    }
+}
