@@ -1,4 +1,5 @@
-//! The report printed by `fila run` and `fila load` (fields as in the README).
+//! The report printed by `fila run` and `fila load`; its fields are
+//! defined in docs/design/measurement.md.
 //! The JSON form is exactly these structs, serialized.
 
 use std::fmt::Write as _;

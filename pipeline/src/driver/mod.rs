@@ -81,13 +81,13 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
     bytes: 64 << 20,
 };
 
-/// The sink's default tick. With Kafka on the 2-core build machine, where
-/// the broker shares the cores with fila, going from 2 ms to 25 ms cut the
-/// broker's CPU per message by about 40% at a 10,000-record burst (0.29 to
-/// 0.37 ms, against 0.53 to 0.61) and left fila that CPU, so efficiency rose at 1,000 records
-/// (README, "`fila load` against `fila run --source kafka`"). An output
-/// waits up to one tick longer for its flush; the latency a run reports is
-/// taken when the record's last stage finishes, before the sink.
+/// The sink's default tick. With Kafka every flush is a produce request
+/// that every in-sync replica must acknowledge, so a longer tick spares
+/// the broker (which may share the cores with fila) and leaves fila that
+/// CPU; an output waits up to one tick longer for its flush. The latency a
+/// run reports is taken when the record's last stage finishes, before the
+/// sink. `fila load` against `fila run --source kafka --sink-tick T`
+/// measures ticks against each other.
 pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 
 impl Default for DriverConfig {
