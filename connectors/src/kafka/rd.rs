@@ -1154,19 +1154,22 @@ impl TopicWriter {
             let ids = ensure_topic(producer.client(), brokers, topic)?;
             partitions.insert(topic.to_owned(), ids.len() as i32);
         }
+        // The writer's poll thread serves the statistics that say when the
+        // producer is ready.
+        let writer = Writer::new(producer, brokers, TOOL_RETRY_TIMEOUT);
         // An idempotent producer sends nothing before it has its producer
         // id, and when it asks before its first connection is up it asks
         // again only after a backoff: wait for it here, so that the first
         // records sent are not held back. (It sends anyway if the wait
         // runs out.)
-        if !producer.context().wait_ready(LOOKUP_TIMEOUT) {
+        if !writer.producer.context().wait_ready(LOOKUP_TIMEOUT) {
             tracing::warn!(
                 brokers,
                 "the producer has no producer id yet; sending anyway"
             );
         }
         Ok(TopicWriter {
-            writer: Writer::new(producer, brokers, TOOL_RETRY_TIMEOUT),
+            writer,
             partitions,
             turn: 0,
         })
