@@ -1,0 +1,275 @@
+"""Processes, CPU and memory sampling, and the Kafka broker, for
+benches/experiments/run. Standard library only.
+
+Every process started here is kept in RUNNING until it is stopped, by its
+PID: SIGTERM, then SIGKILL after a grace period, also when the runner is
+interrupted (stop_all). Every wait is bounded.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA_SCRIPT = REPO / "scripts" / "kafka"
+
+SAMPLE_INTERVAL_S = 0.25
+STOP_GRACE_S = 30
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+RUNNING = set()  # every Proc started and not yet stopped
+RUNNING_LOCK = threading.Lock()
+
+
+class Proc:
+    """A child process whose stdout and stderr lines are logged and kept."""
+
+    def __init__(self, name, argv, log_path, env=None, cwd=None):
+        self.name = name
+        self.lines = []  # (monotonic time, "out" | "err", text)
+        self.cond = threading.Condition()
+        self.log = open(log_path, "w", encoding="utf-8")
+        self.log.write("$ " + " ".join(str(a) for a in argv) + "\n")
+        self.log.flush()
+        self.started = time.monotonic()
+        self.p = subprocess.Popen(
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # a Ctrl-C reaches the runner only
+        )
+        self.pid = self.p.pid
+        self.terminated = False
+        with RUNNING_LOCK:
+            RUNNING.add(self)
+        self.readers = [
+            threading.Thread(target=self._read, args=(self.p.stdout, "out"), daemon=True),
+            threading.Thread(target=self._read, args=(self.p.stderr, "err"), daemon=True),
+        ]
+        for r in self.readers:
+            r.start()
+
+    def _read(self, stream, tag):
+        for raw in iter(stream.readline, b""):
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            with self.cond:
+                self.lines.append((time.monotonic(), tag, text))
+                self.log.write(f"[{tag}] {text}\n")
+                self.log.flush()
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def wait_for(self, pattern, timeout, tag=None):
+        """Waits for a line matching pattern; False on timeout or exit."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self.cond:
+            while True:
+                for _, t, text in self.lines[seen:]:
+                    if (tag is None or t == tag) and rx.search(text):
+                        return True
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive():
+                    return False
+                self.cond.wait(min(left, 0.2))
+
+    def matching(self, pattern):
+        rx = re.compile(pattern)
+        with self.cond:
+            return [(t, text) for t, _, text in self.lines if rx.search(text)]
+
+    def terminate(self):
+        """Sends SIGTERM once."""
+        if not self.terminated and self.alive():
+            self.terminated = True
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, grace=STOP_GRACE_S):
+        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
+        if self.alive():
+            self.terminate()
+            try:
+                self.p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {self.pid}) did not stop within {grace} s; killing it")
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.p.wait(timeout=30)
+        for r in self.readers:
+            r.join(timeout=5)
+        with RUNNING_LOCK:
+            RUNNING.discard(self)
+        with self.cond:
+            self.log.write(f"# exit code {self.p.returncode}\n")
+            self.log.close()
+        return self.p.returncode
+
+def stop_all():
+    with RUNNING_LOCK:
+        procs = list(RUNNING)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.stop(grace=10)
+
+def run_checked(argv, what, timeout, cwd=None, env=None, quiet=False):
+    """Runs a command to completion; raises with its output on failure."""
+    try:
+        r = subprocess.run(
+            [str(a) for a in argv], cwd=cwd, env=env, timeout=timeout,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} did not finish within {timeout} s")
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    if not quiet and r.stderr.strip():
+        for line in r.stderr.strip().splitlines()[-5:]:
+            log(f"  {line}")
+    return r
+
+
+# ------------------------------------------------------------ measurements
+
+def cpu_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+def pid_alive(pid):
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode()
+    except OSError:
+        return False
+    return data[data.rindex(")") + 2:][:1] not in ("Z", "X")
+
+def vm_hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+class Sampler:
+    """CPU seconds of the system's processes and of the broker, every 250 ms."""
+
+    def __init__(self, pids, broker_pid):
+        self.pids = list(pids)
+        self.broker_pid = broker_pid
+        self.last = {}  # pid -> ticks, so an exited process keeps its total
+        self.samples = []  # (seconds since start, system cpu s, broker cpu s)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.t0 = time.monotonic()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def read(self):
+        with self.lock:
+            for pid in self.pids + [self.broker_pid]:
+                if pid is None:
+                    continue
+                t = cpu_ticks(pid)
+                if t is not None:
+                    self.last[pid] = t
+            system = sum(self.last.get(p, 0) for p in self.pids) / CLK_TCK
+            broker = self.last.get(self.broker_pid, 0) / CLK_TCK
+            now = time.monotonic() - self.t0
+            self.samples.append((round(now, 3), system, broker))
+            return system, broker
+
+    def _loop(self):
+        while not self.stopping.wait(SAMPLE_INTERVAL_S):
+            self.read()
+
+    def start(self):
+        self.read()
+        self.thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.read()
+
+    def peak_rss_mb(self):
+        return round(sum(vm_hwm_kb(p) for p in self.pids) / 1024, 1)
+
+
+# -------------------------------------------------------------- the broker
+
+class Broker:
+    def __init__(self, port, version, state_dir):
+        self.port = port
+        self.version = version
+        self.env = dict(os.environ, FILA_KAFKA_STATE=str(state_dir))
+        self.pid_file = Path(state_dir) / str(port) / "pid"
+        self.pid = None
+        self.address = None
+        self.reported_version = version
+
+    def up(self):
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"something already listens on 127.0.0.1:{self.port}; pass another --port")
+        argv = [KAFKA_SCRIPT, "up", "--port", self.port]
+        if self.version:
+            argv += ["--version", self.version]
+        r = run_checked(argv, "scripts/kafka up", timeout=900, env=self.env, quiet=True)
+        self.address = r.stdout.strip().splitlines()[-1]
+        self.pid = int(self.pid_file.read_text().strip())
+        m = re.search(r"Kafka (\S+) is up", r.stderr)
+        if m:
+            self.reported_version = m.group(1)
+        log(f"broker: Kafka {self.reported_version} on {self.address} (pid {self.pid})")
+
+    def down(self):
+        if self.pid is None:
+            return
+        try:
+            run_checked([KAFKA_SCRIPT, "down", "--port", self.port], "scripts/kafka down",
+                        timeout=90, env=self.env, quiet=True)
+        except RuntimeError as e:
+            log(f"broker: {e}")
+        if pid_alive(self.pid):
+            log(f"broker: pid {self.pid} still alive after down; killing it")
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.pid = None
