@@ -8,6 +8,8 @@ interrupted (stop_all). Every wait is bounded.
 
 import os
 import re
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +47,7 @@ class Proc:
         self.log.write("$ " + " ".join(str(a) for a in argv) + "\n")
         self.log.flush()
         self.started = time.monotonic()
+        self.tmpdir = None  # deleted once the process is stopped
         self.p = subprocess.Popen(
             [str(a) for a in argv],
             stdin=subprocess.DEVNULL,
@@ -127,9 +130,11 @@ class Proc:
         with RUNNING_LOCK:
             RUNNING.discard(self)
         with self.cond:
-            self.log.write(f"# exit code {self.p.returncode}\n")
-            self.log.close()
+            if not self.log.closed:
+                self.log.write(f"# exit code {self.p.returncode}\n")
+                self.log.close()
         return self.p.returncode
+
 
 def stop_all():
     with RUNNING_LOCK:
@@ -138,6 +143,24 @@ def stop_all():
         p.terminate()
     for p in procs:
         p.stop(grace=10)
+
+
+def stop_procs(procs):
+    """Stops a system's processes all at once (so that no instance takes
+    over another's work) and deletes their temporary folders."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.stop()
+        if p.tmpdir is not None:
+            shutil.rmtree(p.tmpdir, ignore_errors=True)
+
+
+def children_cpu_s():
+    """CPU seconds of every child this process has waited for."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
 
 def run_checked(argv, what, timeout, cwd=None, env=None, quiet=False):
     """Runs a command to completion; raises with its output on failure."""
@@ -158,23 +181,49 @@ def run_checked(argv, what, timeout, cwd=None, env=None, quiet=False):
 
 # ------------------------------------------------------------ measurements
 
-def cpu_ticks(pid):
+def _stat_fields(path):
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read().decode()
     except OSError:
         return None
-    fields = data[data.rindex(")") + 2:].split()
+    return data[data.rindex(")") + 2:].split()
+
+
+def cpu_ticks(pid):
+    fields = _stat_fields(f"/proc/{pid}/stat")
+    if fields is None:
+        return None
     return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def jit_ticks(pid):
+    """CPU ticks of a JVM's JIT compiler threads (named C1/C2 CompilerThre...).
+    The JVM may end an idle compiler thread, and its ticks with it, so a
+    difference of two readings can undercount; it is never negative here."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if "CompilerThre" not in f.read():
+                    continue
+        except OSError:
+            continue
+        fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
 
 def pid_alive(pid):
     """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode()
-    except OSError:
-        return False
-    return data[data.rindex(")") + 2:][:1] not in ("Z", "X")
+    fields = _stat_fields(f"/proc/{pid}/stat")
+    return fields is not None and fields[0] not in ("Z", "X")
+
 
 def vm_hwm_kb(pid):
     try:
@@ -186,17 +235,18 @@ def vm_hwm_kb(pid):
         pass
     return 0
 
+
 class Sampler:
     """CPU seconds of the system's processes and of the broker, every 250 ms."""
 
-    def __init__(self, pids, broker_pid):
+    def __init__(self, pids, broker_pid, t0):
         self.pids = list(pids)
         self.broker_pid = broker_pid
         self.last = {}  # pid -> ticks, so an exited process keeps its total
-        self.samples = []  # (seconds since start, system cpu s, broker cpu s)
+        self.samples = []  # (seconds since t0, system cpu s, broker cpu s)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.t0 = time.monotonic()
+        self.t0 = t0
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def read(self):
@@ -233,6 +283,8 @@ class Sampler:
 # -------------------------------------------------------------- the broker
 
 class Broker:
+    """One local broker from scripts/kafka."""
+
     def __init__(self, port, version, state_dir):
         self.port = port
         self.version = version
@@ -241,6 +293,7 @@ class Broker:
         self.pid = None
         self.address = None
         self.reported_version = version
+        self.bursts = 0  # bursts served so far (warm-up, tuning, rounds)
 
     def up(self):
         with socket.socket() as s:
@@ -257,6 +310,14 @@ class Broker:
         if m:
             self.reported_version = m.group(1)
         log(f"broker: Kafka {self.reported_version} on {self.address} (pid {self.pid})")
+
+    def cpu_s(self):
+        t = cpu_ticks(self.pid)
+        return None if t is None else t / CLK_TCK
+
+    def jit_s(self):
+        t = jit_ticks(self.pid)
+        return None if t is None else t / CLK_TCK
 
     def down(self):
         if self.pid is None:

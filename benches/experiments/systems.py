@@ -1,8 +1,21 @@
-"""How each system is started, for benches/experiments/run. Standard
-library only."""
+"""The workloads, and how each system is started on one of them, for
+benches/experiments/run. Standard library only.
+
+A workload is what `fila load` produces and what every system's job does
+with it. The Flink and Kafka Streams jobs, like fila's reference job,
+compute fib of the five stage numbers each record carries, so any record
+`fila load --stages ...` makes runs on them unchanged. A workload that needs
+another job (another main class, another fila binary) says so in
+`job_args`, which every system's start code reads.
+
+A system is a class with `settings` (what varies per run and is recorded
+with each result, e.g. Flink's parallelism) and `start` (its processes,
+appended to `procs` as they are spawned, returned once every one runs).
+Options that change how every system runs (a delivery guarantee, say)
+are read from `ctx.args` in `start`.
+"""
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -13,13 +26,49 @@ REPO = Path(__file__).resolve().parents[2]
 FLINK_DIR = REPO / "benches" / "flink"
 KSTREAMS_DIR = REPO / "benches" / "kstreams"
 
-SYSTEMS = ("fila", "flink", "kstreams")
-LABEL = {"fila": "fila", "flink": "Flink", "kstreams": "Kafka Streams"}
-COLOR = {"fila": "#1f77b4", "flink": "#d62728", "kstreams": "#2ca02c"}
+# ---------------------------------------------------------------- workloads
+
+
+class Workload:
+    def __init__(self, name, summary, load_args, bursts, quick_burst, flink_shapes, flink_timeouts_ms,
+                 job_args=None):
+        self.name = name
+        self.summary = summary
+        self.load_args = list(load_args)  # extra `fila load` flags
+        self.bursts = list(bursts)  # burst sizes of the full matrix
+        self.quick_burst = quick_burst  # burst size with --quick
+        self.flink_shapes = tuple(flink_shapes)  # Flink tuning candidates
+        self.flink_timeouts_ms = tuple(flink_timeouts_ms)
+        self.job_args = job_args or {}  # system -> extra flags for its job
+
+    def describe(self):
+        return {"name": self.name, "summary": self.summary, "load_args": self.load_args}
+
+
+WORKLOADS = {
+    "reference": Workload(
+        "reference",
+        "the reference record (stages 10, 20, 30, 20, 10: about 2 ms of CPU per record, "
+        "fib(30) dominating); `fila load` at its default stages",
+        load_args=[], bursts=[1000, 10000], quick_burst=200,
+        flink_shapes=("uniform", "stage3"), flink_timeouts_ms=(100, 0)),
+    "light": Workload(
+        "light",
+        "the reference record with every stage at 1 (`fila load --stages 1,1,1,1,1`): "
+        "the per-record cost of each system alone",
+        load_args=["--stages", "1,1,1,1,1"], bursts=[100000], quick_burst=50000,
+        # No stage outweighs another, so there is no stage to widen; the
+        # buffer timeout decides how Flink batches at these rates.
+        flink_shapes=("uniform",), flink_timeouts_ms=(100, 10, 0)),
+}
+
+# ------------------------------------------------------------------ systems
+
+FLINK_SHAPES = ("uniform", "stage3")
 
 
 def flink_spec(shape, slots_total):
-    """Source, five stages, sink."""
+    """Parallelism of source, five stages, sink for S = slots_total."""
     s = slots_total
     if shape == "uniform":
         return [s] * 7
@@ -28,24 +77,63 @@ def flink_spec(shape, slots_total):
         return [h, h, h, s, h, h, h]
     raise ValueError(shape)
 
-def start_system(ctx, system, replicas, threads, in_topic, out_topic, group, tag, flink_cfg, procs):
-    """Starts the system's processes, appending each to procs at once (so
-    that its CPU is sampled from the start, and it is stopped on any
-    failure), and returns once every one is ready."""
-    if system == "fila":
-        for i in range(replicas):
+
+def java(ctx, tmpdir):
+    return ["java", f"-Xmx{ctx.args.jvm_heap_mb}m", f"-Djava.io.tmpdir={tmpdir}"]
+
+
+def kstreams_cp():
+    return f"{KSTREAMS_DIR}/target/job.jar:{KSTREAMS_DIR}/target/lib/*"
+
+
+def flink_cp():
+    return f"{FLINK_DIR}/target/job.jar:{FLINK_DIR}/target/lib/*"
+
+
+class Slot:
+    """One system's turn: its experiment, workload, fresh topics and settings."""
+
+    def __init__(self, exp, workload, in_topic, out_topic, group, tag, settings):
+        self.exp = exp
+        self.replicas = exp["replicas"]
+        self.threads = exp["threads"]
+        self.workload = workload
+        self.in_topic = in_topic
+        self.out_topic = out_topic
+        self.group = group
+        self.tag = tag
+        self.settings = settings
+
+
+class System:
+    name = label = color = None
+
+    def settings(self, ctx, exp):
+        """What this system runs with on `exp`, recorded with its results."""
+        return {}
+
+    def start(self, ctx, slot, procs):
+        raise NotImplementedError
+
+
+class Fila(System):
+    name, label, color = "fila", "fila", "#1f77b4"
+
+    def start(self, ctx, slot, procs):
+        for i in range(slot.replicas):
             argv = [ctx.args.fila, "run", "--source", "kafka", "--brokers", ctx.broker.address,
-                    "--input-topic", in_topic, "--output-topic", out_topic, "--group", group,
-                    "--workers", threads, "--report", "json"]
+                    "--input-topic", slot.in_topic, "--output-topic", slot.out_topic, "--group", slot.group,
+                    "--workers", slot.threads, "--report", "json"]
             if ctx.args.fila_static_replicas:
-                argv += ["--replica", f"{i}/{replicas}"]
-            if replicas > 1:
+                argv += ["--replica", f"{i}/{slot.replicas}"]
+            if slot.replicas > 1:
                 # Each process pins its worker k to the k-th allowed CPU, so
                 # replicas on one machine would all stack on the first CPUs.
                 argv += ["--no-pin"]
+            argv += slot.workload.job_args.get(self.name, [])
             # At info level fila logs each partition assignment it gets.
             env = dict(os.environ, FILA_LOG="info")
-            procs.append(Proc(f"fila-{i}", argv, ctx.logs / f"{tag}-fila-{i}.log", env=env))
+            procs.append(Proc(f"fila-{i}", argv, ctx.logs / f"{slot.tag}-fila-{i}.log", env=env))
         ctx.on_spawn(procs)
         ready = r"fila: reading" if ctx.args.fila_static_replicas else r"partitions assigned"
         for p in procs:
@@ -55,29 +143,50 @@ def start_system(ctx, system, replicas, threads, in_topic, out_topic, group, tag
                 log(f"  {p.name}: no '{ready}' line within 30 s; going on")
         if time.monotonic() - procs[0].started < 2:
             time.sleep(2 - (time.monotonic() - procs[0].started))
-    elif system == "flink":
+
+
+class Flink(System):
+    name, label, color = "flink", "Flink", "#d62728"
+
+    def settings(self, ctx, exp, cfg=None):
+        cfg = cfg or ctx.flink_cfg[exp["workload"]]
+        spec = flink_spec(cfg["shape"], exp["replicas"] * exp["threads"])
+        return {"parallelism": "-".join(map(str, spec)), "shape": cfg["shape"],
+                "buffer_timeout_ms": cfg["buffer_timeout_ms"],
+                "taskmanagers": exp["replicas"], "slots_per_taskmanager": exp["threads"]}
+
+    def start(self, ctx, slot, procs):
+        s = slot.settings
         tmp = Path(tempfile.mkdtemp(prefix="flink-", dir=ctx.work))
-        spec = flink_spec(flink_cfg["shape"], replicas * threads)
-        argv = ctx.java(tmp) + ["-cp", ctx.flink_cp(), "fila.bench.flink.FibJob",
-                                "--brokers", ctx.broker.address, "--input-topic", in_topic,
-                                "--output-topic", out_topic, "--group", group,
-                                "--parallelism", ",".join(map(str, spec)),
-                                "--taskmanagers", replicas, "--slots", threads,
-                                "--buffer-timeout-ms", flink_cfg["buffer_timeout_ms"]]
-        p = Proc("flink", argv, ctx.logs / f"{tag}-flink.log")
+        argv = java(ctx, tmp) + [
+            "-cp", flink_cp(), "fila.bench.flink.FibJob",
+            "--brokers", ctx.broker.address, "--input-topic", slot.in_topic,
+            "--output-topic", slot.out_topic, "--group", slot.group,
+            "--parallelism", s["parallelism"].replace("-", ","),
+            "--taskmanagers", slot.replicas, "--slots", slot.threads,
+            "--buffer-timeout-ms", s["buffer_timeout_ms"]]
+        argv += slot.workload.job_args.get(self.name, [])
+        p = Proc("flink", argv, ctx.logs / f"{slot.tag}-flink.log")
         p.tmpdir = tmp
         procs.append(p)
         ctx.on_spawn(procs)
         if not p.wait_for(r"^flink: RUNNING", 180, tag="out"):
             raise RuntimeError(f"Flink did not report RUNNING; see {p.log.name}")
-    elif system == "kstreams":
-        for i in range(replicas):
+
+
+class KStreams(System):
+    name, label, color = "kstreams", "Kafka Streams", "#2ca02c"
+
+    def start(self, ctx, slot, procs):
+        for i in range(slot.replicas):
             tmp = Path(tempfile.mkdtemp(prefix="kstreams-", dir=ctx.work))
-            argv = ctx.java(tmp) + ["-cp", ctx.kstreams_cp(), "fila.bench.kstreams.FibStreams",
-                                    "--brokers", ctx.broker.address, "--input-topic", in_topic,
-                                    "--output-topic", out_topic, "--application-id", group,
-                                    "--threads", threads]
-            p = Proc(f"kstreams-{i}", argv, ctx.logs / f"{tag}-kstreams-{i}.log")
+            argv = java(ctx, tmp) + [
+                "-cp", kstreams_cp(), "fila.bench.kstreams.FibStreams",
+                "--brokers", ctx.broker.address, "--input-topic", slot.in_topic,
+                "--output-topic", slot.out_topic, "--application-id", slot.group,
+                "--threads", slot.threads]
+            argv += slot.workload.job_args.get(self.name, [])
+            p = Proc(f"kstreams-{i}", argv, ctx.logs / f"{slot.tag}-kstreams-{i}.log")
             p.tmpdir = tmp
             procs.append(p)
         ctx.on_spawn(procs)
@@ -94,11 +203,7 @@ def start_system(ctx, system, replicas, threads, in_topic, out_topic, group, tag
                 break
             time.sleep(0.1)
 
-def cleanup_procs(procs):
-    for p in procs:  # all at once, so that no instance takes over another's work
-        p.terminate()
-    for p in procs:
-        p.stop()
-        tmp = getattr(p, "tmpdir", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+SYSTEMS = {s.name: s for s in (Fila(), Flink(), KStreams())}
+LABEL = {name: s.label for name, s in SYSTEMS.items()}
+COLOR = {name: s.color for name, s in SYSTEMS.items()}
