@@ -219,6 +219,26 @@ def jit_ticks(pid):
     return total
 
 
+def busy_ticks(cpus=None):
+    """Ticks the CPUs (all, or those listed) spent busy, from /proc/stat:
+    everything but idle and iowait."""
+    total = 0
+    want = None if cpus is None else {f"cpu{c}" for c in cpus}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if not name.startswith("cpu") or name == "cpu":
+                    continue
+                if want is not None and name not in want:
+                    continue
+                v = [int(x) for x in vals[:8]]
+                total += sum(v) - v[3] - v[4]  # idle, iowait
+    except (OSError, ValueError):
+        return None
+    return total
+
+
 def pid_alive(pid):
     """True while the process exists and is not a zombie."""
     fields = _stat_fields(f"/proc/{pid}/stat")

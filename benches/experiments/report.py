@@ -1,6 +1,7 @@
-"""What benches/experiments/run writes: medians over rounds, charts (SVG)
-and README.md. Everything here works from results.json and raw/ alone, so
-`run --replot DIR` can redraw an earlier sitting. Standard library only.
+"""What benches/experiments/run writes: medians over rounds, the noise
+gauge, charts (SVG) and README.md. Everything here works from results.json
+and raw/ alone, so `run --replot DIR` can redraw an earlier sitting.
+Standard library only.
 """
 
 import datetime
@@ -15,6 +16,10 @@ import subprocess
 from pathlib import Path
 
 from systems import COLOR, LABEL, WORKLOADS
+
+# The gauge's limit: the same as fila's calibration spread
+# (docs/design/measurement.md, `ideal::NOISY_SPREAD`).
+NOISY_DRIFT = 0.10
 
 # The thesis's Table 3, measured on another machine (4 cores / 8 threads,
 # i7-4870HQ, Flink 1.18): (replicas, thesis threads, burst) ->
@@ -104,6 +109,30 @@ def paired_ratios(rows, exp, a, b, warm, key):
         if va is not None and vb:
             ratios.append(va / vb)
     return spread(ratios)
+
+
+def gauge_drift(points):
+    """(max - min) / mean of the round's work-per-message readings."""
+    ws = [p["w_ms"] for p in points if p.get("w_ms")]
+    if len(ws) < 2:
+        return None
+    return (max(ws) - min(ws)) / (sum(ws) / len(ws))
+
+
+def judge_round(points):
+    """drift, worst calibration spread, flagged, why."""
+    drift = gauge_drift(points)
+    worst = max((p.get("spread") or 0 for p in points), default=None)
+    why = []
+    if drift is None:
+        why.append("no gauge reading")
+    elif drift > NOISY_DRIFT:
+        why.append(f"work per message drifted {drift * 100:.1f}%")
+    if worst is not None and worst > NOISY_DRIFT:
+        why.append(f"a calibration spread of {worst * 100:.1f}%")
+    if any(p.get("error") for p in points):
+        why.append("a gauge reading failed")
+    return {"drift": drift, "worst_spread": worst, "flagged": bool(why), "why": "; ".join(why)}
 
 
 # --------------------------------------------------------------- formatting
@@ -438,7 +467,14 @@ def upgrade(res):
         res["flink_cfg"] = {"reference": res.get("flink")} if res.get("flink") else {}
         tuning = res.get("flink_tuning")
         res["flink_tuning"] = {"reference": tuning} if tuning else {}
+    res.setdefault("gauge", [])
     return res
+
+
+def verdict(res):
+    """The sitting's noise verdict: (flagged rounds, total rounds) from the gauge."""
+    rounds = res.get("gauge") or []
+    return [g for g in rounds if g.get("flagged")], rounds
 
 
 def write_report(out, res, charts):
@@ -452,6 +488,17 @@ def write_report(out, res, charts):
     md = [f"# fila, Flink and Kafka Streams side by side ({started:%Y-%m-%d})", ""]
     md += [f"Made by `{meta['command']}` in {meta['elapsed_s'] / 60:.1f} min: "
            f"{rounds} round(s) per experiment, workloads {', '.join(meta['workloads'])}.", ""]
+
+    flagged, gauged = verdict(res)
+    if not gauged:
+        md += ["**No noise gauge was read in this sitting: its numbers are not a result to commit.**", ""]
+    elif flagged:
+        md += [f"**Noisy sitting: the gauge flagged {len(flagged)} of {len(gauged)} round(s) (see "
+               "[Noise gauge](#noise-gauge)). The machine changed speed while it ran, so these numbers "
+               "must not be committed as a result: run it again on a quiet machine.**", ""]
+    else:
+        md += [f"The gauge stayed within {NOISY_DRIFT * 100:.0f}% in all {len(gauged)} round(s): the machine "
+               "held its speed through the sitting.", ""]
 
     md += ["## Machine", "",
            f"- CPU: {machine['cpu_model']}, {machine['physical_cores'] or '?'} core(s), "
@@ -497,6 +544,31 @@ def write_report(out, res, charts):
         bursts = sorted({e["burst"] for e in experiments if e["workload"] == w})
         trows.append([w, wl.summary if wl else "—", ", ".join(f"{b:,}".replace(",", " ") for b in bursts)])
     md += [md_table(["workload", "what", "bursts"], trows), ""]
+
+    md += ['<a id="noise-gauge"></a>', "", "## Noise gauge", ""]
+    if res.get("gauge"):
+        md += ["Before each round and after each system's turn, `fila run --burst "
+               f"{meta.get('gauge_burst', '?')}` calibrates the work per message w of the reference record on "
+               "the systems' CPUs (docs/design/measurement.md): the same fixed work, timed. A round is flagged "
+               f"when its readings drift apart by more than {NOISY_DRIFT * 100:.0f}% ((max − min) / mean), or "
+               "when one reading's own calibration spread (before against after) is above that. A sitting "
+               "with a flagged round is not a result. Others busy is the share of the gauge's CPUs that "
+               "other processes (the broker included) kept busy while a reading ran: where the drift "
+               "comes from.", ""]
+    trows = []
+    for g in res.get("gauge", []):
+        ws = " → ".join(num(p.get("w_ms"), 3) for p in g["points"])
+        busy = [p["others_busy"] for p in g["points"] if p.get("others_busy") is not None]
+        trows.append([g["experiment"], g["round"], ", ".join(LABEL.get(s, s) for s in g["order"]), ws,
+                      f"{max(busy) * 100:.0f}%" if busy else "—",
+                      f"{g['drift'] * 100:.1f}%" if g.get("drift") is not None else "—",
+                      f"{g['worst_spread'] * 100:.1f}%" if g.get("worst_spread") is not None else "—",
+                      f"**yes**: {g['why']}" if g.get("flagged") else "no"])
+    if trows:
+        md += [md_table(["exp", "round", "order", "w ms, before the round and after each turn",
+                         "others busy, at most", "drift", "worst spread", "flagged"], trows), ""]
+    else:
+        md += ["(No gauge readings: this sitting predates the gauge.)", ""]
 
     tunings = res.get("flink_tuning") or {}
     if "flink" in systems:
