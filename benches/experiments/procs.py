@@ -1,4 +1,4 @@
-"""Processes, CPU and memory sampling, and the Kafka broker, for
+"""Processes, CPU and memory sampling, CPU sets, and the Kafka broker, for
 benches/experiments/run. Standard library only.
 
 Every process started here is kept in RUNNING until it is stopped, by its
@@ -30,6 +30,37 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+# ---------------------------------------------------------------- CPU sets
+
+def parse_cpu_list(text):
+    """'1', '0-1', '2,4-5' -> sorted list of CPU numbers (taskset's list form)."""
+    cpus = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"'{part}' is not a CPU number or range")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"'{part}' is an empty range")
+        cpus.update(range(lo, hi + 1))
+    if not cpus:
+        raise ValueError("no CPUs given")
+    return sorted(cpus)
+
+
+def cpu_list_text(cpus):
+    return ",".join(str(c) for c in cpus)
+
+
+def taskset(cpus):
+    """The argv prefix that runs a command on `cpus`; none for None."""
+    return ["taskset", "-c", cpu_list_text(cpus)] if cpus else []
+
+
 # ---------------------------------------------------------------- processes
 
 RUNNING = set()  # every Proc started and not yet stopped
@@ -57,6 +88,7 @@ class Proc:
             env=env,
             start_new_session=True,  # a Ctrl-C reaches the runner only
         )
+        # taskset execs its command, so this is the command's PID too.
         self.pid = self.p.pid
         self.terminated = False
         with RUNNING_LOCK:
@@ -303,11 +335,13 @@ class Sampler:
 # -------------------------------------------------------------- the broker
 
 class Broker:
-    """One local broker from scripts/kafka."""
+    """One local broker from scripts/kafka, on `cpus` if given (taskset:
+    the launcher and every thread of the broker's JVM inherit the set)."""
 
-    def __init__(self, port, version, state_dir):
+    def __init__(self, port, version, state_dir, cpus=None):
         self.port = port
         self.version = version
+        self.cpus = cpus
         self.env = dict(os.environ, FILA_KAFKA_STATE=str(state_dir))
         self.pid_file = Path(state_dir) / str(port) / "pid"
         self.pid = None
@@ -320,7 +354,7 @@ class Broker:
             s.settimeout(1)
             if s.connect_ex(("127.0.0.1", self.port)) == 0:
                 raise RuntimeError(f"something already listens on 127.0.0.1:{self.port}; pass another --port")
-        argv = [KAFKA_SCRIPT, "up", "--port", self.port]
+        argv = taskset(self.cpus) + [KAFKA_SCRIPT, "up", "--port", self.port]
         if self.version:
             argv += ["--version", self.version]
         r = run_checked(argv, "scripts/kafka up", timeout=900, env=self.env, quiet=True)
@@ -329,7 +363,13 @@ class Broker:
         m = re.search(r"Kafka (\S+) is up", r.stderr)
         if m:
             self.reported_version = m.group(1)
-        log(f"broker: Kafka {self.reported_version} on {self.address} (pid {self.pid})")
+        where = ""
+        if self.cpus:
+            got = sorted(os.sched_getaffinity(self.pid))
+            if got != list(self.cpus):
+                raise RuntimeError(f"the broker runs on CPUs {got}, not {list(self.cpus)}")
+            where = f", on CPUs {cpu_list_text(self.cpus)}"
+        log(f"broker: Kafka {self.reported_version} on {self.address} (pid {self.pid}{where})")
 
     def cpu_s(self):
         t = cpu_ticks(self.pid)

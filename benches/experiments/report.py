@@ -453,6 +453,9 @@ def upgrade(res):
     meta.setdefault("rounds", 1)
     meta.setdefault("workloads", ["reference"])
     meta.setdefault("broker_warmup", 0)
+    meta.setdefault("broker_cpus", None)
+    meta.setdefault("system_cpus", None)
+    meta.setdefault("fila_args", [])
     for e in res["experiments"]:
         e.setdefault("workload", "reference")
     for r in res["runs"]:
@@ -506,10 +509,17 @@ def write_report(out, res, charts):
            f"- memory: {machine['memory_gib']} GiB; kernel {machine['kernel']}; {machine['java']}",
            f"- date: {started:%Y-%m-%d %H:%M} UTC", ""]
 
+    if meta.get("broker_cpus"):
+        placement = (f"the broker, the load client and the topic tool on CPU(s) {meta['broker_cpus']}, "
+                     f"the systems and the gauge on CPU(s) {meta['system_cpus']} (`taskset`): the systems "
+                     "do not share their cores with the broker")
+    else:
+        placement = "nothing pinned: the broker, the load client and the systems share every core"
     md += ["## Setup", "",
            f"- broker: one Apache Kafka {versions['kafka']} (KRaft) from `scripts/kafka`, on 127.0.0.1, "
            "for the whole sitting; fresh topics for every system in every round, with as many partitions "
            "as replicas",
+           f"- placement: {placement}",
            "- broker warm-up: " + warmup_text(meta, res.get("broker_warmup")),
            f"- rounds: {rounds} per experiment; within a round every system takes its turn, and the first "
            "of each round is the next system in line (round r starts with the r-th), so over any "
@@ -525,7 +535,8 @@ def write_report(out, res, charts):
            "- fila: replicas are `fila run` processes in one consumer group (`--group`"
            + (", and `--replica I/N`" if meta.get("fila_static_replicas") else "")
            + "), threads are `--workers`; with 2 replicas each runs with `--no-pin`, since each process "
-           "would pin its workers to the same first CPUs; otherwise at fila's defaults",
+           "would pin its workers to the same first CPUs; otherwise at fila's defaults"
+           + (f", plus `{' '.join(meta['fila_args'])}`" if meta.get("fila_args") else ""),
            f"- Flink {versions['flink']} (flink-connector-kafka {versions['flink_kafka']}): one local "
            "MiniCluster, replicas are task managers, threads are slots per task manager; at least once, "
            "checkpoints every 5 s, sink producer `linger.ms` = 5",

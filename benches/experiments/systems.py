@@ -119,18 +119,22 @@ class System:
 class Fila(System):
     name, label, color = "fila", "fila", "#1f77b4"
 
+    def settings(self, ctx, exp):
+        return {"extra_args": list(ctx.fila_args)} if ctx.fila_args else {}
+
     def start(self, ctx, slot, procs):
         for i in range(slot.replicas):
-            argv = [ctx.args.fila, "run", "--source", "kafka", "--brokers", ctx.broker.address,
-                    "--input-topic", slot.in_topic, "--output-topic", slot.out_topic, "--group", slot.group,
-                    "--workers", slot.threads, "--report", "json"]
+            argv = ctx.on_system_cpus([
+                ctx.args.fila, "run", "--source", "kafka", "--brokers", ctx.broker.address,
+                "--input-topic", slot.in_topic, "--output-topic", slot.out_topic, "--group", slot.group,
+                "--workers", slot.threads, "--report", "json"])
             if ctx.args.fila_static_replicas:
                 argv += ["--replica", f"{i}/{slot.replicas}"]
             if slot.replicas > 1:
                 # Each process pins its worker k to the k-th allowed CPU, so
                 # replicas on one machine would all stack on the first CPUs.
                 argv += ["--no-pin"]
-            argv += slot.workload.job_args.get(self.name, [])
+            argv += slot.workload.job_args.get(self.name, []) + list(ctx.fila_args)
             # At info level fila logs each partition assignment it gets.
             env = dict(os.environ, FILA_LOG="info")
             procs.append(Proc(f"fila-{i}", argv, ctx.logs / f"{slot.tag}-fila-{i}.log", env=env))
@@ -158,13 +162,13 @@ class Flink(System):
     def start(self, ctx, slot, procs):
         s = slot.settings
         tmp = Path(tempfile.mkdtemp(prefix="flink-", dir=ctx.work))
-        argv = java(ctx, tmp) + [
+        argv = ctx.on_system_cpus(java(ctx, tmp) + [
             "-cp", flink_cp(), "fila.bench.flink.FibJob",
             "--brokers", ctx.broker.address, "--input-topic", slot.in_topic,
             "--output-topic", slot.out_topic, "--group", slot.group,
             "--parallelism", s["parallelism"].replace("-", ","),
             "--taskmanagers", slot.replicas, "--slots", slot.threads,
-            "--buffer-timeout-ms", s["buffer_timeout_ms"]]
+            "--buffer-timeout-ms", s["buffer_timeout_ms"]])
         argv += slot.workload.job_args.get(self.name, [])
         p = Proc("flink", argv, ctx.logs / f"{slot.tag}-flink.log")
         p.tmpdir = tmp
@@ -180,11 +184,11 @@ class KStreams(System):
     def start(self, ctx, slot, procs):
         for i in range(slot.replicas):
             tmp = Path(tempfile.mkdtemp(prefix="kstreams-", dir=ctx.work))
-            argv = java(ctx, tmp) + [
+            argv = ctx.on_system_cpus(java(ctx, tmp) + [
                 "-cp", kstreams_cp(), "fila.bench.kstreams.FibStreams",
                 "--brokers", ctx.broker.address, "--input-topic", slot.in_topic,
                 "--output-topic", slot.out_topic, "--application-id", slot.group,
-                "--threads", slot.threads]
+                "--threads", slot.threads])
             argv += slot.workload.job_args.get(self.name, [])
             p = Proc(f"kstreams-{i}", argv, ctx.logs / f"{slot.tag}-kstreams-{i}.log")
             p.tmpdir = tmp
