@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::counters::Counters;
 use crate::dataflow::Job;
 use crate::driver::{Driver, DriverConfig, RunSummary};
-use crate::metrics::{self, MetricsListener};
+use crate::metrics::{self, Answer, MetricsListener};
 use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
@@ -227,7 +227,16 @@ fn drive(
             }
         });
         if let Some(listener) = metrics {
-            s.spawn(|| listener.serve(|| metrics::render(&rt.stats(), &counters)));
+            s.spawn(|| {
+                listener.serve(|path| {
+                    (path == "/metrics").then(|| {
+                        Answer::ok(
+                            metrics::CONTENT_TYPE,
+                            metrics::render(&rt.stats(), &counters),
+                        )
+                    })
+                })
+            });
         }
         let result = Driver::new()
             .config(config)

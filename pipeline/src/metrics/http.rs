@@ -1,198 +1,368 @@
-//! A small HTTP endpoint for the metrics page (`--metrics-addr`).
+//! A small HTTP endpoint for the metrics page and the health checks
+//! (`--metrics-addr`).
 //!
-//! Plain threads on a `TcpListener`, since fila has no async executor and
-//! one scrape every few seconds needs none: one thread blocks in `accept`,
-//! and each connection gets a thread of its own, so that a client that
-//! connects and says nothing holds up nobody else. `stop` cuts the open
-//! connections and wakes the accept at once.
+//! One thread, no executor: a `mio` event loop over non-blocking sockets
+//! reads requests as their bytes arrive and writes answers as the peers
+//! take them, so a client that connects and says nothing holds up nobody
+//! else, and costs a few hundred bytes rather than a thread. Every
+//! resource is bounded:
+//!
+//! - at most [`MAX_CONNECTIONS`] are open; a new connection beyond that
+//!   closes the oldest one, so a flood of idle connections can delay a
+//!   scrape by no more than its own, and never starve it;
+//! - a connection that has not sent its whole request, or not taken its
+//!   whole answer, within [`REQUEST_TIMEOUT`] is closed;
+//! - a request head may take [`MAX_REQUEST_HEAD`] bytes (431 beyond).
+//!
+//! No general HTTP crate fits: the synchronous servers spawn a thread (or
+//! hold a pool thread) per connection, and the rest need an async
+//! executor. `httparse` parses the request head; answers are one
+//! `Connection: close` response each.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use super::CONTENT_TYPE;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
 
-/// How long a connection may take to send its request, or to take the
-/// response, before it is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at most.
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// How long a connection may take to send its request, and then to take
+/// the answer, before it is closed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most a request head may take, in bytes.
-const MAX_REQUEST_HEAD: usize = 8192;
+pub const MAX_REQUEST_HEAD: usize = 8192;
 
-/// A bound metrics listener. `serve` answers scrapes until `stop`.
+const LISTENER: Token = Token(0);
+const WAKE: Token = Token(1);
+/// Connections are numbered from here, in the order they were accepted.
+const FIRST_CONNECTION: usize = 2;
+
+/// What a route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The status line's code and reason, like `200 OK`.
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Answer {
+    /// A `200 OK` with `body` of `content_type`.
+    pub fn ok(content_type: &'static str, body: String) -> Answer {
+        Answer {
+            status: "200 OK",
+            content_type,
+            body,
+        }
+    }
+
+    /// A plain-text answer with `status`.
+    pub fn text(status: &'static str, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// A bound listener. `serve` answers requests until `stop`.
 pub struct MetricsListener {
-    listener: TcpListener,
-    /// The connections being answered, by number, so that `stop` can cut
-    /// them; `None` once stopped.
-    open: Mutex<Option<HashMap<u64, TcpStream>>>,
+    listener: Mutex<Option<TcpListener>>,
+    addr: SocketAddr,
+    poll: Mutex<Option<Poll>>,
+    waker: Waker,
+    stopped: AtomicBool,
+    /// [`REQUEST_TIMEOUT`], but for tests.
+    timeout: Duration,
 }
 
 impl MetricsListener {
     pub fn bind(addr: SocketAddr) -> io::Result<MetricsListener> {
+        let mut listener = TcpListener::bind(addr)?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
         Ok(MetricsListener {
-            listener: TcpListener::bind(addr)?,
-            open: Mutex::new(Some(HashMap::new())),
+            addr: listener.local_addr()?,
+            listener: Mutex::new(Some(listener)),
+            poll: Mutex::new(Some(poll)),
+            waker,
+            stopped: AtomicBool::new(false),
+            timeout: REQUEST_TIMEOUT,
         })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Ok(self.addr)
     }
 
-    /// Answers `GET` and `HEAD` on `/metrics` (any query string is
-    /// ignored) with `page()`, and anything else with a 404 (or a 405 for
-    /// another method on `/metrics`), until `stop`. Each connection is
-    /// answered on a thread of its own; this returns once they are done.
-    pub fn serve(&self, page: impl Fn() -> String + Sync) {
-        let page = &page;
-        std::thread::scope(|s| {
-            for number in 0u64.. {
-                let stream = match self.listener.accept() {
-                    Ok((stream, _)) => stream,
-                    Err(_) if self.open().is_none() => break,
-                    Err(e) => {
-                        // Out of file descriptors, most likely: give the
-                        // open connections a moment to close.
-                        tracing::warn!(error = %e, "metrics listener failed to accept");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                {
-                    let mut open = self.open();
-                    // Stopped: this is `stop` waking us, or a scrape too late.
-                    let Some(open) = open.as_mut() else { break };
-                    match stream.try_clone() {
-                        Ok(clone) => open.insert(number, clone),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "metrics connection dropped");
-                            continue;
-                        }
-                    };
-                }
-                let spawned = std::thread::Builder::new()
-                    .name("fila-metrics".into())
-                    .spawn_scoped(s, move || {
-                        if let Err(e) = answer(stream, page) {
-                            tracing::debug!(error = %e, "metrics request failed");
-                        }
-                        if let Some(open) = self.open().as_mut() {
-                            open.remove(&number);
-                        }
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "no thread for a metrics connection");
-                    if let Some(open) = self.open().as_mut() {
-                        open.remove(&number);
-                    }
-                }
-            }
-        });
-    }
-
-    /// Makes `serve` return promptly: connections still open are cut, and
-    /// the blocked `accept` is woken by a connection to ourselves. Called
-    /// before `serve` started, `serve` returns at its first connection.
-    pub fn stop(&self) {
-        let open = self.open().take();
-        for stream in open.into_iter().flat_map(HashMap::into_values) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let Ok(mut addr) = self.listener.local_addr() else {
+    /// Answers `GET` and `HEAD` requests on the calling thread until
+    /// `stop`. `route` gets the path (any query string cut off) and
+    /// answers it, or says there is nothing there (404). Another method on
+    /// a path that `route` knows gets a 405. Runs once: a second call
+    /// returns at once.
+    pub fn serve(&self, route: impl Fn(&str) -> Option<Answer>) {
+        let taken = (
+            self.poll.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            self.listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let (Some(mut poll), Some(listener)) = taken else {
             return;
         };
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr.ip() {
-                IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        let mut server = Server {
+            listener,
+            open: BTreeMap::new(),
+            next: FIRST_CONNECTION,
+            timeout: self.timeout,
+        };
+        let mut events = Events::with_capacity(256);
+        // Acquire: pairs with `stop`'s store, so a stop before this call
+        // is seen here.
+        while !self.stopped.load(Ordering::Acquire) {
+            let wait = server.next_deadline().map_or(self.timeout, |d| {
+                d.saturating_duration_since(Instant::now())
             });
-        }
-        if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            tracing::warn!(error = %e, %addr, "could not wake the metrics listener");
+            if let Err(e) = poll.poll(&mut events, Some(wait)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::warn!(error = %e, "the metrics endpoint failed; it stops");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => server.accept(poll.registry()),
+                    WAKE => {}
+                    token => server.serve(poll.registry(), token, &route),
+                }
+            }
+            server.expire();
         }
     }
 
-    fn open(&self) -> MutexGuard<'_, Option<HashMap<u64, TcpStream>>> {
-        // Nothing panics while holding the lock; if it did, the map is
-        // still sound.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    /// Makes `serve` return promptly; connections still open are closed.
+    /// Called before `serve` started, `serve` returns at once.
+    pub fn stop(&self) {
+        // Release: pairs with `serve`'s load.
+        self.stopped.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!(error = %e, "could not wake the metrics endpoint");
+        }
     }
 }
 
-/// Reads one request from `stream`, answers it and closes the connection.
-fn answer(mut stream: TcpStream, page: &dyn Fn() -> String) -> io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let (method, path) = loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            // Closed (or cut by `stop`) before a whole request came.
-            return Ok(());
+/// One connection: reading its request, then writing its answer.
+struct Conn {
+    stream: TcpStream,
+    /// The request head so far, then the answer to write.
+    buf: Vec<u8>,
+    /// With an answer: how much of it is written.
+    written: Option<usize>,
+    deadline: Instant,
+}
+
+struct Server {
+    listener: TcpListener,
+    /// Open connections by number; numbers grow with time, so the first
+    /// is the oldest.
+    open: BTreeMap<usize, Conn>,
+    next: usize,
+    timeout: Duration,
+}
+
+impl Server {
+    fn next_deadline(&self) -> Option<Instant> {
+        self.open.values().map(|c| c.deadline).min()
+    }
+
+    fn accept(&mut self, registry: &mio::Registry) {
+        loop {
+            let mut stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors, most likely: the oldest
+                    // connection makes room.
+                    tracing::debug!(error = %e, "metrics endpoint failed to accept");
+                    if self.open.pop_first().is_none() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if self.open.len() >= MAX_CONNECTIONS {
+                self.open.pop_first();
+            }
+            let number = self.next;
+            self.next += 1;
+            if let Err(e) = registry.register(&mut stream, Token(number), Interest::READABLE) {
+                tracing::debug!(error = %e, "metrics connection dropped");
+                continue;
+            }
+            let conn = Conn {
+                stream,
+                buf: Vec::new(),
+                written: None,
+                deadline: Instant::now() + self.timeout,
+            };
+            self.open.insert(number, conn);
         }
-        head.extend_from_slice(&buf[..n]);
+    }
+
+    fn serve(
+        &mut self,
+        registry: &mio::Registry,
+        token: Token,
+        route: &impl Fn(&str) -> Option<Answer>,
+    ) {
+        let Some(conn) = self.open.get_mut(&token.0) else {
+            return;
+        };
+        let timeout = self.timeout;
+        let done = match conn.written {
+            None => conn.read(route, timeout).and_then(|answered| {
+                if answered {
+                    registry.reregister(&mut conn.stream, token, Interest::WRITABLE)?;
+                    conn.write()
+                } else {
+                    Ok(false)
+                }
+            }),
+            Some(_) => conn.write(),
+        };
+        match done {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Some(conn) = self.open.remove(&token.0) {
+                    let _ = conn.stream.shutdown(Shutdown::Write);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics request failed");
+                self.open.remove(&token.0);
+            }
+        }
+    }
+
+    /// Closes the connections past their deadline.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.open.retain(|_, c| c.deadline > now);
+    }
+}
+
+impl Conn {
+    /// Reads what has arrived. Returns whether the request is complete
+    /// and its answer is in `buf`.
+    fn read(
+        &mut self,
+        route: &impl Fn(&str) -> Option<Answer>,
+        timeout: Duration,
+    ) -> io::Result<bool> {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    // Closed before a whole request came.
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.buf.len() > MAX_REQUEST_HEAD {
+                break;
+            }
+        }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&head) {
+        let too_long = || {
+            encode(
+                &Answer::text("431 Request Header Fields Too Large", ""),
+                false,
+            )
+        };
+        let answer = match request.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) if n > MAX_REQUEST_HEAD => too_long(),
             Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or_default().to_owned();
+                let method = request.method.unwrap_or_default();
                 let target = request.path.unwrap_or_default();
                 let path = target.split_once('?').map_or(target, |(p, _)| p);
-                break (method, path.to_owned());
+                let head_only = method == "HEAD";
+                let answer = match (method, route(path)) {
+                    ("GET" | "HEAD", Some(answer)) => answer,
+                    (_, Some(_)) => Answer::text("405 Method Not Allowed", ""),
+                    (_, None) => Answer::text("404 Not Found", "try GET /metrics\n"),
+                };
+                encode(&answer, head_only)
             }
-            Ok(httparse::Status::Partial) if head.len() < MAX_REQUEST_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return respond(stream, false, "431 Request Header Fields Too Large", "", "")
+            Ok(httparse::Status::Partial) if self.buf.len() <= MAX_REQUEST_HEAD => {
+                return Ok(false)
             }
-            Err(_) => return respond(stream, false, "400 Bad Request", "", ""),
+            Ok(httparse::Status::Partial) => too_long(),
+            Err(_) => encode(&Answer::text("400 Bad Request", ""), false),
+        };
+        self.buf = answer;
+        self.written = Some(0);
+        self.deadline = Instant::now() + timeout;
+        Ok(true)
+    }
+
+    /// Writes what the peer takes. Returns whether the whole answer is
+    /// written.
+    fn write(&mut self) -> io::Result<bool> {
+        let written = self.written.get_or_insert(0);
+        while *written < self.buf.len() {
+            match self.stream.write(&self.buf[*written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-    };
-    let head_only = method == "HEAD";
-    match (method.as_str(), path.as_str()) {
-        ("GET" | "HEAD", "/metrics") => respond(stream, head_only, "200 OK", "", &page()),
-        (_, "/metrics") => respond(
-            stream,
-            head_only,
-            "405 Method Not Allowed",
-            "Allow: GET, HEAD\r\n",
-            "",
-        ),
-        _ => respond(stream, head_only, "404 Not Found", "", "try GET /metrics\n"),
+        Ok(true)
     }
 }
 
-/// Writes a response (its head only if `head_only`, as for `HEAD`) and
-/// closes the connection.
-fn respond(
-    mut stream: TcpStream,
-    head_only: bool,
-    status: &str,
-    extra_headers: &str,
-    body: &str,
-) -> io::Result<()> {
-    let content_type = if status.starts_with("200") {
-        CONTENT_TYPE
+/// The bytes of `answer` (its head only if `head_only`, as for `HEAD`).
+fn encode(answer: &Answer, head_only: bool) -> Vec<u8> {
+    let allow = if answer.status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
     } else {
-        "text/plain; charset=utf-8"
+        ""
     };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
-        body.len()
-    );
+    let mut bytes = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        answer.status,
+        answer.content_type,
+        answer.body.len()
+    )
+    .into_bytes();
     if !head_only {
-        response.push_str(body);
+        bytes.extend_from_slice(answer.body.as_bytes());
     }
-    stream.write_all(response.as_bytes())?;
-    stream.shutdown(Shutdown::Write)
+    bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use crate::metrics::CONTENT_TYPE;
+    use std::net::TcpStream;
 
     /// A page of fixed lines, as `render` would make one.
     const PAGE: &str = "fila_records_total{outcome=\"output\"} 5\nfila_window 32\n";
@@ -207,11 +377,20 @@ mod tests {
 
     impl Server {
         fn start() -> Server {
-            let listener =
-                std::sync::Arc::new(MetricsListener::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+            Server::start_with(REQUEST_TIMEOUT)
+        }
+
+        fn start_with(timeout: Duration) -> Server {
+            let mut listener = MetricsListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            listener.timeout = timeout;
+            let listener = std::sync::Arc::new(listener);
             let addr = listener.local_addr().unwrap();
             let serving = listener.clone();
-            let thread = std::thread::spawn(move || serving.serve(|| PAGE.to_owned()));
+            let thread = std::thread::spawn(move || {
+                serving.serve(|path| {
+                    (path == "/metrics").then(|| Answer::ok(CONTENT_TYPE, PAGE.to_owned()))
+                })
+            });
             Server {
                 listener,
                 addr,
@@ -343,11 +522,59 @@ mod tests {
     fn stop_before_serve_still_stops_it() {
         let listener = MetricsListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         listener.stop();
-        let serving = std::thread::spawn(move || listener.serve(String::new));
+        let serving = std::thread::spawn(move || listener.serve(|_| None));
         let deadline = Instant::now() + REQUEST_TIMEOUT / 4;
         while !serving.is_finished() {
             assert!(Instant::now() < deadline, "serve did not return");
             std::thread::yield_now();
         }
+    }
+
+    /// Reads from `stream` until it closes, or `within` passes; returns
+    /// whether it closed.
+    fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        stream.set_read_timeout(Some(within)).unwrap();
+        let mut rest = Vec::new();
+        matches!(stream.read_to_end(&mut rest), Ok(0))
+    }
+
+    #[test]
+    fn idle_connections_past_the_cap_close_the_oldest_and_a_scrape_still_answers() {
+        let server = Server::start();
+        let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 20)
+            .map(|_| server.connect())
+            .collect();
+        let asked = Instant::now();
+        let response = server.ask("GET /metrics HTTP/1.1");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(asked.elapsed() < REQUEST_TIMEOUT / 4, "the scrape waited");
+        // The first ones were closed to make room, by the server.
+        for stream in idle.iter_mut().take(20) {
+            assert!(
+                closed_within(stream, REQUEST_TIMEOUT / 4),
+                "an evicted connection is open"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_that_says_nothing_is_closed_at_the_timeout() {
+        let timeout = Duration::from_millis(200);
+        let server = Server::start_with(timeout);
+        let mut silent = server.connect();
+        let since = Instant::now();
+        assert!(closed_within(&mut silent, timeout * 20), "still open");
+        assert!(since.elapsed() >= timeout, "closed before its timeout");
+    }
+
+    #[test]
+    fn an_oversized_request_head_is_refused() {
+        let server = Server::start();
+        let mut stream = server.connect();
+        let long = "x".repeat(MAX_REQUEST_HEAD + 10);
+        write!(stream, "GET /metrics HTTP/1.1\r\nX: {long}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
     }
 }

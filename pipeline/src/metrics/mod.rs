@@ -18,7 +18,7 @@ use crate::counters::Counters;
 
 pub mod http;
 
-pub use http::MetricsListener;
+pub use http::{Answer, MetricsListener};
 
 /// The metrics page for `stats` and the run's `counters`, with the
 /// records not yet committed when the run's source commits.
