@@ -27,12 +27,22 @@ pub use run::{reference_spec, Generator, JobSpec};
 #[command(
     name = "fila",
     version,
-    about = "A stream processor on a pinned work-stealing pool with a bounded admission window"
+    about = "A stream processor on a pinned work-stealing pool with a bounded admission window",
+    after_help = ENVIRONMENT
 )]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// What `--help` says of the environment.
+const ENVIRONMENT: &str = "Environment:
+  FILA_LOG            what to log, on stderr: warn (default), info, debug, or a filter like
+                      info,librdkafka=debug
+  FILA_LOG_FORMAT     text (default; colours only on a terminal) or json (one object per line)
+  FILA_RDKAFKA_DEBUG  librdkafka's own debug contexts (cgrp,fetch or all), logged at debug level
+
+Exit status: 0 on success, 2 for wrong flags, 1 for a runtime error (named on stderr).";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -283,7 +293,11 @@ pub fn run_main(job: impl FnOnce(&RunArgs) -> JobSpec) -> ExitCode {
 
 /// The command line of a job's own binary: `fila run`'s flags.
 #[derive(Debug, Parser)]
-#[command(version, about = "A fila job: fila run's flags, for this binary's job")]
+#[command(
+    version,
+    about = "A fila job: fila run's flags, for this binary's job",
+    after_help = ENVIRONMENT
+)]
 struct JobCli {
     #[command(flatten)]
     run: RunArgs,
@@ -299,22 +313,39 @@ fn exit_status(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Logging to stderr (filtered by `FILA_LOG`, `warn` by default) and the
-/// one-line panic message.
+/// Logging to stderr and the one-line panic message.
 fn init() {
     init_logging();
     install_panic_hook();
 }
 
+/// Logging to stderr: filtered by `FILA_LOG` (`warn` by default), as
+/// plain text, with colours only on a terminal, or as one JSON object per
+/// line with `FILA_LOG_FORMAT=json`, for a log collector.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FILA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // A binary that set up its own subscriber keeps it.
-    let _ = tracing_subscriber::fmt()
+    let json = match std::env::var("FILA_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") | Err(_) => false,
+        Ok(other) => {
+            eprintln!("fila: FILA_LOG_FORMAT is text or json, not `{other}`; logging text");
+            false
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    // A binary that set up its own subscriber keeps it.
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 /// Panics in stage code are caught by the runtime and the record is
