@@ -20,17 +20,19 @@ use std::time::Duration;
 
 use crate::{ConnectorError, Position, Sink, Source};
 
+mod dead_letter;
 mod probe;
 mod rd;
 mod retry;
 mod v0;
 
-pub use probe::BrokerVersions;
-pub use rd::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+pub use dead_letter::{
+    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
+pub use probe::BrokerVersions;
+pub use rd::DRAIN_TIMEOUT;
 use retry::Outage;
-pub use retry::{OffsetReset, DEFAULT_RETRY_TIMEOUT};
+pub use retry::DEFAULT_RETRY_TIMEOUT;
 
 /// Which Kafka client to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +98,30 @@ pub enum Assignment {
     Group(GroupProtocol),
     /// Read the partitions p with p mod N = I, whoever else reads.
     Static(Replica),
+}
+
+/// What policy a committed offset that is out of range (or missing) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum OffsetReset {
+    /// Start at the partition's earliest record.
+    #[default]
+    Earliest,
+    /// Start at the partition's end: only records written from now on.
+    Latest,
+    /// Stop with an error naming the partition.
+    Error,
+}
+
+impl OffsetReset {
+    /// The value of librdkafka's `auto.offset.reset` for this policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::Error => "error",
+        }
+    }
 }
 
 /// Where the source reads and commits.

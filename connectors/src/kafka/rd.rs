@@ -43,6 +43,9 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::dead_letter::{
+    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
+};
 use super::{
     error, interleave, Assignment, BrokerVersions, Fetched, GroupProtocol, Outage, SinkConfig,
     SourceConfig, DEFAULT_RETRY_TIMEOUT,
@@ -82,12 +85,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Records the source takes from librdkafka's queue at once, to hand them
 /// out round-robin over partitions.
 const READ_AHEAD: usize = 4096;
-
-/// Headers of a dead letter: where the record was, and why it failed.
-pub const DLQ_TOPIC_HEADER: &str = "fila.source.topic";
-pub const DLQ_PARTITION_HEADER: &str = "fila.source.partition";
-pub const DLQ_OFFSET_HEADER: &str = "fila.source.offset";
-pub const DLQ_REASON_HEADER: &str = "fila.reason";
 
 fn kafka_error(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
     error(brokers, format!("{what}: {e}"))

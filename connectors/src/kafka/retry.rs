@@ -26,30 +26,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// ...up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// What policy a committed offset that is out of range (or missing) gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum OffsetReset {
-    /// Start at the partition's earliest record.
-    #[default]
-    Earliest,
-    /// Start at the partition's end: only records written from now on.
-    Latest,
-    /// Stop with an error naming the partition.
-    Error,
-}
-
-impl OffsetReset {
-    /// The value of librdkafka's `auto.offset.reset` for this policy.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-            OffsetReset::Error => "error",
-        }
-    }
-}
-
 /// One run of failures.
 #[derive(Debug)]
 struct Run {
