@@ -1,0 +1,80 @@
+//! The committer: commits what the source's offset tracker allows, under
+//! the lock a revocation's commit shares.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::config::{fatal, kafka_error, moved_on};
+use super::source::SourceContext;
+use crate::{Committer, ConnectorError};
+
+pub(super) fn commit_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for &(partition, offset) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+pub(super) struct RdCommitter {
+    pub(super) consumer: Arc<BaseConsumer<SourceContext>>,
+    /// When the group began refusing this member's commits, and whether
+    /// that was said.
+    pub(super) refused_since: Option<(Instant, bool)>,
+}
+
+/// How long the group may refuse commits (a rebalance, a fenced member
+/// rejoining) before fila says so.
+const REFUSED_WARN: Duration = Duration::from_secs(10);
+
+impl Committer for RdCommitter {
+    fn commit(&mut self) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        let acks = &context.acks;
+        let _guard = context.commit.lock();
+        let offsets = acks.committable();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        match commit_offsets(&self.consumer, &context.topic, &offsets) {
+            Ok(()) => {
+                context.logging.outage.succeeded();
+                if let Some((since, true)) = self.refused_since {
+                    tracing::info!("commits accepted again after {:.1?}", since.elapsed());
+                }
+                self.refused_since = None;
+                acks.mark_committed(&offsets);
+                Ok(())
+            }
+            Err(e) if moved_on(&e) => {
+                tracing::debug!("commit refused while partitions move ({e}); offered again later");
+                let (since, said) = self.refused_since.get_or_insert((Instant::now(), false));
+                if !*said && since.elapsed() >= REFUSED_WARN {
+                    *said = true;
+                    tracing::warn!(
+                        "the group has refused this member's commits for {:.1?} ({e}); \
+                         reading waits until it assigns partitions again",
+                        since.elapsed()
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if fatal(&e) => Err(kafka_error(&context.brokers, "committing offsets", e)),
+            Err(e) => {
+                // The broker is away or busy: the offsets stay committable,
+                // and the next commit carries them. The uncommitted bound
+                // holds the source back meanwhile.
+                context.logging.error(e, "committing offsets");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Kafka source and sink on librdkafka (the `rdkafka` crate), through its
+//! synchronous API only: a `BaseConsumer` polled by the source's thread,
+//! and a `BaseProducer` whose delivery callbacks run on a poll thread of
+//! the writer's.
+//!
+//! One file per concern: the client's configuration, logging and error
+//! classification ([`config`]), the source and its group membership
+//! ([`source`]), its committer ([`commit`]), the producer the sink and the
+//! tools share ([`produce`]), the sink ([`sink`]), the load client's and
+//! the tests' reader and writer ([`tools`]), and admin calls ([`admin`]).
+
+use std::sync::{Mutex, MutexGuard};
+
+mod admin;
+mod commit;
+mod config;
+mod produce;
+mod sink;
+mod source;
+mod tools;
+
+pub(super) use admin::{commit_group_offsets, create_topic};
+pub(super) use sink::RdSink;
+pub(super) use source::RdSource;
+pub use source::DRAIN_TIMEOUT;
+pub(super) use tools::{end_offsets, TopicReader, TopicWriter};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values stay consistent at every step, so a panic
+    // elsewhere while holding the lock leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,285 @@
+//! The producer and its delivery reports, and the writer the sink and the
+//! tools send through, which serves those reports on a thread of its own.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use super::config::{client_config, kafka_error, Logging};
+use super::lock;
+use crate::kafka::{error, BrokerVersions};
+use crate::ConnectorError;
+
+/// How much longer than the retry timeout a flush waits for librdkafka's
+/// last delivery report before it calls the producer stuck.
+const FLUSH_SLACK: Duration = Duration::from_secs(30);
+
+/// How long the producer's poll thread waits in one poll; it checks for
+/// its stop this often.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Counts the records sent and not yet reported delivered (or failed),
+/// and keeps the first failure. librdkafka's delivery callbacks run on the
+/// writer's poll thread.
+pub(super) struct DeliveryContext {
+    pending: Mutex<u64>,
+    /// Notified when `pending` reaches zero.
+    settled: Condvar,
+    failed: Mutex<Option<String>>,
+    /// Set once the idempotent producer has its producer id, as its
+    /// statistics say (when they are turned on).
+    ready: Mutex<bool>,
+    /// Notified when `ready` is set.
+    readied: Condvar,
+    logging: Logging,
+}
+
+impl DeliveryContext {
+    fn new(brokers: &str, retry_timeout: Duration) -> DeliveryContext {
+        DeliveryContext {
+            pending: Mutex::new(0),
+            settled: Condvar::new(),
+            failed: Mutex::new(None),
+            ready: Mutex::new(false),
+            readied: Condvar::new(),
+            logging: Logging::new(brokers, retry_timeout),
+        }
+    }
+
+    /// Waits until the producer has its producer id, or `timeout` passes.
+    pub(super) fn wait_ready(&self, timeout: Duration) -> bool {
+        let ready = lock(&self.ready);
+        let (ready, _) = self
+            .readied
+            .wait_timeout_while(ready, timeout, |r| !*r)
+            .unwrap_or_else(|p| p.into_inner());
+        *ready
+    }
+
+    fn settle_one(&self) {
+        let mut pending = lock(&self.pending);
+        *pending -= 1;
+        if *pending == 0 {
+            self.settled.notify_all();
+        }
+    }
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logging.log(level, fac, message)
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics
+            .eos
+            .is_some_and(|eos| eos.idemp_state == "Assigned")
+        {
+            *lock(&self.ready) = true;
+            self.readied.notify_all();
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logging.error(error, reason)
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_ok() {
+            self.logging.outage.succeeded();
+        }
+        if let Err((e, m)) = result {
+            let mut failed = lock(&self.failed);
+            if failed.is_none() {
+                *failed = Some(format!(
+                    "producing to {} partition {}: {e}",
+                    m.topic(),
+                    m.partition()
+                ));
+            }
+        }
+        // After the failure is recorded, so a flush that wakes sees it.
+        self.settle_one();
+    }
+}
+
+/// The largest record fila produces: above the broker's default limit
+/// (1 MiB), so a record the broker accepted on the input can go to the
+/// dead-letter topic with its headers; the broker's own limit decides.
+const MAX_RECORD_BYTES: usize = 8 << 20;
+
+/// A producer that waits for every replica (`acks=all`) and never writes
+/// a record twice on a retry (idempotence). librdkafka retries a record
+/// through broker restarts for up to `retry_timeout`, then reports it
+/// failed.
+pub(super) fn producer(
+    brokers: &str,
+    linger_ms: u32,
+    retry_timeout: Duration,
+    stats_every: Option<Duration>,
+) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
+    BrokerVersions::probe(brokers)?;
+    let mut config = client_config(brokers);
+    if let Some(every) = stats_every {
+        config.set("statistics.interval.ms", every.as_millis().to_string());
+    }
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", linger_ms.to_string())
+        .set("message.timeout.ms", retry_timeout.as_millis().to_string())
+        .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
+        .create_with_context(DeliveryContext::new(brokers, retry_timeout))
+        .map_err(|e| kafka_error(brokers, "creating the producer", e))
+}
+
+/// A producer with a thread of its own that serves librdkafka's delivery
+/// reports as they come, so a flush sleeps until the last one instead of
+/// polling. (`Producer::flush` waits in steps of 100 ms, and a poll with a
+/// timeout under a millisecond spins.)
+pub(super) struct Writer {
+    pub(super) producer: Arc<BaseProducer<DeliveryContext>>,
+    brokers: String,
+    /// How long a flush waits for the last delivery report: librdkafka
+    /// reports every record by then (`message.timeout.ms` is the retry
+    /// timeout), so a wait past it means the client is stuck.
+    flush_bound: Duration,
+    stop: Arc<AtomicBool>,
+    poller: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        producer: BaseProducer<DeliveryContext>,
+        brokers: &str,
+        retry_timeout: Duration,
+    ) -> Writer {
+        let producer = Arc::new(producer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("fila-produce".into())
+                .spawn(move || {
+                    // Relaxed: the flag only ends the loop; nothing is
+                    // published through it.
+                    while !stop.load(Ordering::Relaxed) {
+                        producer.poll(POLL_INTERVAL);
+                    }
+                })
+                .expect("spawning the producer's poll thread")
+        };
+        Writer {
+            producer,
+            brokers: brokers.to_owned(),
+            flush_bound: retry_timeout + FLUSH_SLACK,
+            stop,
+            poller: Some(poller),
+        }
+    }
+
+    pub(super) fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        partition: Option<i32>,
+    ) -> Result<(), ConnectorError> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        let context = self.producer.context();
+        // Counted before the send: its delivery report may come first.
+        *lock(&context.pending) += 1;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: the poll thread frees room
+                    // as reports come in.
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    context.settle_one();
+                    return Err(kafka_error(
+                        &self.brokers,
+                        &format!("producing to {topic}"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Returns once everything sent is acknowledged, or the first failure.
+    /// librdkafka reports a record failed after `message.timeout.ms` (the
+    /// retry timeout) of retries; if no report comes for longer than that,
+    /// the flush fails rather than wait for ever.
+    pub(super) fn flush(&self) -> Result<(), ConnectorError> {
+        let context = self.producer.context();
+        let pending = lock(&context.pending);
+        let (pending, _) = context
+            .settled
+            .wait_timeout_while(pending, self.flush_bound, |p| *p > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        let left = *pending;
+        drop(pending);
+        if left > 0 {
+            return Err(error(
+                &self.brokers,
+                format!(
+                    "{left} records were neither acknowledged nor reported failed within {:?}",
+                    self.flush_bound
+                ),
+            ));
+        }
+        match lock(&context.failed).take() {
+            Some(failure) => Err(error(&self.brokers, failure)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Dropping a producer purges what it still holds: say so if
+        // anything was left, rather than lose it silently.
+        let context = self.producer.context();
+        let pending = lock(&context.pending);
+        let (pending, _) = context
+            .settled
+            .wait_timeout_while(pending, Duration::from_secs(30), |p| *p > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        let left = *pending;
+        drop(pending);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        if left > 0 {
+            tracing::error!(
+                brokers = %self.brokers,
+                "{left} records were not acknowledged when the producer closed"
+            );
+        }
+    }
+}

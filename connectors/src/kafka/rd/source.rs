@@ -1,0 +1,542 @@
+//! The source: reads the input topic as a group member or from a static
+//! assignment, and answers the group's rebalances.
+//!
+//! # Group membership and revocation
+//!
+//! With [`Assignment::Group`] the source subscribes, and Kafka assigns the
+//! partitions (KIP-848 where the broker offers it, cooperative-sticky
+//! otherwise). librdkafka runs the rebalance callbacks on the thread that
+//! polls, which is the source's. When partitions are revoked:
+//!
+//! 1. the callback waits, bounded by [`DRAIN_TIMEOUT`], until every record
+//!    of those partitions that was handed out has been acknowledged (the
+//!    workers and the sink's thread go on meanwhile: nothing they do
+//!    needs the source's thread);
+//! 2. it commits their acknowledged offsets, under the same lock as the
+//!    commit thread's commits, so no commit of a partition can land after
+//!    its release (it waits for that lock at most [`COMMIT_WAIT`]: a
+//!    commit stuck on the group must not hold the group's rebalance);
+//! 3. it releases them from [`Acks`]: a record that is still running after
+//!    the bound finishes later and is ignored, and the new owner replays it
+//!    from the last commit (a duplicate, never a loss);
+//! 4. records of those partitions read ahead and not yet handed out are
+//!    dropped, since the new owner reads them again.
+//!
+//! A lost assignment (the member was fenced or timed out) commits nothing:
+//! another member owns those partitions already.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::admin::ensure_topic;
+use super::commit::{commit_offsets, RdCommitter};
+use super::config::{client_config, fatal, kafka_error, Logging};
+use super::lock;
+use crate::kafka::{error, Assignment, BrokerVersions, GroupProtocol, SourceConfig};
+use crate::{Acks, Committing, ConnectorError, Envelope, Polled, Position, Source};
+
+/// How long a revocation waits for the revoked partitions' records to be
+/// acknowledged: far inside the 300 s `max.poll.interval.ms` within which
+/// a member must finish it.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a revocation waits for a commit under way before it releases
+/// the partitions anyway.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Records one keep-alive takes from librdkafka at most.
+const KEEP_ALIVE_TAKE: usize = 256;
+
+/// How long one keep-alive waits for a record, serving the events queued
+/// meanwhile. (librdkafka counts waits in whole milliseconds, and a wait
+/// under one does not sleep.)
+const KEEP_ALIVE_WAIT: Duration = Duration::from_millis(5);
+
+/// Records the source takes from librdkafka's queue at once, to hand them
+/// out round-robin over partitions.
+const READ_AHEAD: usize = 4096;
+
+/// What the source, its rebalance callbacks and its committer share.
+pub(super) struct SourceContext {
+    pub(super) brokers: String,
+    pub(super) topic: String,
+    pub(super) acks: Arc<Acks>,
+    /// Held across every commit, and across a revocation's commit and
+    /// release, so no commit of a released partition lands after it. A
+    /// revocation waits for it at most [`COMMIT_WAIT`] (see
+    /// [`SourceContext::commit_guard`]).
+    pub(super) commit: parking_lot::Mutex<()>,
+    /// Partitions revoked since the source last looked: their read-ahead
+    /// records must be dropped.
+    revoked: Mutex<Vec<i32>>,
+    /// Set when partitions were assigned (and resumed) since the source
+    /// last looked.
+    assigned: AtomicBool,
+    pub(super) logging: Logging,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logging.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logging.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions = self.partitions_of(tpl);
+                if consumer.assignment_lost() {
+                    tracing::warn!(
+                        topic = %self.topic, ?partitions,
+                        "partitions lost to another member: nothing of theirs is committed here"
+                    );
+                    let _guard = self.commit_guard();
+                    self.acks.release(&partitions);
+                } else {
+                    self.revoke(consumer, &partitions);
+                }
+                lock(&self.revoked).extend(partitions);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(topic = %self.topic, "rebalance failed: {e}"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = self.partitions_of(tpl);
+            if !partitions.is_empty() {
+                // librdkafka keeps a partition paused across a lost
+                // assignment and its return. The source may have paused
+                // it for its read-ahead and resumed the assignment while
+                // it was empty: fetch the new partitions, and let the
+                // source pause them again if its read-ahead is full.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(topic = %self.topic, "resuming assigned partitions failed: {e}");
+                }
+                self.assigned.store(true, Ordering::Release);
+                tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
+            }
+        }
+    }
+}
+
+impl SourceContext {
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// The commit lock, for a revocation. librdkafka waits for the app's
+    /// answer to a revocation before it goes on with the group, and a
+    /// commit under way may wait on the group (its coordinator, say):
+    /// waiting for the lock without a bound could hold both forever. Past
+    /// [`COMMIT_WAIT`] the revocation goes on without it. A commit that
+    /// lands after the release then carries only acknowledged offsets: at
+    /// worst it moves the group's offset back, and the new owner reads
+    /// some records twice. Nothing is lost.
+    fn commit_guard(&self) -> Option<parking_lot::MutexGuard<'_, ()>> {
+        let guard = self.commit.try_lock_for(COMMIT_WAIT);
+        if guard.is_none() {
+            tracing::warn!(
+                topic = %self.topic,
+                "a commit is still under way after {COMMIT_WAIT:?}; releasing partitions without \
+                 waiting for it (their new owner may read some records twice)"
+            );
+        }
+        guard
+    }
+
+    /// Drain, commit, release: see the module documentation.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let drained = self.acks.wait_drained(partitions, DRAIN_TIMEOUT);
+        let _guard = self.commit_guard();
+        let offsets: Vec<(i32, i64)> = self
+            .acks
+            .committable()
+            .into_iter()
+            .filter(|(p, _)| partitions.contains(p))
+            .collect();
+        if !offsets.is_empty() {
+            match commit_offsets(consumer, &self.topic, &offsets) {
+                Ok(()) => self.acks.mark_committed(&offsets),
+                Err(e) => tracing::warn!(
+                    topic = %self.topic, ?partitions,
+                    "committing revoked partitions failed ({e}); their new owner replays \
+                     from the last commit"
+                ),
+            }
+        }
+        let left = self.acks.outstanding_in(partitions);
+        self.acks.release(partitions);
+        if drained {
+            tracing::info!(
+                topic = %self.topic, ?partitions, ?offsets, took = ?started.elapsed(),
+                "partitions revoked: drained and committed"
+            );
+        } else {
+            tracing::warn!(
+                topic = %self.topic, ?partitions, left,
+                "partitions revoked before their records drained (waited {DRAIN_TIMEOUT:?}); \
+                 the new owner replays those"
+            );
+        }
+    }
+}
+
+/// Reads the input topic as a group member or from a static assignment.
+pub(crate) struct RdSource {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    /// Read-ahead per partition, handed out round-robin.
+    buffered: BTreeMap<i32, VecDeque<Envelope>>,
+    count: usize,
+    /// The partition that handed out the last record.
+    turn: i32,
+    /// Whether fetching is paused because the read-ahead is full.
+    paused: bool,
+    /// When the source last asked the broker for metadata to learn
+    /// whether it answers again.
+    last_probe: Instant,
+}
+
+/// How often a source whose broker is failing asks whether it answers
+/// again, when no record or commit says so.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RdSource {
+    pub fn connect(config: SourceConfig) -> Result<RdSource, ConnectorError> {
+        let brokers = config.brokers.as_str();
+        let versions = BrokerVersions::probe(brokers)?;
+        let mut client = client_config(brokers);
+        client
+            .set("group.id", &config.group)
+            // Offsets are committed by hand, and only what `Acks` allows.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Where a partition with no committed offset, or one out of
+            // range, starts. librdkafka logs each reset as a warning.
+            .set("auto.offset.reset", config.offset_reset.as_str())
+            // A missing input topic is created, with the broker's default
+            // partition count, as it would be by the first producer.
+            .set("allow.auto.create.topics", "true")
+            // Bound what librdkafka reads ahead of the window, and keep
+            // each partition's block in a fetch small enough that
+            // partitions interleave (see `READ_AHEAD`).
+            .set("queued.max.messages.kbytes", "16384")
+            .set("max.partition.fetch.bytes", "65536")
+            .set("fetch.wait.max.ms", "100");
+        let mut protocol = "static";
+        if let Assignment::Group(wanted) = config.assignment {
+            let consumer_protocol = match wanted {
+                GroupProtocol::Consumer => true,
+                GroupProtocol::Classic => false,
+                GroupProtocol::Auto => versions.offers_consumer_protocol(),
+            };
+            if consumer_protocol {
+                // KIP-848: the broker assigns; the assignor and session
+                // settings are the group's, not the member's.
+                client.set("group.protocol", "consumer");
+                protocol = "consumer (KIP-848)";
+            } else {
+                client
+                    .set("group.protocol", "classic")
+                    .set("partition.assignment.strategy", "cooperative-sticky");
+                protocol = "classic, cooperative-sticky";
+            }
+        }
+        let context = SourceContext {
+            brokers: config.brokers.clone(),
+            topic: config.topic.clone(),
+            acks: Arc::new(Acks::new()),
+            commit: parking_lot::Mutex::new(()),
+            revoked: Mutex::new(Vec::new()),
+            assigned: AtomicBool::new(false),
+            logging: Logging::new(brokers, config.retry_timeout),
+        };
+        let consumer: BaseConsumer<SourceContext> = client
+            .create_with_context(context)
+            .map_err(|e| kafka_error(brokers, "creating the consumer", e))?;
+        let partitions = ensure_topic(consumer.client(), brokers, &config.topic)?;
+        match config.assignment {
+            Assignment::Group(_) => consumer
+                .subscribe(&[&config.topic])
+                .map_err(|e| kafka_error(brokers, "joining the group", e))?,
+            Assignment::Static(replica) => {
+                let mut tpl = TopicPartitionList::new();
+                for &p in partitions.iter().filter(|&&p| replica.owns(p)) {
+                    // Stored: the group's committed offset, or
+                    // auto.offset.reset where none is.
+                    tpl.add_partition_offset(&config.topic, p, Offset::Stored)
+                        .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
+                }
+                if tpl.count() == 0 {
+                    tracing::warn!(
+                        topic = %config.topic, partitions = partitions.len(), ?replica,
+                        "this replica owns no partition of the input topic; it will stay idle"
+                    );
+                }
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
+            }
+        }
+        tracing::info!(topic = %config.topic, group = %config.group, protocol, "reading");
+        Ok(RdSource {
+            consumer: Arc::new(consumer),
+            buffered: BTreeMap::new(),
+            count: 0,
+            turn: -1,
+            paused: false,
+            last_probe: Instant::now(),
+        })
+    }
+
+    fn context(&self) -> &SourceContext {
+        self.consumer.context()
+    }
+
+    /// Pauses or resumes fetching for the current assignment. librdkafka
+    /// drops what it fetched for a paused partition and fetches it again
+    /// after the last record it handed out, so nothing is lost.
+    fn set_paused(&mut self, paused: bool) {
+        let result = self.consumer.assignment().and_then(|tpl| {
+            if paused {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            }
+        });
+        match result {
+            Ok(()) => self.paused = paused,
+            Err(e) => tracing::warn!("pausing or resuming the input failed: {e}"),
+        }
+    }
+
+    /// Takes what librdkafka has, waiting up to `timeout` for the first,
+    /// until `limit` records are buffered. Until a record comes, the
+    /// events queued before it (logs, errors, rebalances) are all served:
+    /// a poll that does not wait serves a single event, so polling only
+    /// that way would let them pile up, the group's among them.
+    fn fill(&mut self, timeout: Duration, limit: usize) -> Result<(), ConnectorError> {
+        let deadline = Instant::now() + timeout;
+        let mut got_one = false;
+        while self.count < limit {
+            let wait = if got_one {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            let Some(result) = self.consumer.poll(wait) else {
+                // Nothing more, or an event served (a rebalance returns
+                // early). A revocation's read-ahead goes before any record
+                // read after it: those belong to the partition's next
+                // assignment. Then go on while there is time to wait for a
+                // record.
+                self.forget_revoked();
+                if got_one || Instant::now() >= deadline {
+                    break;
+                }
+                continue;
+            };
+            // An error is no record: keep serving what is queued.
+            got_one |= result.is_ok();
+            match result {
+                Ok(m) => {
+                    self.context().logging.outage.succeeded();
+                    let envelope = envelope_of(&m);
+                    self.buffered
+                        .entry(envelope.position.partition)
+                        .or_default()
+                        .push_back(envelope);
+                    self.count += 1;
+                }
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                    return Err(self.out_of_range());
+                }
+                Err(e) if fatal(&e) => {
+                    return Err(kafka_error(
+                        &self.context().brokers,
+                        &format!("reading {}", self.context().topic),
+                        e,
+                    ))
+                }
+                Err(e) => self.context().logging.error(e, "reading the input topic"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for `--offset-reset error`, naming the partitions whose
+    /// committed offset is missing or out of range (librdkafka's error
+    /// does not say which).
+    fn out_of_range(&self) -> ConnectorError {
+        let context = self.context();
+        let timeout = Duration::from_secs(5);
+        let mut found = Vec::new();
+        if let Ok(committed) = self.consumer.committed(timeout) {
+            for e in committed.elements_for_topic(&context.topic) {
+                let p = e.partition();
+                let range = self.consumer.fetch_watermarks(&context.topic, p, timeout);
+                match (e.offset(), range) {
+                    (Offset::Offset(o), Ok((low, high))) if o < low || o > high => {
+                        found.push(format!(
+                            "partition {p}: committed offset {o} is out of range {low}..={high}"
+                        ))
+                    }
+                    (Offset::Invalid, _) => {
+                        found.push(format!("partition {p}: no committed offset"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if found.is_empty() {
+            found.push("a partition's committed offset is missing or out of range".into());
+        }
+        error(
+            &context.brokers,
+            format!(
+                "{} of {}, and --offset-reset is error",
+                found.join("; "),
+                context.topic
+            ),
+        )
+    }
+
+    /// While the broker is failing: learns whether it answers again (an
+    /// idle topic brings no record to say so), and fails once the failures
+    /// have lasted past the retry timeout.
+    fn watch_outage(&mut self) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        if !context.logging.outage.is_failing() {
+            return Ok(());
+        }
+        if self.last_probe.elapsed() >= PROBE_INTERVAL {
+            self.last_probe = Instant::now();
+            if self
+                .consumer
+                .fetch_metadata(Some(&context.topic), PROBE_INTERVAL)
+                .is_ok()
+            {
+                context.logging.outage.succeeded();
+            }
+        }
+        context.logging.outage.check()
+    }
+
+    /// Drops the read-ahead of partitions revoked during the last poll,
+    /// and learns of partitions assigned (unpaused) during it.
+    fn forget_revoked(&mut self) {
+        // Acquire: pairs with the callback's store; both run on this
+        // thread in fact, inside the consumer's poll.
+        let assigned = self.context().assigned.swap(false, Ordering::Acquire);
+        let revoked = std::mem::take(&mut *lock(&self.context().revoked));
+        for p in revoked {
+            if let Some(q) = self.buffered.remove(&p) {
+                self.count -= q.len();
+            }
+        }
+        // The assignment callback resumed only the new partitions. While
+        // the read-ahead is paused, pause them too, so that the whole
+        // assignment resumes together once the read-ahead drains.
+        if assigned && self.paused {
+            self.set_paused(true);
+        }
+    }
+
+    /// The next record, one partition after the other.
+    fn next_round_robin(&mut self) -> Option<Envelope> {
+        let next = self
+            .buffered
+            .range(self.turn + 1..)
+            .chain(self.buffered.range(..=self.turn))
+            .find(|(_, q)| !q.is_empty())
+            .map(|(&p, _)| p)?;
+        self.turn = next;
+        self.count -= 1;
+        self.buffered.get_mut(&next)?.pop_front()
+    }
+}
+
+pub(super) fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
+    Envelope {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers: m.headers().map_or_else(Vec::new, |hs| {
+            hs.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        }),
+        timestamp: m.timestamp().to_millis(),
+        position: Position {
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+        arrived: Instant::now(),
+    }
+}
+
+impl Source for RdSource {
+    fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
+        if self.count == 0 {
+            self.fill(timeout, READ_AHEAD)?;
+            // Revocations run only inside the consumer's poll, in `fill`.
+            self.forget_revoked();
+            self.watch_outage()?;
+        }
+        let next = self.next_round_robin();
+        if self.paused && self.count < READ_AHEAD / 2 {
+            self.set_paused(false);
+        }
+        Ok(next.map_or(Polled::Idle, Polled::Record))
+    }
+
+    /// Polls without handing anything out. A classic group's rebalance
+    /// completes only inside a poll, and it refuses commits until then: a
+    /// source that stopped polling while the uncommitted bound is full
+    /// would wait for itself. Records that arrive meanwhile are kept; past
+    /// the read-ahead, the partitions are paused so the buffer stays
+    /// bounded.
+    fn keep_alive(&mut self) -> Result<(), ConnectorError> {
+        if self.count >= READ_AHEAD && !self.paused {
+            self.set_paused(true);
+        }
+        // At least one poll, whatever is buffered: that is what serves
+        // the group's events.
+        let limit = self.count + KEEP_ALIVE_TAKE;
+        self.fill(KEEP_ALIVE_WAIT, limit)?;
+        self.forget_revoked();
+        self.watch_outage()
+    }
+
+    fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
+        Ok(Some(Committing {
+            acks: self.context().acks.clone(),
+            committer: Box::new(RdCommitter {
+                consumer: self.consumer.clone(),
+                refused_since: None,
+            }),
+        }))
+    }
+}
