@@ -1,0 +1,233 @@
+//! The reader the source and the tools share: fetches assigned partitions
+//! from given offsets, resets offsets out of range, and rides out broker
+//! faults on a fresh client. What only the tools call of it (`new`,
+//! `end_offsets`, `fetch`) is in [`tools`](super::tools).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kafka::client::{FetchOffset, FetchPartition, KafkaClient};
+use kafka::error::{Error as KafkaError, KafkaCode};
+
+use super::admin::offsets;
+use super::config::{connect, Failure};
+use crate::kafka::{error, interleave, Fetched, OffsetReset, Outage};
+use crate::{ConnectorError, Position};
+
+/// Bytes asked for per partition in a fetch, at first.
+const FETCH_BYTES: i32 = 256 << 10;
+/// A partition whose next record does not fit gets twice the bytes, up to
+/// this; a larger record stops the run with an error naming it.
+const MAX_FETCH_BYTES: i32 = 64 << 20;
+
+/// The longest a fetch waits on the broker. A caller that allows longer
+/// just polls again; a wait this short stays far inside the client's
+/// socket timeouts.
+pub(super) const MAX_FETCH_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads assigned partitions of a topic from given offsets.
+pub(crate) struct TopicReader {
+    pub(super) client: KafkaClient,
+    brokers: String,
+    topic: String,
+    next: BTreeMap<i32, i64>,
+    /// Bytes to ask for, per partition that needed more than
+    /// [`FETCH_BYTES`].
+    fetch_bytes: BTreeMap<i32, i32>,
+    /// What an offset out of range resumes at.
+    reset: OffsetReset,
+    outage: Outage,
+    /// After a transient failure: the next fetch starts with a new client.
+    reconnect: bool,
+    /// No fetch before this (the backoff after a failure).
+    next_attempt: Instant,
+}
+
+impl TopicReader {
+    pub(super) fn with(
+        client: KafkaClient,
+        brokers: &str,
+        topic: &str,
+        start: BTreeMap<i32, i64>,
+        reset: OffsetReset,
+        retry_timeout: Duration,
+    ) -> TopicReader {
+        TopicReader {
+            client,
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            next: start,
+            fetch_bytes: BTreeMap::new(),
+            reset,
+            outage: Outage::new(brokers, retry_timeout),
+            reconnect: false,
+            next_attempt: Instant::now(),
+        }
+    }
+
+    /// One fetch that waits up to about `wait` on the broker for data:
+    /// whole milliseconds (under one is no wait), at most
+    /// [`MAX_FETCH_WAIT`]. A broker fault is retried after a backoff, on
+    /// a new client, for up to the retry timeout; meanwhile this returns
+    /// nothing, after waiting at most `wait`.
+    pub(super) fn fetch_within(&mut self, wait: Duration) -> Result<Vec<Fetched>, ConnectorError> {
+        let now = Instant::now();
+        if now < self.next_attempt {
+            std::thread::sleep(wait.min(self.next_attempt - now));
+            return Ok(Vec::new());
+        }
+        if self.reconnect {
+            match connect(&self.brokers) {
+                Ok(client) => {
+                    self.client = client;
+                    self.reconnect = false;
+                }
+                // Any failure to connect is the broker not answering yet.
+                Err(e) => return self.failed(e.to_string()),
+            }
+        }
+        let wait = wait.min(MAX_FETCH_WAIT);
+        if self.client.fetch_max_wait_time().as_millis() != wait.as_millis() {
+            self.client
+                .set_fetch_max_wait_time(wait)
+                .expect("MAX_FETCH_WAIT is a valid fetch wait");
+        }
+        match self.fetch_once() {
+            Ok(fetched) => {
+                self.outage.succeeded();
+                Ok(fetched)
+            }
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Transient(cause)) => self.failed(cause),
+        }
+    }
+
+    fn failed(&mut self, cause: String) -> Result<Vec<Fetched>, ConnectorError> {
+        self.outage.failed(&cause);
+        self.outage.check()?;
+        self.reconnect = true;
+        self.next_attempt = Instant::now() + self.outage.backoff();
+        Ok(Vec::new())
+    }
+
+    fn fetch_once(&mut self) -> Result<Vec<Fetched>, Failure> {
+        let topic = self.topic.as_str();
+        let requests = self.next.iter().map(|(&p, &offset)| {
+            let bytes = self.fetch_bytes.get(&p).copied().unwrap_or(FETCH_BYTES);
+            FetchPartition::new(topic, p, offset).with_max_bytes(bytes)
+        });
+        let responses = self
+            .client
+            .fetch_messages(requests)
+            .map_err(|e| Failure::of(&self.brokers, &format!("fetching from {topic}"), e))?;
+        let mut per_partition: Vec<Vec<Fetched>> = Vec::new();
+        let mut reset = Vec::new();
+        let mut grow = Vec::new();
+        for response in &responses {
+            for t in response.topics() {
+                for p in t.partitions() {
+                    let partition = p.partition();
+                    let Some(next) = self.next.get_mut(&partition) else {
+                        continue;
+                    };
+                    match p.data() {
+                        Ok(data) => {
+                            let asked = *next;
+                            let mut out = Vec::new();
+                            for m in data.messages() {
+                                // A fetch may start before the offset asked for.
+                                if m.offset < *next {
+                                    continue;
+                                }
+                                *next = m.offset + 1;
+                                out.push(Fetched {
+                                    position: Position {
+                                        partition,
+                                        offset: m.offset,
+                                    },
+                                    key: (!m.key.is_empty()).then(|| m.key.to_vec()),
+                                    payload: m.value.to_vec(),
+                                    headers: Vec::new(),
+                                });
+                            }
+                            // Nothing came back though the partition has
+                            // records past `asked`: the message set that
+                            // holds the next one is larger than the bytes
+                            // asked for.
+                            if out.is_empty() && data.highwatermark_offset() > asked {
+                                grow.push((partition, asked));
+                            }
+                            per_partition.push(out);
+                        }
+                        Err(e) if matches!(*e, KafkaError::Kafka(KafkaCode::OffsetOutOfRange)) => {
+                            reset.push(partition);
+                        }
+                        Err(e) => {
+                            let what = format!("fetching {topic} partition {partition}");
+                            return Err(match &*e {
+                                KafkaError::Kafka(code) => {
+                                    Failure::of(&self.brokers, &what, KafkaError::Kafka(*code))
+                                }
+                                other => {
+                                    Failure::Fatal(error(&self.brokers, format!("{what}: {other}")))
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for (partition, offset) in grow {
+            let bytes = self.fetch_bytes.entry(partition).or_insert(FETCH_BYTES);
+            if *bytes >= MAX_FETCH_BYTES {
+                return Err(Failure::Fatal(error(
+                    &self.brokers,
+                    format!(
+                        "the records from offset {offset} of {topic} partition {partition} \
+                         do not fit in {} MiB, the most fila fetches at once",
+                        MAX_FETCH_BYTES >> 20
+                    ),
+                )));
+            }
+            *bytes = (*bytes * 2).min(MAX_FETCH_BYTES);
+            tracing::info!(
+                topic,
+                partition,
+                offset,
+                bytes = *bytes,
+                "the next records did not fit in a fetch; asking for more bytes"
+            );
+        }
+        if !reset.is_empty() {
+            let (which, name) = match self.reset {
+                OffsetReset::Earliest => (FetchOffset::Earliest, "earliest"),
+                OffsetReset::Latest => (FetchOffset::Latest, "latest"),
+                OffsetReset::Error => {
+                    let partition = reset[0];
+                    return Err(Failure::Fatal(error(
+                        &self.brokers,
+                        format!(
+                            "offset {} of {topic} partition {partition} is out of range \
+                             (deleted by retention?), and --offset-reset is error",
+                            self.next[&partition]
+                        ),
+                    )));
+                }
+            };
+            let to =
+                offsets(&mut self.client, &self.brokers, topic, which).map_err(Failure::Fatal)?;
+            for partition in reset {
+                let to = to.get(&partition).copied().unwrap_or(0);
+                tracing::warn!(
+                    topic,
+                    partition,
+                    from = self.next[&partition],
+                    to,
+                    "offset out of range; resuming at the {name} offset (--offset-reset)"
+                );
+                self.next.insert(partition, to);
+            }
+        }
+        Ok(interleave(per_partition))
+    }
+}
