@@ -319,10 +319,10 @@ impl TopicWriter {
     pub fn send_keyed(&mut self, records: &[KeyedRecord<'_>]) -> Result<(), ConnectorError> {
         match &mut self.0 {
             WriterImpl::Rd(w) => w.send_all(records.iter().copied()),
-            WriterImpl::V0(_) => Err(ConnectorError::Kafka {
-                brokers: String::new(),
-                message: "the kafka client does not send keys".into(),
-            }),
+            WriterImpl::V0(w) => Err(error(
+                w.brokers(),
+                "the kafka client does not send keys; use --kafka-client rdkafka",
+            )),
         }
     }
 }

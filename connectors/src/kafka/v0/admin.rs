@@ -10,6 +10,9 @@ use super::config::{connect, explain, leaders_moving};
 use crate::kafka::error;
 use crate::ConnectorError;
 
+/// How long metadata and offset look-ups may take before they fail.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The partitions of `topic`, creating the topic (with the broker's default
 /// partition count) if it does not exist yet.
 pub(super) fn ensure_topic(
@@ -17,7 +20,7 @@ pub(super) fn ensure_topic(
     brokers: &str,
     topic: &str,
 ) -> Result<Vec<i32>, ConnectorError> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
     loop {
         // A metadata request for a missing topic asks the broker to create it.
         client
@@ -48,7 +51,7 @@ pub(super) fn offsets(
 ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
     // A topic just created may not have its leaders settled yet: the
     // broker answers NotLeaderForPartition for a moment. Retry, bounded.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
     loop {
         match client.fetch_topic_offsets(topic, which) {
             Ok(list) => {

@@ -23,6 +23,11 @@ const PRODUCE_BATCH: usize = 1000;
 
 impl TopicWriter {
     /// Connects and makes sure every topic in `topics` exists.
+    /// The brokers this writer writes to.
+    pub(crate) fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
     pub fn connect(brokers: &str, topics: &[&str]) -> Result<TopicWriter, ConnectorError> {
         let mut client = connect(brokers)?;
         for topic in topics {
