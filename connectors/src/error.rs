@@ -8,4 +8,6 @@ pub enum ConnectorError {
     },
     #[error("Kafka broker {brokers}: {message}")]
     Kafka { brokers: String, message: String },
+    #[error("Kafka client configuration: {message}")]
+    Config { message: String },
 }

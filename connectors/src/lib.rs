@@ -20,10 +20,10 @@ pub use error::ConnectorError;
 pub use generate::BurstSource;
 pub use kafka::commit_group_offsets;
 pub use kafka::{
-    create_topic, kafka_sink, kafka_source, Assignment, BrokerVersions, ClientKind, Fetched,
-    GroupProtocol, KeyedRecord, OffsetReset, Replica, SinkConfig, SourceConfig, TopicReader,
-    TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
-    DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+    create_topic, kafka_sink, kafka_source, redact, Assignment, BrokerVersions, ClientKind,
+    ClientProperties, Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset, Replica,
+    SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER,
+    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink};
 

@@ -22,6 +22,7 @@ use crate::{ConnectorError, Position, Sink, Source};
 
 mod dead_letter;
 mod probe;
+mod properties;
 mod rd;
 mod retry;
 mod v0;
@@ -30,6 +31,7 @@ pub use dead_letter::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
 pub use probe::BrokerVersions;
+pub use properties::{redact, ClientProperties, Cluster};
 pub use rd::DRAIN_TIMEOUT;
 use retry::Outage;
 pub use retry::DEFAULT_RETRY_TIMEOUT;
@@ -127,8 +129,8 @@ impl OffsetReset {
 /// Where the source reads and commits.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// Comma-separated `host:port` list.
-    pub brokers: String,
+    /// The cluster: its brokers and client properties.
+    pub cluster: Cluster,
     pub topic: String,
     pub group: String,
     pub assignment: Assignment,
@@ -142,8 +144,8 @@ pub struct SourceConfig {
 /// Where the sink writes.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    /// Comma-separated `host:port` list.
-    pub brokers: String,
+    /// The cluster: its brokers and client properties.
+    pub cluster: Cluster,
     /// The topic the records came from, named in dead letters.
     pub input_topic: String,
     pub output_topic: String,
@@ -161,12 +163,13 @@ pub fn kafka_source(
     kind: ClientKind,
     config: SourceConfig,
 ) -> Result<Box<dyn Source>, ConnectorError> {
+    check(kind, &config.cluster)?;
     match kind {
         ClientKind::Rdkafka => Ok(Box::new(rd::RdSource::connect(config)?)),
         ClientKind::Kafka => {
             let Assignment::Static(replica) = config.assignment else {
                 return Err(error(
-                    &config.brokers,
+                    &config.cluster.brokers,
                     "the kafka client cannot join a consumer group; give --replica I/N \
                      (0/1 reads every partition), or use --kafka-client rdkafka",
                 ));
@@ -180,16 +183,45 @@ pub fn kafka_source(
 /// broker has acknowledged everything sent; a broker unreachable for
 /// longer than the retry timeout makes it fail.
 pub fn kafka_sink(kind: ClientKind, config: &SinkConfig) -> Result<Box<dyn Sink>, ConnectorError> {
+    check(kind, &config.cluster)?;
     Ok(match kind {
         ClientKind::Rdkafka => Box::new(rd::RdSink::connect(config)?),
         ClientKind::Kafka => Box::new(v0::KafkaSink::connect(config)?),
     })
 }
 
+/// Checks that `cluster`'s client properties suit client `kind`: none of
+/// fila's own keys, and none the `kafka` client cannot honour. Remembers
+/// their secrets so that no log line or error shows them.
+fn check(kind: ClientKind, cluster: &Cluster) -> Result<(), ConnectorError> {
+    let properties = &cluster.properties;
+    properties.remember_secrets();
+    properties
+        .check_owned()
+        .map_err(|message| ConnectorError::Config { message })?;
+    if kind == ClientKind::Kafka {
+        if let Some((key, _)) = properties.iter().next() {
+            return Err(ConnectorError::Config {
+                message: format!(
+                    "the kafka client takes no client properties (it has no TLS, SASL or \
+                     compression), so it cannot honour {key}; use --kafka-client rdkafka"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Creates `topic` with `partitions` partitions (replication factor 1, for
 /// a test or a single-broker set-up). Succeeds if it already exists.
-pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), ConnectorError> {
-    rd::create_topic(brokers, topic, partitions)
+pub fn create_topic(
+    cluster: impl Into<Cluster>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ConnectorError> {
+    let cluster = cluster.into();
+    check(ClientKind::Rdkafka, &cluster)?;
+    rd::create_topic(&cluster, topic, partitions)
 }
 
 /// Sets group `group`'s committed offsets of `topic`, partition by
@@ -197,14 +229,16 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), C
 /// member: an operator moving it, or a test.
 pub fn commit_group_offsets(
     kind: ClientKind,
-    brokers: &str,
+    cluster: impl Into<Cluster>,
     group: &str,
     topic: &str,
     offsets: &[(i32, i64)],
 ) -> Result<(), ConnectorError> {
+    let cluster = cluster.into();
+    check(kind, &cluster)?;
     match kind {
-        ClientKind::Rdkafka => rd::commit_group_offsets(brokers, group, topic, offsets),
-        ClientKind::Kafka => v0::commit_group_offsets(brokers, group, topic, offsets),
+        ClientKind::Rdkafka => rd::commit_group_offsets(&cluster, group, topic, offsets),
+        ClientKind::Kafka => v0::commit_group_offsets(&cluster.brokers, group, topic, offsets),
     }
 }
 
@@ -228,18 +262,22 @@ enum ReaderImpl {
 pub struct TopicReader(ReaderImpl);
 
 impl TopicReader {
-    /// Reads `topic` on `brokers`, partition p from `start[p]`.
+    /// Reads `topic` on `cluster`, partition p from `start[p]`.
     pub fn new(
         kind: ClientKind,
-        brokers: &str,
+        cluster: impl Into<Cluster>,
         topic: &str,
         start: BTreeMap<i32, i64>,
     ) -> Result<TopicReader, ConnectorError> {
+        let cluster = cluster.into();
+        check(kind, &cluster)?;
         Ok(TopicReader(match kind {
-            ClientKind::Rdkafka => ReaderImpl::Rd(rd::TopicReader::new(brokers, topic, start)?),
-            ClientKind::Kafka => {
-                ReaderImpl::V0(Box::new(v0::TopicReader::new(brokers, topic, start)?))
-            }
+            ClientKind::Rdkafka => ReaderImpl::Rd(rd::TopicReader::new(&cluster, topic, start)?),
+            ClientKind::Kafka => ReaderImpl::V0(Box::new(v0::TopicReader::new(
+                &cluster.brokers,
+                topic,
+                start,
+            )?)),
         }))
     }
 
@@ -248,12 +286,14 @@ impl TopicReader {
     /// it does not exist.
     pub fn end_offsets(
         kind: ClientKind,
-        brokers: &str,
+        cluster: impl Into<Cluster>,
         topic: &str,
     ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+        let cluster = cluster.into();
+        check(kind, &cluster)?;
         match kind {
-            ClientKind::Rdkafka => rd::end_offsets(brokers, topic),
-            ClientKind::Kafka => v0::TopicReader::end_offsets(brokers, topic),
+            ClientKind::Rdkafka => rd::end_offsets(&cluster, topic),
+            ClientKind::Kafka => v0::TopicReader::end_offsets(&cluster.brokers, topic),
         }
     }
 
@@ -293,14 +333,17 @@ impl TopicWriter {
     /// Connects and makes sure every topic in `topics` exists.
     pub fn connect(
         kind: ClientKind,
-        brokers: &str,
+        cluster: impl Into<Cluster>,
         topics: &[&str],
     ) -> Result<TopicWriter, ConnectorError> {
+        let cluster = cluster.into();
+        check(kind, &cluster)?;
         Ok(TopicWriter(match kind {
-            ClientKind::Rdkafka => WriterImpl::Rd(rd::TopicWriter::connect(brokers, topics)?),
-            ClientKind::Kafka => {
-                WriterImpl::V0(Box::new(v0::TopicWriter::connect(brokers, topics)?))
-            }
+            ClientKind::Rdkafka => WriterImpl::Rd(rd::TopicWriter::connect(&cluster, topics)?),
+            ClientKind::Kafka => WriterImpl::V0(Box::new(v0::TopicWriter::connect(
+                &cluster.brokers,
+                topics,
+            )?)),
         }))
     }
 
@@ -327,10 +370,12 @@ impl TopicWriter {
     }
 }
 
+/// An error of the clients of `brokers`, with any secret scrubbed from the
+/// message (librdkafka quotes property values in its own).
 fn error(brokers: &str, message: impl Into<String>) -> ConnectorError {
     ConnectorError::Kafka {
         brokers: brokers.to_owned(),
-        message: message.into(),
+        message: redact(&message.into()),
     }
 }
 

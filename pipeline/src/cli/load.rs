@@ -40,11 +40,12 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
 
     let c = &args.cluster;
     let client = c.kafka_client;
-    let start = TopicReader::end_offsets(client, &c.brokers, &c.output_topic)
+    let cluster = c.cluster().context("reading the client properties")?;
+    let start = TopicReader::end_offsets(client, &cluster, &c.output_topic)
         .with_context(|| format!("reading the end offsets of output topic {}", c.output_topic))?;
-    let mut reader = TopicReader::new(client, &c.brokers, &c.output_topic, start)
+    let mut reader = TopicReader::new(client, &cluster, &c.output_topic, start)
         .with_context(|| format!("connecting to output topic {}", c.output_topic))?;
-    let mut writer = TopicWriter::connect(client, &c.brokers, &[&c.input_topic])
+    let mut writer = TopicWriter::connect(client, &cluster, &[&c.input_topic])
         .with_context(|| format!("connecting to input topic {}", c.input_topic))?;
 
     // The burst's clock starts with its first record: the reader must be

@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fila_connectors::units::{Bytes, Span};
-use fila_connectors::{ClientKind, GroupProtocol, OffsetReset, ReplayBound, Replica};
+use fila_connectors::{
+    ClientKind, ClientProperties, Cluster, ConnectorError, GroupProtocol, OffsetReset, ReplayBound,
+    Replica,
+};
 use fila_runtime::{Workers, DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW};
 
 use crate::driver::DriverConfig;
@@ -142,6 +145,31 @@ pub struct RunArgs {
     pub report: ReportFormat,
 }
 
+impl ClusterArgs {
+    /// The cluster these flags name: --kafka-config, then each
+    /// --kafka-property over it; the brokers from --brokers, else from the
+    /// properties' bootstrap.servers, else 127.0.0.1:9092.
+    pub fn cluster(&self) -> Result<Cluster, ConnectorError> {
+        let mut properties = match &self.kafka_config {
+            Some(path) => ClientProperties::from_file(path)?,
+            None => ClientProperties::default(),
+        };
+        for (key, value) in &self.kafka_property {
+            properties.set(key.clone(), value.clone());
+        }
+        let from_file = properties.take("bootstrap.servers");
+        let brokers = self
+            .brokers
+            .clone()
+            .or(from_file)
+            .unwrap_or_else(|| DEFAULT_BROKERS.to_owned());
+        Ok(Cluster::new(brokers, properties))
+    }
+}
+
+/// Where fila looks for Kafka when nothing says otherwise.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+
 impl RunArgs {
     /// The driver's configuration these flags ask for.
     pub fn driver_config(&self) -> DriverConfig {
@@ -166,9 +194,19 @@ fn window_help() -> String {
 /// `load`.
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
-    /// Kafka bootstrap broker(s), `host:port[,host:port...]`.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    /// Kafka bootstrap broker(s), `host:port[,host:port...]` [default:
+    /// bootstrap.servers of --kafka-config, or 127.0.0.1:9092].
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// A client properties file, in the Java clients' `key=value` format:
+    /// security.protocol, sasl.*, ssl.*, compression.type, tuning. Applied
+    /// to every client fila makes; see docs/kafka.md for the keys fila
+    /// sets itself.
+    #[arg(long, value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
+    /// One client property, `KEY=VALUE`, over --kafka-config's (repeat it).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = ClientProperties::parse_pair)]
+    pub kafka_property: Vec<(String, String)>,
     /// Kafka client.
     #[arg(long, value_enum, default_value_t = ClientKind::Rdkafka)]
     pub kafka_client: ClientKind,
@@ -264,8 +302,27 @@ pub fn main() -> ExitCode {
                 .exit();
         }
     }
+    let cluster = match &cli.command {
+        Command::Run(args) => &args.kafka.cluster,
+        Command::Load(args) => &args.cluster,
+    };
+    check_cluster::<Cli>(cluster);
     init();
     exit_status(dispatch(cli))
+}
+
+/// Exits 2, as for any wrong flag, if the client properties cannot be
+/// read or set a key that is fila's own.
+fn check_cluster<C: clap::CommandFactory>(args: &ClusterArgs) {
+    let checked = args
+        .cluster()
+        .map_err(|e| e.to_string())
+        .and_then(|cluster| cluster.properties.check_owned());
+    if let Err(e) = checked {
+        C::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit();
+    }
 }
 
 /// fila's `run` command line for a job of one's own: the same flags,
@@ -286,6 +343,7 @@ pub fn main() -> ExitCode {
 /// ```
 pub fn run_main(job: impl FnOnce(&RunArgs) -> JobSpec) -> ExitCode {
     let cli = JobCli::parse();
+    check_cluster::<JobCli>(&cli.run.kafka.cluster);
     init();
     let spec = job(&cli.run);
     exit_status(run::run(cli.run, spec))

@@ -11,8 +11,8 @@ use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
-    kafka_sink, kafka_source, Assignment, BurstSource, ClientKind, DiscardSink, Replica, Sink,
-    SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
+    kafka_sink, kafka_source, Assignment, BurstSource, ClientKind, Cluster, DiscardSink, Replica,
+    Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -89,12 +89,19 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
     let k = &args.kafka;
     let c = &k.cluster;
     let client = c.kafka_client;
+    // Read once, and only for a run that talks to Kafka.
+    let uses_kafka = args.source == SourceKind::Kafka || sink_kind == SinkKind::Kafka;
+    let cluster = if uses_kafka {
+        c.cluster().context("reading the client properties")?
+    } else {
+        Cluster::default()
+    };
     let sink: Box<dyn Sink> = match sink_kind {
         SinkKind::None => Box::new(DiscardSink),
         SinkKind::Stdout => Box::new(StdoutSink::new()),
         SinkKind::Kafka => {
             let config = SinkConfig {
-                brokers: c.brokers.clone(),
+                cluster: cluster.clone(),
                 input_topic: c.input_topic.clone(),
                 output_topic: c.output_topic.clone(),
                 dlq_topic: k.dlq_topic.clone(),
@@ -140,7 +147,7 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
                 (None, ClientKind::Rdkafka) => Assignment::Group(k.group_protocol),
             };
             let config = SourceConfig {
-                brokers: c.brokers.clone(),
+                cluster: cluster.clone(),
                 topic: c.input_topic.clone(),
                 group: k.group.clone(),
                 assignment,
@@ -159,7 +166,7 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
             };
             eprintln!(
                 "fila: reading {} ({how}) into {} on {}; stop with Ctrl-C",
-                c.input_topic, c.output_topic, c.brokers
+                c.input_topic, c.output_topic, cluster.brokers
             );
             source
         }

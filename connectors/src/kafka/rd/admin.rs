@@ -12,8 +12,8 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::commit::commit_offsets;
-use super::config::{client_config, kafka_error};
-use crate::kafka::{error, BrokerVersions};
+use super::config::{client_config, kafka_error, preflight};
+use crate::kafka::{error, Cluster};
 use crate::ConnectorError;
 
 /// How long metadata and offset look-ups may take before they fail.
@@ -58,12 +58,13 @@ pub(super) fn ensure_topic<C: ClientContext>(
 
 /// Creates `topic` with `partitions` partitions and replication factor 1.
 pub(crate) fn create_topic(
-    brokers: &str,
+    cluster: &Cluster,
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
-    BrokerVersions::probe(brokers)?;
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+    let brokers = cluster.brokers.as_str();
+    preflight(cluster)?;
+    let admin: AdminClient<DefaultClientContext> = client_config(cluster)?
         .create()
         .map_err(|e| kafka_error(brokers, "creating an admin client", e))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -85,13 +86,14 @@ pub(crate) fn create_topic(
 /// membership: for an operator moving a group that is not running, and
 /// for tests.
 pub(crate) fn commit_group_offsets(
-    brokers: &str,
+    cluster: &Cluster,
     group: &str,
     topic: &str,
     offsets: &[(i32, i64)],
 ) -> Result<(), ConnectorError> {
-    BrokerVersions::probe(brokers)?;
-    let consumer: BaseConsumer = client_config(brokers)
+    let brokers = cluster.brokers.as_str();
+    preflight(cluster)?;
+    let consumer: BaseConsumer = client_config(cluster)?
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()

@@ -1,24 +1,39 @@
 //! The client's configuration, how its logs and errors reach `tracing`,
 //! and what its errors mean: fatal, or only partitions moving.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::kafka::{error, Outage};
+use crate::kafka::{error, redact, BrokerVersions, Cluster, Outage};
 use crate::ConnectorError;
 
 pub(super) fn kafka_error(brokers: &str, what: &str, e: KafkaError) -> ConnectorError {
     error(brokers, format!("{what}: {e}"))
 }
 
-pub(super) fn client_config(brokers: &str) -> ClientConfig {
+/// A client's configuration for `cluster`: its brokers and the user's
+/// client properties. The caller then sets fila's defaults with
+/// [`Defaults::default_to`] (which a user's property overrides) and fila's
+/// own keys with `set` (which the user cannot set: `kafka::check` refused
+/// them).
+pub(super) fn client_config(cluster: &Cluster) -> Result<ClientConfig, ConnectorError> {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &cluster.brokers)
         .set("client.id", "fila")
         .set_log_level(RDKafkaLogLevel::Warning);
+    let properties = cluster
+        .properties
+        .for_librdkafka()
+        .map_err(|message| ConnectorError::Config { message })?;
+    for (key, value) in properties {
+        config.set(key, value);
+    }
     // librdkafka's own debug log, for diagnosing a client: a list of its
     // debug contexts (`cgrp,fetch`, `all`), shown with FILA_LOG=debug.
     if let Ok(contexts) = std::env::var("FILA_RDKAFKA_DEBUG") {
@@ -26,8 +41,120 @@ pub(super) fn client_config(brokers: &str) -> ClientConfig {
             .set("debug", contexts)
             .set_log_level(RDKafkaLogLevel::Debug);
     }
-    config
+    Ok(config)
 }
+
+/// fila's tuning, which a user's client property overrides.
+pub(super) trait Defaults {
+    /// Sets `key` to `value` unless the configuration has it already.
+    fn default_to(&mut self, key: &str, value: impl Into<String>) -> &mut Self;
+}
+
+impl Defaults for ClientConfig {
+    fn default_to(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+/// Checks that `cluster` can be reached before a client is made: on
+/// plain TCP, by asking a broker what it speaks (which also says whether
+/// it serves KIP-848 groups); over TLS or SASL, by asking librdkafka for
+/// the cluster's metadata with the user's properties, which fails at once,
+/// and clearly, on a bad password or an untrusted certificate. librdkafka
+/// alone would retry either quietly until the retry timeout. Returns what
+/// the broker speaks when it could ask.
+pub(super) fn preflight(cluster: &Cluster) -> Result<Option<BrokerVersions>, ConnectorError> {
+    if cluster.is_plaintext() {
+        return BrokerVersions::probe(&cluster.brokers).map(Some);
+    }
+    let brokers = cluster.brokers.as_str();
+    let consumer: BaseConsumer<FirstError> = client_config(cluster)?
+        .create_with_context(FirstError::default())
+        .map_err(|e| kafka_error(brokers, "creating a client", e))?;
+    // Short attempts, serving the client's events between them: a failed
+    // handshake or login is reported as an event, not by the request.
+    let deadline = std::time::Instant::now() + PREFLIGHT_TIMEOUT;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match consumer.fetch_metadata(None, Duration::from_millis(500)) {
+            Ok(_) => return Ok(None),
+            Err(e) => last = Some(e.to_string()),
+        }
+        // Serves what is queued (logs and errors) for a moment; an error
+        // event comes back from the poll itself.
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+            let mut first = consumer
+                .context()
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| redact(&e.to_string()));
+        }
+        let first = consumer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(cause) = first.filter(|c| is_auth_failure(c) || is_tls_failure(c)) {
+            return Err(preflight_error(cluster, &cause));
+        }
+    }
+    let first = consumer
+        .context()
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let cause = first.or(last).unwrap_or_else(|| "no answer".to_owned());
+    Err(preflight_error(cluster, &cause))
+}
+
+fn preflight_error(cluster: &Cluster, cause: &str) -> ConnectorError {
+    let what = match cluster.security_protocol().as_str() {
+        "sasl_ssl" | "sasl_plaintext" if is_auth_failure(cause) => {
+            "authentication failed (check sasl.mechanism, sasl.username and sasl.password)"
+        }
+        "ssl" | "sasl_ssl" if is_tls_failure(cause) => {
+            "the TLS handshake failed (check ssl.ca.location and the client certificate)"
+        }
+        _ => "cannot reach the cluster",
+    };
+    error(&cluster.brokers, format!("{what}: {cause}"))
+}
+
+/// How long the pre-flight metadata request may take.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn is_auth_failure(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    cause.contains("authentication") || cause.contains("sasl")
+}
+
+fn is_tls_failure(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    cause.contains("ssl") || cause.contains("certificate") || cause.contains("handshake")
+}
+
+/// Keeps the first error librdkafka reports, for the pre-flight's message.
+#[derive(Default)]
+struct FirstError(Mutex<Option<String>>);
+
+impl ClientContext for FirstError {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", fac, ?level, "{}", redact(message));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| redact(&format!("{reason}: {error}")));
+    }
+}
+
+impl ConsumerContext for FirstError {}
 
 /// Routes librdkafka's logs and errors to `tracing`. Client errors are
 /// transient faults (librdkafka retries them itself; the fatal ones come
@@ -45,6 +172,7 @@ impl Logging {
     }
 
     pub(super) fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let message = &redact(message);
         // A failed connection is also reported through `error`, which the
         // outage logs once per run; librdkafka would log it per attempt.
         if fac == "FAIL" {
@@ -72,13 +200,21 @@ impl Logging {
         {
             return;
         }
+        let cause = redact(&format!("{reason}: {error}"));
+        // A failed authentication is reported here only; it may be a
+        // password being rotated, so it counts as an outage, which ends in
+        // an error after the retry timeout.
+        if is_auth_failure(&cause) {
+            self.outage.failed(&cause);
+            return;
+        }
         // Fatal errors come back from the call that failed, which says
         // more; they are no outage to retry.
         if fatal(&error) {
-            tracing::debug!("{reason}: {error}");
+            tracing::debug!("{cause}");
             return;
         }
-        self.outage.failed(&format_args!("{reason}: {error}"));
+        self.outage.failed(&cause);
     }
 }
 

@@ -11,9 +11,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use super::config::{client_config, kafka_error, Logging};
+use super::config::{client_config, kafka_error, preflight, Defaults, Logging};
 use super::lock;
-use crate::kafka::{error, BrokerVersions};
+use crate::kafka::{error, Cluster};
 use crate::ConnectorError;
 
 /// How much longer than the retry timeout a flush waits for librdkafka's
@@ -123,22 +123,23 @@ const MAX_RECORD_BYTES: usize = 8 << 20;
 /// through broker restarts for up to `retry_timeout`, then reports it
 /// failed.
 pub(super) fn producer(
-    brokers: &str,
+    cluster: &Cluster,
     linger_ms: u32,
     retry_timeout: Duration,
     stats_every: Option<Duration>,
 ) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
-    BrokerVersions::probe(brokers)?;
-    let mut config = client_config(brokers);
+    let brokers = cluster.brokers.as_str();
+    preflight(cluster)?;
+    let mut config = client_config(cluster)?;
     if let Some(every) = stats_every {
         config.set("statistics.interval.ms", every.as_millis().to_string());
     }
     config
+        .default_to("linger.ms", linger_ms.to_string())
+        .default_to("message.max.bytes", MAX_RECORD_BYTES.to_string())
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", linger_ms.to_string())
         .set("message.timeout.ms", retry_timeout.as_millis().to_string())
-        .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
         .create_with_context(DeliveryContext::new(brokers, retry_timeout))
         .map_err(|e| kafka_error(brokers, "creating the producer", e))
 }

@@ -24,10 +24,10 @@ pub(crate) struct RdSink {
 
 impl RdSink {
     pub fn connect(config: &SinkConfig) -> Result<RdSink, ConnectorError> {
-        let brokers = config.brokers.as_str();
+        let brokers = config.cluster.brokers.as_str();
         // The sink flushes after every batch, which sends at once; linger
         // only gathers what arrives while a flush is under way.
-        let producer = producer(brokers, 1, config.retry_timeout, None)?;
+        let producer = producer(&config.cluster, 1, config.retry_timeout, None)?;
         for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
             ensure_topic(producer.client(), brokers, topic)?;
         }

@@ -39,9 +39,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::ensure_topic;
 use super::commit::{commit_offsets, RdCommitter};
-use super::config::{client_config, fatal, kafka_error, Logging};
+use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging};
 use super::lock;
-use crate::kafka::{error, Assignment, BrokerVersions, GroupProtocol, SourceConfig};
+use crate::kafka::{error, Assignment, GroupProtocol, SourceConfig};
 use crate::{Acks, Committing, ConnectorError, Envelope, Polled, Position, Source};
 
 /// How long a revocation waits for the revoked partitions' records to be
@@ -226,32 +226,35 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RdSource {
     pub fn connect(config: SourceConfig) -> Result<RdSource, ConnectorError> {
-        let brokers = config.brokers.as_str();
-        let versions = BrokerVersions::probe(brokers)?;
-        let mut client = client_config(brokers);
+        let brokers = config.cluster.brokers.as_str();
+        let versions = preflight(&config.cluster)?;
+        let mut client = client_config(&config.cluster)?;
         client
+            // A missing input topic is created, with the broker's default
+            // partition count, as it would be by the first producer.
+            .default_to("allow.auto.create.topics", "true")
+            // Bound what librdkafka reads ahead of the window, and keep
+            // each partition's block in a fetch small enough that
+            // partitions interleave (see `READ_AHEAD`).
+            .default_to("queued.max.messages.kbytes", "16384")
+            .default_to("max.partition.fetch.bytes", "65536")
+            .default_to("fetch.wait.max.ms", "100")
             .set("group.id", &config.group)
             // Offsets are committed by hand, and only what `Acks` allows.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // Where a partition with no committed offset, or one out of
             // range, starts. librdkafka logs each reset as a warning.
-            .set("auto.offset.reset", config.offset_reset.as_str())
-            // A missing input topic is created, with the broker's default
-            // partition count, as it would be by the first producer.
-            .set("allow.auto.create.topics", "true")
-            // Bound what librdkafka reads ahead of the window, and keep
-            // each partition's block in a fetch small enough that
-            // partitions interleave (see `READ_AHEAD`).
-            .set("queued.max.messages.kbytes", "16384")
-            .set("max.partition.fetch.bytes", "65536")
-            .set("fetch.wait.max.ms", "100");
+            .set("auto.offset.reset", config.offset_reset.as_str());
         let mut protocol = "static";
         if let Assignment::Group(wanted) = config.assignment {
-            let consumer_protocol = match wanted {
-                GroupProtocol::Consumer => true,
-                GroupProtocol::Classic => false,
-                GroupProtocol::Auto => versions.offers_consumer_protocol(),
+            let consumer_protocol = match (wanted, &versions) {
+                (GroupProtocol::Consumer, _) => true,
+                (GroupProtocol::Classic, _) => false,
+                (GroupProtocol::Auto, Some(versions)) => versions.offers_consumer_protocol(),
+                // Over TLS or SASL fila cannot ask the broker itself; the
+                // classic protocol works on 3.x and 4.x brokers alike.
+                (GroupProtocol::Auto, None) => false,
             };
             if consumer_protocol {
                 // KIP-848: the broker assigns; the assignor and session
@@ -261,12 +264,12 @@ impl RdSource {
             } else {
                 client
                     .set("group.protocol", "classic")
-                    .set("partition.assignment.strategy", "cooperative-sticky");
-                protocol = "classic, cooperative-sticky";
+                    .default_to("partition.assignment.strategy", "cooperative-sticky");
+                protocol = "classic";
             }
         }
         let context = SourceContext {
-            brokers: config.brokers.clone(),
+            brokers: config.cluster.brokers.clone(),
             topic: config.topic.clone(),
             acks: Arc::new(Acks::new()),
             commit: parking_lot::Mutex::new(()),

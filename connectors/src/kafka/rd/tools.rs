@@ -14,10 +14,12 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::{ensure_topic, LOOKUP_TIMEOUT};
-use super::config::{client_config, fatal, kafka_error, leader_moving, Logging};
+use super::config::{
+    client_config, fatal, kafka_error, leader_moving, preflight, Defaults, Logging,
+};
 use super::produce::{producer, Writer};
 use super::source::envelope_of;
-use crate::kafka::{interleave, BrokerVersions, Fetched, DEFAULT_RETRY_TIMEOUT};
+use crate::kafka::{interleave, Cluster, Fetched, DEFAULT_RETRY_TIMEOUT};
 use crate::ConnectorError;
 
 /// How often the load client's and the tests' producer reports its
@@ -39,10 +41,11 @@ pub(crate) struct TopicWriter {
 }
 
 impl TopicWriter {
-    pub fn connect(brokers: &str, topics: &[&str]) -> Result<TopicWriter, ConnectorError> {
+    pub fn connect(cluster: &Cluster, topics: &[&str]) -> Result<TopicWriter, ConnectorError> {
+        let brokers = cluster.brokers.as_str();
         // A burst is sent as fast as possible: a few ms of linger fills
         // batches without delaying the records noticeably.
-        let producer = producer(brokers, 5, TOOL_RETRY_TIMEOUT, Some(READY_STATS))?;
+        let producer = producer(cluster, 5, TOOL_RETRY_TIMEOUT, Some(READY_STATS))?;
         let mut partitions = BTreeMap::new();
         for &topic in topics {
             let ids = ensure_topic(producer.client(), brokers, topic)?;
@@ -123,15 +126,16 @@ fn fetched_of(m: &BorrowedMessage<'_>) -> Fetched {
     }
 }
 
-fn reader(brokers: &str) -> Result<BaseConsumer<ReaderContext>, ConnectorError> {
-    BrokerVersions::probe(brokers)?;
+fn reader(cluster: &Cluster) -> Result<BaseConsumer<ReaderContext>, ConnectorError> {
+    let brokers = cluster.brokers.as_str();
+    preflight(cluster)?;
     // librdkafka wants a group even for a plain assignment; this one never
     // joins, and commits nothing.
     let group = format!("fila-reader-{}", std::process::id());
-    client_config(brokers)
+    client_config(cluster)?
+        .default_to("fetch.wait.max.ms", "100")
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
         // Says when a partition has been read to its end: how
         // `wait_caught_up` knows the reader is fetching.
         .set("enable.partition.eof", "true")
@@ -143,11 +147,12 @@ fn reader(brokers: &str) -> Result<BaseConsumer<ReaderContext>, ConnectorError> 
 
 impl TopicReader {
     pub fn new(
-        brokers: &str,
+        cluster: &Cluster,
         topic: &str,
         start: BTreeMap<i32, i64>,
     ) -> Result<TopicReader, ConnectorError> {
-        let consumer = reader(brokers)?;
+        let brokers = cluster.brokers.as_str();
+        let consumer = reader(cluster)?;
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in start {
             tpl.add_partition_offset(topic, p, Offset::Offset(offset))
@@ -235,10 +240,11 @@ impl TopicReader {
 
 /// The end offset of every partition of `topic`, creating it if needed.
 pub(crate) fn end_offsets(
-    brokers: &str,
+    cluster: &Cluster,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-    let producer = producer(brokers, 0, DEFAULT_RETRY_TIMEOUT, None)?;
+    let brokers = cluster.brokers.as_str();
+    let producer = producer(cluster, 0, DEFAULT_RETRY_TIMEOUT, None)?;
     let partitions = ensure_topic(producer.client(), brokers, topic)?;
     let mut out = BTreeMap::new();
     // A topic just created may not have its leaders settled yet, and a

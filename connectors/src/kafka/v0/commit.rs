@@ -21,7 +21,7 @@ pub(super) struct KafkaCommitter {
 
 impl KafkaCommitter {
     fn try_commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), Failure> {
-        let brokers = self.config.brokers.as_str();
+        let brokers = self.config.cluster.brokers.as_str();
         let client = match &mut self.client {
             Some(client) => client,
             None => self

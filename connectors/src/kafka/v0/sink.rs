@@ -42,14 +42,17 @@ impl KafkaSink {
     pub fn connect(config: &SinkConfig) -> Result<KafkaSink, ConnectorError> {
         let mut sink = KafkaSink {
             writer: None,
-            brokers: config.brokers.clone(),
+            brokers: config.cluster.brokers.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
             input_topic: config.input_topic.clone(),
             pending: Vec::new(),
-            outage: Outage::new(&config.brokers, config.retry_timeout),
+            outage: Outage::new(&config.cluster.brokers, config.retry_timeout),
         };
-        sink.writer = Some(TopicWriter::connect(&config.brokers, &sink.topics())?);
+        sink.writer = Some(TopicWriter::connect(
+            &config.cluster.brokers,
+            &sink.topics(),
+        )?);
         Ok(sink)
     }
 

@@ -31,7 +31,7 @@ impl KafkaSource {
     /// and registers them with `acks`.
     pub fn connect(config: &SourceConfig, replica: Replica) -> Result<KafkaSource, ConnectorError> {
         let acks = Arc::new(Acks::new());
-        let brokers = config.brokers.as_str();
+        let brokers = config.cluster.brokers.as_str();
         let mut client = connect(brokers)?;
         let all = ensure_topic(&mut client, brokers, &config.topic)?;
         let mine: Vec<i32> = all.iter().copied().filter(|&p| replica.owns(p)).collect();
@@ -137,8 +137,8 @@ impl Source for KafkaSource {
         Ok(Some(Committing {
             acks: self.acks.clone(),
             committer: Box::new(KafkaCommitter {
-                client: Some(connect(&self.config.brokers)?),
-                outage: Outage::new(&self.config.brokers, self.config.retry_timeout),
+                client: Some(connect(&self.config.cluster.brokers)?),
+                outage: Outage::new(&self.config.cluster.brokers, self.config.retry_timeout),
                 config: self.config.clone(),
                 acks: self.acks.clone(),
             }),
@@ -159,7 +159,7 @@ mod tests {
         // No partitions: the fetch asks no broker anything.
         let mut source = KafkaSource {
             config: SourceConfig {
-                brokers: String::new(),
+                cluster: crate::kafka::Cluster::default(),
                 topic: "t".into(),
                 group: "g".into(),
                 assignment: crate::kafka::Assignment::Static(Replica::ALL),
