@@ -52,27 +52,6 @@ fn hold(brokers: &str) -> MutexGuard<'static, ()> {
     lock.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn scripts_kafka(args: &[&str]) -> String {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
-        .args(args)
-        .output()
-        .expect("scripts/kafka runs");
-    assert!(
-        out.status.success(),
-        "scripts/kafka {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn port_of(brokers: &str) -> String {
-    brokers
-        .rsplit_once(':')
-        .expect("brokers as host:port")
-        .1
-        .to_owned()
-}
-
 /// A broker stopped by `scripts/kafka stop`, started again on its data
 /// when dropped (so a failing test leaves it running for the next).
 struct Stopped {

@@ -43,21 +43,7 @@ fn thousand_in_exactly_thousand_out(brokers: &str, client: &str) {
             "127.0.0.1:0",
         ],
     );
-    let addr = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = fila.stderr().lines().find_map(|l| {
-                l.strip_prefix("fila: metrics on http://")?
-                    .strip_suffix("/metrics")
-                    .map(str::to_owned)
-            });
-            if let Some(addr) = found {
-                break addr;
-            }
-            assert!(Instant::now() < deadline, "no metrics address");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let addr = fila.metrics_addr();
     let load = Command::new(env!("CARGO_BIN_EXE_fila"))
         .args(["load", "--brokers", brokers, "--kafka-client", client])
         .args(["--input-topic", &input, "--output-topic", &output])

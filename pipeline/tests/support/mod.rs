@@ -162,6 +162,29 @@ pub fn numbered(n: u64) -> Vec<Envelope> {
         .collect()
 }
 
+/// Runs `scripts/kafka` with `args`; its stdout.
+pub fn scripts_kafka(args: &[&str]) -> String {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
+        .args(args)
+        .output()
+        .expect("scripts/kafka runs");
+    assert!(
+        out.status.success(),
+        "scripts/kafka {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The port of `host:port`.
+pub fn port_of(brokers: &str) -> String {
+    brokers
+        .rsplit_once(':')
+        .expect("brokers as host:port")
+        .1
+        .to_owned()
+}
+
 /// The 3.9 broker: both clients work there.
 pub fn brokers_3x() -> String {
     std::env::var("FILA_TEST_BROKERS")
@@ -235,6 +258,31 @@ impl Fila {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The address of `--metrics-addr 127.0.0.1:0`, once fila has said it.
+    pub fn metrics_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.stderr().lines().find_map(|l| {
+                l.strip_prefix("fila: metrics on http://")?
+                    .strip_suffix("/metrics")
+                    .map(str::to_owned)
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics address: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the log says this member got partitions (or, with a
     /// static assignment, started reading).
     pub fn wait_assigned(&mut self) {
@@ -274,6 +322,13 @@ impl Fila {
 
     pub fn stop(self) -> Value {
         self.stop_within(Duration::from_secs(60))
+    }
+
+    /// `stop`, and everything the run wrote on stderr.
+    pub fn stop_with_stderr(self) -> (Value, String) {
+        let path = self.stderr.clone();
+        let report = self.stop();
+        (report, std::fs::read_to_string(path).unwrap_or_default())
     }
 
     /// SIGKILL: a crash, with no chance to flush or commit.
