@@ -15,6 +15,39 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
+/// How far loom explores a model: every execution with at most this many
+/// preemptions (switches away from a thread that could have run on).
+/// Switches at a blocking point (a lock held elsewhere, a condvar wait, a
+/// park, a join) are not preemptions and are always explored.
+#[derive(Clone, Copy)]
+enum Bound {
+    Preemptions(usize),
+}
+
+/// Runs `f` under loom within `bound`, and prints how many executions that
+/// took. `LOOM_MAX_PREEMPTIONS` can raise a model's bound, never lower it.
+fn model<F>(bound: Bound, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    let Bound::Preemptions(own) = bound;
+    let bound = builder.preemption_bound.map_or(own, |env| env.max(own));
+    builder.preemption_bound = Some(bound);
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counted = executions.clone();
+    let started = std::time::Instant::now();
+    builder.check(move || {
+        counted.fetch_add(1, SeqCst);
+        f();
+    });
+    eprint!(
+        "{} executions, preemption bound {bound}, {:.1} s ... ",
+        executions.load(SeqCst),
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn runtime(workers: usize, window: usize) -> Runtime {
     Runtime::builder()
         .workers(Workers::Count(NonZeroUsize::new(workers).unwrap()))
@@ -49,7 +82,7 @@ fn ok(units: std::ops::Range<usize>) -> Vec<(usize, Outcome)> {
 /// wake-up were lost, a task would sit in a queue with every worker parked,
 /// `shutdown` would wait for it forever, and loom would report a deadlock.
 fn producers_and_parking_workers() {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = Arc::new(runtime(2, 2));
         let reports = Reports::default();
         let producer = {
@@ -84,7 +117,7 @@ fn broken_skip_recheck_loses_a_wakeup() {
 /// live, from a unit's first task to the end of its completion, and the
 /// admitter never deadlocks.
 fn window_holds(window: usize, units: usize) {
-    loom::model(move || {
+    model(Bound::Preemptions(2), move || {
         let rt = runtime(2, window);
         // `live` is a loom atomic: a real completion callback synchronizes
         // with somebody (it sends, acks, counts), and loom must be able to
@@ -162,7 +195,7 @@ fn broken_early_release_overfills_the_window() {
 /// The unit's last task frees its memory; under loom every use of a unit
 /// is checked to come before that free (`task.rs`).
 fn fanned_out_unit(stolen_in_some_execution: &'static AtomicBool) {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = runtime(2, 1);
         let reports = Reports::default();
         let ran = Arc::new([
@@ -225,7 +258,7 @@ fn broken_count_after_push_frees_a_unit_in_use() {
 /// and `shutdown` returns, so every worker thread has exited.
 #[test]
 fn d_close_and_drain_with_work_in_flight() {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = Arc::new(runtime(2, 1));
         let reports = Reports::default();
         rt.admit(|cx| cx.spawn(|_| {}), reports.on_done(0)).unwrap();
@@ -261,7 +294,7 @@ fn e_panicking_task_reports_failure_and_frees_its_slot() {
             default_hook(info);
         }
     }));
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = runtime(2, 1);
         let reports = Reports::default();
         rt.admit(
@@ -287,7 +320,7 @@ fn e_panicking_task_reports_failure_and_frees_its_slot() {
 /// forever is a thread that never terminates, which loom reports as a
 /// deadlock.
 fn drop_on_own_worker() {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = Arc::new(runtime(2, 2));
         let (tx, rx) = loom::sync::mpsc::channel();
         let last = rt.clone();
@@ -325,7 +358,7 @@ fn broken_detach_never_stops_leaves_workers_parked() {
 /// block and its wait on the condvar) ends that park. A lost token leaves
 /// the parking thread blocked forever: a deadlock.
 fn unpark_races_park() {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let parker = Arc::new(Parker::new());
         let unparker = {
             let parker = parker.clone();
