@@ -15,6 +15,50 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
+/// How far loom explores a model: every execution with at most this many
+/// preemptions (switches away from a thread that could have run on), or
+/// every execution. Switches at a blocking point (a lock held elsewhere, a
+/// condvar wait, a park, a join) are not preemptions and are always
+/// explored. See "Bounds" in `loom-tests/README.md`.
+#[derive(Clone, Copy)]
+enum Bound {
+    Preemptions(usize),
+    Unbounded,
+}
+
+/// Runs `f` under loom within `bound`, and prints how many executions that
+/// took. `LOOM_MAX_PREEMPTIONS` can raise a model's bound, never lower it.
+///
+/// Unlike `loom::model`, this installs no log subscriber, so `LOOM_LOG`
+/// prints nothing; to trace a failing model, call `loom::model` here for
+/// the while (it takes its bound from `LOOM_MAX_PREEMPTIONS` alone).
+fn model<F>(bound: Bound, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = match (bound, builder.preemption_bound) {
+        (Bound::Unbounded, _) => None,
+        (Bound::Preemptions(own), env) => Some(env.map_or(own, |env| env.max(own))),
+    };
+    let described = match builder.preemption_bound {
+        Some(n) => format!("preemption bound {n}"),
+        None => "no preemption bound".to_owned(),
+    };
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counted = executions.clone();
+    let started = std::time::Instant::now();
+    builder.check(move || {
+        counted.fetch_add(1, SeqCst);
+        f();
+    });
+    eprint!(
+        "{} executions, {described}, {:.1} s ... ",
+        executions.load(SeqCst),
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn runtime(workers: usize, window: usize) -> Runtime {
     Runtime::builder()
         .workers(Workers::Count(NonZeroUsize::new(workers).unwrap()))
@@ -45,19 +89,26 @@ fn ok(units: std::ops::Range<usize>) -> Vec<(usize, Outcome)> {
     units.map(|u| (u, Ok(()))).collect()
 }
 
-/// (a) Two producers admit while both workers go to sleep and wake. If a
+/// (a) Producers admit two units while workers go to sleep and wake. If a
 /// wake-up were lost, a task would sit in a queue with every worker parked,
 /// `shutdown` would wait for it forever, and loom would report a deadlock.
-fn producers_and_parking_workers() {
-    loom::model(|| {
-        let rt = Arc::new(runtime(2, 2));
+///
+/// `second_producer`: the second unit comes from a thread of its own, so
+/// the two producers' wake-ups race each other; otherwise the test thread
+/// admits both, back to back.
+fn producers_and_parking_workers(bound: Bound, workers: usize, second_producer: bool) {
+    model(bound, move || {
+        let rt = Arc::new(runtime(workers, 2));
         let reports = Reports::default();
-        let producer = {
+        let producer = second_producer.then(|| {
             let (rt, reports) = (rt.clone(), reports.clone());
             thread::spawn(move || rt.admit(|_| {}, reports.on_done(1)).unwrap())
-        };
+        });
         rt.admit(|_| {}, reports.on_done(0)).unwrap();
-        producer.join().unwrap();
+        match producer {
+            Some(producer) => producer.join().unwrap(),
+            None => rt.admit(|_| {}, reports.on_done(1)).unwrap(),
+        }
         let rt = Arc::try_unwrap(rt).ok().expect("producer has exited");
         let stats = rt.shutdown();
         assert_eq!(reports.sorted(), ok(0..2));
@@ -65,10 +116,20 @@ fn producers_and_parking_workers() {
     });
 }
 
+/// Two producers and two workers: four threads. Every lost wake-up of
+/// `sleep.md` takes one preemption (a worker stopped between its last look
+/// at the queues and its announcement, or its re-check, while a producer
+/// pushes and finds nobody to wake), so bound 1 covers them here; bound 2
+/// would cost about a hundred times more. The two three-thread models
+/// below take the same races one and two preemptions deeper.
+fn two_producers_two_workers() {
+    producers_and_parking_workers(Bound::Preemptions(1), 2, true);
+}
+
 #[cfg(not(feature = "broken-skip-recheck"))]
 #[test]
 fn a_no_lost_wakeup_when_producers_race_parking_workers() {
-    producers_and_parking_workers();
+    two_producers_two_workers();
 }
 
 /// Negative test: must fail, with loom reporting a deadlock. (loom aborts
@@ -77,14 +138,54 @@ fn a_no_lost_wakeup_when_producers_race_parking_workers() {
 #[cfg(feature = "broken-skip-recheck")]
 #[test]
 fn broken_skip_recheck_loses_a_wakeup() {
-    producers_and_parking_workers();
+    two_producers_two_workers();
+}
+
+/// One producer, the test thread, admits both units while both workers
+/// search, announce, re-check and park: the three cases of `sleep.md`'s
+/// argument, with a preemption to spare.
+fn one_producer_two_workers() {
+    producers_and_parking_workers(Bound::Preemptions(2), 2, false);
+}
+
+#[cfg(not(feature = "broken-skip-recheck"))]
+#[test]
+fn a_no_lost_wakeup_when_one_producer_races_two_parking_workers() {
+    one_producer_two_workers();
+}
+
+/// Negative test: the same bug, seen with one producer.
+#[cfg(feature = "broken-skip-recheck")]
+#[test]
+fn broken_skip_recheck_loses_a_wakeup_with_one_producer() {
+    one_producer_two_workers();
+}
+
+/// Two producers race their wake-ups (both may see the one sleeper, only
+/// one takes it off the list) while the lone worker, which may always
+/// search, searches and parks.
+fn two_producers_one_worker() {
+    producers_and_parking_workers(Bound::Preemptions(3), 1, true);
+}
+
+#[cfg(not(feature = "broken-skip-recheck"))]
+#[test]
+fn a_no_lost_wakeup_when_two_producers_race_one_parking_worker() {
+    two_producers_one_worker();
+}
+
+/// Negative test: the same bug, seen with one worker.
+#[cfg(feature = "broken-skip-recheck")]
+#[test]
+fn broken_skip_recheck_loses_a_wakeup_with_one_worker() {
+    two_producers_one_worker();
 }
 
 /// (b) Units admitted back to back through a window of W: never more than W
 /// live, from a unit's first task to the end of its completion, and the
 /// admitter never deadlocks.
-fn window_holds(window: usize, units: usize) {
-    loom::model(move || {
+fn window_holds(bound: Bound, window: usize, units: usize) {
+    model(bound, move || {
         let rt = runtime(2, window);
         // `live` is a loom atomic: a real completion callback synchronizes
         // with somebody (it sends, acks, counts), and loom must be able to
@@ -115,16 +216,54 @@ fn window_holds(window: usize, units: usize) {
     });
 }
 
-#[cfg(not(feature = "broken-early-release"))]
-#[test]
-fn b_window_of_one_is_never_exceeded() {
-    window_holds(1, 3);
+/// W = 1, two units: the second admission blocks until the first unit's
+/// completion has returned. An early release, or a release that misses the
+/// blocked admitter, takes one preemption (the releasing worker, or the
+/// admitter between seeing the window full and waiting); bound 2 leaves
+/// one to spare.
+fn window_of_one_two_units() {
+    window_holds(Bound::Preemptions(2), 1, 2);
+}
+
+/// W = 1, three units: the admitter blocks, wakes and blocks again.
+/// Bound 2 would cost over a hundred times more; the two-unit model checks
+/// the same releases at bound 2.
+fn window_of_one_three_units() {
+    window_holds(Bound::Preemptions(1), 1, 3);
 }
 
 #[cfg(not(feature = "broken-early-release"))]
 #[test]
+fn b_window_of_one_is_never_exceeded_by_two_units() {
+    window_of_one_two_units();
+}
+
+#[cfg(not(feature = "broken-early-release"))]
+#[test]
+fn b_window_of_one_is_never_exceeded_by_three_units() {
+    window_of_one_three_units();
+}
+
+/// Negative test: must fail with "units live at once" (see above).
+#[cfg(feature = "broken-early-release")]
+#[test]
+fn broken_early_release_overfills_the_window() {
+    window_of_one_two_units();
+}
+
+/// The same bug, seen by the three-unit model at its bound.
+#[cfg(feature = "broken-early-release")]
+#[test]
+fn broken_early_release_overfills_the_window_of_three_units() {
+    window_of_one_three_units();
+}
+
+/// W = 2, three units: both workers release while the admitter waits for
+/// the third slot.
+#[cfg(not(feature = "broken-early-release"))]
+#[test]
 fn b_window_of_two_is_never_exceeded() {
-    window_holds(2, 3);
+    window_holds(Bound::Preemptions(2), 2, 3);
 }
 
 /// (b) with a window of 32, where each of the two workers releases its
@@ -133,7 +272,7 @@ fn b_window_of_two_is_never_exceeded() {
 /// it searches or sleeps, or `shutdown` waits forever for the drain, which
 /// loom reports as a deadlock.
 fn batched_release_drains() {
-    window_holds(32, 3);
+    window_holds(Bound::Preemptions(2), 32, 3);
 }
 
 #[cfg(not(any(feature = "broken-early-release", feature = "broken-idle-keeps-slots")))]
@@ -149,20 +288,17 @@ fn broken_idle_keeps_slots_never_drains() {
     batched_release_drains();
 }
 
-/// Negative test: must fail with "units live at once" (see above).
-#[cfg(feature = "broken-early-release")]
-#[test]
-fn broken_early_release_overfills_the_window() {
-    window_holds(1, 2);
-}
-
 /// (c) A unit fans out into two follow-on tasks, which the idle worker may
 /// steal. Every task runs once, the unit completes once, and it frees
 /// exactly one slot: the next unit gets in, and nothing is left in flight.
 /// The unit's last task frees its memory; under loom every use of a unit
 /// is checked to come before that free (`task.rs`).
+///
+/// Bound 2. A use of the unit after its free takes one preemption (the
+/// spawning task stopped between its count and its last use while the
+/// thief ends a follow-on); a steal at all takes one.
 fn fanned_out_unit(stolen_in_some_execution: &'static AtomicBool) {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = runtime(2, 1);
         let reports = Reports::default();
         let ran = Arc::new([
@@ -223,10 +359,9 @@ fn broken_count_after_push_frees_a_unit_in_use() {
 /// (d) Close while units are in flight and another thread is admitting:
 /// every unit that got in completes, the late admitter is told `Closed`,
 /// and `shutdown` returns, so every worker thread has exited.
-#[test]
-fn d_close_and_drain_with_work_in_flight() {
-    loom::model(|| {
-        let rt = Arc::new(runtime(2, 1));
+fn close_and_drain(bound: Bound, workers: usize) {
+    model(bound, move || {
+        let rt = Arc::new(runtime(workers, 1));
         let reports = Reports::default();
         rt.admit(|cx| cx.spawn(|_| {}), reports.on_done(0)).unwrap();
         let late = {
@@ -250,9 +385,23 @@ fn d_close_and_drain_with_work_in_flight() {
     });
 }
 
+/// Two workers, so the follow-on may be stolen: four threads. The close
+/// racing the admitter's CAS, and the last release racing the drain, each
+/// take one preemption; bound 2 would cost about a hundred times more.
+#[test]
+fn d_close_and_drain_with_work_in_flight() {
+    close_and_drain(Bound::Preemptions(1), 2);
+}
+
+/// The same races on one worker, three preemptions deep.
+#[test]
+fn d_close_and_drain_with_work_in_flight_on_one_worker() {
+    close_and_drain(Bound::Preemptions(3), 1);
+}
+
 /// (e) A follow-on task panics: its unit reports the failure with the panic
 /// message, its slot frees (the next unit gets through a window of one),
-/// and the worker carries on.
+/// and the worker carries on. Bound 2.
 #[test]
 fn e_panicking_task_reports_failure_and_frees_its_slot() {
     let default_hook = std::panic::take_hook();
@@ -261,7 +410,7 @@ fn e_panicking_task_reports_failure_and_frees_its_slot() {
             default_hook(info);
         }
     }));
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = runtime(2, 1);
         let reports = Reports::default();
         rt.admit(
@@ -285,9 +434,9 @@ fn e_panicking_task_reports_failure_and_frees_its_slot() {
 /// are explored). The drop must not wait for itself: it detaches, both
 /// units still report, and every worker exits. A worker left parked
 /// forever is a thread that never terminates, which loom reports as a
-/// deadlock.
+/// deadlock. Bound 2 (3 would cost about eighty times more).
 fn drop_on_own_worker() {
-    loom::model(|| {
+    model(Bound::Preemptions(2), || {
         let rt = Arc::new(runtime(2, 2));
         let (tx, rx) = loom::sync::mpsc::channel();
         let last = rt.clone();
@@ -323,9 +472,10 @@ fn broken_detach_never_stops_leaves_workers_parked() {
 /// (g) The parker never loses its token: an `unpark` that comes before,
 /// during or after a `park` (including between the parker's decision to
 /// block and its wait on the condvar) ends that park. A lost token leaves
-/// the parking thread blocked forever: a deadlock.
+/// the parking thread blocked forever: a deadlock. Two threads: loom
+/// explores every interleaving, without a bound.
 fn unpark_races_park() {
-    loom::model(|| {
+    model(Bound::Unbounded, || {
         let parker = Arc::new(Parker::new());
         let unparker = {
             let parker = parker.clone();
