@@ -269,6 +269,29 @@ impl Acks {
         self.committed.notify_all();
     }
 
+    /// Goes back to the last commit in every live partition: what was
+    /// tracked since is forgotten (its records will be read again), and
+    /// acks of it are no longer expected. Returns each partition's last
+    /// committed offset, where reading resumes.
+    pub fn rewind(&self) -> Vec<(i32, i64)> {
+        let mut parts = self.lock();
+        let mut gone = Uncommitted::default();
+        let mut at = Vec::new();
+        for (&partition, p) in parts.live.iter_mut() {
+            let g = p.uncommitted();
+            gone.records += g.records;
+            gone.bytes += g.bytes;
+            p.replay.clear();
+            p.outstanding.clear();
+            p.next = p.committed;
+            at.push((partition, p.committed));
+        }
+        parts.forget(gone);
+        drop(parts);
+        self.committed.notify_all();
+        at
+    }
+
     /// Records handed out and not yet covered by a successful commit, and
     /// their bytes.
     pub fn uncommitted(&self) -> Uncommitted {
@@ -431,6 +454,26 @@ mod tests {
         };
         assert!(acks.wait_uncommitted_below(bound, Duration::from_secs(10)));
         committer.join().unwrap();
+    }
+
+    #[test]
+    fn a_rewind_goes_back_to_the_last_commit_everywhere() {
+        let acks = Acks::new();
+        acks.start_partition(0, 10);
+        acks.start_partition(1, 0);
+        for o in 10..14 {
+            acks.track(pos(0, o), 1);
+        }
+        acks.track(pos(1, 0), 1);
+        acks.ack(pos(0, 10));
+        acks.mark_committed(&acks.committable());
+        assert_eq!(acks.rewind(), vec![(0, 11), (1, 0)]);
+        assert_eq!((acks.outstanding(), acks.uncommitted()), (0, replay(0, 0)));
+        assert_eq!(acks.committable(), vec![]);
+        // Read again from there.
+        acks.track(pos(0, 11), 1);
+        assert_eq!(acks.ack(pos(0, 11)), Ack::Done);
+        assert_eq!(acks.committable(), vec![(0, 12)]);
     }
 
     #[test]

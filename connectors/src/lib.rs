@@ -20,10 +20,10 @@ pub use error::ConnectorError;
 pub use generate::BurstSource;
 pub use kafka::commit_group_offsets;
 pub use kafka::{
-    create_topic, kafka_sink, kafka_source, redact, Assignment, BrokerVersions, ClientKind,
-    ClientProperties, Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset, Replica,
-    SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER,
-    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+    create_topic, kafka_exactly_once, kafka_sink, kafka_source, redact, Assignment, BrokerVersions,
+    ClientKind, ClientProperties, Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset,
+    Replica, SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT,
+    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink};
 
@@ -88,6 +88,48 @@ pub trait Source: Send {
     fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
         Ok(None)
     }
+
+    /// Goes back to the last committed position of every partition whose
+    /// records it handed out, forgetting what it read since: after an
+    /// aborted transaction those records must run again. Only a source
+    /// that commits in transactions can.
+    fn rewind(&mut self) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Config {
+            message: "this source cannot go back to its last commit".into(),
+        })
+    }
+}
+
+/// A sink's transactions (exactly-once): everything sent since the last
+/// commit, and the input offsets that produced it, become visible together
+/// or not at all. The driver sends each partition's results in offset
+/// order, acknowledges each record once its results are sent, and commits
+/// or aborts from the sink's thread, between batches.
+pub trait Transactions {
+    /// Whether the open transaction must be given up (a rebalance is taking
+    /// partitions away): the driver then calls `abort`.
+    fn abort_requested(&self) -> bool;
+
+    /// Commits what was sent since the last commit together with the
+    /// offsets `acks` allows (`Acks::committable`), marks those committed,
+    /// and opens the next transaction.
+    fn commit(&mut self, acks: &Acks) -> Result<(), TransactionError>;
+
+    /// Gives up what was sent since the last commit (no reader ever sees
+    /// it) and opens the next transaction. The source must then rewind.
+    fn abort(&mut self) -> Result<(), ConnectorError>;
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    /// It was rolled back, or must be: abort, rewind, and go on.
+    #[error("the transaction was aborted: {0}")]
+    Abort(String),
+    /// The producer cannot go on (another process took its transactional
+    /// id, or the broker refuses for good).
+    #[error(transparent)]
+    Fatal(ConnectorError),
 }
 
 /// A committing source's offset tracker and its committer, which commits
@@ -103,8 +145,9 @@ pub trait Committer: Send {
     /// and, on success, marks it committed. A commit that the broker
     /// refuses only because the partitions moved to another member is not
     /// an error: the offsets are simply not marked, and the partitions' new
-    /// owner resumes from the last commit that did land.
-    fn commit(&mut self) -> Result<(), ConnectorError>;
+    /// owner resumes from the last commit that did land. Returns whether
+    /// offsets were committed.
+    fn commit(&mut self) -> Result<bool, ConnectorError>;
 }
 
 /// Where results go.
@@ -131,5 +174,11 @@ pub trait Sink: Send {
     /// driver logs and counts them instead.
     fn has_dead_letter_destination(&self) -> bool {
         false
+    }
+
+    /// For a sink that writes in transactions: its transactions. The
+    /// driver then runs exactly-once.
+    fn transactions(&mut self) -> Option<&mut dyn Transactions> {
+        None
     }
 }

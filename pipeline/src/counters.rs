@@ -1,7 +1,7 @@
 //! The counters of a run: bumped by the driver's sink thread as records
 //! finish, read by the report and the metrics page.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,13 @@ pub const LATENCY_BUCKETS: [f64; 19] = [
     250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Counters the driver's sink thread bumps as records finish.
+/// Upper bounds, in seconds, of the commit-time histogram's buckets: 1,
+/// 2.5 and 5 per decade from 1 ms to 10 s.
+pub const COMMIT_BUCKETS: [f64; 13] = [
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters the driver's threads bump as records finish and commits land.
 #[derive(Debug)]
 pub struct Counters {
     pub messages: AtomicU64,
@@ -30,6 +36,13 @@ pub struct Counters {
     /// generator, the start of the burst) until its last stage emitted the
     /// output. Buckets are [`LATENCY_BUCKETS`].
     pub latency: Histogram,
+    /// Commits that landed: offset commits, or under exactly-once,
+    /// transactions committed.
+    pub commits: AtomicU64,
+    /// Under exactly-once, transactions aborted.
+    pub aborts: AtomicU64,
+    /// How long each commit took, in seconds ([`COMMIT_BUCKETS`]).
+    pub commit_seconds: Histogram,
     /// The offset tracker of the run's source, if it commits: what the
     /// uncommitted gauges read.
     tracker: Mutex<Option<Arc<Acks>>>,
@@ -43,6 +56,9 @@ impl Default for Counters {
             dead_letters: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),
+            commits: AtomicU64::new(0),
+            aborts: AtomicU64::new(0),
+            commit_seconds: Histogram::new(COMMIT_BUCKETS),
             tracker: Mutex::new(None),
         }
     }
@@ -58,6 +74,17 @@ impl Counters {
     pub fn uncommitted(&self) -> Option<Uncommitted> {
         let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         tracker.as_ref().map(|acks| acks.uncommitted())
+    }
+
+    /// A commit landed after `took`.
+    pub(crate) fn committed(&self, took: Duration) {
+        self.commits.fetch_add(1, Relaxed);
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A transaction was aborted.
+    pub(crate) fn aborted(&self) {
+        self.aborts.fetch_add(1, Relaxed);
     }
 
     /// Records the latency of one output.

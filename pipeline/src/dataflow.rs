@@ -70,10 +70,13 @@ pub struct Input {
 impl Input {
     /// The record `envelope` brought, and its origin, which shares its
     /// bytes.
-    pub(crate) fn from_envelope(envelope: fila_connectors::Envelope) -> (Input, Origin) {
+    pub(crate) fn from_envelope(
+        envelope: fila_connectors::Envelope,
+        epoch: u64,
+    ) -> (Input, Origin) {
         let payload: Arc<[u8]> = envelope.payload.as_slice().into();
         let key: Option<Arc<[u8]>> = envelope.key.as_deref().map(Into::into);
-        let origin = Origin::of(&envelope, key.clone(), payload.clone());
+        let origin = Origin::of(&envelope, key.clone(), payload.clone(), epoch);
         let input = Input {
             payload,
             key,
@@ -290,6 +293,7 @@ impl Job {
             key: input.key.clone(),
             payload: input.payload.clone(),
             arrived: Instant::now(),
+            epoch: 0,
         };
         let out = Outlet::new(tx, &origin);
         run_inline_tasks(|exec| self.root.push(input, out, exec));
@@ -340,7 +344,7 @@ fn collect(rx: mpsc::Receiver<Event>) -> Result<Vec<Vec<u8>>, Rejected> {
         match event {
             Event::Output { payload, .. } => outputs.push(payload),
             Event::Rejected { reason, .. } => return Err(Rejected(reason)),
-            Event::Admitted(_) | Event::Done { .. } => {}
+            Event::Admitted { .. } | Event::Done { .. } => {}
         }
     }
     Ok(outputs)

@@ -9,13 +9,17 @@ use std::time::Instant;
 use fila_connectors::{Envelope, Position};
 use fila_runtime::Outcome;
 
-/// A message from a record's tasks to the sink thread.
+/// A message from a record's tasks to the sink thread. Each carries the
+/// epoch its record was admitted in: under exactly-once, an aborted
+/// transaction starts a new epoch, and what older records send is dropped
+/// (the source reads them again).
 pub(crate) enum Event {
-    /// With `--ordered`: a record was admitted. Sent by the admitting
-    /// thread before the record is submitted, so it precedes all of its
-    /// results.
-    Admitted(Position),
+    /// With `--ordered` (and exactly-once): a record was admitted. Sent by
+    /// the admitting thread before the record is submitted, so it precedes
+    /// all of its results.
+    Admitted { position: Position, epoch: u64 },
     Output {
+        epoch: u64,
         /// `None` for a result of no record (windows closed at the end).
         position: Option<Position>,
         key: Option<Arc<[u8]>>,
@@ -24,6 +28,7 @@ pub(crate) enum Event {
         done: Instant,
     },
     Rejected {
+        epoch: u64,
         position: Option<Position>,
         key: Option<Arc<[u8]>>,
         payload: Arc<[u8]>,
@@ -33,9 +38,25 @@ pub(crate) enum Event {
     /// The record's unit completed: every result it emitted is ahead of
     /// this in the channel.
     Done {
+        epoch: u64,
         position: Position,
         panic: Option<Panicked>,
     },
+}
+
+/// The epoch of results of no record (windows closed at the end of a
+/// bounded input): never older than any other.
+pub(crate) const NO_RECORD_EPOCH: u64 = u64::MAX;
+
+impl Event {
+    pub(crate) fn epoch(&self) -> u64 {
+        match self {
+            Event::Admitted { epoch, .. }
+            | Event::Output { epoch, .. }
+            | Event::Rejected { epoch, .. }
+            | Event::Done { epoch, .. } => *epoch,
+        }
+    }
 }
 
 /// A record whose stage panicked, kept to dead-letter it.
@@ -53,15 +74,22 @@ pub(crate) struct Origin {
     pub(crate) key: Option<Arc<[u8]>>,
     pub(crate) payload: Arc<[u8]>,
     pub(crate) arrived: Instant,
+    pub(crate) epoch: u64,
 }
 
 impl Origin {
-    pub(crate) fn of(envelope: &Envelope, key: Option<Arc<[u8]>>, payload: Arc<[u8]>) -> Origin {
+    pub(crate) fn of(
+        envelope: &Envelope,
+        key: Option<Arc<[u8]>>,
+        payload: Arc<[u8]>,
+        epoch: u64,
+    ) -> Origin {
         Origin {
             position: envelope.position,
             key,
             payload,
             arrived: envelope.arrived,
+            epoch,
         }
     }
 
@@ -75,6 +103,7 @@ impl Origin {
         });
         // Fails only once the sink thread has stopped on an error.
         let _ = tx.send(Event::Done {
+            epoch: self.epoch,
             position: self.position,
             panic,
         });
@@ -92,6 +121,7 @@ pub(crate) struct Outlet {
     key: Option<Arc<[u8]>>,
     payload: Arc<[u8]>,
     arrived: Instant,
+    epoch: u64,
 }
 
 impl Outlet {
@@ -103,6 +133,7 @@ impl Outlet {
             key: origin.key.clone(),
             payload: origin.payload.clone(),
             arrived: origin.arrived,
+            epoch: origin.epoch,
         }
     }
 
@@ -115,6 +146,7 @@ impl Outlet {
             key: None,
             payload: Arc::from(&[][..]),
             arrived,
+            epoch: NO_RECORD_EPOCH,
         }
     }
 
@@ -128,6 +160,7 @@ impl Outlet {
         // A send fails only once the sink thread has stopped on an error;
         // the record is then not acknowledged, and is replayed.
         let _ = self.tx.send(Event::Output {
+            epoch: self.epoch,
             position: self.position,
             key: key.or(self.key),
             payload,
@@ -139,6 +172,7 @@ impl Outlet {
     /// Sends the record to the dead-letter destination with `reason`.
     pub(crate) fn reject(&self, reason: String) {
         let _ = self.tx.send(Event::Rejected {
+            epoch: self.epoch,
             position: self.position,
             key: self.key.clone(),
             payload: self.payload.clone(),
@@ -150,6 +184,7 @@ impl Outlet {
     /// Reports a failure of no record's (a window closed at the end).
     pub(crate) fn reject_no_record(tx: &Sender<Event>, reason: String) {
         let _ = tx.send(Event::Rejected {
+            epoch: NO_RECORD_EPOCH,
             position: None,
             key: None,
             payload: Arc::from(&[][..]),

@@ -128,7 +128,14 @@ fn run_args<'a>(input: &'a str, output: &'a str, group: &'a str) -> Vec<&'a str>
 /// Reads `output` until every id of 0..n is there (or two minutes pass),
 /// and asserts none is lost (showing what `fila` logged if one is).
 /// Returns the records and the duplicates.
-fn every_id(brokers: &str, output: &str, n: u64, fila: &Fila) -> (Vec<Fetched>, usize) {
+/// Reads `output` until every one of the `n` ids is there (or fails, with
+/// `log`, fila's log, in the message); the records and the duplicates.
+fn every_id(
+    brokers: &str,
+    output: &str,
+    n: u64,
+    log: &dyn Fn() -> String,
+) -> (Vec<Fetched>, usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         // Right after a broker fault the reader itself may fail for a
@@ -152,20 +159,23 @@ fn every_id(brokers: &str, output: &str, n: u64, fila: &Fila) -> (Vec<Fetched>, 
             "{} ids lost, the first {:?}; fila logged:\n{}",
             missing.len(),
             &missing[..missing.len().min(10)],
-            fila.stderr()
+            log()
         );
     }
 }
 
 /// Stops the broker (`restart`) or stalls it (otherwise) for 10 s while a
 /// 10,000-record burst is under way. fila must keep running and lose
-/// nothing.
-fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
+/// nothing; with `exactly_once`, write nothing twice either.
+fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool, exactly_once: bool) {
     let _broker = hold(brokers);
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     produce_messages(brokers, &input, N, LIGHT);
     let mut args = run_args(&input, &output, &group);
     args.extend(["--kafka-client", client]);
+    if exactly_once {
+        args.push("--exactly-once");
+    }
     if client == "kafka" {
         args.extend(["--replica", "0/1"]);
     }
@@ -183,16 +193,22 @@ fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
         assert!(fila.running(), "fila exited: {}", fila.stderr());
         drop(stalled);
     }
-    let (out, duplicates) = every_id(brokers, &output, N, &fila);
+    every_id(brokers, &output, N, &|| fila.stderr());
     assert!(fila.running(), "fila exited: {}", fila.stderr());
     let report = fila.stop();
+    let (out, duplicates) = every_id(brokers, &output, N, &String::new);
     eprintln!(
-        "{client}, broker {}: {before} outputs before the fault, {} after, {duplicates} duplicates \
-         (bound {U}); fila read {}",
+        "{client}{}, broker {}: {before} outputs before the fault, {} after, {duplicates} \
+         duplicates (bound {}); fila read {}",
+        if exactly_once { " exactly-once" } else { "" },
         if restart { "restarted" } else { "stalled" },
         out.len(),
+        if exactly_once { 0 } else { U },
         report["messages"]
     );
+    if exactly_once {
+        assert_eq!(duplicates, 0, "exactly-once wrote records twice");
+    }
     assert!(
         out.len() <= N as usize + U,
         "{} outputs for {N} ids: more duplicates than the replay bound {U}",
@@ -207,25 +223,37 @@ fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool) {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_rides_out_a_broker_restart_mid_burst() {
-    broker_fault_mid_burst(&brokers_4x(), "rdkafka", true);
+    broker_fault_mid_burst(&brokers_4x(), "rdkafka", true, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_rides_out_a_broker_restart_mid_burst() {
-    broker_fault_mid_burst(&brokers_3x(), "kafka", true);
+    broker_fault_mid_burst(&brokers_3x(), "kafka", true, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_rides_out_a_broker_stall_mid_burst() {
-    broker_fault_mid_burst(&brokers_4x(), "rdkafka", false);
+    broker_fault_mid_burst(&brokers_4x(), "rdkafka", false, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_rides_out_a_broker_stall_mid_burst() {
-    broker_fault_mid_burst(&brokers_3x(), "kafka", false);
+    broker_fault_mid_burst(&brokers_3x(), "kafka", false, false);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_rides_out_a_broker_restart_with_no_duplicate() {
+    broker_fault_mid_burst(&brokers_3x(), "rdkafka", true, true);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_rides_out_a_broker_stall_with_no_duplicate() {
+    broker_fault_mid_burst(&brokers_4x(), "rdkafka", false, true);
 }
 
 /// A small generator for the crash points, seeded from the clock and
@@ -243,8 +271,9 @@ impl XorShift {
 
 /// `kill -9` of `fila run` at 20 random points of a 10,000-record burst,
 /// with a restart after each: nothing lost, at most the replay bound U of
-/// duplicates per crash.
-fn crashes_at_random_points(brokers: &str, client: &str) {
+/// duplicates per crash; with `exactly_once`, no duplicate at all to a
+/// reader of committed records.
+fn crashes_at_random_points(brokers: &str, client: &str, exactly_once: bool) {
     const CRASHES: usize = 20;
     let _broker = hold(brokers);
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
@@ -255,6 +284,9 @@ fn crashes_at_random_points(brokers: &str, client: &str) {
     // Static assignment: a restarted process reads at once, instead of
     // waiting for the group to expire the member it replaces.
     args.extend(["--kafka-client", client, "--replica", "0/1"]);
+    if exactly_once {
+        args.push("--exactly-once");
+    }
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -284,29 +316,45 @@ fn crashes_at_random_points(brokers: &str, client: &str) {
         "the burst ended before the last crash: {points:?}"
     );
     let last = Fila::start(brokers, &args);
-    let (out, duplicates) = every_id(brokers, &output, N, &last);
+    every_id(brokers, &output, N, &|| last.stderr());
     last.stop();
+    // Read again once nothing runs: every commit has landed.
+    let (out, duplicates) = every_id(brokers, &output, N, &String::new);
+    let bound = if exactly_once { 0 } else { CRASHES * U };
     eprintln!(
-        "{client}: {CRASHES} crashes (seed {seed}) after {points:?} outputs: 0 lost, \
-         {duplicates} duplicates in {} outputs (bound {CRASHES} x {U})",
+        "{client}{}: {CRASHES} crashes (seed {seed}) after {points:?} outputs: 0 lost, \
+         {duplicates} duplicates in {} outputs (bound {bound})",
+        if exactly_once { " exactly-once" } else { "" },
         out.len()
     );
     assert!(
-        duplicates <= CRASHES * U,
-        "{duplicates} duplicates after {CRASHES} crashes with a replay bound of {U}"
+        duplicates <= bound,
+        "{duplicates} duplicates after {CRASHES} crashes with a bound of {bound}"
     );
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_crashed_at_20_random_points_loses_nothing() {
-    crashes_at_random_points(&brokers_4x(), "rdkafka");
+    crashes_at_random_points(&brokers_4x(), "rdkafka", false);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_on_kafka_4_crashed_at_20_random_points_writes_each_record_once() {
+    crashes_at_random_points(&brokers_4x(), "rdkafka", true);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_on_kafka_3_crashed_at_20_random_points_writes_each_record_once() {
+    crashes_at_random_points(&brokers_3x(), "rdkafka", true);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_crashed_at_20_random_points_loses_nothing() {
-    crashes_at_random_points(&brokers_3x(), "kafka");
+    crashes_at_random_points(&brokers_3x(), "kafka", false);
 }
 
 /// SIGTERM in the middle of a burst: exit 0 within 10 s, with what was in
@@ -314,11 +362,24 @@ fn kafka_client_crashed_at_20_random_points_loses_nothing() {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn sigterm_mid_burst_drains_commits_and_exits_within_10_s() {
-    let brokers = brokers_4x();
+    sigterm_mid_burst(&brokers_4x(), false);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_sigterm_mid_burst_commits_and_exits_within_10_s() {
+    sigterm_mid_burst(&brokers_3x(), true);
+}
+
+fn sigterm_mid_burst(brokers: &str, exactly_once: bool) {
+    let brokers = brokers.to_owned();
     let _broker = hold(&brokers);
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     produce_messages(&brokers, &input, N, LIGHT);
-    let args = run_args(&input, &output, &group);
+    let mut args = run_args(&input, &output, &group);
+    if exactly_once {
+        args.push("--exactly-once");
+    }
     let first = Fila::start(&brokers, &args);
     wait_for_outputs(&brokers, &output, 3_000);
     let report = first.stop_within(Duration::from_secs(10));
@@ -328,8 +389,9 @@ fn sigterm_mid_burst_drains_commits_and_exits_within_10_s() {
         "the burst ended before SIGTERM ({stopped_at} outputs)"
     );
     let second = Fila::start(&brokers, &args);
-    let (out, duplicates) = every_id(&brokers, &output, N, &second);
+    every_id(&brokers, &output, N, &|| second.stderr());
     second.stop();
+    let (out, duplicates) = every_id(&brokers, &output, N, &String::new);
     eprintln!(
         "SIGTERM after {stopped_at} outputs (the run read {}), {} outputs in all, \
          {duplicates} duplicates",
@@ -418,7 +480,7 @@ fn letter(client: &str, l: &Fetched) -> (i64, String, Vec<u8>) {
 /// known: every bad record reaches the dead-letter topic with a reason
 /// (unchanged on rdkafka; as text on the `kafka` client), every valid one
 /// comes out computed, and the run never stops.
-fn hostile_input(brokers: &str, client: &str) {
+fn hostile_input(brokers: &str, client: &str, exactly_once: bool) {
     let _broker = hold(brokers);
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("g"));
     create_topic(brokers, &input, 1).unwrap();
@@ -437,8 +499,12 @@ fn hostile_input(brokers: &str, client: &str) {
     if client == "kafka" {
         args.extend(["--replica", "0/1"]);
     }
+    if exactly_once {
+        // Dead letters go in the same transactions as the outputs.
+        args.push("--exactly-once");
+    }
     let mut fila = Fila::start(brokers, &args);
-    let (out, duplicates) = every_id(brokers, &output, valid, &fila);
+    let (out, duplicates) = every_id(brokers, &output, valid, &|| fila.stderr());
     let letters = read_all(brokers, &dlq, bad.len(), Duration::from_secs(60));
     assert!(fila.running(), "fila stopped: {}", fila.stderr());
     assert_eq!(
@@ -482,13 +548,19 @@ fn hostile_input(brokers: &str, client: &str) {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
-    hostile_input(&brokers_4x(), "rdkafka");
+    hostile_input(&brokers_4x(), "rdkafka", false);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_dead_letters_hostile_input_in_its_transactions() {
+    hostile_input(&brokers_3x(), "rdkafka", true);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
-    hostile_input(&brokers_3x(), "kafka");
+    hostile_input(&brokers_3x(), "kafka", false);
 }
 
 /// A committed offset out of range (here: past the end of the partition,
@@ -521,7 +593,7 @@ fn offset_out_of_range(brokers: &str, client: &str) {
     let mut lenient = args.clone();
     lenient.extend(["--offset-reset", "earliest"]);
     let fila = Fila::start(brokers, &lenient);
-    let (out, duplicates) = every_id(brokers, &output, COUNT, &fila);
+    let (out, duplicates) = every_id(brokers, &output, COUNT, &|| fila.stderr());
     let stderr = fila.stderr();
     fila.stop();
     assert_eq!((out.len(), duplicates), (COUNT as usize, 0));

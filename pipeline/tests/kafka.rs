@@ -389,24 +389,27 @@ fn two_static_replicas_split_the_partitions_and_emit_every_id_once() {
 const MEMBER_WINDOW: usize = 8;
 
 fn member(brokers: &str, input: &str, output: &str, group: &str) -> Fila {
+    member_with(brokers, input, output, group, &[])
+}
+
+fn member_with(brokers: &str, input: &str, output: &str, group: &str, more: &[&str]) -> Fila {
     let w = MEMBER_WINDOW.to_string();
-    Fila::start(
-        brokers,
-        &[
-            "--input-topic",
-            input,
-            "--output-topic",
-            output,
-            "--group",
-            group,
-            "--workers",
-            "1",
-            "--window",
-            &w,
-            "--max-uncommitted",
-            &w,
-        ],
-    )
+    let mut args = vec![
+        "--input-topic",
+        input,
+        "--output-topic",
+        output,
+        "--group",
+        group,
+        "--workers",
+        "1",
+        "--window",
+        &w,
+        "--max-uncommitted",
+        &w,
+    ];
+    args.extend(more);
+    Fila::start(brokers, &args)
 }
 
 /// A six-partition input topic and names for the output and the group.
@@ -450,6 +453,66 @@ fn a_member_killed_mid_burst_loses_nothing_and_duplicates_at_most_its_window() {
         "{duplicates} duplicates; the dead member had at most {MEMBER_WINDOW} uncommitted"
     );
     check_fibs(&out);
+}
+
+/// Exactly-once with three group members, one killed mid-stream and one
+/// joining after: its partitions move, the open transactions of the dead
+/// member are aborted (its outputs never seen), and a reader of committed
+/// records sees every record once. Every rebalance aborts the open
+/// transaction of the members that lose partitions.
+fn exactly_once_members_killed_and_joining(brokers: &str) {
+    const N: u64 = 3000;
+    let (input, output, group) = six_partitions(brokers);
+    let eos = ["--exactly-once"];
+    let mut members: Vec<Fila> = (0..3)
+        .map(|_| member_with(brokers, &input, &output, &group, &eos))
+        .collect();
+    for m in &mut members {
+        m.wait_assigned();
+    }
+    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(14));
+    wait_for_outputs(brokers, &output, N as usize / 5);
+    members.remove(0).crash();
+    let at_crash = count(brokers, &output);
+    assert!(trickle.running(), "killed after the burst ended");
+    let mut newcomer = member_with(brokers, &input, &output, &group, &eos);
+    newcomer.wait_assigned();
+    members.push(newcomer);
+    trickle.join();
+    let out = read_all(brokers, &output, N as usize, Duration::from_secs(120));
+    let (reports, logs): (Vec<Value>, Vec<String>) =
+        members.into_iter().map(Fila::stop_with_stderr).unzip();
+    let out_after = read_all(brokers, &output, out.len(), Duration::from_secs(5));
+    let (missing, duplicates) = lost_and_duplicates(&out_after, N);
+    if !missing.is_empty() || duplicates > 0 {
+        for (i, log) in logs.iter().enumerate() {
+            eprintln!("member {i}:\n{log}");
+        }
+    }
+    let handled: Vec<u64> = reports
+        .iter()
+        .map(|r| r["messages"].as_u64().unwrap())
+        .collect();
+    eprintln!(
+        "exactly-once, 3 members, 6 partitions, {N} records: killed one after {at_crash} output \
+         offsets, one joined; the members handled {handled:?}; lost {}, duplicates {duplicates}",
+        missing.len()
+    );
+    assert!(missing.is_empty(), "lost ids: {missing:?}");
+    assert_eq!(duplicates, 0, "exactly-once wrote records twice");
+    check_fibs(&out_after);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_kip848_members_killed_and_joining_write_each_record_once() {
+    exactly_once_members_killed_and_joining(&brokers_4x());
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_classic_members_killed_and_joining_write_each_record_once() {
+    exactly_once_members_killed_and_joining(&brokers_3x());
 }
 
 fn a_member_joining_mid_burst_takes_partitions_and_nothing_is_lost(brokers: &str) {

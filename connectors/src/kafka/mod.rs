@@ -190,6 +190,32 @@ pub fn kafka_sink(kind: ClientKind, config: &SinkConfig) -> Result<Box<dyn Sink>
     })
 }
 
+/// A source and the sink it runs into.
+pub type Pipe = (Box<dyn Source>, Box<dyn Sink>);
+
+/// A source and a sink that run exactly-once on the rdkafka client: each
+/// commit of the driver is one Kafka transaction holding the outputs, the
+/// dead letters and the input offsets that produced them, committed with
+/// the consumer group's metadata so that a member whose partitions moved
+/// cannot commit them (KIP-447). The source reads committed records only.
+/// docs/design/delivery.md has the protocol.
+pub fn kafka_exactly_once(
+    kind: ClientKind,
+    source: SourceConfig,
+    sink: &SinkConfig,
+) -> Result<Pipe, ConnectorError> {
+    check(kind, &source.cluster)?;
+    check(kind, &sink.cluster)?;
+    match kind {
+        ClientKind::Rdkafka => rd::exactly_once(source, sink),
+        ClientKind::Kafka => Err(ConnectorError::Config {
+            message: "the kafka client has no transactions: exactly-once needs \
+                      --kafka-client rdkafka"
+                .into(),
+        }),
+    }
+}
+
 /// Checks that `cluster`'s client properties suit client `kind`: none of
 /// fila's own keys, and none the `kafka` client cannot honour. Remembers
 /// their secrets so that no log line or error shows them.

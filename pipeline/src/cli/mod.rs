@@ -116,8 +116,16 @@ pub struct RunArgs {
     /// Records in flight at most.
     #[arg(long, value_parser = parse_window, help = window_help())]
     pub window: Option<usize>,
-    /// With Kafka, how often offsets are committed. A crash replays what
-    /// was read since the last commit.
+    /// With Kafka, exactly-once: each commit interval is one Kafka
+    /// transaction holding the outputs, the dead letters and the input
+    /// offsets, so nothing is written twice, even after a crash
+    /// (rdkafka client; outputs are visible to read-committed readers at
+    /// each commit).
+    #[arg(long)]
+    pub exactly_once: bool,
+    /// With Kafka, how often offsets are committed (under --exactly-once,
+    /// how often a transaction commits). A crash replays what was read
+    /// since the last commit.
     #[arg(long, default_value_t = Span(DriverConfig::default().commit_interval))]
     pub commit_interval: Span,
     /// With Kafka, records read and not yet committed at most: reading
@@ -303,12 +311,40 @@ pub fn main() -> ExitCode {
         }
     }
     let cluster = match &cli.command {
-        Command::Run(args) => &args.kafka.cluster,
+        Command::Run(args) => {
+            check_exactly_once::<Cli>(args);
+            &args.kafka.cluster
+        }
         Command::Load(args) => &args.cluster,
     };
     check_cluster::<Cli>(cluster);
     init();
     exit_status(dispatch(cli))
+}
+
+/// Exits 2, as for any wrong flag, if --exactly-once is asked of what
+/// cannot do it.
+fn check_exactly_once<C: clap::CommandFactory>(args: &RunArgs) {
+    if !args.exactly_once {
+        return;
+    }
+    let wrong = if args.source != SourceKind::Kafka {
+        Some("--exactly-once needs --source kafka")
+    } else if args.sink.is_some_and(|s| s != SinkKind::Kafka) {
+        Some("--exactly-once needs --sink kafka")
+    } else if args.kafka.cluster.kafka_client == ClientKind::Kafka {
+        Some(
+            "--exactly-once needs --kafka-client rdkafka: the kafka client speaks protocol v0, \
+             which has no transactions",
+        )
+    } else {
+        None
+    };
+    if let Some(wrong) = wrong {
+        C::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, wrong)
+            .exit();
+    }
 }
 
 /// Exits 2, as for any wrong flag, if the client properties cannot be
@@ -343,6 +379,7 @@ fn check_cluster<C: clap::CommandFactory>(args: &ClusterArgs) {
 /// ```
 pub fn run_main(job: impl FnOnce(&RunArgs) -> JobSpec) -> ExitCode {
     let cli = JobCli::parse();
+    check_exactly_once::<JobCli>(&cli.run);
     check_cluster::<JobCli>(&cli.run.kafka.cluster);
     init();
     let spec = job(&cli.run);

@@ -11,8 +11,8 @@ use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
-    kafka_sink, kafka_source, Assignment, BurstSource, ClientKind, Cluster, DiscardSink, Replica,
-    Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
+    kafka_exactly_once, kafka_sink, kafka_source, Assignment, BurstSource, ClientKind, Cluster,
+    DiscardSink, Replica, Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -96,21 +96,21 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
     } else {
         Cluster::default()
     };
-    let sink: Box<dyn Sink> = match sink_kind {
-        SinkKind::None => Box::new(DiscardSink),
-        SinkKind::Stdout => Box::new(StdoutSink::new()),
-        SinkKind::Kafka => {
-            let config = SinkConfig {
-                cluster: cluster.clone(),
-                input_topic: c.input_topic.clone(),
-                output_topic: c.output_topic.clone(),
-                dlq_topic: k.dlq_topic.clone(),
-                retry_timeout: k.kafka_retry_timeout.0,
-            };
-            kafka_sink(client, &config).with_context(|| {
-                format!("connecting the sink to output topic {}", c.output_topic)
-            })?
-        }
+    let sink_config = || SinkConfig {
+        cluster: cluster.clone(),
+        input_topic: c.input_topic.clone(),
+        output_topic: c.output_topic.clone(),
+        dlq_topic: k.dlq_topic.clone(),
+        retry_timeout: k.kafka_retry_timeout.0,
+    };
+    let sink_context = || format!("connecting the sink to output topic {}", c.output_topic);
+    // Under exactly-once the sink is made with the source, whose group
+    // metadata its transactions carry.
+    let mut sink: Option<Box<dyn Sink>> = match sink_kind {
+        _ if args.exactly_once => None,
+        SinkKind::None => Some(Box::new(DiscardSink)),
+        SinkKind::Stdout => Some(Box::new(StdoutSink::new())),
+        SinkKind::Kafka => Some(kafka_sink(client, &sink_config()).with_context(sink_context)?),
     };
 
     // On the embedded burst, w is calibrated around the run
@@ -154,9 +154,16 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
                 offset_reset: k.offset_reset,
                 retry_timeout: k.kafka_retry_timeout.0,
             };
-            let source = kafka_source(client, config).with_context(|| {
-                format!("connecting the source to input topic {}", c.input_topic)
-            })?;
+            let source_context =
+                || format!("connecting the source to input topic {}", c.input_topic);
+            let source = if args.exactly_once {
+                let (source, eos_sink) = kafka_exactly_once(client, config, &sink_config())
+                    .with_context(source_context)?;
+                sink = Some(eos_sink);
+                source
+            } else {
+                kafka_source(client, config).with_context(source_context)?
+            };
             let how = match assignment {
                 Assignment::Group(_) => format!("member of group {}", k.group),
                 Assignment::Static(r) => format!(
@@ -171,6 +178,7 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
             source
         }
     };
+    let sink = sink.expect("made with the sink or the source");
     let summary = drive(
         &rt,
         job.clone(),

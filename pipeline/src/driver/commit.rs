@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use fila_connectors::{Acks, Committer, ReplayBound};
 
 use super::DriverError;
+use crate::counters::Counters;
 
 /// When the commit thread commits.
-pub(super) struct CommitClock {
+pub(super) struct CommitClock<'a> {
     committer: Box<dyn Committer>,
+    counters: &'a Counters,
     /// Commit this often while something is acknowledged and not
     /// committed.
     interval: Duration,
@@ -22,14 +24,16 @@ pub(super) struct CommitClock {
     last: Instant,
 }
 
-impl CommitClock {
+impl<'a> CommitClock<'a> {
     pub(super) fn new(
         committer: Box<dyn Committer>,
         interval: Duration,
         bound: ReplayBound,
-    ) -> CommitClock {
+        counters: &'a Counters,
+    ) -> CommitClock<'a> {
         CommitClock {
             committer,
+            counters,
             interval,
             urgent: bound.scaled(1, 2),
             pending: false,
@@ -43,7 +47,10 @@ impl CommitClock {
     }
 
     fn commit(&mut self, acks: &Acks) -> Result<(), DriverError> {
-        self.committer.commit().map_err(DriverError::Commit)?;
+        let started = Instant::now();
+        if self.committer.commit().map_err(DriverError::Commit)? {
+            self.counters.committed(started.elapsed());
+        }
         // A commit the broker refused for now (a group rebalancing) leaves
         // its offsets committable: keep them pending, so they are offered
         // again after `interval` even if no record is acknowledged

@@ -23,7 +23,7 @@
 //! its last stage is done, but stays uncommitted for a sink tick, a
 //! produce and a commit after that.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -237,43 +237,62 @@ impl<'a> Driver<'a> {
         let never = AtomicBool::new(false);
         let stop = self.stop.unwrap_or(&never);
         let config = &self.config;
+        let mut sink = sink;
+        let exactly_once = sink.transactions().is_some();
         let committing = source.committing().map_err(DriverError::Source)?;
+        if exactly_once && committing.is_none() {
+            return Err(DriverError::Source(ConnectorError::Config {
+                message: "exactly-once needs a source whose offsets can be committed".into(),
+            }));
+        }
         let bound = config.max_uncommitted;
+        // The epoch records are admitted in (exactly-once): an aborted
+        // transaction starts the next.
+        let (epoch, rewound) = (AtomicU64::new(0), AtomicU64::new(0));
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
-            let (acking, commit_thread, acks) = match committing {
-                Some(c) => {
-                    counters.watch(c.acks.clone());
+            let acks = committing.as_ref().map(|c| c.acks.clone());
+            if let Some(acks) = &acks {
+                counters.watch(acks.clone());
+            }
+            let (acked_tx, commit_thread) = match committing {
+                Some(c) if !exactly_once => {
                     let (acked_tx, acked_rx) = mpsc::channel();
-                    let clock = CommitClock::new(c.committer, config.commit_interval, bound);
+                    let clock =
+                        CommitClock::new(c.committer, config.commit_interval, bound, counters);
                     let acks = c.acks;
-                    let thread = {
-                        let acks = acks.clone();
-                        std::thread::Builder::new()
-                            .name("fila-commit".into())
-                            .spawn_scoped(s, move || {
-                                let result = clock.run(acked_rx, &acks);
-                                if result.is_err() {
-                                    // Nothing more can be committed: stop
-                                    // reading.
-                                    rt.close();
-                                }
-                                result
-                            })
-                            .expect("spawning the commit thread")
-                    };
-                    (Some(acked_tx), Some(thread), Some(acks))
+                    let thread = std::thread::Builder::new()
+                        .name("fila-commit".into())
+                        .spawn_scoped(s, move || {
+                            let result = clock.run(acked_rx, &acks);
+                            if result.is_err() {
+                                // Nothing more can be committed: stop
+                                // reading.
+                                rt.close();
+                            }
+                            result
+                        })
+                        .expect("spawning the commit thread");
+                    (Some(acked_tx), Some(thread))
                 }
-                None => (None, None, None),
+                _ => (None, None),
             };
-            let sink_acks = acks.clone();
+            let (sink_acks, epoch_ref, rewound_ref) = (acks.clone(), &epoch, &rewound);
             let sink_thread = std::thread::Builder::new()
                 .name("fila-sink".into())
                 .spawn_scoped(s, move || {
-                    let acking = sink_acks
-                        .as_deref()
-                        .zip(acking)
-                        .map(|(acks, acked)| sink::Acking { acks, acked });
+                    let acking = match (sink_acks.as_deref(), acked_tx) {
+                        (Some(acks), _) if exactly_once => {
+                            sink::Acking::InTransactions(sink::Transactional {
+                                acks,
+                                clock: sink::Clock::new(config.commit_interval, bound),
+                                epoch: epoch_ref,
+                                rewound: rewound_ref,
+                            })
+                        }
+                        (Some(acks), Some(acked)) => sink::Acking::AfterFlush { acks, acked },
+                        _ => sink::Acking::None,
+                    };
                     let result = sink::run(rx, sink, acking, counters, config);
                     if result.is_err() {
                         // Stop taking records in: nothing more can be
@@ -293,6 +312,10 @@ impl<'a> Driver<'a> {
                 config,
                 tx: &tx,
                 first_arrival: None,
+                ordered: config.ordered || exactly_once,
+                epoch: &epoch,
+                rewound: &rewound,
+                admitting: 0,
             };
             let admitted = admission.run();
             let first_arrival = admission.first_arrival;
@@ -337,6 +360,14 @@ struct Admission<'r, 's> {
     config: &'r DriverConfig,
     tx: &'r Sender<Event>,
     first_arrival: Option<Instant>,
+    /// Whether the sink thread orders each partition's results.
+    ordered: bool,
+    /// The epoch the sink thread asks for (exactly-once), the one the
+    /// source was last rewound for (published for the sink thread), and
+    /// the one records are admitted in now.
+    epoch: &'r AtomicU64,
+    rewound: &'r AtomicU64,
+    admitting: u64,
 }
 
 impl Admission<'_, '_> {
@@ -351,6 +382,16 @@ impl Admission<'_, '_> {
                     self.source.keep_alive().map_err(DriverError::Source)?;
                     continue;
                 }
+            }
+            // After an aborted transaction: back to the last commit before
+            // anything else is read. Acquire: pairs with the sink thread's
+            // store after its abort.
+            let asked = self.epoch.load(Ordering::Acquire);
+            if asked != self.admitting {
+                self.source.rewind().map_err(DriverError::Source)?;
+                self.admitting = asked;
+                // Release: the sink thread commits again only after this.
+                self.rewound.store(asked, Ordering::Release);
             }
             // The slot first: while the window is full, the source is not
             // read.
@@ -369,9 +410,12 @@ impl Admission<'_, '_> {
                     if let Some((acks, _)) = self.tracker {
                         acks.track(envelope.position, envelope.payload.len());
                     }
-                    let (input, origin) = Input::from_envelope(envelope);
-                    if self.config.ordered {
-                        let _ = self.tx.send(Event::Admitted(origin.position));
+                    let (input, origin) = Input::from_envelope(envelope, self.admitting);
+                    if self.ordered {
+                        let _ = self.tx.send(Event::Admitted {
+                            position: origin.position,
+                            epoch: self.admitting,
+                        });
                     }
                     let outlet = Outlet::new(self.tx.clone(), &origin);
                     let done = self.tx.clone();

@@ -2,38 +2,80 @@
 //! buffer of `--ordered`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
-use fila_connectors::{Ack, Acks, Position, Sink};
+use fila_connectors::{
+    Ack, Acks, ConnectorError, Position, ReplayBound, Sink, TransactionError, Transactions,
+};
 
 use super::{DriverConfig, DriverError, RunSummary};
 use crate::counters::Counters;
 use crate::outlet::Event;
 use crate::report::latency_histogram;
 
-/// Where the sink thread acknowledges finished records, for a source that
-/// commits: the source's tracker, and the commit thread, told how many
-/// were acknowledged after each flush.
-pub(super) struct Acking<'a> {
+/// How the sink thread acknowledges finished records.
+pub(super) enum Acking<'a> {
+    /// A source that does not commit: nothing to acknowledge.
+    None,
+    /// At-least-once: after each flush, in the source's tracker; the commit
+    /// thread is told how many, and commits by time.
+    AfterFlush { acks: &'a Acks, acked: Sender<u64> },
+    /// Exactly-once: as each record's results are sent into the open
+    /// transaction, which this thread commits by time (or aborts).
+    InTransactions(Transactional<'a>),
+}
+
+/// The sink thread's side of exactly-once.
+pub(super) struct Transactional<'a> {
     pub(super) acks: &'a Acks,
-    pub(super) acked: Sender<u64>,
+    pub(super) clock: Clock,
+    /// The epoch records are admitted in. An abort starts the next one and
+    /// publishes it here; the admitting thread then rewinds the source.
+    pub(super) epoch: &'a AtomicU64,
+    /// The epoch the admitting thread has rewound the source for. Until it
+    /// equals `epoch`, the tracker still counts records of the aborted
+    /// transaction as done, and nothing may be committed.
+    pub(super) rewound: &'a AtomicU64,
+}
+
+/// When to commit: every `interval`, or at once when `urgent` (half the
+/// replay bound) is reached.
+pub(super) struct Clock {
+    pub(super) interval: Duration,
+    pub(super) urgent: ReplayBound,
+    pub(super) last: Instant,
+}
+
+impl Clock {
+    pub(super) fn new(interval: Duration, bound: ReplayBound) -> Clock {
+        Clock {
+            interval,
+            urgent: bound.scaled(1, 2),
+            last: Instant::now(),
+        }
+    }
+
+    pub(super) fn due(&self, acks: &Acks) -> bool {
+        self.last.elapsed() >= self.interval || !self.urgent.admits(acks.uncommitted())
+    }
 }
 
 /// The sink thread: writes results in batches of a tick, flushes each
-/// batch, and only then acknowledges the records it finished.
+/// batch, and only then acknowledges the records it finished; under
+/// exactly-once, commits the batches' transaction by time instead.
 pub(super) fn run(
     rx: Receiver<Event>,
     sink: Box<dyn Sink>,
-    acking: Option<Acking<'_>>,
+    acking: Acking<'_>,
     counters: &Counters,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
     let mut out = Writer {
         sink,
         counters,
-        tracked: acking.is_some(),
+        tracked: !matches!(acking, Acking::None),
         finished: Vec::new(),
         summary: RunSummary {
             messages: 0,
@@ -45,24 +87,34 @@ pub(super) fn run(
             latencies_us: latency_histogram(),
         },
     };
-    let mut reorder = config.ordered.then(Reorder::default);
-    let mut batch = Vec::new();
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        if !config.sink_tick.is_zero() {
-            std::thread::sleep(config.sink_tick);
-        }
-        batch.extend(rx.try_iter());
-        for event in batch.drain(..) {
-            match reorder.as_mut() {
-                Some(reorder) => reorder.push(event, &mut out)?,
-                None => out.write(event)?,
+    match acking {
+        Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, config)?,
+        acking => {
+            let mut reorder = config.ordered.then(Reorder::default);
+            let mut batch = Vec::new();
+            while let Ok(first) = rx.recv() {
+                batch.push(first);
+                if !config.sink_tick.is_zero() {
+                    std::thread::sleep(config.sink_tick);
+                }
+                batch.extend(rx.try_iter());
+                for event in batch.drain(..) {
+                    match reorder.as_mut() {
+                        Some(reorder) => reorder.push(event, &mut out)?,
+                        None => out.write(event)?,
+                    }
+                }
+                // Acknowledge only what the destination has confirmed.
+                out.sink.flush().map_err(DriverError::Sink)?;
+                if let Acking::AfterFlush { acks, acked } = &acking {
+                    let done = acknowledge(acks, out.finished.drain(..));
+                    if done > 0 {
+                        // Fails only once the commit thread stopped on an
+                        // error, which the driver reports.
+                        let _ = acked.send(done);
+                    }
+                }
             }
-        }
-        // Acknowledge only what the destination has confirmed.
-        out.sink.flush().map_err(DriverError::Sink)?;
-        if let Some(acking) = &acking {
-            acking.acknowledge(out.finished.drain(..));
         }
     }
     let mut summary = out.summary;
@@ -73,25 +125,119 @@ pub(super) fn run(
     Ok(summary)
 }
 
-impl Acking<'_> {
-    fn acknowledge(&self, finished: impl Iterator<Item = Position>) {
-        let mut done = 0;
-        for position in finished {
-            match self.acks.ack(position) {
-                Ack::Done => done += 1,
-                // Its partition moved to another member while it ran.
-                Ack::Released => {}
-                Ack::Unknown => {
-                    tracing::error!(?position, "a record finished twice or was never tracked")
-                }
+/// Exactly-once: each partition's results are sent in offset order (the
+/// reorder buffer), and a record is acknowledged as soon as its results
+/// are sent, so the offsets a commit carries cover exactly the results in
+/// its transaction. Commits run on this thread, between batches, so no
+/// result is sent while one is under way. The thread wakes every tick even
+/// with nothing to write, to commit on time and to serve a rebalance's
+/// request to abort.
+fn run_transactions(
+    rx: Receiver<Event>,
+    out: &mut Writer<'_>,
+    mut txn: Transactional<'_>,
+    counters: &Counters,
+    config: &DriverConfig,
+) -> Result<(), DriverError> {
+    let tick = config.sink_tick.max(Duration::from_millis(1));
+    // Acquire: pairs with this thread's own stores only; the admitting
+    // thread reads it.
+    let mut epoch = txn.epoch.load(Ordering::Acquire);
+    let mut reorder = Reorder::default();
+    let mut batch = Vec::new();
+    let mut open = true;
+    while open {
+        match rx.recv_timeout(tick) {
+            Ok(first) => {
+                batch.push(first);
+                std::thread::sleep(config.sink_tick);
+                batch.extend(rx.try_iter());
             }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
         }
-        if done > 0 {
-            // Fails only once the commit thread stopped on an error, which
-            // the driver reports.
-            let _ = self.acked.send(done);
+        if transactions(out)?.abort_requested() {
+            abort(
+                out,
+                &mut txn,
+                &mut epoch,
+                &mut reorder,
+                counters,
+                "a rebalance",
+            )?;
+        }
+        for event in batch.drain(..) {
+            // Results of records admitted before the last abort: the source
+            // reads those records again.
+            if event.epoch() < epoch {
+                continue;
+            }
+            reorder.push(event, out)?;
+        }
+        acknowledge(txn.acks, out.finished.drain(..));
+        // Acquire: pairs with the admitting thread's store after its
+        // rewind, which reset the tracker.
+        let rewound = txn.rewound.load(Ordering::Acquire) == epoch;
+        if rewound && (!open || txn.clock.due(txn.acks)) {
+            let started = Instant::now();
+            let acks = txn.acks;
+            match transactions(out)?.commit(acks) {
+                Ok(()) => counters.committed(started.elapsed()),
+                Err(TransactionError::Abort(reason)) => {
+                    abort(out, &mut txn, &mut epoch, &mut reorder, counters, &reason)?
+                }
+                Err(TransactionError::Fatal(e)) => return Err(DriverError::Commit(e)),
+            }
+            txn.clock.last = Instant::now();
         }
     }
+    Ok(())
+}
+
+fn transactions<'w>(out: &'w mut Writer<'_>) -> Result<&'w mut dyn Transactions, DriverError> {
+    out.sink.transactions().ok_or_else(|| {
+        DriverError::Commit(ConnectorError::Config {
+            message: "the sink stopped writing in transactions".into(),
+        })
+    })
+}
+
+/// Aborts the open transaction: what it held is dropped, results of
+/// records admitted so far are dropped as they come, and the admitting
+/// thread rewinds the source to the last commit before it reads on.
+fn abort(
+    out: &mut Writer<'_>,
+    txn: &mut Transactional<'_>,
+    epoch: &mut u64,
+    reorder: &mut Reorder,
+    counters: &Counters,
+    reason: &str,
+) -> Result<(), DriverError> {
+    transactions(out)?.abort().map_err(DriverError::Commit)?;
+    *epoch += 1;
+    // Release: the admitting thread's rewind follows this abort.
+    txn.epoch.store(*epoch, Ordering::Release);
+    *reorder = Reorder::default();
+    out.finished.clear();
+    counters.aborted();
+    tracing::warn!("transaction aborted ({reason}); reading again from the last commit");
+    Ok(())
+}
+
+/// Acknowledges `finished` in `acks`; returns how many were done.
+fn acknowledge(acks: &Acks, finished: impl Iterator<Item = Position>) -> u64 {
+    let mut done = 0;
+    for position in finished {
+        match acks.ack(position) {
+            Ack::Done => done += 1,
+            // Its partition moved to another member while it ran.
+            Ack::Released => {}
+            Ack::Unknown => {
+                tracing::error!(?position, "a record finished twice or was never tracked")
+            }
+        }
+    }
+    done
 }
 
 /// The sink side of the sink thread: writes results, and collects the
@@ -109,7 +255,7 @@ impl Writer<'_> {
     fn write(&mut self, event: Event) -> Result<(), DriverError> {
         let (sink, counters, summary) = (&mut *self.sink, self.counters, &mut self.summary);
         match event {
-            Event::Admitted(_) => {}
+            Event::Admitted { .. } => {}
             Event::Output {
                 key,
                 payload,
@@ -133,6 +279,7 @@ impl Writer<'_> {
                 payload,
                 reason,
                 at,
+                ..
             } => {
                 dead_letter(sink, position, key.as_deref(), &payload, &reason, counters)?;
                 summary.last_done = summary.last_done.max(Some(at));
@@ -147,7 +294,9 @@ impl Writer<'_> {
                 counters.dead_letters.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(reason, "a result at the end of the input was dropped");
             }
-            Event::Done { position, panic } => {
+            Event::Done {
+                position, panic, ..
+            } => {
                 if let Some(p) = panic {
                     let reason = format!("a stage panicked: {}", p.message);
                     let key = p.key.as_deref();
@@ -182,7 +331,7 @@ struct Held {
 impl Reorder {
     fn push(&mut self, event: Event, out: &mut Writer<'_>) -> Result<(), DriverError> {
         let position = match &event {
-            Event::Admitted(p) => {
+            Event::Admitted { position: p, .. } => {
                 let held = Held {
                     offset: p.offset,
                     events: Vec::new(),

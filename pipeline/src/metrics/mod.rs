@@ -31,6 +31,9 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
         panicked: counters.panicked.load(Relaxed),
         latency: counters.latency.clone(),
         uncommitted: counters.uncommitted(),
+        commits: counters.commits.load(Relaxed),
+        aborts: counters.aborts.load(Relaxed),
+        commit_seconds: counters.commit_seconds.clone(),
     }));
     let mut page = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut page, &registry)
@@ -51,6 +54,9 @@ struct Page {
     panicked: u64,
     latency: Histogram,
     uncommitted: Option<Uncommitted>,
+    commits: u64,
+    aborts: u64,
+    commit_seconds: Histogram,
 }
 
 impl Collector for Page {
@@ -114,6 +120,23 @@ impl Collector for Page {
                 "Bytes of the records read and not yet covered by a commit.",
                 ConstGauge::new(uncommitted.bytes),
             )?;
+            labeled(
+                &mut e,
+                "fila_commits",
+                None,
+                "Commits of input offsets (under exactly-once, transactions), by outcome.",
+                "outcome",
+                [
+                    ("committed".to_owned(), ConstCounter::new(self.commits)),
+                    ("aborted".to_owned(), ConstCounter::new(self.aborts)),
+                ],
+            )?;
+            self.commit_seconds.encode(e.encode_descriptor(
+                "fila_commit",
+                "How long each commit took (under exactly-once, each transaction's commit).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?)?;
         }
         let per_worker = |f: fn(&fila_runtime::WorkerStats) -> u64| {
             stats
@@ -250,6 +273,8 @@ mod tests {
             "fila_max_in_flight 30",
             "fila_uncommitted 4",
             "fila_uncommitted_bytes 400",
+            "fila_commits_total{outcome=\"committed\"} 0",
+            "# TYPE fila_commit_seconds histogram",
             "fila_worker_tasks_total{worker=\"1\"} 7",
             "# TYPE fila_worker_parks_total counter",
             "# TYPE fila_worker_busy_seconds_total counter",

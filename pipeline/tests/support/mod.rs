@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fila_connectors::{
     Acks, ClientKind, Committer, Committing, ConnectorError, Envelope, Fetched, Polled, Position,
-    Sink, Source, TopicReader, TopicWriter,
+    Sink, Source, TopicReader, TopicWriter, Uncommitted,
 };
 use fila_pipeline::reference::{fib, message, FibRecord};
 use serde_json::Value;
@@ -72,6 +72,9 @@ pub type CommitLog = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
 pub struct Records {
     records: std::vec::IntoIter<Envelope>,
     committing: Option<(Arc<Acks>, RecordingCommitter)>,
+    /// For [`Records::rewindable`]: every record, to read again from a
+    /// rewind, and the tracker it rewinds.
+    all: Option<(Vec<Envelope>, Arc<Acks>)>,
 }
 
 impl Records {
@@ -80,7 +83,16 @@ impl Records {
         Records {
             records: records.into_iter(),
             committing: None,
+            all: None,
         }
+    }
+
+    /// A source of `records` (partition 0, offsets from 0) for a sink that
+    /// commits in transactions: it rewinds to the last commit when told.
+    pub fn rewindable(records: Vec<Envelope>) -> (Records, Arc<Acks>) {
+        let (mut source, acks, _) = Records::committing(records.clone(), 0);
+        source.all = Some((records, acks.clone()));
+        (source, acks)
     }
 
     /// A source of `records` that commits, whose committer refuses its
@@ -97,6 +109,7 @@ impl Records {
         let source = Records {
             records: records.into_iter(),
             committing: Some((acks.clone(), committer)),
+            all: None,
         };
         (source, acks, log)
     }
@@ -104,7 +117,20 @@ impl Records {
 
 impl Source for Records {
     fn poll(&mut self, _: Duration) -> Result<Polled, ConnectorError> {
-        Ok(self.records.next().map_or(Polled::End, Polled::Record))
+        if let Some(record) = self.records.next() {
+            return Ok(Polled::Record(record));
+        }
+        // A rewindable source ends once everything is committed: until
+        // then an aborted transaction may send it back.
+        match &self.all {
+            Some((_, acks))
+                if acks.outstanding() > 0 || acks.uncommitted() != Uncommitted::default() =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+                Ok(Polled::Idle)
+            }
+            _ => Ok(Polled::End),
+        }
     }
 
     fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
@@ -112,6 +138,110 @@ impl Source for Records {
             acks,
             committer: Box::new(committer),
         }))
+    }
+
+    fn rewind(&mut self) -> Result<(), ConnectorError> {
+        let (all, acks) = self.all.as_ref().expect("a rewindable source");
+        let at = acks.rewind();
+        let from = at.iter().find(|(p, _)| *p == 0).map_or(0, |&(_, o)| o);
+        let rest: Vec<Envelope> = all.iter().skip(from as usize).cloned().collect();
+        self.records = rest.into_iter();
+        Ok(())
+    }
+}
+
+/// A sink whose transactions are kept in memory: what each committed
+/// transaction held, and the offsets committed with it. Every `fail_every`
+/// -th commit is refused as a broker would abort it, and
+/// [`TxnSink::request_abort`] asks for an abort as a rebalance does.
+#[derive(Clone, Default)]
+pub struct TxnSink {
+    pub committed: Arc<Mutex<Vec<Output>>>,
+    pub dead: Arc<Mutex<Vec<DeadLetter>>>,
+    pub offsets: Arc<Mutex<Vec<(i32, i64)>>>,
+    pub aborts: Arc<std::sync::atomic::AtomicU64>,
+    pending: Vec<Output>,
+    pending_dead: Vec<DeadLetter>,
+    commits: u64,
+    pub fail_every: u64,
+    abort_asked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TxnSink {
+    /// A sink that refuses every `fail_every`-th commit (never, with 0).
+    pub fn failing_every(fail_every: u64) -> TxnSink {
+        TxnSink {
+            fail_every,
+            ..TxnSink::default()
+        }
+    }
+
+    pub fn request_abort(&self) {
+        self.abort_asked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Sink for TxnSink {
+    fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        self.pending.push((key.map(<[u8]>::to_vec), payload));
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        p: Position,
+        _key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        self.pending_dead.push((p, payload, reason.to_owned()));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn has_dead_letter_destination(&self) -> bool {
+        true
+    }
+
+    fn transactions(&mut self) -> Option<&mut dyn fila_connectors::Transactions> {
+        Some(self)
+    }
+}
+
+impl fila_connectors::Transactions for TxnSink {
+    fn abort_requested(&self) -> bool {
+        self.abort_asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn commit(&mut self, acks: &Acks) -> Result<(), fila_connectors::TransactionError> {
+        self.commits += 1;
+        if self.fail_every > 0 && self.commits % self.fail_every == 0 {
+            return Err(fila_connectors::TransactionError::Abort(
+                "refused, as a broker would".into(),
+            ));
+        }
+        let offsets = acks.committable();
+        self.committed.lock().unwrap().append(&mut self.pending);
+        self.dead.lock().unwrap().append(&mut self.pending_dead);
+        self.offsets.lock().unwrap().extend(&offsets);
+        acks.mark_committed(&offsets);
+        Ok(())
+    }
+
+    fn abort(&mut self) -> Result<(), ConnectorError> {
+        self.pending.clear();
+        self.pending_dead.clear();
+        self.abort_asked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.aborts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -122,15 +252,15 @@ struct RecordingCommitter {
 }
 
 impl Committer for RecordingCommitter {
-    fn commit(&mut self) -> Result<(), ConnectorError> {
+    fn commit(&mut self) -> Result<bool, ConnectorError> {
         if self.refusals > 0 {
             self.refusals -= 1;
-            return Ok(());
+            return Ok(false);
         }
         let offsets = self.acks.committable();
         self.acks.mark_committed(&offsets);
         self.log.lock().unwrap().push(offsets);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -403,7 +533,9 @@ pub fn try_read_all(
     }
 }
 
-/// How many records `topic` holds, from its end offsets.
+/// How far `topic` has been written: the sum of its end offsets. Under
+/// exactly-once each committed transaction adds a marker per partition, so
+/// this counts a few more than the records.
 pub fn count(brokers: &str, topic: &str) -> usize {
     TopicReader::end_offsets(ClientKind::Rdkafka, brokers, topic)
         .unwrap()

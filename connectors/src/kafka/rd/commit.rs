@@ -10,6 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{fatal, kafka_error, moved_on};
 use super::source::SourceContext;
+use crate::kafka::error;
 use crate::{Committer, ConnectorError};
 
 pub(super) fn commit_offsets<C: ConsumerContext>(
@@ -29,6 +30,9 @@ pub(super) struct RdCommitter {
     /// When the group began refusing this member's commits, and whether
     /// that was said.
     pub(super) refused_since: Option<(Instant, bool)>,
+    /// Exactly-once: offsets go into the sink's transactions, never
+    /// through the consumer.
+    pub(super) in_transactions: bool,
 }
 
 /// How long the group may refuse commits (a rebalance, a fenced member
@@ -36,13 +40,19 @@ pub(super) struct RdCommitter {
 const REFUSED_WARN: Duration = Duration::from_secs(10);
 
 impl Committer for RdCommitter {
-    fn commit(&mut self) -> Result<(), ConnectorError> {
+    fn commit(&mut self) -> Result<bool, ConnectorError> {
         let context = self.consumer.context();
+        if self.in_transactions {
+            return Err(error(
+                &context.brokers,
+                "this source's offsets are committed in the sink's transactions",
+            ));
+        }
         let acks = &context.acks;
         let _guard = context.commit.lock();
         let offsets = acks.committable();
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         match commit_offsets(&self.consumer, &context.topic, &offsets) {
             Ok(()) => {
@@ -52,7 +62,7 @@ impl Committer for RdCommitter {
                 }
                 self.refused_since = None;
                 acks.mark_committed(&offsets);
-                Ok(())
+                Ok(true)
             }
             Err(e) if moved_on(&e) => {
                 tracing::debug!("commit refused while partitions move ({e}); offered again later");
@@ -65,7 +75,7 @@ impl Committer for RdCommitter {
                         since.elapsed()
                     );
                 }
-                Ok(())
+                Ok(false)
             }
             Err(e) if fatal(&e) => Err(kafka_error(&context.brokers, "committing offsets", e)),
             Err(e) => {
@@ -73,7 +83,7 @@ impl Committer for RdCommitter {
                 // and the next commit carries them. The uncommitted bound
                 // holds the source back meanwhile.
                 context.logging.error(e, "committing offsets");
-                Ok(())
+                Ok(false)
             }
         }
     }

@@ -6,8 +6,9 @@
 //! One file per concern: the client's configuration, logging and error
 //! classification ([`config`]), the source and its group membership
 //! ([`source`]), its committer ([`commit`]), the producer the sink and the
-//! tools share ([`produce`]), the sink ([`sink`]), the load client's and
-//! the tests' reader and writer ([`tools`]), and admin calls ([`admin`]).
+//! tools share ([`produce`]), the sink ([`sink`]), exactly-once
+//! transactions ([`transaction`]), the load client's and the tests' reader
+//! and writer ([`tools`]), and admin calls ([`admin`]).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,10 +19,29 @@ mod produce;
 mod sink;
 mod source;
 mod tools;
+mod transaction;
 
 pub(super) use admin::{commit_group_offsets, create_topic};
 pub(super) use sink::RdSink;
 pub(super) use source::RdSource;
+
+use std::sync::Arc;
+
+use crate::kafka::{Pipe, SinkConfig, SourceConfig};
+use crate::ConnectorError;
+
+/// A source and a sink that run exactly-once: the sink's transactions
+/// carry the source's offsets, and a rebalance of the source aborts the
+/// sink's open transaction.
+pub(super) fn exactly_once(
+    source: SourceConfig,
+    sink: &SinkConfig,
+) -> Result<Pipe, ConnectorError> {
+    let link = Arc::new(transaction::Link::default());
+    let source = RdSource::connect_with(source, Some(link.clone()))?;
+    let sink = RdSink::transactional(sink, &source, link)?;
+    Ok((Box::new(source), Box::new(sink)))
+}
 pub use source::DRAIN_TIMEOUT;
 pub(super) use tools::{end_offsets, TopicReader, TopicWriter};
 

@@ -13,6 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 
 use super::config::{client_config, kafka_error, preflight, Defaults, Logging};
 use super::lock;
+use super::transaction::TRANSACTION_TIMEOUT;
 use crate::kafka::{error, Cluster};
 use crate::ConnectorError;
 
@@ -128,18 +129,44 @@ pub(super) fn producer(
     retry_timeout: Duration,
     stats_every: Option<Duration>,
 ) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
+    producer_with(cluster, linger_ms, retry_timeout, stats_every, None)
+}
+
+/// [`producer`], transactional with `transactional_id` when given: then a
+/// record waits for delivery at most as long as its transaction may stay
+/// open ([`TRANSACTION_TIMEOUT`]).
+pub(super) fn producer_with(
+    cluster: &Cluster,
+    linger_ms: u32,
+    retry_timeout: Duration,
+    stats_every: Option<Duration>,
+    transactional_id: Option<&str>,
+) -> Result<BaseProducer<DeliveryContext>, ConnectorError> {
     let brokers = cluster.brokers.as_str();
     preflight(cluster)?;
     let mut config = client_config(cluster)?;
     if let Some(every) = stats_every {
         config.set("statistics.interval.ms", every.as_millis().to_string());
     }
+    let message_timeout = match transactional_id {
+        Some(id) => {
+            config.set("transactional.id", id).set(
+                "transaction.timeout.ms",
+                TRANSACTION_TIMEOUT.as_millis().to_string(),
+            );
+            TRANSACTION_TIMEOUT.min(retry_timeout)
+        }
+        None => retry_timeout,
+    };
     config
         .default_to("linger.ms", linger_ms.to_string())
         .default_to("message.max.bytes", MAX_RECORD_BYTES.to_string())
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", retry_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        )
         .create_with_context(DeliveryContext::new(brokers, retry_timeout))
         .map_err(|e| kafka_error(brokers, "creating the producer", e))
 }
@@ -229,6 +256,24 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Waits until every record sent is reported, delivered or failed, or
+    /// `timeout` passes.
+    pub(super) fn settle(&self, timeout: Duration) {
+        let context = self.producer.context();
+        let pending = lock(&context.pending);
+        let _ = context
+            .settled
+            .wait_timeout_while(pending, timeout, |p| *p > 0)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+
+    /// Forgets failed deliveries: after a transaction ended, they belong to
+    /// it (a commit that succeeded had none; an abort's purge reports them
+    /// all).
+    pub(super) fn forget_failures(&self) {
+        lock(&self.producer.context().failed).take();
     }
 
     /// Returns once everything sent is acknowledged, or the first failure.

@@ -41,6 +41,7 @@ use super::admin::ensure_topic;
 use super::commit::{commit_offsets, RdCommitter};
 use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging};
 use super::lock;
+use super::transaction::Link;
 use crate::kafka::{error, Assignment, GroupProtocol, SourceConfig};
 use crate::{Acks, Committing, ConnectorError, Envelope, Polled, Position, Source};
 
@@ -82,6 +83,8 @@ pub(super) struct SourceContext {
     /// last looked.
     assigned: AtomicBool,
     pub(super) logging: Logging,
+    /// Exactly-once: what the source shares with the sink's transactions.
+    eos: Option<Arc<Link>>,
 }
 
 impl ClientContext for SourceContext {
@@ -99,7 +102,23 @@ impl ConsumerContext for SourceContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let partitions = self.partitions_of(tpl);
-                if consumer.assignment_lost() {
+                if let Some(link) = &self.eos {
+                    // The open transaction may hold outputs of these
+                    // partitions past their last commit: it is aborted
+                    // before they go, and the new owner reads them again.
+                    if !link.abort_and_wait() {
+                        tracing::warn!(
+                            topic = %self.topic, ?partitions,
+                            "the sink did not abort its transaction in time; releasing anyway \
+                             (it aborts before it commits again)"
+                        );
+                    }
+                    self.acks.release(&partitions);
+                    tracing::info!(
+                        topic = %self.topic, ?partitions,
+                        "partitions revoked: any transaction left open was given up"
+                    );
+                } else if consumer.assignment_lost() {
                     tracing::warn!(
                         topic = %self.topic, ?partitions,
                         "partitions lost to another member: nothing of theirs is committed here"
@@ -218,6 +237,7 @@ pub(crate) struct RdSource {
     /// When the source last asked the broker for metadata to learn
     /// whether it answers again.
     last_probe: Instant,
+    transactional_id: String,
 }
 
 /// How often a source whose broker is failing asks whether it answers
@@ -226,9 +246,22 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RdSource {
     pub fn connect(config: SourceConfig) -> Result<RdSource, ConnectorError> {
+        RdSource::connect_with(config, None)
+    }
+
+    /// The source; with `eos`, one that reads committed records only and
+    /// whose offsets go into the sink's transactions.
+    pub(super) fn connect_with(
+        config: SourceConfig,
+        eos: Option<Arc<Link>>,
+    ) -> Result<RdSource, ConnectorError> {
         let brokers = config.cluster.brokers.as_str();
         let versions = preflight(&config.cluster)?;
         let mut client = client_config(&config.cluster)?;
+        if eos.is_some() {
+            // An input written in transactions is read as committed.
+            client.set("isolation.level", "read_committed");
+        }
         client
             // A missing input topic is created, with the broker's default
             // partition count, as it would be by the first producer.
@@ -276,6 +309,7 @@ impl RdSource {
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
             logging: Logging::new(brokers, config.retry_timeout),
+            eos,
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
@@ -305,6 +339,19 @@ impl RdSource {
             }
         }
         tracing::info!(topic = %config.topic, group = %config.group, protocol, "reading");
+        let transactional_id = match config.assignment {
+            Assignment::Static(r) => format!(
+                "fila-{}-{}-replica-{}-of-{}",
+                config.group, config.topic, r.index, r.count
+            ),
+            Assignment::Group(_) => format!(
+                "fila-{}-{}-{}-{}",
+                config.group,
+                config.topic,
+                hostname(),
+                std::process::id()
+            ),
+        };
         Ok(RdSource {
             consumer: Arc::new(consumer),
             buffered: BTreeMap::new(),
@@ -312,11 +359,25 @@ impl RdSource {
             turn: -1,
             paused: false,
             last_probe: Instant::now(),
+            transactional_id,
         })
     }
 
     fn context(&self) -> &SourceContext {
         self.consumer.context()
+    }
+
+    pub(super) fn consumer(&self) -> Arc<BaseConsumer<SourceContext>> {
+        self.consumer.clone()
+    }
+
+    /// The transactional id of this source's exactly-once sink: the
+    /// group's, the input's and, with a static assignment, the replica's,
+    /// so that a replica restarted in its place fences the old process at
+    /// once. A group member's has its host and process, since the group
+    /// fences members by their generation.
+    pub(super) fn transactional_id(&self) -> String {
+        self.transactional_id.clone()
     }
 
     /// Pauses or resumes fetching for the current assignment. librdkafka
@@ -539,7 +600,50 @@ impl Source for RdSource {
             committer: Box::new(RdCommitter {
                 consumer: self.consumer.clone(),
                 refused_since: None,
+                in_transactions: self.context().eos.is_some(),
             }),
         }))
     }
+
+    /// Seeks every partition whose records were handed out back to its
+    /// last commit, and drops their read-ahead.
+    fn rewind(&mut self) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        let at = context.acks.rewind();
+        if at.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(at.len());
+        for &(partition, offset) in &at {
+            if let Some(q) = self.buffered.remove(&partition) {
+                self.count -= q.len();
+            }
+            tpl.add_partition_offset(&context.topic, partition, Offset::Offset(offset))
+                .map_err(|e| kafka_error(&context.brokers, "rewinding", e))?;
+        }
+        let sought = self
+            .consumer
+            .seek_partitions(tpl, Duration::from_secs(10))
+            .map_err(|e| kafka_error(&context.brokers, "rewinding to the last commit", e))?;
+        for e in sought.elements() {
+            if let Err(err) = e.error() {
+                return Err(kafka_error(
+                    &context.brokers,
+                    &format!("rewinding partition {}", e.partition()),
+                    err,
+                ));
+            }
+        }
+        tracing::info!(topic = %context.topic, ?at, "rewound to the last commit");
+        Ok(())
+    }
+}
+
+/// This host's name, for a transactional id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
 }

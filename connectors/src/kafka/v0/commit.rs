@@ -45,24 +45,24 @@ impl KafkaCommitter {
 }
 
 impl Committer for KafkaCommitter {
-    fn commit(&mut self) -> Result<(), ConnectorError> {
+    fn commit(&mut self) -> Result<bool, ConnectorError> {
         let acks = self.acks.clone();
         let offsets = acks.committable();
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         match self.try_commit(&offsets) {
             Ok(()) => {
                 self.outage.succeeded();
                 acks.mark_committed(&offsets);
-                Ok(())
+                Ok(true)
             }
             Err(Failure::Fatal(e)) => Err(e),
             Err(Failure::Transient(cause)) => {
                 // The uncommitted bound holds the source back meanwhile.
                 self.outage.failed(&cause);
                 self.client = None;
-                self.outage.check()
+                self.outage.check().map(|()| false)
             }
         }
     }
