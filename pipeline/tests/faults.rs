@@ -13,13 +13,13 @@
 mod support;
 
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
     commit_group_offsets, create_topic, ClientKind, Fetched, DLQ_OFFSET_HEADER, DLQ_REASON_HEADER,
 };
-use fila_pipeline::reference::{message, FibRecord, DEFAULT_STAGES};
+use fila_pipeline::reference::{message, FibRecord};
 use support::*;
 
 /// The window of every run here.
@@ -36,20 +36,62 @@ const U: usize = 1000;
 /// 10,000-record burst takes seconds.
 const LIGHT: [u32; 5] = [20, 20, 20, 20, 20];
 
+/// Stages of about half a millisecond a record: the crash tests' pace.
+const PACED: [u32; 5] = [24, 24, 24, 24, 24];
+
 const N: u64 = 10_000;
 
-/// The broker at `brokers`, for this test alone until the guard drops.
-fn hold(brokers: &str) -> MutexGuard<'static, ()> {
-    static BROKER_3X: Mutex<()> = Mutex::new(());
-    static BROKER_4X: Mutex<()> = Mutex::new(());
-    let lock = if brokers == brokers_3x() {
-        &BROKER_3X
-    } else {
-        &BROKER_4X
+/// Which broker version a test needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kafka {
+    V3,
+    V4,
+}
+
+/// The brokers of `version` the fault tests may stop and stall: the list
+/// in FILA_TEST_FAULT_BROKERS(_4X), else the one test broker.
+fn pool(version: Kafka) -> Vec<String> {
+    let (var, fallback) = match version {
+        Kafka::V3 => ("FILA_TEST_FAULT_BROKERS", brokers_3x as fn() -> String),
+        Kafka::V4 => ("FILA_TEST_FAULT_BROKERS_4X", brokers_4x as fn() -> String),
     };
-    // A test that failed holding it left the broker running again
-    // (`Stopped`, `Stalled`), so the next one may go on.
-    lock.lock().unwrap_or_else(|p| p.into_inner())
+    match std::env::var(var) {
+        Ok(list) => list.split(',').map(str::to_owned).collect(),
+        Err(_) => vec![fallback()],
+    }
+}
+
+/// A broker of the pool, for this test alone until dropped.
+struct Held {
+    brokers: String,
+}
+
+static BUSY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static FREED: Condvar = Condvar::new();
+
+/// Waits for a broker of `version` that no other test holds. A test that
+/// failed holding one left it running again (`Stopped`, `Stalled`), so the
+/// next may go on.
+fn hold(version: Kafka) -> Held {
+    let pool = pool(version);
+    let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some(free) = pool.iter().find(|b| !busy.contains(b)) {
+            busy.push(free.clone());
+            return Held {
+                brokers: free.clone(),
+            };
+        }
+        busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        busy.retain(|b| *b != self.brokers);
+        FREED.notify_all();
+    }
 }
 
 /// A broker stopped by `scripts/kafka stop`, started again on its data
@@ -167,8 +209,9 @@ fn every_id(
 /// Stops the broker (`restart`) or stalls it (otherwise) for 10 s while a
 /// 10,000-record burst is under way. fila must keep running and lose
 /// nothing; with `exactly_once`, write nothing twice either.
-fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool, exactly_once: bool) {
-    let _broker = hold(brokers);
+fn broker_fault_mid_burst(version: Kafka, client: &str, restart: bool, exactly_once: bool) {
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     produce_messages(brokers, &input, N, LIGHT);
     let mut args = run_args(&input, &output, &group);
@@ -223,37 +266,37 @@ fn broker_fault_mid_burst(brokers: &str, client: &str, restart: bool, exactly_on
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_rides_out_a_broker_restart_mid_burst() {
-    broker_fault_mid_burst(&brokers_4x(), "rdkafka", true, false);
+    broker_fault_mid_burst(Kafka::V4, "rdkafka", true, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_rides_out_a_broker_restart_mid_burst() {
-    broker_fault_mid_burst(&brokers_3x(), "kafka", true, false);
+    broker_fault_mid_burst(Kafka::V3, "kafka", true, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_rides_out_a_broker_stall_mid_burst() {
-    broker_fault_mid_burst(&brokers_4x(), "rdkafka", false, false);
+    broker_fault_mid_burst(Kafka::V4, "rdkafka", false, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_rides_out_a_broker_stall_mid_burst() {
-    broker_fault_mid_burst(&brokers_3x(), "kafka", false, false);
+    broker_fault_mid_burst(Kafka::V3, "kafka", false, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_rides_out_a_broker_restart_with_no_duplicate() {
-    broker_fault_mid_burst(&brokers_3x(), "rdkafka", true, true);
+    broker_fault_mid_burst(Kafka::V3, "rdkafka", true, true);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_rides_out_a_broker_stall_with_no_duplicate() {
-    broker_fault_mid_burst(&brokers_4x(), "rdkafka", false, true);
+    broker_fault_mid_burst(Kafka::V4, "rdkafka", false, true);
 }
 
 /// A small generator for the crash points, seeded from the clock and
@@ -273,13 +316,15 @@ impl XorShift {
 /// with a restart after each: nothing lost, at most the replay bound U of
 /// duplicates per crash; with `exactly_once`, no duplicate at all to a
 /// reader of committed records.
-fn crashes_at_random_points(brokers: &str, client: &str, exactly_once: bool) {
+fn crashes_at_random_points(version: Kafka, client: &str, exactly_once: bool) {
     const CRASHES: usize = 20;
-    let _broker = hold(brokers);
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
-    // The reference stages: the burst is bound by the CPU, slow enough
-    // that reading the output's count between crashes overshoots little.
-    produce_messages(brokers, &input, N, DEFAULT_STAGES);
+    // Stages that bind the burst by the CPU (a few thousand records a
+    // second here), slow enough that reading the output's count between
+    // crashes overshoots little, and quick enough to keep the test short.
+    produce_messages(brokers, &input, N, PACED);
     let mut args = run_args(&input, &output, &group);
     // Static assignment: a restarted process reads at once, instead of
     // waiting for the group to expire the member it replaces.
@@ -296,9 +341,9 @@ fn crashes_at_random_points(brokers: &str, client: &str, exactly_once: bool) {
     let mut points = Vec::new();
     for _ in 0..CRASHES {
         let fila = Fila::start(brokers, &args);
-        // 100 to 400 outputs past the last crash: 20 crashes fall inside
+        // 50 to 200 outputs past the last crash: 20 crashes fall inside
         // the burst whatever the machine's speed.
-        let point = count(brokers, &output) + 100 + rng.below(301) as usize;
+        let point = count(brokers, &output) + 50 + rng.below(151) as usize;
         let deadline = Instant::now() + Duration::from_secs(60);
         while count(brokers, &output) < point {
             assert!(
@@ -336,25 +381,25 @@ fn crashes_at_random_points(brokers: &str, client: &str, exactly_once: bool) {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_crashed_at_20_random_points_loses_nothing() {
-    crashes_at_random_points(&brokers_4x(), "rdkafka", false);
+    crashes_at_random_points(Kafka::V4, "rdkafka", false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_on_kafka_4_crashed_at_20_random_points_writes_each_record_once() {
-    crashes_at_random_points(&brokers_4x(), "rdkafka", true);
+    crashes_at_random_points(Kafka::V4, "rdkafka", true);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_on_kafka_3_crashed_at_20_random_points_writes_each_record_once() {
-    crashes_at_random_points(&brokers_3x(), "rdkafka", true);
+    crashes_at_random_points(Kafka::V3, "rdkafka", true);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_crashed_at_20_random_points_loses_nothing() {
-    crashes_at_random_points(&brokers_3x(), "kafka", false);
+    crashes_at_random_points(Kafka::V3, "kafka", false);
 }
 
 /// SIGTERM in the middle of a burst: exit 0 within 10 s, with what was in
@@ -362,18 +407,18 @@ fn kafka_client_crashed_at_20_random_points_loses_nothing() {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn sigterm_mid_burst_drains_commits_and_exits_within_10_s() {
-    sigterm_mid_burst(&brokers_4x(), false);
+    sigterm_mid_burst(Kafka::V4, false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_sigterm_mid_burst_commits_and_exits_within_10_s() {
-    sigterm_mid_burst(&brokers_3x(), true);
+    sigterm_mid_burst(Kafka::V3, true);
 }
 
-fn sigterm_mid_burst(brokers: &str, exactly_once: bool) {
-    let brokers = brokers.to_owned();
-    let _broker = hold(&brokers);
+fn sigterm_mid_burst(version: Kafka, exactly_once: bool) {
+    let held = hold(version);
+    let brokers = held.brokers.clone();
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     produce_messages(&brokers, &input, N, LIGHT);
     let mut args = run_args(&input, &output, &group);
@@ -480,8 +525,9 @@ fn letter(client: &str, l: &Fetched) -> (i64, String, Vec<u8>) {
 /// known: every bad record reaches the dead-letter topic with a reason
 /// (unchanged on rdkafka; as text on the `kafka` client), every valid one
 /// comes out computed, and the run never stops.
-fn hostile_input(brokers: &str, client: &str, exactly_once: bool) {
-    let _broker = hold(brokers);
+fn hostile_input(version: Kafka, client: &str, exactly_once: bool) {
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("g"));
     create_topic(brokers, &input, 1).unwrap();
     let bad = hostile_records();
@@ -548,27 +594,28 @@ fn hostile_input(brokers: &str, client: &str, exactly_once: bool) {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
-    hostile_input(&brokers_4x(), "rdkafka", false);
+    hostile_input(Kafka::V4, "rdkafka", false);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_dead_letters_hostile_input_in_its_transactions() {
-    hostile_input(&brokers_3x(), "rdkafka", true);
+    hostile_input(Kafka::V3, "rdkafka", true);
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_hostile_input_goes_to_the_dead_letter_topic_and_the_rest_comes_out() {
-    hostile_input(&brokers_3x(), "kafka", false);
+    hostile_input(Kafka::V3, "kafka", false);
 }
 
 /// A committed offset out of range (here: past the end of the partition,
 /// as after a topic is made anew): `--offset-reset error` stops with an
 /// error naming the partition; `earliest` logs the reset and reads it all.
-fn offset_out_of_range(brokers: &str, client: &str) {
+fn offset_out_of_range(version: Kafka, client: &str) {
     const COUNT: u64 = 20;
-    let _broker = hold(brokers);
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
     let kind = if client == "kafka" {
         ClientKind::Kafka
     } else {
@@ -606,19 +653,20 @@ fn offset_out_of_range(brokers: &str, client: &str) {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_offset_out_of_range_follows_offset_reset() {
-    offset_out_of_range(&brokers_4x(), "rdkafka");
+    offset_out_of_range(Kafka::V4, "rdkafka");
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_offset_out_of_range_follows_offset_reset() {
-    offset_out_of_range(&brokers_3x(), "kafka");
+    offset_out_of_range(Kafka::V3, "kafka");
 }
 
 /// A broker that stays away longer than `--kafka-retry-timeout`: fila
 /// exits 1 soon after, naming the broker and saying it gave up.
-fn gives_up_after_the_retry_timeout(brokers: &str, client: &str) {
-    let _broker = hold(brokers);
+fn gives_up_after_the_retry_timeout(version: Kafka, client: &str) {
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     produce_messages(brokers, &input, 10, LIGHT);
     let mut args = run_args(&input, &output, &group);
@@ -640,11 +688,11 @@ fn gives_up_after_the_retry_timeout(brokers: &str, client: &str) {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn rdkafka_gives_up_after_the_retry_timeout() {
-    gives_up_after_the_retry_timeout(&brokers_4x(), "rdkafka");
+    gives_up_after_the_retry_timeout(Kafka::V4, "rdkafka");
 }
 
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_gives_up_after_the_retry_timeout() {
-    gives_up_after_the_retry_timeout(&brokers_3x(), "kafka");
+    gives_up_after_the_retry_timeout(Kafka::V3, "kafka");
 }
