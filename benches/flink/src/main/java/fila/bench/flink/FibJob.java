@@ -203,7 +203,15 @@ public final class FibJob {
             System.err.println("flink: stopped; " + BAD_RECORDS.get() + " bad record(s) skipped");
         }, "cancel-on-exit"));
 
-        waitUntilRunning(job, instances);
+        try {
+            waitUntilRunning(job, instances);
+        } catch (Exception e) {
+            // The MiniCluster's threads would keep the JVM alive after main
+            // returns: a job that cannot start (say, a sink whose producer
+            // the broker refuses, restarting over and over) exits here.
+            System.err.println("flink: " + e.getMessage());
+            System.exit(1);
+        }
         System.out.println("flink: RUNNING (parallelism " + String.join("-", spec(par))
             + ", " + taskManagers + " task manager(s) x " + slots + " slot(s), buffer timeout "
             + bufferTimeout + " ms, " + guarantee + ", checkpoints "
