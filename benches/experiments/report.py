@@ -97,6 +97,37 @@ def summarize(rows):
     return out
 
 
+def broken_promises(rows):
+    """(row, what) for every burst that broke its guarantee: in either mode
+    a lost id (every system here promises at least once), and under exactly
+    once a duplicate, as the load client saw it or as the audit of the
+    turn's output topic found it (or an audit that could not be read)."""
+    out = []
+    for r in rows:
+        if r.get("error"):
+            continue
+        if (r.get("lost") or 0) > 0:
+            out.append((r, f"{r['lost']} id(s) lost"))
+        if r.get("guarantee") != "exactly-once":
+            continue
+        if (r.get("duplicates") or 0) > 0:
+            out.append((r, f"{r['duplicates']} duplicate(s) read by the load client"))
+        audit = r.get("output_audit") or {}
+        if audit.get("error"):
+            out.append((r, f"the output topic could not be audited: {audit['error']}"))
+        elif (audit.get("duplicates") or 0) > 0:
+            out.append((r, f"{audit['duplicates']} duplicate(s) in the output topic"))
+    return out
+
+
+def interval_text(c, short=False):
+    """A system's commits as text: 'commit 100 ms', 'checkpoint 1 000 ms'."""
+    if not c or not c.get("interval"):
+        return "—"
+    ms = num(c.get("interval_ms"), 0) if c.get("interval_ms") is not None else "?"
+    return f"{ms} ms" if short else f"{c['interval']} {ms} ms"
+
+
 def paired_ratios(rows, exp, a, b, warm, key):
     """Per round, a's figure over b's in that same round (both succeeded)."""
     by_round = {}
@@ -456,10 +487,17 @@ def upgrade(res):
     meta.setdefault("broker_cpus", None)
     meta.setdefault("system_cpus", None)
     meta.setdefault("fila_args", [])
+    # Before --guarantee every sitting ran at least once, Flink checkpointing
+    # every 5 s and Kafka Streams committing every 100 ms (both fixed in
+    # their jobs then); fila's commit interval was not recorded.
+    meta.setdefault("guarantee", "at-least-once")
+    meta.setdefault("commits", {"flink": {"interval": "checkpoint", "interval_ms": 5000},
+                                "kstreams": {"interval": "commit", "interval_ms": 100}})
     for e in res["experiments"]:
         e.setdefault("workload", "reference")
     for r in res["runs"]:
         r.setdefault("round", 1)
+        r.setdefault("guarantee", meta["guarantee"])
         received = r["burst"] - (r.get("lost") or 0)
         cpu, brk = r.get("cpu_s"), r.get("broker_cpu_s")
         if "records_per_cpu_s" not in r and cpu:
@@ -480,6 +518,25 @@ def verdict(res):
     return [g for g in rounds if g.get("flagged")], rounds
 
 
+def commits_of(rows, system, meta=None):
+    """The system's commits ({"interval", "interval_ms"}) in these rows, or
+    the sitting's; None if not recorded, "varies" if they differ."""
+    seen = {(r.get("interval"), r.get("interval_ms")) for r in rows
+            if r["system"] == system and r.get("interval")}
+    if len(seen) > 1:
+        return {"interval": "varies", "interval_ms": None}
+    if seen:
+        kind, ms = seen.pop()
+        return {"interval": kind, "interval_ms": ms}
+    return ((meta or {}).get("commits") or {}).get(system)
+
+
+def intervals_line(systems, commits):
+    """'commits (Flink: checkpoints) every fila 100 ms, Flink 1 000 ms, ...'"""
+    return "commits (Flink: checkpoints) every " + ", ".join(
+        f"{LABEL[s]} {interval_text(commits.get(s), True)}" for s in systems)
+
+
 def write_report(out, res, charts):
     meta, machine, versions = res["meta"], res["machine"], res["versions"]
     experiments, rows = res["experiments"], res["runs"]
@@ -489,8 +546,20 @@ def write_report(out, res, charts):
     started = datetime.datetime.fromisoformat(meta["started"])
     rounds = meta["rounds"]
     md = [f"# fila, Flink and Kafka Streams side by side ({started:%Y-%m-%d})", ""]
+    guarantee = meta.get("guarantee", "at-least-once")
+    eos = guarantee == "exactly-once"
+    mode = "exactly once" if eos else "at least once"
+    commits = {s: commits_of(rows, s, meta) for s in systems}
     md += [f"Made by `{meta['command']}` in {meta['elapsed_s'] / 60:.1f} min: "
-           f"{rounds} round(s) per experiment, workloads {', '.join(meta['workloads'])}.", ""]
+           f"{rounds} round(s) per experiment, workloads {', '.join(meta['workloads'])}. Every system ran "
+           f"**{mode}**: " + intervals_line(systems, commits) + ".", ""]
+
+    broken = broken_promises(rows)
+    what = "no lost record" + (" and no duplicate" if eos else "")
+    if broken:
+        md += [f"**Broken promise: {len(broken)} burst(s) broke {mode} (see [Checks](#checks)).**", ""]
+    elif rows:
+        md += [f"Every burst that ran held {mode}: {what} (see [Checks](#checks)).", ""]
 
     flagged, gauged = verdict(res)
     if not gauged:
@@ -532,16 +601,34 @@ def write_report(out, res, charts):
            + (f", commit {versions['fila_commit']}" if versions.get('fila_commit', '?') != "?" else "")
            + ") produces each burst, stamping each `timestamp` as it produces it; latency is receive time "
            "minus that timestamp; throughput is messages over first produce to last receive",
-           "- fila: replicas are `fila run` processes in one consumer group (`--group`"
+           *(["- fila: replicas are `fila run` processes in one consumer group (`--group`"
            + (", and `--replica I/N`" if meta.get("fila_static_replicas") else "")
            + "), threads are `--workers`; with 2 replicas each runs with `--no-pin`, since each process "
            "would pin its workers to the same first CPUs; otherwise at fila's defaults"
-           + (f", plus `{' '.join(meta['fila_args'])}`" if meta.get("fila_args") else ""),
-           f"- Flink {versions['flink']} (flink-connector-kafka {versions['flink_kafka']}): one local "
-           "MiniCluster, replicas are task managers, threads are slots per task manager; at least once, "
-           "checkpoints every 5 s, sink producer `linger.ms` = 5",
-           f"- Kafka Streams {versions['kstreams']}: replicas are instances with one application id, threads "
-           "are `num.stream.threads`; at least once, `commit.interval.ms` = 100, producer `linger.ms` = 5",
+           + (f", plus `{' '.join(meta['fila_args'])}`" if meta.get("fila_args") else "")
+           + (", with `--exactly-once`: each commit interval is one Kafka transaction holding the outputs "
+              "and the input offsets" if eos else ", at least once")
+           + (f"; it commits every {interval_text(commits.get('fila'), True)}" if commits.get("fila")
+              else "; its commit interval was not recorded")] if "fila" in systems else []),
+           *([f"- Flink {versions['flink']} (flink-connector-kafka {versions['flink_kafka']}): one local "
+           "MiniCluster, replicas are task managers, threads are slots per task manager; "
+           + ("exactly once: EXACTLY_ONCE checkpoints, the source reads committed records only, the sink "
+              "writes each checkpoint interval in one Kafka transaction (`DeliveryGuarantee.EXACTLY_ONCE`, a "
+              "transactional id prefix per run, `transaction.timeout.ms` = 900 000) committed once the "
+              "checkpoint completes, so its outputs become visible at checkpoints"
+              if eos else "at least once, the sink writes as it goes and a checkpoint commits the source's "
+              "offsets and flushes the sink")
+           + (f"; checkpoints every {interval_text(commits.get('flink'), True)}" if commits.get("flink") else "")
+           + "; sink producer `linger.ms` = 5"] if "flink" in systems else []),
+           *([f"- Kafka Streams {versions['kstreams']}: replicas are instances with one application id, threads "
+           "are `num.stream.threads`; "
+           + ("exactly once (`processing.guarantee` = `exactly_once_v2`: each commit is one transaction, "
+              "the consumer reads committed records only)" if eos else "at least once")
+           + (f", `commit.interval.ms` = {(commits.get('kstreams') or {}).get('interval_ms')}"
+              if commits.get("kstreams") else "") + ", producer `linger.ms` = 5"] if "kstreams" in systems else []),
+           "- the load client (`fila load`) reads the output topic with librdkafka's default isolation, "
+           "read committed: under exactly once it sees an output once its transaction commits, and never "
+           "one of an aborted transaction",
            f"- JVMs run with `-Xmx{meta['jvm_heap_mb']}m`. CPU is utime+stime of every process of the system "
            "during the burst; the broker's is apart, and so is its JIT compiler's share of it (a broker "
            "still warming up spends much of its CPU compiling); load CPU is the load client's. Records per "
@@ -599,9 +686,10 @@ def write_report(out, res, charts):
                     trows.append([c["candidate"]["shape"], cc.get("parallelism", "—"),
                                   c["candidate"]["buffer_timeout_ms"], num(c["cold_throughput_msgs_per_s"]),
                                   num(c["warm_throughput_msgs_per_s"]), num(c["warm_mean_ms"], 0),
-                                  c["lost"] if c["lost"] is not None else "failed"])
+                                  f"{c['lost']}/{c.get('duplicates', '?')}" if c["lost"] is not None
+                                  else "failed"])
                 md += [md_table(["shape", "parallelism", "buffer timeout ms", "cold msg/s", "warm msg/s",
-                                 "warm mean ms", "lost"], trows), ""]
+                                 "warm mean ms", "lost/dup"], trows), ""]
             if cfg:
                 md += [f"Flink runs workload {w} with shape **{cfg['shape']}** and buffer timeout "
                        f"**{cfg['buffer_timeout_ms']} ms**"
@@ -615,7 +703,8 @@ def write_report(out, res, charts):
         for warm in (True, False):
             phase = "warm" if warm else "cold"
             what = "after a warm-up burst of the same size" if warm else "the first burst after start"
-            md += [f"## Results: {w}, {phase} ({what})", ""]
+            md += [f"## Results: {w}, {phase} ({what})", "",
+                   f"{mode[0].upper() + mode[1:]}; " + intervals_line(systems, commits) + ".", ""]
             header = ["exp", "replicas", "threads", "N"]
             header += [f"{LABEL[s]} msg/s" for s in systems]
             if "fila" in systems:
@@ -652,14 +741,17 @@ def write_report(out, res, charts):
 
             detail = [f for f in FIGURES if f[0] not in ("throughput_msgs_per_s", "latency_ms.mean",
                                                          "records_per_cpu_s", "elapsed_s")]
-            header = ["exp", "system"] + [h for _, h, _ in detail] + ["lost/dup", "rounds ok"]
+            header = (["exp", "system", "commits every"] + [h for _, h, _ in detail]
+                      + ["lost/dup", "rounds ok"])
             trows = []
             for e in wexps:
                 for s in systems:
                     sm = summary.get((e["n"], s, warm))
                     if sm is None:
                         continue
-                    row = [e["n"], LABEL[s]] + [cell(sm.get(k), d) for k, _, d in detail]
+                    row = ([e["n"], LABEL[s], interval_text(commits_of(
+                        [r for r in rows if r["experiment"] == e["n"]], s, meta))]
+                        + [cell(sm.get(k), d) for k, _, d in detail])
                     row += [f"{sm['lost']}/{sm['duplicates']}", f"{sm['rounds'] - sm['failed']}/{sm['rounds']}"]
                     trows.append(row)
             md += [md_table(header, trows), ""]
@@ -673,6 +765,33 @@ def write_report(out, res, charts):
         md += ["Each cell is the median of the rounds (min–max). A variation is (fila − other) / other, per "
                "round, then the median (min to max): positive is more throughput, more records per CPU-s, "
                "or more latency. Lost/dup are summed over the rounds.", ""]
+
+    md += ['<a id="checks"></a>', "", "## Checks", "",
+           f"What must hold {mode}, in every burst of every round: no system loses a record (every system "
+           "here promises at least once)"
+           + ("; and no system writes a duplicate" if eos else "; duplicates are allowed at least once, "
+              "and counted") + ". Duplicates are counted twice: by the load client, an id it reads again "
+           "before it has read every id of its burst; and, once the system has stopped, in an audit of the "
+           "turn's whole output topic (both bursts), every committed record read back and counted by id. "
+           + ("A lost record, a duplicate or an audit that could not be read fails the run (exit status 1), "
+              "like a system that fails." if eos else "A lost record fails the run (exit status 1), like a "
+              "system that fails."), ""]
+    trows = []
+    for s in systems:
+        ok = [r for r in rows if r["system"] == s and not r.get("error")]
+        lost = sum(r.get("lost") or 0 for r in ok)
+        dup = sum(r.get("duplicates") or 0 for r in ok)
+        bad = [what for r, what in broken if r["system"] == s]
+        audits = [r["output_audit"] for r in ok if r.get("output_audit") is not None]
+        done = [a for a in audits if not a.get("error")]
+        audit = (f"{len(done)} turn(s): {sum(a['records'] for a in done)} records, "
+                 f"{sum(a['ids'] for a in done)} ids, {sum(a['duplicates'] for a in done)} duplicate(s)"
+                 if done else "—") + (f"; {len(audits) - len(done)} failed" if len(done) < len(audits) else "")
+        trows.append([LABEL[s], guarantee, interval_text(commits.get(s)), len(ok),
+                      len([r for r in rows if r["system"] == s]) - len(ok), lost, dup, audit,
+                      "**no**: " + "; ".join(sorted(set(bad))) if bad else ("yes" if ok else "—")])
+    md += [md_table(["system", "guarantee", "commits every", "bursts", "failed", "lost", "duplicates read",
+                     "output topic audit", "held"], trows), ""]
 
     md += ["## Broker history", "",
            "What the broker had served before each system's warm burst (the warm-up, the Flink tuning, "

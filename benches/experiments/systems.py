@@ -9,13 +9,17 @@ another job (another main class, another fila binary) says so in
 `job_args`, which every system's start code reads.
 
 A system is a class with `settings` (what varies per run and is recorded
-with each result, e.g. Flink's parallelism) and `start` (its processes,
-appended to `procs` as they are spawned, returned once every one runs).
-Options that change how every system runs (a delivery guarantee, say)
-are read from `ctx.args` in `start`.
+with each result, e.g. Flink's parallelism), `commits` (how often it
+commits under the sitting's guarantee: a commit interval, or Flink's
+checkpoint interval, recorded beside every result) and `start` (its
+processes, appended to `procs` as they are spawned, returned once every one
+runs). Options that change how every system runs (the delivery guarantee,
+`--guarantee`) are read from `ctx.args` in `start`.
 """
 
 import os
+import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +29,17 @@ from procs import Proc, log
 REPO = Path(__file__).resolve().parents[2]
 FLINK_DIR = REPO / "benches" / "flink"
 KSTREAMS_DIR = REPO / "benches" / "kstreams"
+
+GUARANTEES = ("at-least-once", "exactly-once")
+# Flink's checkpoint interval per guarantee unless --flink-checkpoint-interval-ms
+# says otherwise. At least once, the sink writes as it goes and a checkpoint
+# only commits the source's offsets, so it barely touches latency. Exactly
+# once, an output is visible only once the checkpoint after it completes, so
+# the interval sets Flink's latency: see the README.
+FLINK_CHECKPOINT_MS = {"at-least-once": 5000, "exactly-once": 100}
+# Kafka Streams' commit.interval.ms in both modes: its own default under
+# exactly_once_v2 (the at-least-once default is 30 s).
+KSTREAMS_COMMIT_MS = 100
 
 # ---------------------------------------------------------------- workloads
 
@@ -112,8 +127,52 @@ class System:
         """What this system runs with on `exp`, recorded with its results."""
         return {}
 
+    def commits(self, ctx):
+        """{"interval": "commit" or "checkpoint", "interval_ms": N}: how often
+        this system commits its input offsets (under exactly once, how often
+        its outputs become visible), recorded beside each of its results."""
+        raise NotImplementedError
+
     def start(self, ctx, slot, procs):
         raise NotImplementedError
+
+
+def span_ms(text):
+    """fila's duration syntax (`100ms`, `2s`, `1m`, or bare seconds) in ms;
+    None if it is not one."""
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m)?\s*", text)
+    if not m:
+        return None
+    return int(m.group(1)) * {"ms": 1, "s": 1000, "m": 60000, None: 1000}[m.group(2)]
+
+
+def fila_commit_interval_ms(fila, fila_args):
+    """The commit interval of the measured `fila run`: --commit-interval in
+    --fila-args, else the default that `fila run --help` prints; None if
+    neither says."""
+    value = None
+    for i, a in enumerate(fila_args):
+        if a == "--commit-interval" and i + 1 < len(fila_args):
+            value = fila_args[i + 1]
+        elif a.startswith("--commit-interval="):
+            value = a.partition("=")[2]
+    if value is not None:
+        return span_ms(value)
+    try:
+        r = subprocess.run([fila, "run", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"--commit-interval\b.*?\[default: ([^\]]+)\]", r.stdout, re.S)
+    return span_ms(m.group(1)) if m else None
+
+
+def fila_has_exactly_once(fila):
+    """Whether this fila binary knows `fila run --exactly-once`."""
+    try:
+        r = subprocess.run([fila, "run", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return re.search(r"--exactly-once\b", r.stdout) is not None
 
 
 class Fila(System):
@@ -121,6 +180,11 @@ class Fila(System):
 
     def settings(self, ctx, exp):
         return {"extra_args": list(ctx.fila_args)} if ctx.fila_args else {}
+
+    def commits(self, ctx):
+        # Each commit interval commits the input offsets; under
+        # --exactly-once it is one Kafka transaction.
+        return {"interval": "commit", "interval_ms": ctx.fila_commit_interval_ms}
 
     def start(self, ctx, slot, procs):
         for i in range(slot.replicas):
@@ -134,6 +198,8 @@ class Fila(System):
                 # Each process pins its worker k to the k-th allowed CPU, so
                 # replicas on one machine would all stack on the first CPUs.
                 argv += ["--no-pin"]
+            if ctx.args.guarantee == "exactly-once":
+                argv += ["--exactly-once"]
             argv += slot.workload.job_args.get(self.name, []) + list(ctx.fila_args)
             # At info level fila logs each partition assignment it gets.
             env = dict(os.environ, FILA_LOG="info")
@@ -159,6 +225,9 @@ class Flink(System):
                 "buffer_timeout_ms": cfg["buffer_timeout_ms"],
                 "taskmanagers": exp["replicas"], "slots_per_taskmanager": exp["threads"]}
 
+    def commits(self, ctx):
+        return {"interval": "checkpoint", "interval_ms": ctx.flink_checkpoint_ms}
+
     def start(self, ctx, slot, procs):
         s = slot.settings
         tmp = Path(tempfile.mkdtemp(prefix="flink-", dir=ctx.work))
@@ -168,7 +237,8 @@ class Flink(System):
             "--output-topic", slot.out_topic, "--group", slot.group,
             "--parallelism", s["parallelism"].replace("-", ","),
             "--taskmanagers", slot.replicas, "--slots", slot.threads,
-            "--buffer-timeout-ms", s["buffer_timeout_ms"]])
+            "--buffer-timeout-ms", s["buffer_timeout_ms"],
+            "--guarantee", ctx.args.guarantee, "--checkpoint-interval-ms", ctx.flink_checkpoint_ms])
         argv += slot.workload.job_args.get(self.name, [])
         p = Proc("flink", argv, ctx.logs / f"{slot.tag}-flink.log")
         p.tmpdir = tmp
@@ -181,6 +251,9 @@ class Flink(System):
 class KStreams(System):
     name, label, color = "kstreams", "Kafka Streams", "#2ca02c"
 
+    def commits(self, ctx):
+        return {"interval": "commit", "interval_ms": KSTREAMS_COMMIT_MS}
+
     def start(self, ctx, slot, procs):
         for i in range(slot.replicas):
             tmp = Path(tempfile.mkdtemp(prefix="kstreams-", dir=ctx.work))
@@ -188,7 +261,8 @@ class KStreams(System):
                 "-cp", kstreams_cp(), "fila.bench.kstreams.FibStreams",
                 "--brokers", ctx.broker.address, "--input-topic", slot.in_topic,
                 "--output-topic", slot.out_topic, "--application-id", slot.group,
-                "--threads", slot.threads])
+                "--threads", slot.threads, "--guarantee", ctx.args.guarantee,
+                "--commit-interval-ms", KSTREAMS_COMMIT_MS])
             argv += slot.workload.job_args.get(self.name, [])
             p = Proc(f"kstreams-{i}", argv, ctx.logs / f"{slot.tag}-kstreams-{i}.log")
             p.tmpdir = tmp

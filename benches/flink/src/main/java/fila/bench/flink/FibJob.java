@@ -19,7 +19,9 @@ import org.apache.flink.configuration.Configuration;
 import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.connector.kafka.sink.KafkaSink;
+import org.apache.flink.connector.kafka.sink.KafkaSinkBuilder;
 import org.apache.flink.connector.kafka.source.KafkaSource;
+import org.apache.flink.connector.kafka.source.KafkaSourceBuilder;
 import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
 import org.apache.flink.core.execution.JobClient;
 import org.apache.flink.streaming.api.datastream.DataStream;
@@ -31,9 +33,15 @@ import org.slf4j.LoggerFactory;
 /**
  * The reference job on Flink: a Kafka source, a parse step chained to it,
  * five map stages (stage k computes fib(stageK) into fibK), and a Kafka
- * sink, at least once, in a local MiniCluster of --taskmanagers task
- * managers. Written against the DataStream API and configuration keys that
- * Flink 1.20 and 2.2 share.
+ * sink, at least once or exactly once (--guarantee), in a local MiniCluster
+ * of --taskmanagers task managers. Written against the DataStream API and
+ * configuration keys that Flink 1.20 and 2.2 share.
+ *
+ * <p>Exactly once: checkpoints in EXACTLY_ONCE mode, the source reads
+ * committed records only, and the sink writes each checkpoint interval in
+ * one Kafka transaction, committed once the checkpoint completes. So an
+ * output becomes visible to a read-committed reader only at the checkpoint
+ * after it was written: the checkpoint interval sets the latency.
  *
  * <p>Prints "flink: RUNNING" on stdout once the job runs and every operator
  * instance is open; cancels the job on SIGTERM.
@@ -59,8 +67,19 @@ public final class FibJob {
         "  --slots N                   slots per task manager",
         "                              [largest parallelism / task managers, rounded up]",
         "  --buffer-timeout-ms MS      network buffer flush interval; 0 flushes per record [100]",
-        "  --checkpoint-interval-ms MS at-least-once checkpoints (offsets commit and the",
-        "                              sink flushes on each); 0 turns them off [5000]");
+        "  --guarantee G               at-least-once or exactly-once [at-least-once]",
+        "  --checkpoint-interval-ms MS checkpoint interval. At least once, offsets commit",
+        "                              and the sink flushes on each; 0 turns them off [5000].",
+        "                              Exactly once, each is one transaction of the sink,",
+        "                              committed when the checkpoint completes [100]",
+        "  --transaction-timeout-ms MS exactly once: the sink producer's",
+        "                              transaction.timeout.ms, above the checkpoint interval",
+        "                              and at most the broker's transaction.max.timeout.ms",
+        "                              [900000]",
+        "  --transactional-id-prefix P exactly once: the sink's transactional id prefix,",
+        "                              unique per run [GROUP-<start time in ms>]",
+        "  --transaction-naming N      exactly once, Flink 2.x: incrementing or pooling,",
+        "                              the sink's TransactionNamingStrategy [incrementing]");
 
     private FibJob() {}
 
@@ -82,7 +101,33 @@ public final class FibJob {
                 + " is less than the largest parallelism " + maxPar);
         }
         long bufferTimeout = nonNegative(args, "buffer-timeout-ms", 100);
-        long checkpointMs = nonNegative(args, "checkpoint-interval-ms", 5000);
+        String guarantee = args.getOrDefault("guarantee", "at-least-once");
+        if (!guarantee.equals("at-least-once") && !guarantee.equals("exactly-once")) {
+            usage("--guarantee is at-least-once or exactly-once, not '" + guarantee + "'");
+        }
+        boolean exactlyOnce = guarantee.equals("exactly-once");
+        long checkpointMs = nonNegative(args, "checkpoint-interval-ms", exactlyOnce ? 100 : 5000);
+        long txTimeoutMs = nonNegative(args, "transaction-timeout-ms", 900_000);
+        String txPrefix = args.getOrDefault("transactional-id-prefix", group + "-" + System.currentTimeMillis());
+        String naming = args.getOrDefault("transaction-naming", "incrementing");
+        if (exactlyOnce) {
+            if (checkpointMs == 0) {
+                usage("--guarantee exactly-once commits at checkpoints: --checkpoint-interval-ms must be above 0");
+            }
+            // A transaction stays open from one checkpoint to the next, and
+            // until that checkpoint completes; after a failure, until the job
+            // restarts and commits it. The broker aborts it at the timeout.
+            if (txTimeoutMs <= checkpointMs) {
+                usage("--transaction-timeout-ms " + txTimeoutMs + " must be above the checkpoint interval "
+                    + checkpointMs);
+            }
+            if (txTimeoutMs > Integer.MAX_VALUE) {
+                usage("--transaction-timeout-ms is too large");
+            }
+            if (!naming.equals("incrementing") && !naming.equals("pooling")) {
+                usage("--transaction-naming is incrementing or pooling, not '" + naming + "'");
+            }
+        }
 
         // String keys only: these are the same in Flink 1.20 and 2.x.
         Map<String, String> conf = new HashMap<>();
@@ -99,30 +144,42 @@ public final class FibJob {
         conf.put("taskmanager.bind-host", "127.0.0.1");
         if (checkpointMs > 0) {
             conf.put("execution.checkpointing.interval", checkpointMs + " ms");
-            conf.put("execution.checkpointing.mode", "AT_LEAST_ONCE");
+            conf.put("execution.checkpointing.mode", exactlyOnce ? "EXACTLY_ONCE" : "AT_LEAST_ONCE");
         }
         StreamExecutionEnvironment env =
             StreamExecutionEnvironment.createLocalEnvironment(Configuration.fromMap(conf));
         env.setBufferTimeout(bufferTimeout);
 
-        KafkaSource<String> source = KafkaSource.<String>builder()
+        KafkaSourceBuilder<String> sourceBuilder = KafkaSource.<String>builder()
             .setBootstrapServers(brokers)
             .setTopics(inputTopic)
             .setGroupId(group)
             .setStartingOffsets(OffsetsInitializer.earliest())
             .setValueOnlyDeserializer(new Utf8Text())
-            .setProperty("client.id.prefix", group)
-            .build();
-        KafkaSink<FibRecord> sink = KafkaSink.<FibRecord>builder()
+            .setProperty("client.id.prefix", group);
+        KafkaSinkBuilder<FibRecord> sinkBuilder = KafkaSink.<FibRecord>builder()
             .setBootstrapServers(brokers)
-            .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE)
             .setRecordSerializer(KafkaRecordSerializationSchema.<FibRecord>builder()
                 .setTopic(outputTopic)
                 .setValueSerializationSchema(new JsonSchema())
                 .build())
             // Small batches for latency: wait at most 5 ms to fill one.
-            .setProperty("linger.ms", "5")
-            .build();
+            .setProperty("linger.ms", "5");
+        if (exactlyOnce) {
+            // Kafka's consumer reads uncommitted records by default.
+            sourceBuilder.setProperty("isolation.level", "read_committed");
+            sinkBuilder
+                .setDeliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
+                .setTransactionalIdPrefix(txPrefix)
+                // The builder's default is an hour, which a broker at its
+                // default transaction.max.timeout.ms (15 min) refuses.
+                .setProperty("transaction.timeout.ms", Long.toString(txTimeoutMs));
+            transactionNaming(sinkBuilder, naming);
+        } else {
+            sinkBuilder.setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE);
+        }
+        KafkaSource<String> source = sourceBuilder.build();
+        KafkaSink<FibRecord> sink = sinkBuilder.build();
 
         DataStream<FibRecord> records = env
             .fromSource(source, WatermarkStrategy.noWatermarks(), "kafka-source")
@@ -146,10 +203,21 @@ public final class FibJob {
             System.err.println("flink: stopped; " + BAD_RECORDS.get() + " bad record(s) skipped");
         }, "cancel-on-exit"));
 
-        waitUntilRunning(job, instances);
+        try {
+            waitUntilRunning(job, instances);
+        } catch (Exception e) {
+            // The MiniCluster's threads would keep the JVM alive after main
+            // returns: a job that cannot start (say, a sink whose producer
+            // the broker refuses, restarting over and over) exits here.
+            System.err.println("flink: " + e.getMessage());
+            System.exit(1);
+        }
         System.out.println("flink: RUNNING (parallelism " + String.join("-", spec(par))
             + ", " + taskManagers + " task manager(s) x " + slots + " slot(s), buffer timeout "
-            + bufferTimeout + " ms)");
+            + bufferTimeout + " ms, " + guarantee + ", checkpoints "
+            + (checkpointMs > 0 ? "every " + checkpointMs + " ms" : "off")
+            + (exactlyOnce ? ", transactional id prefix " + txPrefix + ", transaction timeout "
+                + txTimeoutMs + " ms, " + naming + " transaction names" : "") + ")");
         System.out.flush();
         try {
             job.getJobExecutionResult().get();
@@ -160,6 +228,30 @@ public final class FibJob {
                 System.err.println("flink: job ended " + status + ": " + e);
                 System.exit(1);
             }
+        }
+    }
+
+    /**
+     * Sets the sink's TransactionNamingStrategy (flink-connector-kafka 4.0
+     * and later) by name. The class does not exist in the connector for
+     * Flink 1.20, which names transactions as INCREMENTING does; there only
+     * "incrementing" is accepted.
+     */
+    private static void transactionNaming(KafkaSinkBuilder<FibRecord> builder, String naming) {
+        Class<?> strategy;
+        try {
+            strategy = Class.forName("org.apache.flink.connector.kafka.sink.TransactionNamingStrategy");
+        } catch (ClassNotFoundException e) {
+            if (!naming.equals("incrementing")) {
+                usage("--transaction-naming " + naming + " needs flink-connector-kafka 4.0 or later");
+            }
+            return;
+        }
+        try {
+            Object value = strategy.getField(naming.toUpperCase(java.util.Locale.ROOT)).get(null);
+            builder.getClass().getMethod("setTransactionNamingStrategy", strategy).invoke(builder, value);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("setting the transaction naming strategy " + naming, e);
         }
     }
 

@@ -26,19 +26,25 @@ final class Args {
 
     /** A count between 1 and 1024, or the default when absent. */
     static int count(Map<String, String> args, String key, int dflt, String usage, String tool) {
+        return count(args, key, dflt, 1, 1024, usage, tool);
+    }
+
+    /** A whole number between min and max, or the default when absent. */
+    static int count(Map<String, String> args, String key, int dflt, int min, int max, String usage,
+                     String tool) {
         String s = args.get(key);
         if (s == null) {
             return dflt;
         }
         try {
             int v = Integer.parseInt(s);
-            if (v >= 1 && v <= 1024) {
+            if (v >= min && v <= max) {
                 return v;
             }
         } catch (NumberFormatException e) {
             // fall through
         }
-        fail(usage, tool, "--" + key + " needs a count between 1 and 1024, got '" + s + "'");
+        fail(usage, tool, "--" + key + " needs a whole number between " + min + " and " + max + ", got '" + s + "'");
         return dflt;
     }
 

@@ -27,10 +27,16 @@ import org.slf4j.LoggerFactory;
 /**
  * The reference job on Kafka Streams: the input topic, a parse step, five
  * mapValues stages (stage k computes fib(stageK) into fibK), the output
- * topic; at least once.
+ * topic; at least once, or exactly once (--guarantee exactly-once:
+ * processing.guarantee = exactly_once_v2, each commit a Kafka transaction
+ * holding the outputs and the input offsets, and the consumer reading
+ * committed records only).
  *
  * <p>Latency settings: commit.interval.ms = 100 (a commit also flushes the
- * producer; the at-least-once default is 30 s) and producer linger.ms = 5.
+ * producer; the at-least-once default is 30 s, the exactly-once default
+ * 100 ms, so both run at Kafka Streams' exactly-once default) and producer
+ * linger.ms = 5. Exactly once, an output becomes visible to a
+ * read-committed reader when its transaction commits.
  *
  * <p>Prints "kstreams: RUNNING" on stdout each time the instance reaches
  * RUNNING, and "kstreams: REBALANCING" when it leaves it for a rebalance.
@@ -48,6 +54,9 @@ public final class FibStreams {
         "  --output-topic T            [fila-output]",
         "  --application-id ID         application id, shared by the instances [fila-kstreams]",
         "  --threads N                 num.stream.threads [1]",
+        "  --guarantee G               at-least-once or exactly-once (exactly_once_v2)",
+        "                              [at-least-once]",
+        "  --commit-interval-ms MS     commit.interval.ms [100]",
         "  --state-dir DIR             state.dir [java.io.tmpdir/kafka-streams]");
 
     private FibStreams() {}
@@ -70,13 +79,22 @@ public final class FibStreams {
         int threads = Args.count(args, "threads", 1, USAGE, "kstreams");
         String stateDir = args.getOrDefault("state-dir",
             System.getProperty("java.io.tmpdir") + "/kafka-streams");
+        String guarantee = args.getOrDefault("guarantee", "at-least-once");
+        if (!guarantee.equals("at-least-once") && !guarantee.equals("exactly-once")) {
+            Args.fail(USAGE, "kstreams", "--guarantee is at-least-once or exactly-once, not '" + guarantee + "'");
+        }
+        boolean exactlyOnce = guarantee.equals("exactly-once");
+        int commitMs = Args.count(args, "commit-interval-ms", 100, 1, 3_600_000, USAGE, "kstreams");
 
         Properties props = new Properties();
         props.put(StreamsConfig.APPLICATION_ID_CONFIG, appId);
         props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, brokers);
         props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, threads);
-        props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
-        props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        // exactly_once_v2 sets the consumer's isolation.level to
+        // read_committed and makes the producer transactional by itself.
+        props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG,
+            exactlyOnce ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE);
+        props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, commitMs);
         props.put(StreamsConfig.STATE_DIR_CONFIG, stateDir);
         props.put(StreamsConfig.DESERIALIZATION_EXCEPTION_HANDLER_CLASS_CONFIG,
             LogAndContinueExceptionHandler.class);
@@ -100,7 +118,8 @@ public final class FibStreams {
         CountDownLatch done = new CountDownLatch(1);
         streams.setStateListener((now, before) -> {
             if (now == KafkaStreams.State.RUNNING && before != KafkaStreams.State.RUNNING) {
-                System.out.println("kstreams: RUNNING (" + threads + " stream thread(s))");
+                System.out.println("kstreams: RUNNING (" + threads + " stream thread(s), " + guarantee
+                    + ", commit.interval.ms " + commitMs + ")");
             } else if (now == KafkaStreams.State.REBALANCING && before == KafkaStreams.State.RUNNING) {
                 System.out.println("kstreams: REBALANCING");
             } else if (now == KafkaStreams.State.ERROR || now == KafkaStreams.State.NOT_RUNNING) {
