@@ -375,16 +375,10 @@ impl Admission<'_, '_> {
         let rt = self.rt;
         let stopping = || self.stop.load(Ordering::Relaxed) || rt.is_closed();
         while !stopping() {
-            if let Some((acks, bound)) = self.tracker {
-                // Bounded replay: read on only while the bound admits
-                // another record. The commit thread commits them.
-                if !acks.wait_uncommitted_below(bound, self.config.poll_timeout) {
-                    self.source.keep_alive().map_err(DriverError::Source)?;
-                    continue;
-                }
-            }
             // After an aborted transaction: back to the last commit before
-            // anything else is read. Acquire: pairs with the sink thread's
+            // anything else, the replay bound's wait included (the sink
+            // thread commits nothing until this rewind, so a full bound
+            // would wait for ever). Acquire: pairs with the sink thread's
             // store after its abort.
             let asked = self.epoch.load(Ordering::Acquire);
             if asked != self.admitting {
@@ -392,6 +386,14 @@ impl Admission<'_, '_> {
                 self.admitting = asked;
                 // Release: the sink thread commits again only after this.
                 self.rewound.store(asked, Ordering::Release);
+            }
+            if let Some((acks, bound)) = self.tracker {
+                // Bounded replay: read on only while the bound admits
+                // another record. The commit thread commits them.
+                if !acks.wait_uncommitted_below(bound, self.config.poll_timeout) {
+                    self.source.keep_alive().map_err(DriverError::Source)?;
+                    continue;
+                }
             }
             // The slot first: while the window is full, the source is not
             // read.
