@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use kafka::client::RequiredAcks;
+use kafka::client::{FetchOffset, RequiredAcks};
 use kafka::error::Error as KafkaError;
 use kafka::producer::{Producer, Record};
 
-use super::admin::ensure_topic;
+use super::admin::{ensure_topic, offsets};
 use super::config::{connect, explain, Failure};
 use crate::ConnectorError;
 
@@ -32,6 +32,10 @@ impl TopicWriter {
         let mut client = connect(brokers)?;
         for topic in topics {
             ensure_topic(&mut client, brokers, topic)?;
+            // A topic just made can have its leaders in the metadata
+            // before they take writes: asking each for its end offset
+            // waits (bounded) until they answer.
+            offsets(&mut client, brokers, topic, FetchOffset::Latest)?;
         }
         client
             .load_metadata_all()
