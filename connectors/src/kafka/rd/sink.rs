@@ -4,8 +4,9 @@
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::admin::{ensure_topic, LOOKUP_TIMEOUT};
 use super::config::kafka_error;
@@ -15,7 +16,7 @@ use super::transaction::{Link, Transaction};
 use crate::kafka::dead_letter::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
-use crate::kafka::SinkConfig;
+use crate::kafka::{Cluster, SinkConfig};
 use crate::{Acks, ConnectorError, Position, Sink, TransactionError, Transactions};
 
 /// The pipeline's sink: outputs keep their input's key; a dead letter is
@@ -29,6 +30,48 @@ pub(crate) struct RdSink {
     dlq_topic: Option<String>,
     /// Exactly-once: the open transaction.
     transaction: Option<Transaction>,
+    /// Exactly-once: how to make the producer again after it failed for
+    /// good.
+    remake: Option<Remake>,
+}
+
+/// What making the transactional producer again takes, and when it was
+/// last made again.
+struct Remake {
+    cluster: Cluster,
+    retry_timeout: Duration,
+    id: String,
+    recent: VecDeque<Instant>,
+}
+
+/// How often the transactional producer may be made again within
+/// [`REMAKE_WINDOW`]. A producer fails for good when the broker aborted its
+/// transaction on a timeout and bumped its epoch (a stalled or restarted
+/// coordinator), and that it outlives by starting over under the same id;
+/// or when another process took over its id, which keeps happening, and
+/// then fila stops rather than fence that process back.
+const MAX_REMAKES: usize = 3;
+const REMAKE_WINDOW: Duration = Duration::from_secs(300);
+
+/// A transactional producer with id `id`, its earlier incarnations fenced
+/// (what they left open is aborted), and a transaction begun.
+fn transactional_writer(
+    cluster: &Cluster,
+    retry_timeout: Duration,
+    id: &str,
+) -> Result<Writer, ConnectorError> {
+    let brokers = cluster.brokers.as_str();
+    let producer = producer_with(cluster, 1, retry_timeout, None, Some(id))?;
+    let writer = Writer::new(producer, brokers, retry_timeout);
+    writer
+        .producer
+        .init_transactions(LOOKUP_TIMEOUT + Duration::from_secs(15))
+        .map_err(|e| kafka_error(brokers, &format!("starting transactions as {id}"), e))?;
+    writer
+        .producer
+        .begin_transaction()
+        .map_err(|e| kafka_error(brokers, "beginning a transaction", e))?;
+    Ok(writer)
 }
 
 impl RdSink {
@@ -47,6 +90,7 @@ impl RdSink {
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
             transaction: None,
+            remake: None,
         })
     }
 
@@ -62,21 +106,10 @@ impl RdSink {
     ) -> Result<RdSink, ConnectorError> {
         let brokers = config.cluster.brokers.as_str();
         let id = source.transactional_id();
-        let producer = producer_with(&config.cluster, 1, config.retry_timeout, None, Some(&id))?;
+        let writer = transactional_writer(&config.cluster, config.retry_timeout, &id)?;
         for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
-            ensure_topic(producer.client(), brokers, topic)?;
+            ensure_topic(writer.producer.client(), brokers, topic)?;
         }
-        let writer = Writer::new(producer, brokers, config.retry_timeout);
-        // Fences an earlier producer with this id, aborting what it left
-        // open.
-        writer
-            .producer
-            .init_transactions(LOOKUP_TIMEOUT + Duration::from_secs(15))
-            .map_err(|e| kafka_error(brokers, &format!("starting transactions as {id}"), e))?;
-        writer
-            .producer
-            .begin_transaction()
-            .map_err(|e| kafka_error(brokers, "beginning a transaction", e))?;
         tracing::info!(transactional_id = %id, "writing in transactions");
         Ok(RdSink {
             writer,
@@ -90,7 +123,52 @@ impl RdSink {
                 link,
                 sent: false,
             }),
+            remake: Some(Remake {
+                cluster: config.cluster.clone(),
+                retry_timeout: config.retry_timeout,
+                id,
+                recent: VecDeque::new(),
+            }),
         })
+    }
+
+    /// After the producer failed for good with `cause`: makes it again
+    /// under the same id, which aborts what the failed one left open. The
+    /// driver then rewinds, as after an abort. Refused past
+    /// [`MAX_REMAKES`] in [`REMAKE_WINDOW`].
+    fn remake(&mut self, cause: ConnectorError) -> Result<(), ConnectorError> {
+        let Some(remake) = &mut self.remake else {
+            return Err(cause);
+        };
+        let now = Instant::now();
+        remake
+            .recent
+            .retain(|&at| now.saturating_duration_since(at) < REMAKE_WINDOW);
+        if remake.recent.len() >= MAX_REMAKES {
+            tracing::error!(
+                transactional_id = %remake.id,
+                "the transactional producer failed for good {MAX_REMAKES} times within \
+                 {REMAKE_WINDOW:?}: another process may be writing as this id"
+            );
+            return Err(cause);
+        }
+        remake.recent.push_back(now);
+        let cause_text = error_chain(&cause);
+        tracing::warn!(
+            transactional_id = %remake.id,
+            "the transactional producer failed for good ({cause_text}); making it again: what \
+             it left open is aborted, and the records since the last commit run again"
+        );
+        let writer = transactional_writer(&remake.cluster, remake.retry_timeout, &remake.id)?;
+        let failed = std::mem::replace(&mut self.writer, writer);
+        // Its drop waits for what it still holds to settle; not here.
+        let _ = std::thread::Builder::new()
+            .name("fila-producer-drop".into())
+            .spawn(move || drop(failed));
+        if let Some(t) = &mut self.transaction {
+            t.sent = false;
+        }
+        Ok(())
     }
 
     fn sent(&mut self) {
@@ -108,17 +186,35 @@ impl Transactions for RdSink {
     }
 
     fn commit(&mut self, acks: &Acks) -> Result<(), TransactionError> {
-        match &mut self.transaction {
+        let committed = match &mut self.transaction {
             Some(t) => t.commit(&self.writer, acks, &self.brokers),
             None => Ok(()),
+        };
+        match committed {
+            Err(TransactionError::Fatal(cause)) => {
+                let reason = format!("the producer was made again after: {}", error_chain(&cause));
+                self.remake(cause).map_err(TransactionError::Fatal)?;
+                // The driver aborts (the new producer's empty transaction)
+                // and rewinds.
+                Err(TransactionError::Abort(reason))
+            }
+            other => other,
         }
     }
 
     fn abort(&mut self) -> Result<(), ConnectorError> {
-        match &mut self.transaction {
+        let aborted = match &mut self.transaction {
             Some(t) => t.abort(&self.writer, &self.brokers),
             None => Ok(()),
+        };
+        if let Err(cause) = aborted {
+            // Making the producer again aborts what it left open.
+            self.remake(cause)?;
+            if let Some(t) = &mut self.transaction {
+                t.link_aborted();
+            }
         }
+        Ok(())
     }
 }
 
@@ -169,6 +265,18 @@ impl Sink for RdSink {
             None => None,
         }
     }
+}
+
+/// An error with its causes, on one line.
+fn error_chain(e: &ConnectorError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl Drop for RdSink {

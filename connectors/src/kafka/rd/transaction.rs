@@ -143,6 +143,13 @@ impl Transaction {
         Ok(())
     }
 
+    /// The open transaction was given up some other way (its producer
+    /// made again): tells a revocation waiting on it.
+    pub(crate) fn link_aborted(&mut self) {
+        self.sent = false;
+        self.link.aborted();
+    }
+
     pub(crate) fn abort_requested(&self) -> bool {
         self.link.requested()
     }
