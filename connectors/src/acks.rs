@@ -292,6 +292,16 @@ impl Acks {
         at
     }
 
+    /// Per live partition, the offset last committed (or where reading
+    /// started).
+    pub fn committed_offsets(&self) -> BTreeMap<i32, i64> {
+        self.lock()
+            .live
+            .iter()
+            .map(|(&partition, p)| (partition, p.committed))
+            .collect()
+    }
+
     /// Records handed out and not yet covered by a successful commit, and
     /// their bytes.
     pub fn uncommitted(&self) -> Uncommitted {

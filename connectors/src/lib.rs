@@ -9,6 +9,7 @@
 //! tracks each record it takes and acknowledges each one finished there.
 
 mod acks;
+mod bounded;
 mod error;
 mod generate;
 mod kafka;
@@ -16,6 +17,7 @@ mod stdio;
 pub mod units;
 
 pub use acks::{Ack, Acks, ReplayBound, Uncommitted};
+pub use bounded::{BoundedCall, Unanswered};
 pub use error::ConnectorError;
 pub use generate::BurstSource;
 pub use kafka::commit_group_offsets;
@@ -25,9 +27,11 @@ pub use kafka::{
     Replica, SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT,
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
 };
-pub use stdio::{DiscardSink, StdinSource, StdoutSink};
+pub use stdio::{DiscardSink, StdinSource, StdoutSink, DEFAULT_MAX_RECORD_BYTES};
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where a record came from: a partition and an offset in it. Sources
@@ -60,6 +64,9 @@ pub struct Envelope {
 #[derive(Debug)]
 pub enum Polled {
     Record(Envelope),
+    /// A record over the source's size cap: its first bytes, and its
+    /// whole size. The driver dead-letters it without running it.
+    Oversized(Envelope, u64),
     /// Nothing arrived within the timeout; poll again.
     Idle,
     /// The source is exhausted (end of file, end of burst).
@@ -78,6 +85,12 @@ pub trait Source: Send {
     /// group's rebalances) does that here, and hands nothing out.
     fn keep_alive(&mut self) -> Result<(), ConnectorError> {
         Ok(())
+    }
+
+    /// What the source says of itself to the metrics and health
+    /// endpoints (Kafka: readiness, consumer lag, rebalances).
+    fn status(&self) -> Option<Arc<SourceStatus>> {
+        None
     }
 
     /// For sources whose positions can be committed (Kafka): the tracker
@@ -130,6 +143,71 @@ pub enum TransactionError {
     /// id, or the broker refuses for good).
     #[error(transparent)]
     Fatal(ConnectorError),
+}
+
+/// What a source says of itself, read by the metrics and health endpoints
+/// from their own thread.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    /// The topic read, for the lag's labels.
+    pub topic: String,
+    /// Why the source is not consuming now, if it is not (joining a group,
+    /// a rebalance, a restore).
+    not_ready: Mutex<Option<String>>,
+    /// Per partition, records between the committed offset and the end of
+    /// the log, as last reported by the client.
+    lag: Mutex<BTreeMap<i32, i64>>,
+    /// Rebalances this member took part in (assignments and revocations).
+    pub rebalances: AtomicU64,
+}
+
+impl SourceStatus {
+    /// The status of a source of `topic` that starts out not ready, for
+    /// `reason`.
+    pub fn starting(topic: &str, reason: &str) -> SourceStatus {
+        let status = SourceStatus {
+            topic: topic.to_owned(),
+            ..SourceStatus::default()
+        };
+        status.set_not_ready(reason);
+        status
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *lock(&self.not_ready) = Some(reason.into());
+    }
+
+    pub fn set_ready(&self) {
+        *lock(&self.not_ready) = None;
+    }
+
+    /// Whether the source is consuming; why not, if it is not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &*lock(&self.not_ready) {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
+    }
+
+    pub fn set_lag(&self, lag: BTreeMap<i32, i64>) {
+        *lock(&self.lag) = lag;
+    }
+
+    /// Partitions given away: no lag of theirs is this source's.
+    pub fn forget_lag(&self, partitions: &[i32]) {
+        lock(&self.lag).retain(|p, _| !partitions.contains(p));
+    }
+
+    /// Per partition, records behind the end of the log.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        lock(&self.lag).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values: a panic elsewhere while holding the lock leaves them
+    // usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A committing source's offset tracker and its committer, which commits

@@ -1,11 +1,11 @@
 //! The counters of a run: bumped by the driver's sink thread as records
 //! finish, read by the report and the metrics page.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fila_connectors::{Acks, Uncommitted};
+use fila_connectors::{Acks, SourceStatus, Uncommitted};
 
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -28,7 +28,16 @@ pub const COMMIT_BUCKETS: [f64; 13] = [
 #[derive(Debug)]
 pub struct Counters {
     pub messages: AtomicU64,
+    /// Records read from the source, and their bytes (a record over the
+    /// size cap counts whole).
+    pub input_records: AtomicU64,
+    pub input_bytes: AtomicU64,
+    /// Records handed to the runtime as units: what the health check
+    /// compares with the units the runtime finished.
+    pub submitted: AtomicU64,
     pub outputs: AtomicU64,
+    /// Bytes of the outputs written (payloads).
+    pub output_bytes: AtomicU64,
     pub dead_letters: AtomicU64,
     pub panicked: AtomicU64,
     /// Latency of each output, in seconds, as the run's report measures it:
@@ -46,6 +55,21 @@ pub struct Counters {
     /// The offset tracker of the run's source, if it commits: what the
     /// uncommitted gauges read.
     tracker: Mutex<Option<Arc<Acks>>>,
+    /// What the run's source says of itself, if anything.
+    source: Mutex<Option<Arc<SourceStatus>>>,
+    phase: AtomicU8,
+}
+
+/// Where a run is, for the readiness check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting, calibrating: not yet reading.
+    Starting = 0,
+    /// Reading its source.
+    Running = 1,
+    /// The source ended or a stop was asked for: draining what is in
+    /// flight.
+    Stopping = 2,
 }
 
 impl Default for Counters {
@@ -60,6 +84,12 @@ impl Default for Counters {
             aborts: AtomicU64::new(0),
             commit_seconds: Histogram::new(COMMIT_BUCKETS),
             tracker: Mutex::new(None),
+            source: Mutex::new(None),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            input_records: AtomicU64::new(0),
+            input_bytes: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            output_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -68,6 +98,40 @@ impl Counters {
     /// Reads the uncommitted records from `acks` from now on.
     pub(crate) fn watch(&self, acks: Arc<Acks>) {
         *self.tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(acks);
+    }
+
+    /// Reads the source's own status from now on.
+    pub(crate) fn watch_source(&self, status: Arc<SourceStatus>) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// What the run's source says of itself, if it says anything.
+    pub fn source(&self) -> Option<Arc<SourceStatus>> {
+        self.source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            _ => Phase::Stopping,
+        }
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Relaxed);
+    }
+
+    /// A record of `bytes` was read.
+    pub(crate) fn read(&self, bytes: u64) {
+        // One writer (the source loop): no read-modify-write needed.
+        self.input_records
+            .store(self.input_records.load(Relaxed) + 1, Relaxed);
+        self.input_bytes
+            .store(self.input_bytes.load(Relaxed) + bytes, Relaxed);
     }
 
     /// For a source that commits: the records read and not yet committed.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod counters;
 pub mod dataflow;
 pub mod driver;
+pub mod health;
 pub mod metrics;
 mod outlet;
 pub mod reference;

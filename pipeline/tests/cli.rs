@@ -431,3 +431,181 @@ fn metrics_address_in_use_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A field of `/proc/<pid>/status`, like `Threads` or `VmHWM` (in kB).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+}
+
+/// The metrics address `fila run --metrics-addr 127.0.0.1:0` prints first.
+fn metrics_address(stderr: &mut impl std::io::BufRead) -> String {
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    first
+        .trim()
+        .strip_prefix("fila: metrics on http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address on stderr: {first:?}"))
+        .to_owned()
+}
+
+/// A line far over the size cap is not read whole: it is dead-lettered
+/// with its reason, the records around it are processed, and the peak
+/// memory grows by about the cap (the part of the line kept while reading
+/// it), not by the line.
+#[test]
+fn a_200_mb_line_on_stdin_is_dead_lettered_and_memory_stays_near_the_cap() {
+    use std::io::BufRead;
+    const CAP: u64 = 8 << 20;
+    const LINE: usize = 200 << 20;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(["run", "--source", "stdin", "--sink", "stdout", "--no-pin"])
+        .args(["--max-record-bytes", "8MiB", "--sink-tick", "1ms"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let record = |id| {
+        format!(
+            r#"{{"id": {id}, "stage1": 1, "stage2": 2, "stage3": 3, "stage4": 4, "stage5": 5, "timestamp": 0}}"#
+        )
+    };
+    let (first, last) = (record(1), record(2));
+    let writer = std::thread::spawn(move || {
+        writeln!(stdin, "{first}").unwrap();
+        stdin.flush().unwrap();
+        gone.recv().unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..LINE / chunk.len() {
+            stdin.write_all(&chunk).unwrap();
+        }
+        writeln!(stdin).unwrap();
+        writeln!(stdin, "{last}").unwrap();
+        stdin.flush().unwrap();
+        // Held open until the test has measured.
+        gone.recv().unwrap();
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut output = String::new();
+    stdout.read_line(&mut output).unwrap();
+    assert!(output.contains(r#""id":1"#), "{output}");
+    let before = proc_status(pid, "VmHWM");
+    go.send(()).unwrap();
+    output.clear();
+    stdout.read_line(&mut output).unwrap();
+    assert!(output.contains(r#""id":2"#), "{output}");
+    let after = proc_status(pid, "VmHWM");
+    go.send(()).unwrap();
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("record of 209715200 bytes is over the 8MiB cap (--max-record-bytes)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 bad record(s) skipped"), "{stderr}");
+    let grew = (after.saturating_sub(before)) << 10;
+    eprintln!("peak memory {before} kB before the line, {after} kB after it");
+    // The kept part of the line is one buffer of the cap; the line itself
+    // is 25 times the cap. The constant is the allocator's slack.
+    assert!(
+        grew <= CAP + (8 << 20),
+        "peak memory grew by {grew} bytes for a {LINE}-byte line (cap {CAP})"
+    );
+}
+
+/// Thousands of idle connections to the metrics endpoint: the endpoint
+/// keeps at most its cap of them open, on its one thread, so fila's thread
+/// count does not move, its memory barely does, and a scrape made while
+/// they are all connected is answered.
+#[test]
+fn five_thousand_idle_connections_leave_threads_and_memory_bounded() {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(["run", "--source", "stdin", "--sink", "none", "--no-pin"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = metrics_address(&mut stderr);
+    assert!(http_get(&addr, "/metrics").starts_with("HTTP/1.1 200 OK"));
+    let (threads, rss) = (proc_status(pid, "Threads"), proc_status(pid, "VmRSS"));
+    let idle: Vec<std::net::TcpStream> = (0..5_000)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let asked = std::time::Instant::now();
+    let page = http_get(&addr, "/metrics");
+    let took = asked.elapsed();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    let (threads_after, rss_after) = (proc_status(pid, "Threads"), proc_status(pid, "VmRSS"));
+    eprintln!(
+        "with 5000 idle connections: threads {threads} -> {threads_after}, \
+         RSS {rss} kB -> {rss_after} kB, a scrape answered in {took:?}"
+    );
+    assert_eq!(threads_after, threads, "the endpoint started threads");
+    // At most 128 connections open, each with an 8 KiB head buffer at
+    // most: about 1 MiB, with room for the allocator.
+    assert!(
+        rss_after <= rss + 8 * 1024,
+        "RSS grew from {rss} kB to {rss_after} kB"
+    );
+    // Most were closed by fila to make room: reading them ends.
+    let closed = idle
+        .iter()
+        .take(100)
+        .filter(|s| {
+            let mut s = *s;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            matches!(s.read(&mut [0; 16]), Ok(0) | Err(_))
+        })
+        .count();
+    assert_eq!(closed, 100, "the oldest connections were not closed");
+    drop(idle);
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+/// The health checks on a stdin run: live and ready while it reads.
+#[test]
+fn healthz_and_readyz_answer_ok_while_reading() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(["run", "--source", "stdin", "--sink", "none", "--no-pin"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = metrics_address(&mut stderr);
+    // Ready once the run reads; the endpoint answers from before that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ready = loop {
+        let answer = http_get(&addr, "/readyz");
+        if answer.starts_with("HTTP/1.1 200 OK") || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        assert!(answer.contains("starting"), "{answer}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(ready.ends_with("\r\n\r\nok\n"), "{ready}");
+    let live = http_get(&addr, "/healthz");
+    assert!(live.starts_with("HTTP/1.1 200 OK"), "{live}");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}

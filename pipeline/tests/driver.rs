@@ -304,3 +304,131 @@ fn aborted_transactions_rewind_and_every_record_is_committed_once() {
     assert_eq!(acks.uncommitted(), Uncommitted::default());
     rt.shutdown();
 }
+
+/// A record over the size cap is dead-lettered without running, with the
+/// first bytes of it and the reason, and its offset is committed like any
+/// other: on Kafka the record itself stays in the input topic.
+#[test]
+fn a_record_over_the_size_cap_is_dead_lettered_unrun_and_committed() {
+    let rt = runtime(8);
+    let big = "y".repeat(100 << 10);
+    let input = vec![
+        record(0, 0, "small"),
+        record(0, 1, &big),
+        record(0, 2, "also small"),
+    ];
+    let (mut source, acks, log) = Records::committing(input, 0);
+    let sink = Collect::default();
+    let summary = Driver::new()
+        .max_record_bytes(1 << 10)
+        .run(&rt, echo(), &mut source, Box::new(sink.clone()))
+        .unwrap();
+    assert_eq!(summary.outputs, 2);
+    assert_eq!(summary.dead_letters, 1);
+    let outputs: Vec<String> = sink
+        .outputs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| o.1.clone())
+        .collect();
+    assert_eq!(outputs.len(), 2);
+    assert!(!outputs.iter().any(|o| o.starts_with('y')), "it ran");
+    let dead = sink.dead.lock().unwrap();
+    let (position, payload, reason) = &dead[0];
+    assert_eq!(position.offset, 1);
+    assert_eq!(
+        payload.len(),
+        64 << 10,
+        "the dead letter keeps the first 64KiB"
+    );
+    assert_eq!(
+        reason,
+        "record of 102400 bytes is over the 1KiB cap (--max-record-bytes); \
+         the dead letter keeps its first 65536 bytes"
+    );
+    assert_eq!(log.lock().unwrap().last().unwrap(), &vec![(0, 3)]);
+    assert_eq!(acks.outstanding(), 0);
+    rt.shutdown();
+}
+
+/// A source that counts how many records it handed out.
+struct Counted {
+    inner: Records,
+    polled: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl fila_connectors::Source for Counted {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<fila_connectors::Polled, fila_connectors::ConnectorError> {
+        let polled = self.inner.poll(timeout)?;
+        if matches!(polled, fila_connectors::Polled::Record(_)) {
+            self.polled.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(polled)
+    }
+}
+
+/// With `--ordered` on a source that does not commit, a slow first record
+/// holds every later result in the reorder buffer: reading stops at the
+/// bound, and resumes, in order, once it finishes.
+#[test]
+fn ordered_results_held_behind_a_slow_record_stop_reading_at_the_bound() {
+    const BOUND: u64 = 50;
+    let rt = runtime(4);
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = release.clone();
+    let job = Arc::new(
+        Job::new("slow first")
+            .decode(|input| Ok(input.payload().to_vec()))
+            .map("hold", move |b: Vec<u8>| {
+                while b == b"0" && !held.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(b)
+            })
+            .sink(|b: &Vec<u8>| b.clone()),
+    );
+    let polled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut source = Counted {
+        inner: Records::new(numbered(2_000)),
+        polled: polled.clone(),
+    };
+    let sink = Collect::default();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            Driver::new()
+                .ordered(true)
+                .max_uncommitted(ReplayBound {
+                    records: BOUND,
+                    bytes: u64::MAX,
+                })
+                .sink_tick(Duration::from_millis(1))
+                .run(&rt, job, &mut source, Box::new(sink.clone()))
+        });
+        // Reading stops once the bound is held.
+        let mut last = u64::MAX;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while polled.load(Ordering::Relaxed) != last && std::time::Instant::now() < deadline {
+            last = polled.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(last, BOUND, "records read while the first one is held");
+        assert!(sink.outputs.lock().unwrap().is_empty());
+        release.store(true, Ordering::Relaxed);
+        let summary = run.join().unwrap().unwrap();
+        assert_eq!(summary.outputs, 2_000);
+    });
+    let outputs: Vec<String> = sink
+        .outputs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| o.1.clone())
+        .collect();
+    let expected: Vec<String> = (0..2_000).map(|i| i.to_string()).collect();
+    assert_eq!(outputs, expected);
+    rt.shutdown();
+}

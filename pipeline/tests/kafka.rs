@@ -653,3 +653,134 @@ fn the_kafka_client_on_a_kafka_4_broker_gets_a_clear_error_and_no_hang() {
         );
     }
 }
+
+/// GET `path` from `addr`: the status line's code and the body.
+fn probe(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    let code = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned());
+    (code, body.unwrap_or_default())
+}
+
+/// Polls `/readyz` until it answers 200: the reasons it gave before.
+fn not_ready_until_ready(addr: &str, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut reasons = Vec::new();
+    loop {
+        match probe(addr, "/readyz") {
+            (200, _) => return reasons,
+            (503, reason) => {
+                if reasons.last() != Some(&reason) {
+                    reasons.push(reason);
+                }
+            }
+            other => panic!("/readyz answered {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "not ready: {reasons:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What an operator watches: `/readyz` says "not ready" while a member
+/// joins and while a rebalance takes partitions from it, and "ready" while
+/// it consumes; consumer lag, scraped from `/metrics`, rises during a
+/// burst and falls to 0 after it.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn readiness_and_consumer_lag_follow_a_member_through_a_burst_and_a_rebalance() {
+    const N: u64 = 6000;
+    let brokers = brokers_4x();
+    let (input, output, group) = six_partitions(&brokers);
+    let metrics = ["--metrics-addr", "127.0.0.1:0"];
+    let first = member_with(&brokers, &input, &output, &group, &metrics);
+    let addr = first.metrics_addr();
+    let joining = not_ready_until_ready(&addr, Duration::from_secs(60));
+    assert!(
+        joining
+            .iter()
+            .any(|r| r.contains("joining the consumer group") || r.starts_with("starting")),
+        "{joining:?}"
+    );
+    assert_eq!(probe(&addr, "/healthz").0, 200);
+
+    // A burst faster than one worker runs it: the lag rises.
+    let burst = Trickle::start(&brokers, &input, N, Duration::from_secs(4));
+    let lag = |page: &str| metric(page, "fila_consumer_total_lag_records");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peak = 0;
+    while peak < 500 && Instant::now() < deadline {
+        peak = peak.max(lag(&scrape(&addr)).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(peak >= 500, "the lag never rose: {}", scrape(&addr));
+
+    // A second member joins while the first is busy: the first gives up
+    // partitions, and is not ready while it drains and commits them.
+    let mut second = member_with(&brokers, &input, &output, &group, &metrics);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut during = Vec::new();
+    while !second.stderr().contains("partitions assigned") && Instant::now() < deadline {
+        if let (503, reason) = probe(&addr, "/readyz") {
+            if during.last() != Some(&reason) {
+                during.push(reason);
+            }
+        }
+    }
+    second.wait_assigned();
+    assert!(
+        during.iter().any(|r| r.contains("rebalance")),
+        "never not ready during the rebalance: {during:?}"
+    );
+    assert!(not_ready_until_ready(&addr, Duration::from_secs(30)).len() <= 1);
+    burst.join();
+
+    // Every record through: the lag falls to 0 on both members.
+    wait_for_outputs(&brokers, &output, N as usize);
+    let second_addr = second.metrics_addr();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let lags = [lag(&scrape(&addr)), lag(&scrape(&second_addr))];
+        if lags == [Some(0), Some(0)] || Instant::now() > deadline {
+            break lags;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let lag_lines = |addr: &str| -> String {
+        let page = scrape(addr);
+        page.lines()
+            .filter(|l| l.starts_with("fila_consumer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        settled,
+        [Some(0), Some(0)],
+        "first:\n{}\nsecond:\n{}",
+        lag_lines(&addr),
+        lag_lines(&second_addr)
+    );
+    let page = scrape(&addr);
+    assert!(
+        metric(&page, "fila_rebalances_total").unwrap() >= 2,
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "fila_input_records_total"),
+        metric(&page, "fila_records_total{outcome=\"output\"}")
+    );
+    eprintln!("peak lag {peak}; not ready during the rebalance: {during:?}");
+    let (r1, r2) = (first.stop(), second.stop());
+    let out = read_all(&brokers, &output, N as usize, Duration::from_secs(60));
+    let (missing, _) = lost_and_duplicates(&out, N);
+    assert!(missing.is_empty(), "lost {} ids", missing.len());
+    assert!(r2["messages"].as_u64().unwrap() > 0, "{r1} {r2}");
+}

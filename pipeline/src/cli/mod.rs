@@ -129,7 +129,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = Span(DriverConfig::default().commit_interval))]
     pub commit_interval: Span,
     /// With Kafka, records read and not yet committed at most: reading
-    /// waits at this many, so a crash replays at most this many.
+    /// waits at this many, so a crash replays at most this many. With
+    /// stdin or generate, records read and not yet written at most.
     #[arg(long, default_value_t = DriverConfig::default().max_uncommitted.records, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_uncommitted: u64,
     /// With Kafka, bytes of input read and not yet committed at most
@@ -142,12 +143,23 @@ pub struct RunArgs {
     /// to one tick longer.
     #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
     pub sink_tick: Span,
+    /// The largest record fila runs (`8MiB`, `1MiB`). A larger one, from
+    /// any source, is dead-lettered unrun with its first 64KiB and the
+    /// reason; stdin keeps no more of a line than this while reading it.
+    #[arg(long, default_value_t = Bytes(DriverConfig::default().max_record_bytes))]
+    pub max_record_bytes: Bytes,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Serve live metrics (Prometheus text format) at http://ADDR/metrics.
-    /// Port 0 picks a free port; the address is printed on stderr.
+    /// Serve live metrics (Prometheus text format) at http://ADDR/metrics,
+    /// and the health checks at /healthz and /readyz. Port 0 picks a free
+    /// port; the address is printed on stderr.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// /healthz fails once records are in flight and the workers have
+    /// finished none of them for this long (`120s`, `10m`): a stage that
+    /// never returns. Set it above the slowest record's time.
+    #[arg(long, default_value_t = Span(crate::health::DEFAULT_STUCK_AFTER))]
+    pub stuck_after: Span,
     /// Report format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,
@@ -189,6 +201,7 @@ impl RunArgs {
             },
             ordered: self.ordered,
             sink_tick: self.sink_tick.0,
+            max_record_bytes: self.max_record_bytes.0,
             ..DriverConfig::default()
         }
     }

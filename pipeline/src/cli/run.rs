@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::counters::Counters;
 use crate::dataflow::Job;
 use crate::driver::{Driver, DriverConfig, RunSummary};
+use crate::health::Health;
 use crate::metrics::{self, Answer, MetricsListener};
 use crate::reference;
 use crate::report::{LatencyMs, Report};
@@ -80,6 +81,41 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let counters = Counters::default();
+    // Served from here on, so that a probe hears "starting" while the run
+    // connects and calibrates.
+    let health = Health::new(&rt, &counters, args.stuck_after.0);
+    let result = std::thread::scope(|s| {
+        if let Some(listener) = &metrics {
+            s.spawn(|| {
+                listener.serve(|path| match path {
+                    "/metrics" => Some(Answer::ok(
+                        metrics::CONTENT_TYPE,
+                        metrics::render(&rt.stats(), &counters),
+                    )),
+                    path => health.answer(path),
+                })
+            });
+        }
+        let result = run_job(&args, &rt, job, generate, calibration_sample, &counters);
+        if let Some(listener) = &metrics {
+            listener.stop();
+        }
+        result
+    });
+    // `health` borrows the runtime: its last use above ends the borrow.
+    rt.shutdown();
+    result
+}
+
+fn run_job(
+    args: &RunArgs,
+    rt: &Runtime,
+    job: Job,
+    generate: Option<Generator>,
+    calibration_sample: Option<Vec<u8>>,
+    counters: &Counters,
+) -> anyhow::Result<()> {
     let job = Arc::new(job);
     let sink_kind = args.sink.unwrap_or(match args.source {
         SourceKind::Generate => SinkKind::None,
@@ -137,7 +173,10 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
             let generate = generate.expect("checked above");
             Box::new(BurstSource::new(args.burst, generate))
         }
-        SourceKind::Stdin => Box::new(StdinSource::new()),
+        SourceKind::Stdin => Box::new(StdinSource::from_reader(
+            std::io::BufReader::new(std::io::stdin()),
+            args.max_record_bytes.0,
+        )),
         SourceKind::Kafka => {
             // The kafka client has no group membership: it reads every
             // partition unless told which.
@@ -180,11 +219,11 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
     };
     let sink = sink.expect("made with the sink or the source");
     let summary = drive(
-        &rt,
+        rt,
         job.clone(),
         source.as_mut(),
         sink,
-        metrics.as_ref(),
+        counters,
         args.driver_config(),
     )?;
     let ideal = before.zip(sample.as_deref()).map(|(before, sample)| {
@@ -215,7 +254,6 @@ pub fn run(args: RunArgs, spec: JobSpec) -> anyhow::Result<()> {
     } else {
         println!("{text}");
     }
-    rt.shutdown();
     Ok(())
 }
 
@@ -226,11 +264,10 @@ fn drive(
     job: Arc<Job>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
-    metrics: Option<&MetricsListener>,
+    counters: &Counters,
     config: DriverConfig,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
-    let counters = Counters::default();
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     std::thread::scope(|s| {
@@ -241,27 +278,12 @@ fn drive(
                 rt.close();
             }
         });
-        if let Some(listener) = metrics {
-            s.spawn(|| {
-                listener.serve(|path| {
-                    (path == "/metrics").then(|| {
-                        Answer::ok(
-                            metrics::CONTENT_TYPE,
-                            metrics::render(&rt.stats(), &counters),
-                        )
-                    })
-                })
-            });
-        }
         let result = Driver::new()
             .config(config)
             .stop_on(&stop)
-            .counters(&counters)
+            .counters(counters)
             .run(rt, job, source, sink);
         signal_handle.close();
-        if let Some(listener) = metrics {
-            listener.stop();
-        }
         result.map_err(anyhow::Error::from)
     })
 }

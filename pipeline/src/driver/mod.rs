@@ -28,13 +28,16 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fila_connectors::{Acks, ConnectorError, Polled, ReplayBound, Sink, Source};
+use fila_connectors::units::Bytes;
+use fila_connectors::{
+    Acks, ConnectorError, Envelope, Polled, ReplayBound, Sink, Source, DEFAULT_MAX_RECORD_BYTES,
+};
 use fila_runtime::{AdmitError, Runtime};
 use hdrhistogram::Histogram;
 
-use crate::counters::Counters;
+use crate::counters::{Counters, Phase};
 use crate::dataflow::{Input, Job};
-use crate::outlet::{Event, Outlet};
+use crate::outlet::{Event, Origin, Outlet};
 
 mod commit;
 mod sink;
@@ -63,7 +66,15 @@ pub struct DriverConfig {
     /// results wait until every record read before it from its partition
     /// has finished (`--ordered`).
     pub ordered: bool,
+    /// The largest record run: a larger one is dead-lettered unrun, with
+    /// its first [`OVERSIZED_KEPT`] bytes (`--max-record-bytes`).
+    pub max_record_bytes: u64,
 }
+
+/// How much of a record over `max_record_bytes` its dead letter keeps:
+/// enough to tell what it was. On Kafka the whole record stays in the
+/// input topic at the offset the dead letter names.
+pub const OVERSIZED_KEPT: usize = 64 << 10;
 
 /// How often offsets are committed by default. A commit is one small
 /// write on the broker, so ten a second cost it little, and a crash
@@ -98,6 +109,7 @@ impl Default for DriverConfig {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_uncommitted: DEFAULT_REPLAY_BOUND,
             ordered: false,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -199,6 +211,12 @@ impl<'a> Driver<'a> {
         self
     }
 
+    /// See [`DriverConfig::max_record_bytes`].
+    pub fn max_record_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_record_bytes = bytes;
+        self
+    }
+
     /// See [`DriverConfig::ordered`].
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.config.ordered = ordered;
@@ -254,6 +272,9 @@ impl<'a> Driver<'a> {
             let acks = committing.as_ref().map(|c| c.acks.clone());
             if let Some(acks) = &acks {
                 counters.watch(acks.clone());
+            }
+            if let Some(status) = source.status() {
+                counters.watch_source(status);
             }
             let (acked_tx, commit_thread) = match committing {
                 Some(c) if !exactly_once => {
@@ -316,8 +337,11 @@ impl<'a> Driver<'a> {
                 epoch: &epoch,
                 rewound: &rewound,
                 admitting: 0,
+                counters,
             };
+            counters.set_phase(Phase::Running);
             let admitted = admission.run();
+            counters.set_phase(Phase::Stopping);
             let first_arrival = admission.first_arrival;
             rt.close_and_drain();
             drop(tx);
@@ -368,6 +392,7 @@ struct Admission<'r, 's> {
     epoch: &'r AtomicU64,
     rewound: &'r AtomicU64,
     admitting: u64,
+    counters: &'r Counters,
 }
 
 impl Admission<'_, '_> {
@@ -394,6 +419,11 @@ impl Admission<'_, '_> {
                     self.source.keep_alive().map_err(DriverError::Source)?;
                     continue;
                 }
+            } else if !self.unwritten_below(self.config.max_uncommitted) {
+                // The sink thread writes every tick; a backstop, so a
+                // short sleep serves.
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
             }
             // The slot first: while the window is full, the source is not
             // read.
@@ -402,25 +432,30 @@ impl Admission<'_, '_> {
                 Err(AdmitError::Closed) => break,
                 Err(e) => return Err(e.into()),
             };
+            let max = self.config.max_record_bytes;
             match self
                 .source
                 .poll(self.config.poll_timeout)
                 .map_err(DriverError::Source)?
             {
+                Polled::Record(envelope) if envelope.payload.len() as u64 > max => {
+                    drop(slot);
+                    let size = envelope.payload.len() as u64;
+                    self.oversized(envelope, size);
+                }
+                Polled::Oversized(envelope, size) => {
+                    drop(slot);
+                    self.oversized(envelope, size);
+                }
                 Polled::Record(envelope) => {
-                    self.first_arrival.get_or_insert(envelope.arrived);
-                    if let Some((acks, _)) = self.tracker {
-                        acks.track(envelope.position, envelope.payload.len());
-                    }
-                    let (input, origin) = Input::from_envelope(envelope, self.admitting);
-                    if self.ordered {
-                        let _ = self.tx.send(Event::Admitted {
-                            position: origin.position,
-                            epoch: self.admitting,
-                        });
-                    }
+                    let (input, origin) = self.take(envelope);
                     let outlet = Outlet::new(self.tx.clone(), &origin);
                     let done = self.tx.clone();
+                    let counters = self.counters;
+                    counters.submitted.store(
+                        counters.submitted.load(Ordering::Relaxed) + 1,
+                        Ordering::Relaxed,
+                    );
                     slot.submit(self.job.start(input, outlet), move |outcome| {
                         origin.done(&done, outcome)
                     });
@@ -436,6 +471,59 @@ impl Admission<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Takes in a record: counts and tracks it, and tells the sink thread
+    /// of it when results are ordered.
+    fn take(&mut self, envelope: Envelope) -> (Input, Origin) {
+        self.first_arrival.get_or_insert(envelope.arrived);
+        self.counters.read(envelope.payload.len() as u64);
+        if let Some((acks, _)) = self.tracker {
+            acks.track(envelope.position, envelope.payload.len());
+        }
+        let (input, origin) = Input::from_envelope(envelope, self.admitting);
+        if self.ordered {
+            let _ = self.tx.send(Event::Admitted {
+                position: origin.position,
+                epoch: self.admitting,
+            });
+        }
+        (input, origin)
+    }
+
+    /// A record over the size cap: dead-lettered with its first bytes and
+    /// the reason, without running. It is tracked, acknowledged and
+    /// committed like any other.
+    fn oversized(&mut self, mut envelope: Envelope, size: u64) {
+        envelope.payload.truncate(OVERSIZED_KEPT);
+        let (_, origin) = self.take(envelope);
+        // Counted whole.
+        let kept = origin.payload.len() as u64;
+        self.counters
+            .input_bytes
+            .fetch_add(size - kept.min(size), Ordering::Relaxed);
+        let reason = format!(
+            "record of {size} bytes is over the {} cap (--max-record-bytes); \
+             the dead letter keeps its first {kept} bytes",
+            Bytes(self.config.max_record_bytes)
+        );
+        tracing::warn!(
+            partition = origin.position.partition,
+            offset = origin.position.offset,
+            "{reason}"
+        );
+        Outlet::new(self.tx.clone(), &origin).reject(reason);
+        origin.done(self.tx, Ok(()));
+    }
+
+    /// Without a tracker (stdin, generate), whether records read and not
+    /// yet written stay below the bound, so results held for order, or
+    /// for a slow sink, take bounded memory. With one, the replay bound
+    /// does this.
+    fn unwritten_below(&self, bound: ReplayBound) -> bool {
+        let read = self.counters.input_records.load(Ordering::Relaxed);
+        let written = self.counters.messages.load(Ordering::Relaxed);
+        read.saturating_sub(written) < bound.records
     }
 
     /// At the end of a bounded input: once every record has finished,

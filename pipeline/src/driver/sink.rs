@@ -266,6 +266,9 @@ impl Writer<'_> {
                 sink.send(key.as_deref(), &payload)
                     .map_err(DriverError::Sink)?;
                 counters.outputs.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .output_bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 let latency = done.saturating_duration_since(arrived);
                 summary
                     .latencies_us

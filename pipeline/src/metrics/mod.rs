@@ -2,6 +2,7 @@
 //! the Prometheus text format, encoded by `prometheus-client` (which
 //! escapes help text and label values). [`http`] serves it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 use fila_connectors::Uncommitted;
@@ -34,6 +35,14 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
         commits: counters.commits.load(Relaxed),
         aborts: counters.aborts.load(Relaxed),
         commit_seconds: counters.commit_seconds.clone(),
+        input_records: counters.input_records.load(Relaxed),
+        input_bytes: counters.input_bytes.load(Relaxed),
+        output_bytes: counters.output_bytes.load(Relaxed),
+        source: counters.source().map(|status| SourcePage {
+            topic: status.topic.clone(),
+            lag: status.lag(),
+            rebalances: status.rebalances.load(Relaxed),
+        }),
     }));
     let mut page = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut page, &registry)
@@ -57,6 +66,19 @@ struct Page {
     commits: u64,
     aborts: u64,
     commit_seconds: Histogram,
+    input_records: u64,
+    input_bytes: u64,
+    output_bytes: u64,
+    source: Option<SourcePage>,
+}
+
+/// What a source that reports on itself (Kafka) adds to the page.
+#[derive(Debug)]
+struct SourcePage {
+    topic: String,
+    /// Per partition, records behind the end of the log.
+    lag: BTreeMap<i32, i64>,
+    rebalances: u64,
 }
 
 impl Collector for Page {
@@ -77,6 +99,27 @@ impl Collector for Page {
                 ),
             ],
         )?;
+        one(
+            &mut e,
+            "fila_input_records",
+            "Records read from the source.",
+            ConstCounter::new(self.input_records),
+        )?;
+        one(
+            &mut e,
+            "fila_input_bytes",
+            "Bytes of the records read from the source (payloads).",
+            ConstCounter::new(self.input_bytes),
+        )?;
+        one(
+            &mut e,
+            "fila_output_bytes",
+            "Bytes of the outputs written to the sink (payloads).",
+            ConstCounter::new(self.output_bytes),
+        )?;
+        if let Some(source) = &self.source {
+            source.encode(&mut e)?;
+        }
         one(
             &mut e,
             "fila_records_panicked",
@@ -180,6 +223,38 @@ impl Collector for Page {
                 .iter()
                 .enumerate()
                 .map(|(i, w)| (i.to_string(), ConstCounter::new(w.busy.as_secs_f64()))),
+        )
+    }
+}
+
+impl SourcePage {
+    fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Lag is in records: the unit goes in the name by hand, as the
+        // encoder knows only its own units.
+        let mut family = e.encode_descriptor(
+            "fila_consumer_lag_records",
+            "Records from this member's committed offset to the end of the log, per partition it reads, from the Kafka client's statistics (each second).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (partition, lag) in &self.lag {
+            let labels = [
+                ("topic", self.topic.clone()),
+                ("partition", partition.to_string()),
+            ];
+            ConstGauge::new(*lag).encode(family.encode_family(&labels)?)?;
+        }
+        one(
+            e,
+            "fila_consumer_total_lag_records",
+            "Consumer lag summed over the partitions this member reads.",
+            ConstGauge::new(self.lag.values().sum::<i64>()),
+        )?;
+        one(
+            e,
+            "fila_rebalances",
+            "Rebalances of the consumer group this member took part in (each assignment and each revocation).",
+            ConstCounter::new(self.rebalances),
         )
     }
 }

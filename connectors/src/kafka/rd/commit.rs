@@ -5,24 +5,57 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{fatal, kafka_error, moved_on};
 use super::source::SourceContext;
+use crate::bounded::{BoundedCall, Unanswered};
 use crate::kafka::error;
 use crate::{Committer, ConnectorError};
 
+/// The offsets of `topic` as librdkafka takes them.
+fn offsets_list(topic: &str, offsets: &[(i32, i64)]) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for &(partition, offset) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(tpl)
+}
+
+/// Commits `offsets` and waits for the answer, for tools: librdkafka
+/// bounds the wait by its own request timeouts once the group's
+/// coordinator is known.
 pub(super) fn commit_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     offsets: &[(i32, i64)],
 ) -> Result<(), KafkaError> {
-    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for &(partition, offset) in offsets {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync)
+    consumer.commit(&offsets_list(topic, offsets)?, CommitMode::Sync)
+}
+
+/// How long a commit waits for the broker's answer before it is given up
+/// (its offsets stay committable, and the next commit carries them). A
+/// synchronous commit in librdkafka waits for as long as the group's
+/// coordinator takes to be found, with no bound of its own.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A commit of `offsets` of the source's topic, waited for at most
+/// [`COMMIT_TIMEOUT`] on `calls` (the thread the source's commits are made
+/// on). `Ok(Err)` is the broker's answer; `Err` is no answer.
+pub(super) fn commit_bounded(
+    consumer: &Arc<BaseConsumer<SourceContext>>,
+    calls: &mut BoundedCall<KafkaResult<()>>,
+    offsets: &[(i32, i64)],
+) -> Result<KafkaResult<()>, Unanswered> {
+    let tpl = match offsets_list(&consumer.context().topic, offsets) {
+        Ok(tpl) => tpl,
+        Err(e) => return Ok(Err(e)),
+    };
+    let consumer = consumer.clone();
+    calls.call(COMMIT_TIMEOUT, move || {
+        consumer.commit(&tpl, CommitMode::Sync)
+    })
 }
 
 pub(super) struct RdCommitter {
@@ -49,12 +82,21 @@ impl Committer for RdCommitter {
             ));
         }
         let acks = &context.acks;
-        let _guard = context.commit.lock();
+        let mut calls = context.commit.lock();
         let offsets = acks.committable();
         if offsets.is_empty() {
             return Ok(false);
         }
-        match commit_offsets(&self.consumer, &context.topic, &offsets) {
+        let answer = match commit_bounded(&self.consumer, &mut calls, &offsets) {
+            Ok(answer) => answer,
+            Err(unanswered) => {
+                // Like a broker that is away: the offsets stay committable
+                // and the replay bound holds the source back meanwhile.
+                tracing::warn!("an offset commit got no answer: {unanswered}; offered again later");
+                return Ok(false);
+            }
+        };
+        match answer {
             Ok(()) => {
                 context.logging.outage.succeeded();
                 if let Some((since, true)) = self.refused_since {

@@ -27,23 +27,24 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::ensure_topic;
-use super::commit::{commit_offsets, RdCommitter};
+use super::commit::{commit_bounded, RdCommitter};
 use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging};
 use super::lock;
 use super::transaction::Link;
+use crate::bounded::BoundedCall;
 use crate::kafka::{error, Assignment, GroupProtocol, SourceConfig};
-use crate::{Acks, Committing, ConnectorError, Envelope, Polled, Position, Source};
+use crate::{Acks, Committing, ConnectorError, Envelope, Polled, Position, Source, SourceStatus};
 
 /// How long a revocation waits for the revoked partitions' records to be
 /// acknowledged: far inside the 300 s `max.poll.interval.ms` within which
@@ -75,7 +76,9 @@ pub(super) struct SourceContext {
     /// release, so no commit of a released partition lands after it. A
     /// revocation waits for it at most [`COMMIT_WAIT`] (see
     /// [`SourceContext::commit_guard`]).
-    pub(super) commit: parking_lot::Mutex<()>,
+    /// The thread commits are made on, so that each is waited for with a
+    /// bound ([`COMMIT_TIMEOUT`]).
+    pub(super) commit: parking_lot::Mutex<BoundedCall<KafkaResult<()>>>,
     /// Partitions revoked since the source last looked: their read-ahead
     /// records must be dropped.
     revoked: Mutex<Vec<i32>>,
@@ -85,11 +88,49 @@ pub(super) struct SourceContext {
     pub(super) logging: Logging,
     /// Exactly-once: what the source shares with the sink's transactions.
     eos: Option<Arc<Link>>,
+    /// Readiness, lag and rebalances, for the metrics and health endpoints.
+    pub(super) status: Arc<SourceStatus>,
+    /// The consumer itself, for the thread commits are made on (set once
+    /// it is made; weak, as the consumer owns this context).
+    pub(super) consumer: OnceLock<Weak<BaseConsumer<SourceContext>>>,
 }
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         self.logging.log(level, fac, message)
+    }
+
+    /// Consumer lag per partition: records from the committed offset to
+    /// the end of what a reader may read (the last stable offset when
+    /// reading committed). The committed offset is the tracker's where it
+    /// knows the partition (transactions commit offsets the client does not
+    /// see), the client's otherwise.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let committed = self.acks.committed_offsets();
+        let mut lag = BTreeMap::new();
+        for (&p, part) in &topic.partitions {
+            // Only partitions this member reads: librdkafka lists every
+            // partition of the topic, and one given away is stopped.
+            if p < 0 || matches!(part.fetch_state.as_str(), "none" | "stopping" | "stopped") {
+                continue;
+            }
+            let end = if part.ls_offset >= 0 {
+                part.ls_offset
+            } else {
+                part.hi_offset
+            };
+            let from = committed
+                .get(&p)
+                .copied()
+                .or((part.committed_offset >= 0).then_some(part.committed_offset));
+            if let (Some(from), true) = (from, end >= 0) {
+                lag.insert(p, (end - from).max(0));
+            }
+        }
+        self.status.set_lag(lag);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -99,9 +140,13 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.status.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.status
+                    .set_not_ready("a rebalance is taking partitions away");
                 let partitions = self.partitions_of(tpl);
+                self.status.forget_lag(&partitions);
                 if let Some(link) = &self.eos {
                     // The open transaction may hold outputs of these
                     // partitions past their last commit: it is aborted
@@ -126,9 +171,10 @@ impl ConsumerContext for SourceContext {
                     let _guard = self.commit_guard();
                     self.acks.release(&partitions);
                 } else {
-                    self.revoke(consumer, &partitions);
+                    self.revoke(&partitions);
                 }
                 lock(&self.revoked).extend(partitions);
+                self.status.set_ready();
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => tracing::warn!(topic = %self.topic, "rebalance failed: {e}"),
@@ -137,6 +183,8 @@ impl ConsumerContext for SourceContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // A member of the group, with its share (which may be none).
+            self.status.set_ready();
             let partitions = self.partitions_of(tpl);
             if !partitions.is_empty() {
                 // librdkafka keeps a partition paused across a lost
@@ -171,7 +219,7 @@ impl SourceContext {
     /// lands after the release then carries only acknowledged offsets: at
     /// worst it moves the group's offset back, and the new owner reads
     /// some records twice. Nothing is lost.
-    fn commit_guard(&self) -> Option<parking_lot::MutexGuard<'_, ()>> {
+    fn commit_guard(&self) -> Option<parking_lot::MutexGuard<'_, BoundedCall<KafkaResult<()>>>> {
         let guard = self.commit.try_lock_for(COMMIT_WAIT);
         if guard.is_none() {
             tracing::warn!(
@@ -184,21 +232,27 @@ impl SourceContext {
     }
 
     /// Drain, commit, release: see the module documentation.
-    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+    fn revoke(&self, partitions: &[i32]) {
         if partitions.is_empty() {
             return;
         }
         let started = Instant::now();
         let drained = self.acks.wait_drained(partitions, DRAIN_TIMEOUT);
-        let _guard = self.commit_guard();
+        // Held until the release below.
+        let mut guard = self.commit_guard();
         let offsets: Vec<(i32, i64)> = self
             .acks
             .committable()
             .into_iter()
             .filter(|(p, _)| partitions.contains(p))
             .collect();
-        if !offsets.is_empty() {
-            match commit_offsets(consumer, &self.topic, &offsets) {
+        let consumer = self.consumer.get().and_then(Weak::upgrade);
+        if let (Some(calls), Some(consumer), false) = (guard.as_mut(), consumer, offsets.is_empty())
+        {
+            let answer = commit_bounded(&consumer, calls, &offsets)
+                .map_err(|unanswered| unanswered.to_string())
+                .and_then(|answer| answer.map_err(|e| e.to_string()));
+            match answer {
                 Ok(()) => self.acks.mark_committed(&offsets),
                 Err(e) => tracing::warn!(
                     topic = %self.topic, ?partitions,
@@ -209,6 +263,7 @@ impl SourceContext {
         }
         let left = self.acks.outstanding_in(partitions);
         self.acks.release(partitions);
+        drop(guard);
         if drained {
             tracing::info!(
                 topic = %self.topic, ?partitions, ?offsets, took = ?started.elapsed(),
@@ -278,7 +333,9 @@ impl RdSource {
             .set("enable.auto.offset.store", "false")
             // Where a partition with no committed offset, or one out of
             // range, starts. librdkafka logs each reset as a warning.
-            .set("auto.offset.reset", config.offset_reset.as_str());
+            .set("auto.offset.reset", config.offset_reset.as_str())
+            // The statistics that consumer lag is read from, each second.
+            .set("statistics.interval.ms", "1000");
         let mut protocol = "static";
         if let Assignment::Group(wanted) = config.assignment {
             let consumer_protocol = match (wanted, &versions) {
@@ -305,11 +362,19 @@ impl RdSource {
             brokers: config.cluster.brokers.clone(),
             topic: config.topic.clone(),
             acks: Arc::new(Acks::new()),
-            commit: parking_lot::Mutex::new(()),
+            commit: parking_lot::Mutex::new(BoundedCall::new("fila-commit-call")),
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
             logging: Logging::new(brokers, config.retry_timeout),
             eos,
+            status: Arc::new(SourceStatus::starting(
+                &config.topic,
+                match config.assignment {
+                    Assignment::Group(_) => "joining the consumer group",
+                    Assignment::Static(_) => "assigning partitions",
+                },
+            )),
+            consumer: OnceLock::new(),
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
@@ -336,6 +401,7 @@ impl RdSource {
                 consumer
                     .assign(&tpl)
                     .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
+                consumer.context().status.set_ready();
             }
         }
         tracing::info!(topic = %config.topic, group = %config.group, protocol, "reading");
@@ -352,8 +418,10 @@ impl RdSource {
                 std::process::id()
             ),
         };
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         Ok(RdSource {
-            consumer: Arc::new(consumer),
+            consumer,
             buffered: BTreeMap::new(),
             count: 0,
             turn: -1,
@@ -592,6 +660,10 @@ impl Source for RdSource {
         self.fill(KEEP_ALIVE_WAIT, limit)?;
         self.forget_revoked();
         self.watch_outage()
+    }
+
+    fn status(&self) -> Option<Arc<SourceStatus>> {
+        Some(self.context().status.clone())
     }
 
     fn committing(&mut self) -> Result<Option<Committing>, ConnectorError> {
