@@ -252,16 +252,31 @@ impl Acks {
     /// Forgets `partitions`: they are no longer read here. Their records
     /// still running are remembered only so that their acks are known.
     pub fn release(&self, partitions: &[i32]) {
+        self.release_with(partitions, true);
+    }
+
+    /// Forgets `partitions` and their records still running, for when no
+    /// ack of those will ever come: their transaction was aborted, and
+    /// the sink drops their results. Remembering them would make the
+    /// first ack of a re-read record count for its aborted twin, and
+    /// leave the re-read one outstanding for good.
+    pub fn release_aborted(&self, partitions: &[i32]) {
+        self.release_with(partitions, false);
+    }
+
+    fn release_with(&self, partitions: &[i32], running_will_ack: bool) {
         let mut parts = self.lock();
         for partition in partitions {
             if let Some(p) = parts.live.remove(partition) {
                 let gone = p.uncommitted();
                 parts.forget(gone);
-                let running = p.outstanding.into_iter().map(|offset| Position {
-                    partition: *partition,
-                    offset,
-                });
-                parts.released.extend(running);
+                if running_will_ack {
+                    let running = p.outstanding.into_iter().map(|offset| Position {
+                        partition: *partition,
+                        offset,
+                    });
+                    parts.released.extend(running);
+                }
             }
         }
         drop(parts);
@@ -440,6 +455,25 @@ mod tests {
         acks.track(pos(1, 1), 2);
         assert_eq!(acks.ack(pos(1, 1)), Ack::Released);
         assert_eq!(acks.committable(), vec![]);
+        assert_eq!(acks.ack(pos(1, 1)), Ack::Done);
+        assert_eq!(acks.committable(), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn a_partition_released_after_an_abort_is_read_again_without_waiting_for_its_twins() {
+        let acks = Acks::new();
+        acks.start_partition(1, 0);
+        acks.track(pos(1, 0), 2);
+        acks.track(pos(1, 1), 2);
+        // The transaction holding both was aborted: their results are
+        // dropped, and no ack of them ever comes.
+        acks.release_aborted(&[1]);
+        assert_eq!((acks.outstanding(), acks.uncommitted()), (0, replay(0, 0)));
+        // Assigned again and read again from the last commit.
+        acks.start_partition(1, 0);
+        acks.track(pos(1, 0), 2);
+        acks.track(pos(1, 1), 2);
+        assert_eq!(acks.ack(pos(1, 0)), Ack::Done);
         assert_eq!(acks.ack(pos(1, 1)), Ack::Done);
         assert_eq!(acks.committable(), vec![(1, 2)]);
     }
