@@ -92,7 +92,14 @@ impl Committer for RdCommitter {
             Err(unanswered) => {
                 // Like a broker that is away: the offsets stay committable
                 // and the replay bound holds the source back meanwhile.
-                tracing::warn!("an offset commit got no answer: {unanswered}; offered again later");
+                // Said once per stuck call, not at every tick it blocks.
+                if unanswered == Unanswered::Busy {
+                    tracing::debug!("an offset commit is still waiting for its answer");
+                } else {
+                    tracing::warn!(
+                        "an offset commit got no answer: {unanswered}; offered again later"
+                    );
+                }
                 return Ok(false);
             }
         };
