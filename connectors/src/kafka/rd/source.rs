@@ -85,6 +85,12 @@ pub(super) struct SourceContext {
     /// Set when partitions were assigned (and resumed) since the source
     /// last looked.
     assigned: AtomicBool,
+    /// Set when librdkafka could not fetch the committed offsets of the
+    /// assignment (the group coordinator moving or still loading, on a
+    /// broker just started): librdkafka then leaves those partitions
+    /// unstarted until they are assigned again, and reading would stall
+    /// without a word.
+    offsets_unfetched: AtomicBool,
     pub(super) logging: Logging,
     /// Exactly-once: what the source shares with the sink's transactions.
     eos: Option<Arc<Link>>,
@@ -134,6 +140,9 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if reason.starts_with("Failed to fetch committed offset") {
+            self.offsets_unfetched.store(true, Ordering::Release);
+        }
         self.logging.error(error, reason)
     }
 }
@@ -296,6 +305,11 @@ pub(crate) struct RdSource {
     /// whether it answers again.
     last_probe: Instant,
     transactional_id: String,
+    /// A static assignment (`--replica`): what to assign again when the
+    /// committed offsets could not be fetched.
+    static_assignment: Option<TopicPartitionList>,
+    /// When the static assignment was last made again.
+    reassigned: Option<Instant>,
 }
 
 /// How often a source whose broker is failing asks whether it answers
@@ -368,6 +382,7 @@ impl RdSource {
             commit: parking_lot::Mutex::new(BoundedCall::new("fila-commit-call")),
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
+            offsets_unfetched: AtomicBool::new(false),
             logging: Logging::new(brokers, config.retry_timeout),
             eos,
             status: Arc::new(SourceStatus::starting(
@@ -383,6 +398,7 @@ impl RdSource {
             .create_with_context(context)
             .map_err(|e| kafka_error(brokers, "creating the consumer", e))?;
         let partitions = ensure_topic(consumer.client(), brokers, &config.topic)?;
+        let mut static_assignment = None;
         match config.assignment {
             Assignment::Group(_) => consumer
                 .subscribe(&[&config.topic])
@@ -405,6 +421,7 @@ impl RdSource {
                     .assign(&tpl)
                     .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
                 consumer.context().status.set_ready();
+                static_assignment = Some(tpl);
             }
         }
         tracing::info!(topic = %config.topic, group = %config.group, protocol, "reading");
@@ -431,7 +448,49 @@ impl RdSource {
             paused: false,
             last_probe: Instant::now(),
             transactional_id,
+            static_assignment,
+            reassigned: None,
         })
+    }
+
+    /// After librdkafka failed to fetch the committed offsets for the
+    /// whole assignment: a static assignment is made again, which fetches
+    /// them again. A group's assignment is the group's: its partitions
+    /// start at the next rebalance, which the log says.
+    fn refetch_offsets(&mut self) -> Result<(), ConnectorError> {
+        // At most once a second, while the coordinator keeps refusing.
+        let due = self
+            .reassigned
+            .map_or(true, |at| at.elapsed() >= PROBE_INTERVAL);
+        if !due
+            || !self
+                .context()
+                .offsets_unfetched
+                .swap(false, Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        self.reassigned = Some(Instant::now());
+        let context = self.consumer.context();
+        match &self.static_assignment {
+            Some(tpl) => {
+                tracing::warn!(
+                    topic = %context.topic,
+                    "the committed offsets could not be fetched; assigning the partitions again"
+                );
+                self.consumer
+                    .assign(tpl)
+                    .map_err(|e| kafka_error(&context.brokers, "assigning partitions again", e))
+            }
+            None => {
+                tracing::warn!(
+                    topic = %context.topic,
+                    "the committed offsets could not be fetched: partitions whose offsets are \
+                     missing start at the group's next rebalance"
+                );
+                Ok(())
+            }
+        }
     }
 
     fn context(&self) -> &SourceContext {
@@ -638,6 +697,7 @@ impl Source for RdSource {
             self.fill(timeout, READ_AHEAD)?;
             // Revocations run only inside the consumer's poll, in `fill`.
             self.forget_revoked();
+            self.refetch_offsets()?;
             self.watch_outage()?;
         }
         let next = self.next_round_robin();
@@ -662,6 +722,7 @@ impl Source for RdSource {
         let limit = self.count + KEEP_ALIVE_TAKE;
         self.fill(KEEP_ALIVE_WAIT, limit)?;
         self.forget_revoked();
+        self.refetch_offsets()?;
         self.watch_outage()
     }
 
