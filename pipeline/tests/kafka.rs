@@ -571,7 +571,8 @@ fn a_member_stopped_by_sigterm_hands_over_with_no_duplicates(brokers: &str) {
     let mut leaving = member(brokers, &input, &output, &group);
     staying.wait_assigned();
     leaving.wait_assigned();
-    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(12));
+    // Room for a fifth of the outputs before it ends on a busy machine.
+    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(20));
     wait_for_outputs(brokers, &output, N as usize / 5);
     let report = leaving.stop_within(Duration::from_secs(10));
     let at_stop = count(brokers, &output);
