@@ -453,10 +453,10 @@ impl RdSource {
         })
     }
 
-    /// After librdkafka failed to fetch the committed offsets for the
-    /// whole assignment: a static assignment is made again, which fetches
-    /// them again. A group's assignment is the group's: its partitions
-    /// start at the next rebalance, which the log says.
+    /// After librdkafka failed to fetch committed offsets: a static
+    /// assignment that has handed out nothing yet is made again, which
+    /// fetches them again. A group's assignment is the group's: its
+    /// partitions start at the next rebalance, which the log says.
     fn refetch_offsets(&mut self) -> Result<(), ConnectorError> {
         // At most once a second, while the coordinator keeps refusing.
         let due = self
@@ -472,8 +472,12 @@ impl RdSource {
         }
         self.reassigned = Some(Instant::now());
         let context = self.consumer.context();
+        // Making it again restarts every partition at its committed
+        // offset: only while none has handed out a record, so that no
+        // record runs twice.
+        let untouched = self.count == 0 && context.acks.committed_offsets().is_empty();
         match &self.static_assignment {
-            Some(tpl) => {
+            Some(tpl) if untouched => {
                 tracing::warn!(
                     topic = %context.topic,
                     "the committed offsets could not be fetched; assigning the partitions again"
@@ -481,6 +485,14 @@ impl RdSource {
                 self.consumer
                     .assign(tpl)
                     .map_err(|e| kafka_error(&context.brokers, "assigning partitions again", e))
+            }
+            Some(_) => {
+                tracing::warn!(
+                    topic = %context.topic,
+                    "the committed offsets of some partitions could not be fetched: they start \
+                     when fila starts again"
+                );
+                Ok(())
             }
             None => {
                 tracing::warn!(
