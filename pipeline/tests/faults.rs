@@ -78,9 +78,13 @@ fn hold(version: Kafka) -> Held {
     loop {
         if let Some(free) = pool.iter().find(|b| !busy.contains(b)) {
             busy.push(free.clone());
-            return Held {
+            let held = Held {
                 brokers: free.clone(),
             };
+            // Held frees the broker even if the wait below fails.
+            drop(busy);
+            ready_coordinator(&held.brokers);
+            return held;
         }
         busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());
     }

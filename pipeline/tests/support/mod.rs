@@ -317,14 +317,58 @@ pub fn port_of(brokers: &str) -> String {
 
 /// The 3.9 broker: both clients work there.
 pub fn brokers_3x() -> String {
-    std::env::var("FILA_TEST_BROKERS")
-        .expect("FILA_TEST_BROKERS must name the 3.9 test broker (scripts/test sets it)")
+    let brokers = std::env::var("FILA_TEST_BROKERS")
+        .expect("FILA_TEST_BROKERS must name the 3.9 test broker (scripts/test sets it)");
+    ready_coordinator(&brokers);
+    brokers
 }
 
 /// The 4.x broker: rdkafka only, KIP-848 groups.
 pub fn brokers_4x() -> String {
-    std::env::var("FILA_TEST_BROKERS_4X")
-        .expect("FILA_TEST_BROKERS_4X must name the 4.x test broker (scripts/test sets it)")
+    let brokers = std::env::var("FILA_TEST_BROKERS_4X")
+        .expect("FILA_TEST_BROKERS_4X must name the 4.x test broker (scripts/test sets it)");
+    ready_coordinator(&brokers);
+    brokers
+}
+
+/// Waits, once per broker and test process, until the broker's group
+/// coordinator takes an offset commit. A broker just started loads its
+/// offsets topic first, and meanwhile answers a new member's offset fetch
+/// with "not coordinator"; librdkafka then leaves that member's partitions
+/// unstarted until the group's next rebalance, which a test would read as
+/// a stall of its own making.
+pub fn ready_coordinator(brokers: &str) {
+    static READY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
+    if ready.iter().any(|b| b == brokers) {
+        return;
+    }
+    const TOPIC: &str = "fila-test-coordinator";
+    let _ = fila_connectors::create_topic(brokers, TOPIC, 1);
+    let mut calls = fila_connectors::BoundedCall::new("fila-test-coordinator");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let cluster = brokers.to_owned();
+        let answer = calls.call(Duration::from_secs(20), move || {
+            fila_connectors::commit_group_offsets(
+                ClientKind::Rdkafka,
+                cluster.as_str(),
+                TOPIC,
+                TOPIC,
+                &[(0, 0)],
+            )
+            .map_err(|e| e.to_string())
+        });
+        match answer {
+            Ok(Ok(())) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the group coordinator of {brokers} never took a commit: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ready.push(brokers.to_owned());
 }
 
 /// Topic and group names unique to one test run.
