@@ -325,13 +325,7 @@ fn a_record_over_the_size_cap_is_dead_lettered_unrun_and_committed() {
         .unwrap();
     assert_eq!(summary.outputs, 2);
     assert_eq!(summary.dead_letters, 1);
-    let outputs: Vec<String> = sink
-        .outputs
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|o| o.1.clone())
-        .collect();
+    let outputs = sink.payloads();
     assert_eq!(outputs.len(), 2);
     assert!(!outputs.iter().any(|o| o.starts_with('y')), "it ran");
     let dead = sink.dead.lock().unwrap();
@@ -421,13 +415,7 @@ fn ordered_results_held_behind_a_slow_record_stop_reading_at_the_bound() {
         let summary = run.join().unwrap().unwrap();
         assert_eq!(summary.outputs, 2_000);
     });
-    let outputs: Vec<String> = sink
-        .outputs
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|o| o.1.clone())
-        .collect();
+    let outputs = sink.payloads();
     let expected: Vec<String> = (0..2_000).map(|i| i.to_string()).collect();
     assert_eq!(outputs, expected);
     rt.shutdown();

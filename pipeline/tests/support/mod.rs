@@ -32,6 +32,18 @@ pub struct Collect {
     pub dead: Arc<Mutex<Vec<DeadLetter>>>,
 }
 
+impl Collect {
+    /// The payloads written so far, in order.
+    pub fn payloads(&self) -> Vec<String> {
+        self.outputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| o.1.clone())
+            .collect()
+    }
+}
+
 impl Sink for Collect {
     fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
         let payload = String::from_utf8_lossy(payload).into_owned();
