@@ -57,6 +57,24 @@ impl Event {
             | Event::Done { epoch, .. } => *epoch,
         }
     }
+
+    /// About how many bytes the sink writes for this event: the sink
+    /// thread sizes its batches by it.
+    pub(crate) fn bytes(&self) -> usize {
+        let key = |k: &Option<Arc<[u8]>>| k.as_ref().map_or(0, |k| k.len());
+        match self {
+            Event::Admitted { .. } => 0,
+            Event::Output {
+                key: k, payload, ..
+            } => key(k) + payload.len(),
+            Event::Rejected {
+                key: k, payload, ..
+            } => key(k) + payload.len(),
+            Event::Done { panic, .. } => {
+                panic.as_ref().map_or(0, |p| key(&p.key) + p.payload.len())
+            }
+        }
+    }
 }
 
 /// A record whose stage panicked, kept to dead-letter it.

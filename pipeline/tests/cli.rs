@@ -1,6 +1,6 @@
 //! The `fila` command as a user runs it: the binary, its flags, its report.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::process::{Command, Output, Stdio};
 
 use fila_pipeline::reference::{fib, FibRecord};
@@ -292,6 +292,38 @@ fn sink_tick_sets_how_long_the_sink_gathers_results() {
     assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
 }
 
+/// A result too small to fill a batch waits out the linger before it is
+/// written, even with a short tick and the input still open.
+#[test]
+fn sink_linger_holds_a_small_batch() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(["run", "--source", "stdin", "--no-pin"])
+        .args(["--sink-tick", "1ms", "--sink-linger", "2s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let started = std::time::Instant::now();
+    writeln!(
+        stdin,
+        r#"{{"id":8,"stage1":1,"stage2":2,"stage3":3,"stage4":4,"stage5":5,"timestamp":0}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let elapsed = started.elapsed();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let record: FibRecord = serde_json::from_str(&line).unwrap();
+    assert_eq!(record.id, 8);
+    assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
+}
+
 #[test]
 fn wrong_flags_exit_2_with_a_clear_message() {
     for (args, needle) in [
@@ -306,6 +338,7 @@ fn wrong_flags_exit_2_with_a_clear_message() {
         (&["run", "--burst", "0"], "--burst"),
         (&["run", "--sink-tick", "0"], "above zero"),
         (&["run", "--sink-tick", "soon"], "expected a duration"),
+        (&["run", "--sink-linger", "0"], "above zero"),
         (&["run", "--report", "xml"], "xml"),
         (&["run", "--frobnicate"], "--frobnicate"),
         (&["bogus"], "bogus"),

@@ -143,6 +143,12 @@ pub struct RunArgs {
     /// to one tick longer.
     #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
     pub sink_tick: Span,
+    /// How long a batch still under 64KiB after its tick goes on
+    /// gathering, from its first result: a slow output stream is written
+    /// in fewer, fuller requests, and waits up to this long [default: 4
+    /// ticks]
+    #[arg(long)]
+    pub sink_linger: Option<Span>,
     /// The largest record fila runs (`8MiB`, `1MiB`). A larger one, from
     /// any source, is dead-lettered unrun with its first 64KiB and the
     /// reason; stdin keeps no more of a line than this while reading it.
@@ -201,6 +207,7 @@ impl RunArgs {
             },
             ordered: self.ordered,
             sink_tick: self.sink_tick.0,
+            sink_linger: self.sink_linger.map(|l| l.0),
             max_record_bytes: self.max_record_bytes.0,
             ..DriverConfig::default()
         }

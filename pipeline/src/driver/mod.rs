@@ -56,6 +56,11 @@ pub struct DriverConfig {
     /// replica must acknowledge, so the tick sets how many requests the
     /// broker serves: [`DEFAULT_SINK_TICK`] says why it is 25 ms.
     pub sink_tick: Duration,
+    /// How long a batch that is still small (under [`SMALL_BATCH_BYTES`])
+    /// after its tick may go on gathering, counted from its first result;
+    /// `None` is four ticks. A slow output stream then costs the broker a
+    /// request per linger instead of per tick, and waits up to the linger.
+    pub sink_linger: Option<Duration>,
     /// With a committing source, how often acknowledged positions are
     /// committed ([`DEFAULT_COMMIT_INTERVAL`]).
     pub commit_interval: Duration,
@@ -101,11 +106,29 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
 /// measures ticks against each other.
 pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 
+/// A batch smaller than this after its tick goes on gathering, up to the
+/// sink's linger. A produce request has a fixed cost on the broker (its
+/// handling, the replicas' acknowledgements, the idempotence checks) that a
+/// few dozen small records do not pay for; a stream fast enough to fill
+/// this in a tick keeps the tick's latency.
+pub const SMALL_BATCH_BYTES: usize = 64 << 10;
+
+impl DriverConfig {
+    /// The sink's linger: `sink_linger`, or four ticks; never under the
+    /// tick.
+    pub fn sink_linger(&self) -> Duration {
+        self.sink_linger
+            .unwrap_or(self.sink_tick * 4)
+            .max(self.sink_tick)
+    }
+}
+
 impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             poll_timeout: Duration::from_millis(100),
             sink_tick: DEFAULT_SINK_TICK,
+            sink_linger: None,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_uncommitted: DEFAULT_REPLAY_BOUND,
             ordered: false,
@@ -196,6 +219,12 @@ impl<'a> Driver<'a> {
     /// See [`DriverConfig::sink_tick`].
     pub fn sink_tick(mut self, tick: Duration) -> Self {
         self.config.sink_tick = tick;
+        self
+    }
+
+    /// See [`DriverConfig::sink_linger`].
+    pub fn sink_linger(mut self, linger: Duration) -> Self {
+        self.config.sink_linger = Some(linger);
         self
     }
 

@@ -3,14 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
     Ack, Acks, ConnectorError, Position, ReplayBound, Sink, TransactionError, Transactions,
 };
 
-use super::{DriverConfig, DriverError, RunSummary};
+use super::{DriverConfig, DriverError, RunSummary, SMALL_BATCH_BYTES};
 use crate::counters::Counters;
 use crate::outlet::Event;
 use crate::report::latency_histogram;
@@ -62,7 +62,7 @@ impl Clock {
     }
 }
 
-/// The sink thread: writes results in batches of a tick, flushes each
+/// The sink thread: writes results in batches of a tick or more, flushes each
 /// batch, and only then acknowledges the records it finished; under
 /// exactly-once, commits the batches' transaction by time instead.
 pub(super) fn run(
@@ -93,11 +93,7 @@ pub(super) fn run(
             let mut reorder = config.ordered.then(Reorder::default);
             let mut batch = Vec::new();
             while let Ok(first) = rx.recv() {
-                batch.push(first);
-                if !config.sink_tick.is_zero() {
-                    std::thread::sleep(config.sink_tick);
-                }
-                batch.extend(rx.try_iter());
+                gather(&rx, first, &mut batch, config);
                 for event in batch.drain(..) {
                     match reorder.as_mut() {
                         Some(reorder) => reorder.push(event, &mut out)?,
@@ -148,11 +144,7 @@ fn run_transactions(
     let mut open = true;
     while open {
         match rx.recv_timeout(tick) {
-            Ok(first) => {
-                batch.push(first);
-                std::thread::sleep(config.sink_tick);
-                batch.extend(rx.try_iter());
-            }
+            Ok(first) => gather(&rx, first, &mut batch, config),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
@@ -192,6 +184,40 @@ fn run_transactions(
         }
     }
     Ok(())
+}
+
+/// Gathers a batch after its first event: everything that arrives within
+/// the tick, and then, while the batch is still under
+/// [`SMALL_BATCH_BYTES`], what arrives in further ticks until the batch
+/// reaches it or its first event has waited the linger. A fast stream
+/// thus goes every tick, and a slow one in fewer, fuller requests. Stops
+/// early, after the tick, when the channel closed: the run is ending.
+fn gather(rx: &Receiver<Event>, first: Event, batch: &mut Vec<Event>, config: &DriverConfig) {
+    let started = Instant::now();
+    let mut bytes = first.bytes();
+    batch.push(first);
+    if !config.sink_tick.is_zero() {
+        std::thread::sleep(config.sink_tick);
+    }
+    let linger = config.sink_linger();
+    let step = config.sink_tick.max(Duration::from_millis(1));
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(event) => {
+                    bytes += event.bytes();
+                    batch.push(event);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        let waited = started.elapsed();
+        if bytes >= SMALL_BATCH_BYTES || waited >= linger {
+            return;
+        }
+        std::thread::sleep(step.min(linger - waited));
+    }
 }
 
 fn transactions<'w>(out: &'w mut Writer<'_>) -> Result<&'w mut dyn Transactions, DriverError> {
@@ -404,5 +430,93 @@ fn dead_letter(
             "bad record skipped (no dead-letter destination)"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    fn output(bytes: usize) -> Event {
+        Event::Output {
+            epoch: 0,
+            position: None,
+            key: None,
+            payload: vec![b'x'; bytes],
+            arrived: Instant::now(),
+            done: Instant::now(),
+        }
+    }
+
+    fn config(tick_ms: u64, linger: Duration) -> DriverConfig {
+        DriverConfig {
+            sink_tick: Duration::from_millis(tick_ms),
+            sink_linger: Some(linger),
+            ..DriverConfig::default()
+        }
+    }
+
+    /// A batch that reaches the small-batch size goes at its tick, not
+    /// after the linger (an hour here: the test would hang).
+    #[test]
+    fn a_full_batch_goes_without_waiting_the_linger() {
+        let (tx, rx) = channel();
+        for _ in 0..4 {
+            tx.send(output(SMALL_BATCH_BYTES / 4)).unwrap();
+        }
+        let mut batch = Vec::new();
+        let first = rx.recv().unwrap();
+        let started = Instant::now();
+        gather(
+            &rx,
+            first,
+            &mut batch,
+            &config(1, Duration::from_secs(3600)),
+        );
+        assert_eq!(batch.len(), 4);
+        assert!(started.elapsed() < Duration::from_secs(3600));
+        drop(tx);
+    }
+
+    /// A small batch keeps gathering for the linger, and takes what comes
+    /// meanwhile; a closed channel ends it early.
+    #[test]
+    fn a_small_batch_gathers_for_the_linger_and_stops_when_the_run_ends() {
+        let (tx, rx) = channel();
+        tx.send(output(10)).unwrap();
+        let late = tx.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.send(output(10)).unwrap();
+        });
+        let mut batch = Vec::new();
+        let first = rx.recv().unwrap();
+        let started = Instant::now();
+        gather(
+            &rx,
+            first,
+            &mut batch,
+            &config(1, Duration::from_millis(300)),
+        );
+        sender.join().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            batch.len(),
+            2,
+            "the result sent during the linger joins the batch"
+        );
+
+        tx.send(output(10)).unwrap();
+        drop(tx);
+        let mut batch = Vec::new();
+        let first = rx.recv().unwrap();
+        gather(
+            &rx,
+            first,
+            &mut batch,
+            &config(1, Duration::from_secs(3600)),
+        );
+        assert_eq!(batch.len(), 1);
     }
 }
