@@ -292,25 +292,55 @@ fn sink_tick_sets_how_long_the_sink_gathers_results() {
     assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
 }
 
-/// A result too small to fill a batch waits out the linger before it is
-/// written, even with a short tick and the input still open.
-#[test]
-fn sink_linger_holds_a_small_batch() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
-        .args(["run", "--source", "stdin", "--no-pin"])
-        .args(["--sink-tick", "1ms", "--sink-linger", "2s"])
+/// `fila run --source stdin` with a 1 ms tick and the given linger; its
+/// stdin stays open.
+fn lingering_run(linger: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_fila"))
+        .args(["run", "--source", "stdin", "--no-pin", "--workers", "2"])
+        .args(["--sink-tick", "1ms", "--sink-linger", linger])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn record_line(id: u64, stage3: u64) -> String {
+    format!(
+        r#"{{"id":{id},"stage1":1,"stage2":2,"stage3":{stage3},"stage4":4,"stage5":5,"timestamp":0}}"#
+    )
+}
+
+/// A small batch waits out the linger while a record is still running
+/// (fib(45) takes seconds), so the light record's result is written a
+/// linger after it finished, ahead of the heavy one's.
+#[test]
+fn sink_linger_holds_a_small_batch_while_records_are_in_flight() {
+    let mut child = lingering_run("1s");
     let mut stdin = child.stdin.take().unwrap();
     let started = std::time::Instant::now();
-    writeln!(
-        stdin,
-        r#"{{"id":8,"stage1":1,"stage2":2,"stage3":3,"stage4":4,"stage5":5,"timestamp":0}}"#
-    )
-    .unwrap();
+    writeln!(stdin, "{}\n{}", record_line(8, 3), record_line(9, 45)).unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let elapsed = started.elapsed();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let record: FibRecord = serde_json::from_str(&line).unwrap();
+    assert_eq!(record.id, 8);
+    assert!(elapsed >= std::time::Duration::from_secs(1), "{elapsed:?}");
+}
+
+/// A lone record does not wait for results that are not coming: with
+/// nothing else in flight its batch goes at the tick, not after the
+/// linger (a minute here, which would fail the test).
+#[test]
+fn sink_linger_does_not_hold_a_lone_record() {
+    let mut child = lingering_run("60s");
+    let mut stdin = child.stdin.take().unwrap();
+    let started = std::time::Instant::now();
+    writeln!(stdin, "{}", record_line(7, 3)).unwrap();
     stdin.flush().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
@@ -320,8 +350,8 @@ fn sink_linger_holds_a_small_batch() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
     let record: FibRecord = serde_json::from_str(&line).unwrap();
-    assert_eq!(record.id, 8);
-    assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(record.id, 7);
+    assert!(elapsed < std::time::Duration::from_secs(60), "{elapsed:?}");
 }
 
 #[test]

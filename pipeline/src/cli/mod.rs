@@ -144,9 +144,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
     pub sink_tick: Span,
     /// How long a batch still under 64KiB after its tick goes on
-    /// gathering, from its first result: a slow output stream is written
-    /// in fewer, fuller requests, and waits up to this long [default: 4
-    /// ticks]
+    /// gathering while records are in flight, from its first result
+    /// (`100ms`, `1s`): a slow output stream is written in fewer, fuller
+    /// requests, and waits up to this long [default: 4 ticks]
     #[arg(long)]
     pub sink_linger: Option<Span>,
     /// The largest record fila runs (`8MiB`, `1MiB`). A larger one, from

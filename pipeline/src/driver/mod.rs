@@ -57,9 +57,10 @@ pub struct DriverConfig {
     /// broker serves: [`DEFAULT_SINK_TICK`] says why it is 25 ms.
     pub sink_tick: Duration,
     /// How long a batch that is still small (under [`SMALL_BATCH_BYTES`])
-    /// after its tick may go on gathering, counted from its first result;
-    /// `None` is four ticks. A slow output stream then costs the broker a
-    /// request per linger instead of per tick, and waits up to the linger.
+    /// after its tick may go on gathering while records are in flight,
+    /// counted from its first result; `None` is four ticks. A slow output
+    /// stream then costs the broker a request per linger instead of per
+    /// tick, and waits up to the linger.
     pub sink_linger: Option<Duration>,
     /// With a committing source, how often acknowledged positions are
     /// committed ([`DEFAULT_COMMIT_INTERVAL`]).
@@ -106,8 +107,8 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
 /// measures ticks against each other.
 pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 
-/// A batch smaller than this after its tick goes on gathering, up to the
-/// sink's linger. A produce request has a fixed cost on the broker (its
+/// A batch smaller than this after its tick goes on gathering, while
+/// records are in flight, up to the sink's linger. A produce request has a fixed cost on the broker (its
 /// handling, the replicas' acknowledgements, the idempotence checks) that a
 /// few dozen small records do not pay for; a stream fast enough to fill
 /// this in a tick keeps the tick's latency.

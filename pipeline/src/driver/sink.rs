@@ -92,8 +92,9 @@ pub(super) fn run(
         acking => {
             let mut reorder = config.ordered.then(Reorder::default);
             let mut batch = Vec::new();
+            let mut gather = Gather::new(config, counters);
             while let Ok(first) = rx.recv() {
-                gather(&rx, first, &mut batch, config);
+                gather.batch(&rx, first, &mut batch);
                 for event in batch.drain(..) {
                     match reorder.as_mut() {
                         Some(reorder) => reorder.push(event, &mut out)?,
@@ -141,10 +142,11 @@ fn run_transactions(
     let mut epoch = txn.epoch.load(Ordering::Acquire);
     let mut reorder = Reorder::default();
     let mut batch = Vec::new();
+    let mut gather = Gather::new(config, counters);
     let mut open = true;
     while open {
         match rx.recv_timeout(tick) {
-            Ok(first) => gather(&rx, first, &mut batch, config),
+            Ok(first) => gather.batch(&rx, first, &mut batch),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
@@ -186,37 +188,73 @@ fn run_transactions(
     Ok(())
 }
 
-/// Gathers a batch after its first event: everything that arrives within
-/// the tick, and then, while the batch is still under
-/// [`SMALL_BATCH_BYTES`], what arrives in further ticks until the batch
-/// reaches it or its first event has waited the linger. A fast stream
-/// thus goes every tick, and a slow one in fewer, fuller requests. Stops
-/// early, after the tick, when the channel closed: the run is ending.
-fn gather(rx: &Receiver<Event>, first: Event, batch: &mut Vec<Event>, config: &DriverConfig) {
-    let started = Instant::now();
-    let mut bytes = first.bytes();
-    batch.push(first);
-    if !config.sink_tick.is_zero() {
-        std::thread::sleep(config.sink_tick);
+/// Gathers batches for the sink thread, and counts the records it has
+/// seen finish.
+struct Gather<'a> {
+    config: &'a DriverConfig,
+    counters: &'a Counters,
+    /// `Done` events received: one per record read.
+    done: u64,
+}
+
+impl<'a> Gather<'a> {
+    fn new(config: &'a DriverConfig, counters: &'a Counters) -> Gather<'a> {
+        Gather {
+            config,
+            counters,
+            done: 0,
+        }
     }
-    let linger = config.sink_linger();
-    let step = config.sink_tick.max(Duration::from_millis(1));
-    loop {
+
+    /// Gathers a batch after its first event: everything that arrives
+    /// within the tick, and then, while the batch is still under
+    /// [`SMALL_BATCH_BYTES`] and records are in flight, what arrives in
+    /// further ticks, until the batch reaches that size, nothing is in
+    /// flight, or its first event has waited the linger. A fast stream thus
+    /// goes every tick, a slow one in fewer, fuller requests, and the last
+    /// results of a burst, or a lone record, do not wait for results that
+    /// are not coming. Stops early, after the tick, when the channel
+    /// closed: the run is ending.
+    fn batch(&mut self, rx: &Receiver<Event>, first: Event, batch: &mut Vec<Event>) {
+        let started = Instant::now();
+        let mut bytes = 0;
+        self.take(first, batch, &mut bytes);
+        let tick = self.config.sink_tick;
+        if !tick.is_zero() {
+            std::thread::sleep(tick);
+        }
+        let linger = self.config.sink_linger();
+        let step = tick.max(Duration::from_millis(1));
         loop {
-            match rx.try_recv() {
-                Ok(event) => {
-                    bytes += event.bytes();
-                    batch.push(event);
+            loop {
+                match rx.try_recv() {
+                    Ok(event) => self.take(event, batch, &mut bytes),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return,
             }
+            let waited = started.elapsed();
+            if bytes >= SMALL_BATCH_BYTES || waited >= linger || self.nothing_in_flight() {
+                return;
+            }
+            std::thread::sleep(step.min(linger - waited));
         }
-        let waited = started.elapsed();
-        if bytes >= SMALL_BATCH_BYTES || waited >= linger {
-            return;
+    }
+
+    fn take(&mut self, event: Event, batch: &mut Vec<Event>, bytes: &mut usize) {
+        *bytes += event.bytes();
+        if let Event::Done { .. } = event {
+            self.done += 1;
         }
-        std::thread::sleep(step.min(linger - waited));
+        batch.push(event);
+    }
+
+    /// Whether every record read so far has finished: its `Done` is in
+    /// hand. The count of records read is stored before a record is
+    /// submitted, so this never holds while one is still running; a record
+    /// read just after only makes this batch go early.
+    fn nothing_in_flight(&self) -> bool {
+        self.counters.input_records.load(Ordering::Relaxed) <= self.done
     }
 }
 
@@ -449,13 +487,22 @@ mod tests {
         }
     }
 
-    fn config(tick_ms: u64, linger: Duration) -> DriverConfig {
+    fn config(linger: Duration) -> DriverConfig {
         DriverConfig {
-            sink_tick: Duration::from_millis(tick_ms),
+            sink_tick: Duration::from_millis(1),
             sink_linger: Some(linger),
             ..DriverConfig::default()
         }
     }
+
+    /// Counters with `n` records read, none of them finished.
+    fn in_flight(n: u64) -> Counters {
+        let counters = Counters::default();
+        counters.input_records.store(n, Ordering::Relaxed);
+        counters
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     /// A batch that reaches the small-batch size goes at its tick, not
     /// after the linger (an hour here: the test would hang).
@@ -465,24 +512,17 @@ mod tests {
         for _ in 0..4 {
             tx.send(output(SMALL_BATCH_BYTES / 4)).unwrap();
         }
+        let (config, counters) = (config(HOUR), in_flight(10));
         let mut batch = Vec::new();
-        let first = rx.recv().unwrap();
-        let started = Instant::now();
-        gather(
-            &rx,
-            first,
-            &mut batch,
-            &config(1, Duration::from_secs(3600)),
-        );
+        Gather::new(&config, &counters).batch(&rx, rx.recv().unwrap(), &mut batch);
         assert_eq!(batch.len(), 4);
-        assert!(started.elapsed() < Duration::from_secs(3600));
         drop(tx);
     }
 
-    /// A small batch keeps gathering for the linger, and takes what comes
-    /// meanwhile; a closed channel ends it early.
+    /// A small batch keeps gathering for the linger while records are in
+    /// flight, and takes what comes meanwhile.
     #[test]
-    fn a_small_batch_gathers_for_the_linger_and_stops_when_the_run_ends() {
+    fn a_small_batch_gathers_for_the_linger_while_records_are_in_flight() {
         let (tx, rx) = channel();
         tx.send(output(10)).unwrap();
         let late = tx.clone();
@@ -490,33 +530,47 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             late.send(output(10)).unwrap();
         });
+        let linger = Duration::from_millis(300);
+        let (config, counters) = (config(linger), in_flight(1));
         let mut batch = Vec::new();
-        let first = rx.recv().unwrap();
         let started = Instant::now();
-        gather(
-            &rx,
-            first,
-            &mut batch,
-            &config(1, Duration::from_millis(300)),
-        );
+        Gather::new(&config, &counters).batch(&rx, rx.recv().unwrap(), &mut batch);
         sender.join().unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(started.elapsed() >= linger);
         assert_eq!(
             batch.len(),
             2,
             "the result sent during the linger joins the batch"
         );
+    }
 
+    /// Once every record read has its `Done` in hand, or the channel
+    /// closed, a small batch goes without waiting the linger.
+    #[test]
+    fn a_small_batch_goes_when_nothing_is_in_flight_or_the_run_ends() {
+        let (config, counters) = (config(HOUR), in_flight(2));
+        let mut gather = Gather::new(&config, &counters);
+        let (tx, rx) = channel();
+        let done = |offset| Event::Done {
+            epoch: 0,
+            position: Position {
+                partition: 0,
+                offset,
+            },
+            panic: None,
+        };
+        for event in [output(10), done(0), output(10), done(1)] {
+            tx.send(event).unwrap();
+        }
+        let mut batch = Vec::new();
+        gather.batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert_eq!(batch.len(), 4);
+
+        counters.input_records.store(3, Ordering::Relaxed);
         tx.send(output(10)).unwrap();
         drop(tx);
         let mut batch = Vec::new();
-        let first = rx.recv().unwrap();
-        gather(
-            &rx,
-            first,
-            &mut batch,
-            &config(1, Duration::from_secs(3600)),
-        );
+        gather.batch(&rx, rx.recv().unwrap(), &mut batch);
         assert_eq!(batch.len(), 1);
     }
 }
