@@ -137,8 +137,8 @@ pub struct RunArgs {
     /// (`64MiB`, `512KiB`): reading waits at this many.
     #[arg(long, default_value_t = Bytes(DriverConfig::default().max_uncommitted.bytes))]
     pub max_uncommitted_bytes: Bytes,
-    /// How long the sink gathers results before it writes and flushes
-    /// them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
+    /// How long the sink gathers results, at least, before it writes and
+    /// flushes them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
     /// request: a longer tick spares the broker, and each output waits up
     /// to one tick longer.
     #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
