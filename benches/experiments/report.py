@@ -569,8 +569,15 @@ def write_report(out, res, charts):
                "[Noise gauge](#noise-gauge)). The machine changed speed while it ran, so these numbers "
                "must not be committed as a result: run it again on a quiet machine.**", ""]
     else:
-        md += [f"The gauge stayed within {NOISY_DRIFT * 100:.0f}% in all {len(gauged)} round(s): the machine "
-               "held its speed through the sitting.", ""]
+        kept = " kept" if res.get("discarded_rounds") else ""
+        md += [f"The gauge stayed within {NOISY_DRIFT * 100:.0f}% in all {len(gauged)} round(s){kept}: the "
+               "machine held its speed through them.", ""]
+    dropped = res.get("discarded_rounds") or []
+    if dropped:
+        md += [f"{len(dropped)} flagged round(s) were run again (`--rerun-flagged "
+               f"{meta.get('rerun_flagged', '?')}`): their bursts are left out of every table, and their "
+               "gauge readings are listed under [Noise gauge](#noise-gauge). A round was kept or run again on "
+               "the gauge alone, never on the systems' figures.", ""]
 
     md += ["## Machine", "",
            f"- CPU: {machine['cpu_model']}, {machine['physical_cores'] or '?'} core(s), "
@@ -654,14 +661,18 @@ def write_report(out, res, charts):
                "other processes (the broker included) kept busy while a reading ran: where the drift "
                "comes from.", ""]
     trows = []
-    for g in res.get("gauge", []):
+    for g in sorted(res.get("gauge", []) + (res.get("discarded_rounds") or []),
+                    key=lambda g: (g["experiment"], g["round"], g.get("attempt", 1))):
         ws = " → ".join(num(p.get("w_ms"), 3) for p in g["points"])
         busy = [p["others_busy"] for p in g["points"] if p.get("others_busy") is not None]
-        trows.append([g["experiment"], g["round"], ", ".join(LABEL.get(s, s) for s in g["order"]), ws,
+        tried = g.get("attempt", 1) > 1 or g in (res.get("discarded_rounds") or [])
+        trows.append([g["experiment"], f"{g['round']}, try {g.get('attempt', 1)}" if tried else g["round"],
+                      ", ".join(LABEL.get(s, s) for s in g["order"]), ws,
                       f"{max(busy) * 100:.0f}%" if busy else "—",
                       f"{g['drift'] * 100:.1f}%" if g.get("drift") is not None else "—",
                       f"{g['worst_spread'] * 100:.1f}%" if g.get("worst_spread") is not None else "—",
-                      f"**yes**: {g['why']}" if g.get("flagged") else "no"])
+                      (f"**yes**: {g['why']}" if g.get("flagged") else "no")
+                      + ("; left out, run again" if g in (res.get("discarded_rounds") or []) else "")])
     if trows:
         md += [md_table(["exp", "round", "order", "w ms, before the round and after each turn",
                          "others busy, at most", "drift", "worst spread", "flagged"], trows), ""]
