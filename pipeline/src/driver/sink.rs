@@ -502,19 +502,23 @@ mod tests {
         counters
     }
 
-    const HOUR: Duration = Duration::from_secs(3600);
+    /// A linger no batch in these tests should wait out.
+    const LONG: Duration = Duration::from_secs(30);
 
     /// A batch that reaches the small-batch size goes at its tick, not
-    /// after the linger (an hour here: the test would hang).
+    /// after the linger. The sender stays open, so the batch cannot end
+    /// on a closed channel instead.
     #[test]
     fn a_full_batch_goes_without_waiting_the_linger() {
         let (tx, rx) = channel();
         for _ in 0..4 {
             tx.send(output(SMALL_BATCH_BYTES / 4)).unwrap();
         }
-        let (config, counters) = (config(HOUR), in_flight(10));
+        let (config, counters) = (config(LONG), in_flight(10));
         let mut batch = Vec::new();
+        let started = Instant::now();
         Gather::new(&config, &counters).batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 4);
         drop(tx);
     }
@@ -548,7 +552,7 @@ mod tests {
     /// closed, a small batch goes without waiting the linger.
     #[test]
     fn a_small_batch_goes_when_nothing_is_in_flight_or_the_run_ends() {
-        let (config, counters) = (config(HOUR), in_flight(2));
+        let (config, counters) = (config(LONG), in_flight(2));
         let mut gather = Gather::new(&config, &counters);
         let (tx, rx) = channel();
         let done = |offset| Event::Done {
@@ -563,14 +567,21 @@ mod tests {
             tx.send(event).unwrap();
         }
         let mut batch = Vec::new();
+        let started = Instant::now();
         gather.batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert!(
+            started.elapsed() < LONG,
+            "the sender is open: only nothing in flight ends it"
+        );
         assert_eq!(batch.len(), 4);
 
         counters.input_records.store(3, Ordering::Relaxed);
         tx.send(output(10)).unwrap();
         drop(tx);
         let mut batch = Vec::new();
+        let started = Instant::now();
         gather.batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 1);
     }
 }
