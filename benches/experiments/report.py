@@ -665,14 +665,14 @@ def write_report(out, res, charts):
                     key=lambda g: (g["experiment"], g["round"], g.get("attempt", 1))):
         ws = " → ".join(num(p.get("w_ms"), 3) for p in g["points"])
         busy = [p["others_busy"] for p in g["points"] if p.get("others_busy") is not None]
-        tried = g.get("attempt", 1) > 1 or g in (res.get("discarded_rounds") or [])
+        tried = g.get("attempt", 1) > 1 or g.get("left_out")
         trows.append([g["experiment"], f"{g['round']}, try {g.get('attempt', 1)}" if tried else g["round"],
                       ", ".join(LABEL.get(s, s) for s in g["order"]), ws,
                       f"{max(busy) * 100:.0f}%" if busy else "—",
                       f"{g['drift'] * 100:.1f}%" if g.get("drift") is not None else "—",
                       f"{g['worst_spread'] * 100:.1f}%" if g.get("worst_spread") is not None else "—",
                       (f"**yes**: {g['why']}" if g.get("flagged") else "no")
-                      + ("; left out, run again" if g in (res.get("discarded_rounds") or []) else "")])
+                      + ("; left out, run again" if g.get("left_out") else "")])
     if trows:
         md += [md_table(["exp", "round", "order", "w ms, before the round and after each turn",
                          "others busy, at most", "drift", "worst spread", "flagged"], trows), ""]
