@@ -74,6 +74,41 @@ fn transactional_writer(
     Ok(writer)
 }
 
+/// [`transactional_writer`], after the producer failed for good: the
+/// broker that made it fail may not answer yet (a restart takes its time),
+/// so a failed attempt is tried again, with a pause that doubles up to 5 s,
+/// until the retry timeout has passed. Records wait meanwhile; none is
+/// lost, since the driver rewinds to the last commit afterwards.
+fn make_again(
+    cluster: &Cluster,
+    retry_timeout: Duration,
+    id: &str,
+) -> Result<Writer, ConnectorError> {
+    let deadline = Instant::now() + retry_timeout;
+    let mut pause = Duration::from_millis(200);
+    let mut first = true;
+    loop {
+        match transactional_writer(cluster, retry_timeout, id) {
+            Ok(writer) => return Ok(writer),
+            Err(e) if Instant::now() + pause < deadline => {
+                let cause = error_chain(&e);
+                if std::mem::take(&mut first) {
+                    tracing::warn!(
+                        transactional_id = %id,
+                        "making the transactional producer again failed ({cause}); trying again \
+                         for up to {retry_timeout:?} (--kafka-retry-timeout)"
+                    );
+                } else {
+                    tracing::debug!("making the transactional producer again failed ({cause})");
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl RdSink {
     pub fn connect(config: &SinkConfig) -> Result<RdSink, ConnectorError> {
         let brokers = config.cluster.brokers.as_str();
@@ -159,7 +194,7 @@ impl RdSink {
             "the transactional producer failed for good ({cause_text}); making it again: what \
              it left open is aborted, and the records since the last commit run again"
         );
-        let writer = transactional_writer(&remake.cluster, remake.retry_timeout, &remake.id)?;
+        let writer = make_again(&remake.cluster, remake.retry_timeout, &remake.id)?;
         let failed = std::mem::replace(&mut self.writer, writer);
         // Its drop waits for what it still holds to settle; not here.
         let _ = std::thread::Builder::new()
