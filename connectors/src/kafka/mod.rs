@@ -382,6 +382,26 @@ impl TopicWriter {
         }
     }
 
+    /// Sends every `(topic, value)` as [`send_all`](Self::send_all) does,
+    /// but returns without waiting for the acknowledgements where the
+    /// client can (librdkafka), so that sends follow each other without a
+    /// round trip between them; [`flush`](Self::flush) waits for them. The
+    /// `kafka` client waits here, as `send_all`.
+    pub fn send(&mut self, records: &[(&str, &[u8])]) -> Result<(), ConnectorError> {
+        match &mut self.0 {
+            WriterImpl::Rd(w) => w.send(records.iter().map(|&(t, v)| (t, None, v))),
+            WriterImpl::V0(w) => w.send_all(records),
+        }
+    }
+
+    /// Returns once everything sent is acknowledged, or the first failure.
+    pub fn flush(&mut self) -> Result<(), ConnectorError> {
+        match &mut self.0 {
+            WriterImpl::Rd(w) => w.flush(),
+            WriterImpl::V0(_) => Ok(()),
+        }
+    }
+
     /// Sends every `(topic, key, value)` and returns once all are
     /// acknowledged. Records with the same key go to the same partition.
     /// The `kafka` client cannot send keys.

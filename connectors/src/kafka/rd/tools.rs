@@ -76,6 +76,16 @@ impl TopicWriter {
         &mut self,
         records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, &'a [u8])>,
     ) -> Result<(), ConnectorError> {
+        self.send(records)?;
+        self.flush()
+    }
+
+    /// Hands every record to the producer, without waiting for any
+    /// acknowledgement; [`flush`](Self::flush) waits for them.
+    pub fn send<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, &'a [u8])>,
+    ) -> Result<(), ConnectorError> {
         for (topic, key, value) in records {
             let partition = match (key, self.partitions.get(topic)) {
                 (None, Some(&n)) if n > 0 => {
@@ -86,6 +96,11 @@ impl TopicWriter {
             };
             self.writer.send(topic, key, value, None, partition)?;
         }
+        Ok(())
+    }
+
+    /// Returns once everything sent is acknowledged, or the first failure.
+    pub fn flush(&mut self) -> Result<(), ConnectorError> {
         self.writer.flush()
     }
 }
