@@ -98,24 +98,23 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
 
         let mut first_input_ms = None;
         let mut chunk = Vec::with_capacity(CHUNK);
-        for start in (0..n).step_by(CHUNK) {
-            chunk.clear();
-            for i in start..(start + CHUNK).min(n) {
-                let ts = reference::now_ms();
-                first_input_ms.get_or_insert(ts);
-                chunk.push(reference::message(base + i as u64, args.stages.0, ts));
-            }
-            let records: Vec<(&str, &[u8])> = chunk
-                .iter()
-                .map(|v| (c.input_topic.as_str(), v.as_slice()))
-                .collect();
-            if let Err(e) = writer.send(&records) {
-                failed.store(true, Ordering::Relaxed);
-                return Err(anyhow::Error::new(e)
-                    .context(format!("producing to input topic {}", c.input_topic)));
-            }
-        }
-        if let Err(e) = writer.flush() {
+        let produced = (0..n)
+            .step_by(CHUNK)
+            .try_for_each(|start| {
+                chunk.clear();
+                for i in start..(start + CHUNK).min(n) {
+                    let ts = reference::now_ms();
+                    first_input_ms.get_or_insert(ts);
+                    chunk.push(reference::message(base + i as u64, args.stages.0, ts));
+                }
+                let records: Vec<(&str, &[u8])> = chunk
+                    .iter()
+                    .map(|v| (c.input_topic.as_str(), v.as_slice()))
+                    .collect();
+                writer.send(&records)
+            })
+            .and_then(|()| writer.flush());
+        if let Err(e) = produced {
             failed.store(true, Ordering::Relaxed);
             return Err(anyhow::Error::new(e)
                 .context(format!("producing to input topic {}", c.input_topic)));
