@@ -431,13 +431,13 @@ fn a_member_killed_mid_burst_loses_nothing_and_duplicates_at_most_its_window() {
     for m in &mut members {
         m.wait_assigned();
     }
-    // Long enough that a fifth of the outputs come before it ends even on
-    // a machine busy with other lanes of the test command.
-    let trickle = Trickle::start(&brokers, &input, N, Duration::from_secs(20));
+    // The second half waits for the kill, so records keep arriving after
+    // it even on a machine busy with other lanes of the test command.
+    let mut trickle = Trickle::holding(&brokers, &input, N, Duration::from_secs(20), N / 2);
     wait_for_outputs(&brokers, &output, N as usize / 5);
     members.remove(0).crash();
     let at_crash = count(&brokers, &output);
-    assert!(trickle.running(), "killed after the burst ended");
+    trickle.release();
     trickle.join();
     let out = read_all(&brokers, &output, N as usize, Duration::from_secs(120));
     for m in members {
@@ -472,12 +472,12 @@ fn exactly_once_members_killed_and_joining(brokers: &str) {
     for m in &mut members {
         m.wait_assigned();
     }
-    // As above: room for a fifth of the outputs on a busy machine.
-    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(24));
+    // As above: the second half waits for the kill.
+    let mut trickle = Trickle::holding(brokers, &input, N, Duration::from_secs(24), N / 2);
     wait_for_outputs(brokers, &output, N as usize / 5);
     members.remove(0).crash();
     let at_crash = count(brokers, &output);
-    assert!(trickle.running(), "killed after the burst ended");
+    trickle.release();
     let mut newcomer = member_with(brokers, &input, &output, &group, &eos);
     newcomer.wait_assigned();
     members.push(newcomer);
@@ -571,14 +571,13 @@ fn a_member_stopped_by_sigterm_hands_over_with_no_duplicates(brokers: &str) {
     let mut leaving = member(brokers, &input, &output, &group);
     staying.wait_assigned();
     leaving.wait_assigned();
-    // Room for a fifth of the outputs before it ends on a busy machine:
-    // in CI the loom suite shares the cores, and a 20 s trickle once ended
-    // before the fifth was out.
-    let trickle = Trickle::start(brokers, &input, N, Duration::from_secs(40));
+    // The second half waits for the stop, so records keep arriving after
+    // it even on a machine busy with other lanes of the test command.
+    let mut trickle = Trickle::holding(brokers, &input, N, Duration::from_secs(20), N / 2);
     wait_for_outputs(brokers, &output, N as usize / 5);
     let report = leaving.stop_within(Duration::from_secs(10));
     let at_stop = count(brokers, &output);
-    assert!(trickle.running(), "stopped after the burst ended");
+    trickle.release();
     trickle.join();
     let out = read_all(brokers, &output, N as usize, Duration::from_secs(120));
     let stayed = staying.stop();

@@ -654,40 +654,69 @@ pub fn scrape(addr: &str) -> String {
 /// members act while records are still arriving.
 pub struct Trickle {
     thread: std::thread::JoinHandle<()>,
+    release: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Trickle {
     pub fn start(brokers: &str, topic: &str, n: u64, over: Duration) -> Trickle {
+        Trickle::holding(brokers, topic, n, over, n)
+    }
+
+    /// As `start`, but the stream stops at id `hold_at` until `release`:
+    /// a test that stops or kills a member mid-stream releases the rest
+    /// after the stop, so records still arrive after it however slow the
+    /// machine (a stream paced by time alone can end first on a busy one).
+    pub fn holding(brokers: &str, topic: &str, n: u64, over: Duration, hold_at: u64) -> Trickle {
         let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+        let (release, released) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let mut writer =
                 TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&topic]).unwrap();
-            let started = Instant::now();
+            let mut started = Instant::now();
             let step = Duration::from_millis(50);
             let per_step = (n as f64 * step.as_secs_f64() / over.as_secs_f64()).ceil() as u64;
-            let mut id = 0;
+            let (mut id, mut steps) = (0, 0u32);
             while id < n {
-                let values: Vec<Vec<u8>> = (id..(id + per_step).min(n))
+                if id == hold_at {
+                    // Either a release or the test's end (the sender
+                    // dropped) lets the rest go.
+                    let _ = released.recv();
+                    started = Instant::now();
+                    steps = 0;
+                }
+                let last = (id + per_step).min(n);
+                let last = if id < hold_at {
+                    last.min(hold_at)
+                } else {
+                    last
+                };
+                let values: Vec<Vec<u8>> = (id..last)
                     .map(|i| message(i, [10, 20, 30, 20, 10], 0))
                     .collect();
-                id += values.len() as u64;
+                id = last;
+                steps += 1;
                 let records: Vec<(&str, &[u8])> = values
                     .iter()
                     .map(|v| (topic.as_str(), v.as_slice()))
                     .collect();
                 writer.send_all(&records).unwrap();
-                let due = started + step * (id / per_step) as u32;
+                let due = started + step * steps;
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
         });
-        Trickle { thread }
+        Trickle {
+            thread,
+            release: Some(release),
+        }
     }
 
-    pub fn running(&self) -> bool {
-        !self.thread.is_finished()
+    /// Lets a held stream go on.
+    pub fn release(&mut self) {
+        self.release.take();
     }
 
-    pub fn join(self) {
+    pub fn join(mut self) {
+        self.release();
         self.thread
             .join()
             .expect("the producer thread does not panic");
