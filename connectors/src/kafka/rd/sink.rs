@@ -16,7 +16,7 @@ use super::transaction::{Link, Transaction};
 use crate::kafka::dead_letter::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
-use crate::kafka::{Cluster, SinkConfig};
+use crate::kafka::{Cluster, Outage, SinkConfig};
 use crate::{Acks, ConnectorError, Position, Sink, TransactionError, Transactions};
 
 /// The pipeline's sink: outputs keep their input's key; a dead letter is
@@ -76,35 +76,30 @@ fn transactional_writer(
 
 /// [`transactional_writer`], after the producer failed for good: the
 /// broker that made it fail may not answer yet (a restart takes its time),
-/// so a failed attempt is tried again, with a pause that doubles up to 5 s,
-/// until the retry timeout has passed. Records wait meanwhile; none is
-/// lost, since the driver rewinds to the last commit afterwards.
+/// so failed attempts are a run of transient failures like any client's
+/// ([`Outage`]): retried with its backoff, until the retry timeout. Records
+/// wait meanwhile; none is lost, since the driver rewinds to the last
+/// commit afterwards.
 fn make_again(
     cluster: &Cluster,
     retry_timeout: Duration,
     id: &str,
 ) -> Result<Writer, ConnectorError> {
-    let deadline = Instant::now() + retry_timeout;
-    let mut pause = Duration::from_millis(200);
-    let mut first = true;
+    let outage = Outage::new(&cluster.brokers, retry_timeout);
     loop {
         match transactional_writer(cluster, retry_timeout, id) {
-            Ok(writer) => return Ok(writer),
-            Err(e) if Instant::now() + pause < deadline => {
-                let cause = error_chain(&e);
-                if std::mem::take(&mut first) {
-                    tracing::warn!(
-                        transactional_id = %id,
-                        "making the transactional producer again failed ({cause}); trying again \
-                         for up to {retry_timeout:?} (--kafka-retry-timeout)"
-                    );
-                } else {
-                    tracing::debug!("making the transactional producer again failed ({cause})");
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(5));
+            Ok(writer) => {
+                outage.succeeded();
+                return Ok(writer);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                outage.failed(&format!(
+                    "making the transactional producer {id} again: {}",
+                    error_chain(&e)
+                ));
+                outage.check()?;
+                std::thread::sleep(outage.backoff());
+            }
         }
     }
 }
