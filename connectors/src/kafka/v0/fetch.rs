@@ -3,7 +3,7 @@
 //! faults on a fresh client. What only the tools call of it (`new`,
 //! `end_offsets`, `fetch`) is in [`tools`](super::tools).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use kafka::client::{FetchOffset, FetchPartition, KafkaClient};
@@ -93,8 +93,22 @@ impl TopicReader {
                 .expect("MAX_FETCH_WAIT is a valid fetch wait");
         }
         match self.fetch_once() {
-            Ok(fetched) => {
+            Ok((fetched, unanswered)) if unanswered.is_empty() => {
                 self.outage.succeeded();
+                Ok(fetched)
+            }
+            Ok((fetched, unanswered)) => {
+                // The client asks only the leaders it knows and skips the
+                // other partitions without a word; a leader it lost (its
+                // broker stopped) would leave them unread for good. That
+                // is a fault like any other: retried on a new client,
+                // which loads the metadata afresh, and given up after the
+                // retry timeout. What did come back is kept.
+                let cause = format!(
+                    "no leader known for {} partitions {unanswered:?}",
+                    self.topic
+                );
+                self.failed(cause)?;
                 Ok(fetched)
             }
             Err(Failure::Fatal(e)) => Err(e),
@@ -110,7 +124,9 @@ impl TopicReader {
         Ok(Vec::new())
     }
 
-    fn fetch_once(&mut self) -> Result<Vec<Fetched>, Failure> {
+    /// One fetch: the records that came back, and the partitions asked
+    /// for that no broker answered.
+    fn fetch_once(&mut self) -> Result<(Vec<Fetched>, Vec<i32>), Failure> {
         let topic = self.topic.as_str();
         let requests = self.next.iter().map(|(&p, &offset)| {
             let bytes = self.fetch_bytes.get(&p).copied().unwrap_or(FETCH_BYTES);
@@ -123,6 +139,7 @@ impl TopicReader {
         let mut per_partition: Vec<Vec<Fetched>> = Vec::new();
         let mut reset = Vec::new();
         let mut grow = Vec::new();
+        let mut answered = BTreeSet::new();
         for response in &responses {
             for t in response.topics() {
                 for p in t.partitions() {
@@ -130,6 +147,7 @@ impl TopicReader {
                     let Some(next) = self.next.get_mut(&partition) else {
                         continue;
                     };
+                    answered.insert(partition);
                     match p.data() {
                         Ok(data) => {
                             let asked = *next;
@@ -228,6 +246,47 @@ impl TopicReader {
                 self.next.insert(partition, to);
             }
         }
-        Ok(interleave(per_partition))
+        let unanswered = self
+            .next
+            .keys()
+            .filter(|p| !answered.contains(*p))
+            .copied()
+            .collect();
+        Ok((interleave(per_partition), unanswered))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(retry_timeout: Duration) -> TopicReader {
+        // A client with no metadata knows no partition's leader.
+        TopicReader::with(
+            KafkaClient::new(Vec::new()),
+            "127.0.0.1:1",
+            "t",
+            BTreeMap::from([(0, 0), (1, 0)]),
+            OffsetReset::Earliest,
+            retry_timeout,
+        )
+    }
+
+    #[test]
+    fn partitions_without_a_known_leader_are_a_fault_not_an_idle_topic() {
+        let mut patient = reader(Duration::from_secs(60));
+        assert!(patient.fetch_within(Duration::ZERO).unwrap().is_empty());
+        assert!(patient.outage.is_failing());
+        assert!(
+            patient.reconnect,
+            "the next attempt loads the metadata afresh"
+        );
+
+        let e = reader(Duration::ZERO)
+            .fetch_within(Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no leader known for t partitions [0, 1]"), "{e}");
+        assert!(e.contains("--kafka-retry-timeout"), "{e}");
     }
 }
