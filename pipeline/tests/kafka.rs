@@ -179,7 +179,7 @@ fn stopped_and_crashed_runs_resume_with_nothing_lost_and_at_most_a_window_of_dup
     trickle.join();
 
     let third = Fila::start(&brokers, &args);
-    let out = read_all(&brokers, &output, N as usize, Duration::from_secs(120));
+    let out = read_every_id(&brokers, &output, N, Duration::from_secs(120));
     third.stop();
     let (missing, duplicates) = lost_and_duplicates(&out, N);
     assert!(missing.is_empty(), "lost ids: {missing:?}");
@@ -365,7 +365,7 @@ fn two_static_replicas_split_the_partitions_and_emit_every_id_once() {
     ];
     let zero = Fila::start(&brokers, &[&common[..], &["--replica", "0/2"]].concat());
     let one = Fila::start(&brokers, &[&common[..], &["--replica", "1/2"]].concat());
-    let out = read_all(&brokers, &output, N as usize, Duration::from_secs(120));
+    let out = read_every_id(&brokers, &output, N, Duration::from_secs(120));
     let (r0, r1) = (zero.stop(), one.stop());
 
     let (missing, duplicates) = lost_and_duplicates(&out, N);
@@ -439,7 +439,7 @@ fn a_member_killed_mid_burst_loses_nothing_and_duplicates_at_most_its_window() {
     let at_crash = count(&brokers, &output);
     trickle.release();
     trickle.join();
-    let out = read_all(&brokers, &output, N as usize, Duration::from_secs(120));
+    let out = read_every_id(&brokers, &output, N, Duration::from_secs(120));
     for m in members {
         m.stop();
     }
@@ -482,7 +482,7 @@ fn exactly_once_members_killed_and_joining(brokers: &str) {
     newcomer.wait_assigned();
     members.push(newcomer);
     trickle.join();
-    let out = read_all(brokers, &output, N as usize, Duration::from_secs(120));
+    let out = read_every_id(brokers, &output, N, Duration::from_secs(120));
     let (reports, logs): (Vec<Value>, Vec<String>) =
         members.into_iter().map(Fila::stop_with_stderr).unzip();
     let out_after = read_all(brokers, &output, out.len(), Duration::from_secs(5));
@@ -532,7 +532,7 @@ fn a_member_joining_mid_burst_takes_partitions_and_nothing_is_lost(brokers: &str
     let at_join = count(brokers, &output);
     assert!(at_join < N as usize, "joined after the burst drained");
     trickle.join();
-    let out = read_all(brokers, &output, N as usize, Duration::from_secs(120));
+    let out = read_every_id(brokers, &output, N, Duration::from_secs(120));
     let (r1, r2) = (first.stop(), second.stop());
     let (missing, duplicates) = lost_and_duplicates(&out, N);
     eprintln!(
@@ -579,7 +579,7 @@ fn a_member_stopped_by_sigterm_hands_over_with_no_duplicates(brokers: &str) {
     let at_stop = count(brokers, &output);
     trickle.release();
     trickle.join();
-    let out = read_all(brokers, &output, N as usize, Duration::from_secs(120));
+    let out = read_every_id(brokers, &output, N, Duration::from_secs(120));
     let stayed = staying.stop();
     let (missing, duplicates) = lost_and_duplicates(&out, N);
     eprintln!(
@@ -784,7 +784,7 @@ fn readiness_and_consumer_lag_follow_a_member_through_a_burst_and_a_rebalance() 
     );
     eprintln!("peak lag {peak}; not ready during the rebalance: {during:?}");
     let (r1, r2) = (first.stop(), second.stop());
-    let out = read_all(&brokers, &output, N as usize, Duration::from_secs(60));
+    let out = read_every_id(&brokers, &output, N, Duration::from_secs(60));
     let (missing, _) = lost_and_duplicates(&out, N);
     assert!(missing.is_empty(), "lost {} ids", missing.len());
     assert!(r2["messages"].as_u64().unwrap() > 0, "{r1} {r2}");

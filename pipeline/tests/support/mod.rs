@@ -564,6 +564,26 @@ pub fn read_all(brokers: &str, topic: &str, at_least: usize, limit: Duration) ->
     try_read_all(brokers, topic, at_least, limit).unwrap()
 }
 
+/// Everything in `topic` once it holds every id of `0..n`, or at `limit`
+/// (the caller then finds the ids missing). Reading until a count is not
+/// enough where duplicates are allowed: they make up the count while the
+/// last ids are still on their way.
+pub fn read_every_id(brokers: &str, topic: &str, n: u64, limit: Duration) -> Vec<Fetched> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = read_all(
+            brokers,
+            topic,
+            n as usize,
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        if lost_and_duplicates(&out, n).0.is_empty() || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// [`read_all`], with the client's error returned rather than a panic.
 pub fn try_read_all(
     brokers: &str,
