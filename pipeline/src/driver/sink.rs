@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use fila_connectors::{
     Ack, Acks, ConnectorError, Position, ReplayBound, Sink, TransactionError, Transactions,
+    Uncommitted,
 };
 
 use super::{DriverConfig, DriverError, RunSummary, SMALL_BATCH_BYTES};
@@ -143,6 +144,7 @@ fn run_transactions(
     let mut reorder = Reorder::default();
     let mut batch = Vec::new();
     let mut gather = Gather::new(config, counters);
+    let mut watch = Watch::new(Instant::now());
     let mut open = true;
     while open {
         match rx.recv_timeout(tick) {
@@ -171,21 +173,82 @@ fn run_transactions(
         acknowledge(txn.acks, out.finished.drain(..));
         // Acquire: pairs with the admitting thread's store after its
         // rewind, which reset the tracker.
-        let rewound = txn.rewound.load(Ordering::Acquire) == epoch;
-        if rewound && (!open || txn.clock.due(txn.acks)) {
+        let rewound = txn.rewound.load(Ordering::Acquire);
+        if rewound == epoch && (!open || txn.clock.due(txn.acks)) {
             let started = Instant::now();
             let acks = txn.acks;
             match transactions(out)?.commit(acks) {
                 Ok(()) => counters.committed(started.elapsed()),
                 Err(TransactionError::Abort(reason)) => {
-                    abort(out, &mut txn, &mut epoch, &mut reorder, counters, &reason)?
+                    abort(out, &mut txn, &mut epoch, &mut reorder, counters, &reason)?;
+                    watch.progressed(Instant::now());
                 }
                 Err(TransactionError::Fatal(e)) => return Err(DriverError::Commit(e)),
             }
             txn.clock.last = Instant::now();
         }
+        let held = txn.acks.uncommitted();
+        if let Some(waited) = watch.check(held, Instant::now()) {
+            tracing::warn!(
+                "no transaction has committed for {}s: {} records read and not committed \
+                 ({} awaiting their results, {} held for offset order; transaction epoch \
+                 {epoch}, source rewound for epoch {rewound})",
+                waited.as_secs(),
+                held.records,
+                txn.acks.outstanding(),
+                reorder.held(),
+            );
+        }
     }
     Ok(())
+}
+
+/// How long an exactly-once run may hold uncommitted records without
+/// committing any before it says so, and how often it says so again.
+const STUCK_WARNING: Duration = Duration::from_secs(30);
+
+/// Watches an exactly-once run for records read that no commit covers
+/// for long, and says how much is held and where, whatever the cause: a
+/// broker fault logs its own warnings too, but a wait with no fault
+/// would otherwise pass without a word.
+struct Watch {
+    /// When the uncommitted records last fell, or an abort gave them up.
+    progress: Instant,
+    last: Uncommitted,
+    warned: Option<Instant>,
+}
+
+impl Watch {
+    fn new(at: Instant) -> Watch {
+        Watch {
+            progress: at,
+            last: Uncommitted::default(),
+            warned: None,
+        }
+    }
+
+    fn progressed(&mut self, at: Instant) {
+        self.progress = at;
+        self.warned = None;
+    }
+
+    /// Takes in what is uncommitted `at` a time; returns how long nothing
+    /// was committed when that is worth a warning: [`STUCK_WARNING`]
+    /// after the last progress, and as long again after each warning.
+    fn check(&mut self, held: Uncommitted, at: Instant) -> Option<Duration> {
+        let fell = held.records < self.last.records;
+        self.last = held;
+        if held.records == 0 || fell {
+            self.progressed(at);
+            return None;
+        }
+        let since = self.warned.unwrap_or(self.progress);
+        if at.saturating_duration_since(since) < STUCK_WARNING {
+            return None;
+        }
+        self.warned = Some(at);
+        Some(at.saturating_duration_since(self.progress))
+    }
 }
 
 /// Gathers batches for the sink thread, and counts the records it has
@@ -396,6 +459,11 @@ struct Held {
 }
 
 impl Reorder {
+    /// Records admitted and not yet written.
+    fn held(&self) -> usize {
+        self.partitions.values().map(VecDeque::len).sum()
+    }
+
     fn push(&mut self, event: Event, out: &mut Writer<'_>) -> Result<(), DriverError> {
         let position = match &event {
             Event::Admitted { position: p, .. } => {
@@ -475,6 +543,32 @@ fn dead_letter(
 mod tests {
     use super::*;
     use std::sync::mpsc::channel;
+
+    #[test]
+    fn the_watch_warns_after_records_sat_uncommitted_and_again_while_they_sit() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let held = |records| Uncommitted { records, bytes: 0 };
+        let mut watch = Watch::new(t0);
+        // Records come and go with commits: never a warning.
+        assert_eq!(watch.check(held(10), at(10)), None);
+        assert_eq!(watch.check(held(4), at(35)), None, "fell: progress");
+        assert_eq!(watch.check(held(0), at(60)), None);
+        assert_eq!(watch.check(held(0), at(200)), None, "nothing held");
+        // Held, and more read, with no commit: a warning 30 s after the
+        // last progress, then every 30 s.
+        assert_eq!(watch.check(held(5), at(210)), None);
+        assert_eq!(watch.check(held(9), at(229)), None);
+        assert_eq!(watch.check(held(9), at(230)), Some(Duration::from_secs(30)));
+        assert_eq!(watch.check(held(9), at(250)), None);
+        assert_eq!(watch.check(held(9), at(260)), Some(Duration::from_secs(60)));
+        // A commit ends it; an abort too.
+        assert_eq!(watch.check(held(3), at(270)), None);
+        assert_eq!(watch.check(held(3), at(299)), None);
+        watch.progressed(at(299));
+        assert_eq!(watch.check(held(3), at(320)), None);
+        assert_eq!(watch.check(held(3), at(329)), Some(Duration::from_secs(30)));
+    }
 
     fn output(bytes: usize) -> Event {
         Event::Output {
