@@ -17,7 +17,8 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
-    commit_group_offsets, create_topic, ClientKind, Fetched, DLQ_OFFSET_HEADER, DLQ_REASON_HEADER,
+    commit_group_offsets, create_topic, ClientKind, Fetched, TopicReader, DLQ_OFFSET_HEADER,
+    DLQ_REASON_HEADER,
 };
 use fila_pipeline::reference::{message, FibRecord};
 use support::*;
@@ -179,7 +180,11 @@ fn every_id(
     n: u64,
     log: &dyn Fn() -> String,
 ) -> (Vec<Fetched>, usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Riding out a fault on a machine busy with the other lanes of the
+    // test command can take minutes: the broker loads its coordinators'
+    // state before it serves a group or a transaction again, and a group
+    // member whose session lapsed meanwhile joins again.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         // Right after a broker fault the reader itself may fail for a
         // moment (the broker is not leading its partitions again yet).
@@ -199,9 +204,16 @@ fn every_id(
         }
         assert!(
             Instant::now() < deadline,
-            "{} ids lost, the first {:?}; fila logged:\n{}",
+            "{} ids lost, the first {:?}; {} records read, and the output's end offsets sum \
+             to {} (records written whether committed or not, and transaction markers); fila \
+             logged:\n{}",
             missing.len(),
             &missing[..missing.len().min(10)],
+            out.len(),
+            TopicReader::end_offsets(ClientKind::Rdkafka, brokers, output).map_or_else(
+                |e| format!("unknown ({e})"),
+                |o| o.values().sum::<i64>().to_string()
+            ),
             log()
         );
     }
