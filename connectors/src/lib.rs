@@ -125,8 +125,9 @@ pub trait Transactions {
 
     /// Commits what was sent since the last commit together with the
     /// offsets `acks` allows (`Acks::committable`), marks those committed,
-    /// and opens the next transaction.
-    fn commit(&mut self, acks: &Acks) -> Result<(), TransactionError>;
+    /// and opens the next transaction. Returns whether there was anything
+    /// to commit: an empty transaction is not sent to the broker.
+    fn commit(&mut self, acks: &Acks) -> Result<bool, TransactionError>;
 
     /// Gives up what was sent since the last commit (no reader ever sees
     /// it) and opens the next transaction. The source must then rewind.

@@ -457,6 +457,61 @@ fn a_member_killed_mid_burst_loses_nothing_and_duplicates_at_most_its_window() {
     check_fibs(&out);
 }
 
+/// Under exactly-once the metrics count the transactions that reached the
+/// broker, each with its commit time: none while the input is idle, though
+/// the commit interval comes round ten times a second.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_metrics_count_transactions_not_idle_ticks() {
+    const COMMITTED: &str = "fila_commits_total{outcome=\"committed\"}";
+    const N: u64 = 200;
+    let brokers = brokers_4x();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(&brokers, &input, 2).unwrap();
+    let mut fila = Fila::start(
+        &brokers,
+        &[
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--group",
+            &group,
+            "--exactly-once",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    fila.wait_assigned();
+    let addr = fila.metrics_addr();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = scrape(&addr);
+    assert_eq!(metric(&idle, COMMITTED), Some(0), "{idle}");
+    assert_eq!(
+        metric(&idle, "fila_commit_seconds_count"),
+        Some(0),
+        "{idle}"
+    );
+
+    produce_messages(&brokers, &input, N, [1, 1, 1, 1, 1]);
+    let out = read_every_id(&brokers, &output, N, Duration::from_secs(60));
+    let page = scrape(&addr);
+    let committed = metric(&page, COMMITTED).expect("the counter is there");
+    assert!(committed >= 1, "{page}");
+    assert_eq!(
+        metric(&page, "fila_commit_seconds_count"),
+        Some(committed),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "fila_commits_total{outcome=\"aborted\"}"),
+        Some(0),
+        "{page}"
+    );
+    fila.stop();
+    assert_eq!(lost_and_duplicates(&out, N), (Vec::new(), 0));
+}
+
 /// Exactly-once with three group members, one killed mid-stream and one
 /// joining after: its partitions move, the open transactions of the dead
 /// member are aborted (its outputs never seen), and a reader of committed

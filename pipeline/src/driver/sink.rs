@@ -178,7 +178,9 @@ fn run_transactions(
             let started = Instant::now();
             let acks = txn.acks;
             match transactions(out)?.commit(acks) {
-                Ok(()) => counters.committed(started.elapsed()),
+                // An empty transaction never reached the broker.
+                Ok(true) => counters.committed(started.elapsed()),
+                Ok(false) => {}
                 Err(TransactionError::Abort(reason)) => {
                     abort(out, &mut txn, &mut epoch, &mut reorder, counters, &reason)?;
                     watch.progressed(Instant::now());

@@ -231,7 +231,7 @@ impl fila_connectors::Transactions for TxnSink {
         self.abort_asked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn commit(&mut self, acks: &Acks) -> Result<(), fila_connectors::TransactionError> {
+    fn commit(&mut self, acks: &Acks) -> Result<bool, fila_connectors::TransactionError> {
         self.commits += 1;
         if self.fail_every > 0 && self.commits % self.fail_every == 0 {
             return Err(fila_connectors::TransactionError::Abort(
@@ -243,7 +243,7 @@ impl fila_connectors::Transactions for TxnSink {
         self.dead.lock().unwrap().append(&mut self.pending_dead);
         self.offsets.lock().unwrap().extend(&offsets);
         acks.mark_committed(&offsets);
-        Ok(())
+        Ok(true)
     }
 
     fn abort(&mut self) -> Result<(), ConnectorError> {

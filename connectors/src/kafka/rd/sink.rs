@@ -215,10 +215,10 @@ impl Transactions for RdSink {
             .is_some_and(Transaction::abort_requested)
     }
 
-    fn commit(&mut self, acks: &Acks) -> Result<(), TransactionError> {
+    fn commit(&mut self, acks: &Acks) -> Result<bool, TransactionError> {
         let committed = match &mut self.transaction {
             Some(t) => t.commit(&self.writer, acks, &self.brokers),
-            None => Ok(()),
+            None => Ok(false),
         };
         match committed {
             Err(TransactionError::Fatal(cause)) => {

@@ -102,17 +102,18 @@ pub(crate) struct Transaction {
 
 impl Transaction {
     /// Commits what `writer` sent since the last commit with the offsets
-    /// `acks` allows, and opens the next transaction. An empty one is not
-    /// sent to the broker at all.
+    /// `acks` allows, and opens the next transaction; returns whether
+    /// there was anything to commit. An empty one is not sent to the
+    /// broker at all.
     pub(crate) fn commit(
         &mut self,
         writer: &Writer,
         acks: &Acks,
         brokers: &str,
-    ) -> Result<(), TransactionError> {
+    ) -> Result<bool, TransactionError> {
         let offsets = acks.committable();
         if offsets.is_empty() && !self.sent {
-            return Ok(());
+            return Ok(false);
         }
         let producer = &writer.producer;
         if !offsets.is_empty() {
@@ -140,7 +141,7 @@ impl Transaction {
             .begin_transaction()
             .map_err(|e| fatal(brokers, "beginning a transaction", e))?;
         self.sent = false;
-        Ok(())
+        Ok(true)
     }
 
     /// The open transaction was given up some other way (its producer
