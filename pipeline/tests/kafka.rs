@@ -495,7 +495,17 @@ fn exactly_once_metrics_count_transactions_not_idle_ticks() {
 
     produce_messages(&brokers, &input, N, [1, 1, 1, 1, 1]);
     let out = read_every_id(&brokers, &output, N, Duration::from_secs(60));
-    let page = scrape(&addr);
+    // The last commit is visible to a reader a moment before fila counts
+    // it: read the page once the two counts agree (or after 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let page = scrape(&addr);
+        let counted = metric(&page, COMMITTED) == metric(&page, "fila_commit_seconds_count");
+        if counted || Instant::now() >= deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let committed = metric(&page, COMMITTED).expect("the counter is there");
     assert!(committed >= 1, "{page}");
     assert_eq!(
