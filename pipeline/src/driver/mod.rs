@@ -298,6 +298,7 @@ impl<'a> Driver<'a> {
         // The epoch records are admitted in (exactly-once): an aborted
         // transaction starts the next.
         let (epoch, rewound) = (AtomicU64::new(0), AtomicU64::new(0));
+        let in_call = sink::InCall::default();
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             let acks = committing.as_ref().map(|c| c.acks.clone());
@@ -329,7 +330,8 @@ impl<'a> Driver<'a> {
                 }
                 _ => (None, None),
             };
-            let (sink_acks, epoch_ref, rewound_ref) = (acks.clone(), &epoch, &rewound);
+            let (sink_acks, epoch_ref, rewound_ref, in_call_ref) =
+                (acks.clone(), &epoch, &rewound, &in_call);
             let sink_thread = std::thread::Builder::new()
                 .name("fila-sink".into())
                 .spawn_scoped(s, move || {
@@ -340,6 +342,7 @@ impl<'a> Driver<'a> {
                                 clock: sink::Clock::new(config.commit_interval, bound),
                                 epoch: epoch_ref,
                                 rewound: rewound_ref,
+                                in_call: in_call_ref,
                             })
                         }
                         (Some(acks), Some(acked)) => sink::Acking::AfterFlush { acks, acked },
@@ -369,6 +372,8 @@ impl<'a> Driver<'a> {
                 rewound: &rewound,
                 admitting: 0,
                 counters,
+                in_call: exactly_once.then_some(&in_call),
+                warned: None,
             };
             counters.set_phase(Phase::Running);
             let admitted = admission.run();
@@ -424,6 +429,10 @@ struct Admission<'r, 's> {
     rewound: &'r AtomicU64,
     admitting: u64,
     counters: &'r Counters,
+    /// Exactly-once: the sink thread's transactional call under way, and
+    /// when this thread last warned of one that lasted.
+    in_call: Option<&'r sink::InCall>,
+    warned: Option<Instant>,
 }
 
 impl Admission<'_, '_> {
@@ -448,6 +457,7 @@ impl Admission<'_, '_> {
                 // another record. The commit thread commits them.
                 if !acks.wait_uncommitted_below(bound, self.config.poll_timeout) {
                     self.source.keep_alive().map_err(DriverError::Source)?;
+                    self.warn_of_a_long_call();
                     continue;
                 }
             } else if !self.unwritten_below(self.config.max_uncommitted) {
@@ -502,6 +512,30 @@ impl Admission<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// While the replay bound holds reading back: says so if the sink
+    /// thread's transactional call has lasted [`sink::STUCK_WARNING`],
+    /// and again as long after.
+    fn warn_of_a_long_call(&mut self) {
+        let Some(in_call) = self.in_call else {
+            return;
+        };
+        let now = Instant::now();
+        let Some((call, lasted)) = in_call.current(now) else {
+            return;
+        };
+        let quiet = self.warned.map_or(true, |at| {
+            now.saturating_duration_since(at) >= sink::STUCK_WARNING
+        });
+        if lasted >= sink::STUCK_WARNING && quiet {
+            self.warned = Some(now);
+            tracing::warn!(
+                "the sink thread has been {call} for {}s; reading waits on the replay bound \
+                 meanwhile",
+                lasted.as_secs()
+            );
+        }
     }
 
     /// Takes in a record: counts and tracks it, and tells the sink thread

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
@@ -39,6 +40,8 @@ pub(super) struct Transactional<'a> {
     /// equals `epoch`, the tracker still counts records of the aborted
     /// transaction as done, and nothing may be committed.
     pub(super) rewound: &'a AtomicU64,
+    /// The transactional call under way, for the admitting thread.
+    pub(super) in_call: &'a InCall,
 }
 
 /// When to commit: every `interval`, or at once when `urgent` (half the
@@ -177,7 +180,10 @@ fn run_transactions(
         if rewound == epoch && (!open || txn.clock.due(txn.acks)) {
             let started = Instant::now();
             let acks = txn.acks;
-            match transactions(out)?.commit(acks) {
+            txn.in_call.enter("committing the transaction");
+            let committed = transactions(out)?.commit(acks);
+            txn.in_call.leave();
+            match committed {
                 // An empty transaction never reached the broker.
                 Ok(true) => counters.committed(started.elapsed()),
                 Ok(false) => {}
@@ -206,8 +212,33 @@ fn run_transactions(
 }
 
 /// How long an exactly-once run may hold uncommitted records without
-/// committing any before it says so, and how often it says so again.
-const STUCK_WARNING: Duration = Duration::from_secs(30);
+/// committing any before it says so, and how often it says so again; and
+/// how long a transactional call may last before the admitting thread
+/// says so.
+pub(super) const STUCK_WARNING: Duration = Duration::from_secs(30);
+
+/// The transactional call the sink thread is in, if any, and since when.
+/// A call that does not return stops the sink thread's own watch, so the
+/// admitting thread, which waits on the replay bound meanwhile, reads
+/// this and says what the sink thread is waiting for.
+#[derive(Default)]
+pub(super) struct InCall(Mutex<Option<(&'static str, Instant)>>);
+
+impl InCall {
+    fn enter(&self, call: &'static str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((call, Instant::now()));
+    }
+
+    fn leave(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The call under way, and how long it has lasted `at` a time.
+    pub(super) fn current(&self, at: Instant) -> Option<(&'static str, Duration)> {
+        let call = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        call.map(|(what, since)| (what, at.saturating_duration_since(since)))
+    }
+}
 
 /// Watches an exactly-once run for records read that no commit covers
 /// for long, and says how much is held and where, whatever the cause: a
@@ -342,7 +373,10 @@ fn abort(
     counters: &Counters,
     reason: &str,
 ) -> Result<(), DriverError> {
-    transactions(out)?.abort().map_err(DriverError::Commit)?;
+    txn.in_call.enter("aborting the transaction");
+    let aborted = transactions(out)?.abort();
+    txn.in_call.leave();
+    aborted.map_err(DriverError::Commit)?;
     *epoch += 1;
     // Release: the admitting thread's rewind follows this abort.
     txn.epoch.store(*epoch, Ordering::Release);
@@ -545,6 +579,21 @@ fn dead_letter(
 mod tests {
     use super::*;
     use std::sync::mpsc::channel;
+
+    #[test]
+    fn in_call_says_which_call_is_under_way_and_for_how_long() {
+        let in_call = InCall::default();
+        let before = Instant::now();
+        assert_eq!(in_call.current(before), None);
+        in_call.enter("committing the transaction");
+        let later = before + Duration::from_secs(31);
+        let (call, lasted) = in_call.current(later).unwrap();
+        assert_eq!(call, "committing the transaction");
+        assert!(lasted >= Duration::from_secs(31) - Duration::from_millis(100));
+        assert!(lasted <= Duration::from_secs(31));
+        in_call.leave();
+        assert_eq!(in_call.current(later), None);
+    }
 
     #[test]
     fn the_watch_warns_after_records_sat_uncommitted_and_again_while_they_sit() {
