@@ -147,12 +147,11 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            transaction: Some(Transaction {
-                consumer: source.consumer(),
-                input_topic: config.input_topic.clone(),
+            transaction: Some(Transaction::new(
+                source.consumer(),
+                config.input_topic.clone(),
                 link,
-                sent: false,
-            }),
+            )),
             remake: Some(Remake {
                 cluster: config.cluster.clone(),
                 retry_timeout: config.retry_timeout,

@@ -13,15 +13,16 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::Producer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::kafka_error;
 use super::lock;
 use super::produce::Writer;
 use super::source::SourceContext;
+use crate::bounded::{BoundedCall, Unanswered};
 use crate::kafka::error;
 use crate::{Acks, ConnectorError, TransactionError};
 
@@ -33,6 +34,18 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a commit or an abort may take on the client's side.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the sink waits for the offsets to be sent to the transaction
+/// before it gives the producer up. librdkafka caps that call at the
+/// transaction timeout, except while it waits for the group coordinator:
+/// a coordinator it holds for down, it waits for without bound until some
+/// broker connection changes state, and after a broker restart or stall
+/// none may change again. The producer is then made again, which aborts
+/// its transaction; the stuck call keeps its thread until it returns.
+const OFFSETS_BOUND: Duration = Duration::from_secs(TRANSACTION_TIMEOUT.as_secs() + 10);
+
+/// The thread the offsets are sent to the transaction on.
+const OFFSETS_THREAD: &str = "fila-txn-offsets";
 
 /// How long a revocation waits for the sink to abort before it lets the
 /// partitions go anyway (the sink aborts before its next commit all the
@@ -98,9 +111,24 @@ pub(crate) struct Transaction {
     pub(crate) link: Arc<Link>,
     /// Whether anything was sent since the last commit.
     pub(crate) sent: bool,
+    offsets_call: BoundedCall<KafkaResult<()>>,
 }
 
 impl Transaction {
+    pub(crate) fn new(
+        consumer: Arc<BaseConsumer<SourceContext>>,
+        input_topic: String,
+        link: Arc<Link>,
+    ) -> Transaction {
+        Transaction {
+            consumer,
+            input_topic,
+            link,
+            sent: false,
+            offsets_call: BoundedCall::new(OFFSETS_THREAD),
+        }
+    }
+
     /// Commits what `writer` sent since the last commit with the offsets
     /// `acks` allows, and opens the next transaction; returns whether
     /// there was anything to commit. An empty one is not sent to the
@@ -127,12 +155,21 @@ impl Transaction {
             let group = self.consumer.group_metadata().ok_or_else(|| {
                 TransactionError::Abort("the consumer has no group metadata yet".into())
             })?;
-            retrying(brokers, "sending offsets to the transaction", || {
-                producer.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)
-            })?;
+            let offsets = Offsets {
+                tpl,
+                group: Arc::new(group),
+            };
+            send_offsets(
+                &mut self.offsets_call,
+                producer,
+                &offsets,
+                CALL_TIMEOUT,
+                OFFSETS_BOUND,
+                brokers,
+            )?;
         }
         retrying(brokers, "committing the transaction", || {
-            producer.commit_transaction(CALL_TIMEOUT)
+            Ok(producer.commit_transaction(CALL_TIMEOUT))
         })?;
         tracing::debug!(?offsets, "transaction committed");
         acks.mark_committed(&offsets);
@@ -178,20 +215,58 @@ fn fatal(brokers: &str, what: &str, e: KafkaError) -> TransactionError {
     TransactionError::Fatal(kafka_error(brokers, what, e))
 }
 
+/// The input offsets of a transaction and the group they belong to.
+struct Offsets {
+    tpl: TopicPartitionList,
+    group: Arc<ConsumerGroupMetadata>,
+}
+
+/// Sends `offsets` to `producer`'s open transaction on `calls`' thread,
+/// giving librdkafka `timeout` and waiting at most `bound` for each try. A
+/// try that overruns the bound is fatal: the producer is left to its stuck
+/// call, and `calls` starts a new thread for the next producer's.
+fn send_offsets<C: ProducerContext + 'static>(
+    calls: &mut BoundedCall<KafkaResult<()>>,
+    producer: &Arc<BaseProducer<C>>,
+    offsets: &Offsets,
+    timeout: Duration,
+    bound: Duration,
+    brokers: &str,
+) -> Result<(), TransactionError> {
+    const WHAT: &str = "sending offsets to the transaction";
+    let sent = retrying(brokers, WHAT, || {
+        let (producer, tpl, group) = (producer.clone(), offsets.tpl.clone(), offsets.group.clone());
+        calls.call(bound, move || {
+            producer.send_offsets_to_transaction(&tpl, &group, timeout)
+        })
+    });
+    if let Err(TransactionError::Fatal(_)) = &sent {
+        *calls = BoundedCall::new(OFFSETS_THREAD);
+    }
+    sent
+}
+
 /// Runs `call` until it succeeds, retrying what librdkafka calls
 /// retriable for up to [`CALL_TIMEOUT`]; sorts what fails into an abort
 /// (the transaction can be given up and the work done again) or a fatal
-/// error (the producer cannot go on).
+/// error (the producer cannot go on, or a call made on a thread of its
+/// own gave no answer).
 fn retrying(
     brokers: &str,
     what: &str,
-    mut call: impl FnMut() -> Result<(), KafkaError>,
+    mut call: impl FnMut() -> Result<KafkaResult<()>, Unanswered>,
 ) -> Result<(), TransactionError> {
     let deadline = Instant::now() + CALL_TIMEOUT;
     loop {
         let e = match call() {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(unanswered) => {
+                let reason = format!(
+                    "{what}: {unanswered}, past the client's own timeout; giving the producer up"
+                );
+                return Err(TransactionError::Fatal(error(brokers, reason)));
+            }
         };
         if let KafkaError::Transaction(rd) = &e {
             if rd.is_fatal() {
@@ -207,5 +282,71 @@ fn retrying(
         // no flags): the transaction is given up and its work done again.
         let reason = error(brokers, format!("{what}: {e}")).to_string();
         return Err(TransactionError::Abort(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    use rdkafka::producer::BaseRecord;
+
+    /// librdkafka's own mock cluster, since the fault lies in the client:
+    /// with the group coordinator held down, the client waits for it past
+    /// the timeout it was given, and the sink must still get an answer.
+    #[test]
+    fn offsets_for_a_coordinator_that_stays_down_give_the_producer_up_within_the_bound() {
+        let mock = MockCluster::new(3).unwrap();
+        let brokers = mock.bootstrap_servers();
+        mock.create_topic("in", 1, 3).unwrap();
+        mock.create_topic("out", 1, 3).unwrap();
+        mock.coordinator(MockCoordinator::Transaction("txn".into()), 1)
+            .unwrap();
+        mock.coordinator(MockCoordinator::Group("group".into()), 2)
+            .unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("transactional.id", "txn")
+            .create()
+            .unwrap();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "group")
+            .create()
+            .unwrap();
+        let producer = Arc::new(producer);
+        producer.init_transactions(Duration::from_secs(10)).unwrap();
+        producer.begin_transaction().unwrap();
+        producer
+            .send(BaseRecord::<(), _>::to("out").payload("x"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("in", 0, Offset::Offset(1))
+            .unwrap();
+        let offsets = Offsets {
+            tpl,
+            group: Arc::new(consumer.group_metadata().unwrap()),
+        };
+        let mut calls = BoundedCall::new(OFFSETS_THREAD);
+        let (timeout, bound) = (Duration::from_millis(500), Duration::from_secs(2));
+
+        // With the coordinator up, the offsets go through.
+        send_offsets(&mut calls, &producer, &offsets, timeout, bound, &brokers).unwrap();
+
+        mock.broker_down(2).unwrap();
+        match send_offsets(&mut calls, &producer, &offsets, timeout, bound, &brokers) {
+            Err(TransactionError::Fatal(e)) => {
+                let text = e.to_string();
+                assert!(text.contains("no answer within 2s"), "{text}");
+                assert!(text.contains("giving the producer up"), "{text}");
+            }
+            other => panic!("expected the producer given up, got {other:?}"),
+        }
+        // The next producer's calls get a thread of their own, rather
+        // than be refused while the stuck one waits.
+        assert!(matches!(calls.call(bound, || Ok(())), Ok(Ok(()))));
     }
 }
