@@ -260,7 +260,7 @@ fn broker_fault_mid_burst(version: Kafka, client: &str, restart: bool, exactly_o
     }
     every_id(brokers, &output, N, &|| fila.stderr());
     assert!(fila.running(), "fila exited: {}", fila.stderr());
-    let report = fila.stop();
+    let (report, log) = fila.stop_with_stderr();
     let (out, duplicates) = every_id(brokers, &output, N, &String::new);
     eprintln!(
         "{client}{}, broker {}: {before} outputs before the fault, {} after, {duplicates} \
@@ -272,7 +272,10 @@ fn broker_fault_mid_burst(version: Kafka, client: &str, restart: bool, exactly_o
         report["messages"]
     );
     if exactly_once {
-        assert_eq!(duplicates, 0, "exactly-once wrote records twice");
+        assert_eq!(
+            duplicates, 0,
+            "exactly-once wrote records twice; fila logged:\n{log}"
+        );
     }
     assert!(
         out.len() <= N as usize + U,

@@ -55,6 +55,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// the partitions anyway.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long one ask for the group's committed offsets may take, before a
+/// rewind under exactly-once (the broker holds the answer back while a
+/// transaction's offsets are pending).
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Records one keep-alive takes from librdkafka at most.
 const KEEP_ALIVE_TAKE: usize = 256;
 
@@ -651,6 +656,66 @@ impl RdSource {
         context.logging.outage.check()
     }
 
+    /// Before a rewind: takes the group's offsets as the broker has them,
+    /// where they are past what this process knows it committed. A
+    /// transaction whose commit was sent and whose answer was lost (its
+    /// broker restarted under it) is reported failed, yet it may have
+    /// committed: the producer made again after it completes what its
+    /// predecessor prepared to commit. Rewinding to the offsets known here
+    /// would then write its records twice. The broker's answer is stable:
+    /// with read-committed, it waits for open transactions' offsets to
+    /// settle. A failure to ask is a broker fault like a failed read.
+    fn learn_committed(&self) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        if context.eos.is_none() {
+            return Ok(());
+        }
+        let known = context.acks.committed_offsets();
+        if known.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(known.len());
+        for &partition in known.keys() {
+            tpl.add_partition(&context.topic, partition);
+        }
+        loop {
+            match self
+                .consumer
+                .committed_offsets(tpl.clone(), COMMITTED_TIMEOUT)
+            {
+                Ok(committed) => {
+                    let ahead: Vec<(i32, i64)> = committed
+                        .elements_for_topic(&context.topic)
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) if o > known[&e.partition()] => {
+                                Some((e.partition(), o))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    if !ahead.is_empty() {
+                        tracing::warn!(
+                            topic = %context.topic, ?ahead,
+                            "a transaction reported failed had committed: reading on from its offsets"
+                        );
+                        context.acks.mark_committed(&ahead);
+                    }
+                    context.logging.outage.succeeded();
+                    return Ok(());
+                }
+                Err(e) => {
+                    context
+                        .logging
+                        .outage
+                        .failed(&format!("asking the group's committed offsets: {e}"));
+                    context.logging.outage.check()?;
+                    std::thread::sleep(context.logging.outage.backoff());
+                }
+            }
+        }
+    }
+
     /// Drops the read-ahead of partitions revoked during the last poll,
     /// and learns of partitions assigned (unpaused) during it.
     fn forget_revoked(&mut self) {
@@ -756,6 +821,7 @@ impl Source for RdSource {
     /// Seeks every partition whose records were handed out back to its
     /// last commit, and drops their read-ahead.
     fn rewind(&mut self) -> Result<(), ConnectorError> {
+        self.learn_committed()?;
         let context = self.consumer.context();
         let at = context.acks.rewind();
         if at.is_empty() {
@@ -794,4 +860,73 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::rd::admin::commit_group_offsets;
+    use crate::kafka::{Cluster, OffsetReset, Replica};
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    /// The next record `source` hands out, within 30 s.
+    fn next(source: &mut RdSource) -> Envelope {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Polled::Record(e) = source.poll(Duration::from_millis(200)).unwrap() {
+                return e;
+            }
+        }
+        panic!("no record within 30 s");
+    }
+
+    /// librdkafka's mock cluster stands in for a commit whose answer was
+    /// lost: the group's offset moves on the broker while this process
+    /// knows nothing of it.
+    #[test]
+    fn under_exactly_once_a_rewind_goes_to_the_brokers_commit_when_it_is_further_on() {
+        let mock = MockCluster::new(1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        mock.create_topic("in", 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for i in 0..20 {
+            let payload = i.to_string();
+            producer
+                .send(BaseRecord::<(), _>::to("in").payload(&payload))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let cluster = Cluster::new(brokers, Default::default());
+        let config = SourceConfig {
+            cluster: cluster.clone(),
+            topic: "in".into(),
+            group: "group".into(),
+            assignment: Assignment::Static(Replica::ALL),
+            offset_reset: OffsetReset::Earliest,
+            retry_timeout: Duration::from_secs(30),
+        };
+        let mut source = RdSource::connect_with(config, Some(Arc::new(Link::default()))).unwrap();
+        let acks = source.committing().unwrap().unwrap().acks;
+        for offset in 0..10 {
+            let e = next(&mut source);
+            assert_eq!(e.position.offset, offset);
+            acks.track(e.position, e.payload.len());
+        }
+
+        // Nothing committed as far as this process knows: back to 0.
+        source.rewind().unwrap();
+        assert_eq!(next(&mut source).position.offset, 0);
+
+        // The broker holds the group at 6: the rewind goes there.
+        commit_group_offsets(&cluster, "group", "in", &[(0, 6)]).unwrap();
+        source.rewind().unwrap();
+        assert_eq!(acks.committed_offsets()[&0], 6);
+        assert_eq!(next(&mut source).position.offset, 6);
+    }
 }
