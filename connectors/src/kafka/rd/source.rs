@@ -688,7 +688,9 @@ impl RdSource {
                         .elements_for_topic(&context.topic)
                         .iter()
                         .filter_map(|e| match e.offset() {
-                            Offset::Offset(o) if o > known[&e.partition()] => {
+                            Offset::Offset(o)
+                                if known.get(&e.partition()).is_some_and(|&k| o > k) =>
+                            {
                                 Some((e.partition(), o))
                             }
                             _ => None,
