@@ -110,6 +110,11 @@ impl Outage {
         self.failing.load(Ordering::Acquire)
     }
 
+    /// How long the current run of failures has lasted, if there is one.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.lock().as_ref().map(|run| run.since.elapsed())
+    }
+
     /// How long to wait before the next attempt: doubling from 100 ms with
     /// each failure of the run, up to 5 s. Zero when nothing is failing.
     pub fn backoff(&self) -> Duration {
