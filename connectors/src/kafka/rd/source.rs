@@ -710,9 +710,12 @@ impl RdSource {
     /// predecessor prepared to commit. Rewinding to the offsets known here
     /// would then write its records twice. The broker's answer is stable:
     /// with read-committed, it waits for open transactions' offsets to
-    /// settle. A failure to ask is a broker fault like a failed read.
-    fn learn_committed(&self) -> Result<(), ConnectorError> {
-        let context = self.consumer.context();
+    /// settle. A failure to ask is a broker fault like a failed read, and
+    /// gives the client its bootstrap servers again as a failed read does.
+    fn learn_committed(&mut self) -> Result<(), ConnectorError> {
+        // The consumer's own handle: `rebootstrap_maybe` below borrows `self`.
+        let consumer = self.consumer.clone();
+        let context = consumer.context();
         if context.eos.is_none() {
             return Ok(());
         }
@@ -725,10 +728,7 @@ impl RdSource {
             tpl.add_partition(&context.topic, partition);
         }
         loop {
-            match self
-                .consumer
-                .committed_offsets(tpl.clone(), COMMITTED_TIMEOUT)
-            {
+            match consumer.committed_offsets(tpl.clone(), COMMITTED_TIMEOUT) {
                 Ok(committed) => {
                     let ahead: Vec<(i32, i64)> = committed
                         .elements_for_topic(&context.topic)
@@ -753,12 +753,12 @@ impl RdSource {
                     return Ok(());
                 }
                 Err(e) => {
-                    context
-                        .logging
-                        .outage
-                        .failed(&format!("asking the group's committed offsets: {e}"));
-                    context.logging.outage.check()?;
-                    std::thread::sleep(context.logging.outage.backoff());
+                    let outage = &context.logging.outage;
+                    outage.failed(&format!("asking the group's committed offsets: {e}"));
+                    outage.check()?;
+                    let backoff = outage.backoff();
+                    self.rebootstrap_maybe();
+                    std::thread::sleep(backoff);
                 }
             }
         }
