@@ -670,9 +670,10 @@ impl RdSource {
     /// Gives the client the bootstrap servers again once the broker has
     /// not answered for [`REBOOTSTRAP_AFTER`], and every
     /// [`REBOOTSTRAP_EVERY`] after. librdkafka drops a broker that a
-    /// metadata answer leaves out, and a broker of one just back from a
-    /// stall (fenced until its controller hears from it) answers with no
-    /// broker at all: the client then knows none, and asks nobody again.
+    /// metadata answer leaves out, and a fenced broker (shutting down, or
+    /// back from a stall until its controller hears from it) leaves itself
+    /// out: with one broker, the client then knows none, and asks nobody
+    /// again.
     /// While the broker is only down, this costs a connection attempt, and
     /// the next metadata answer drops the extra handle.
     fn rebootstrap_maybe(&mut self) {
