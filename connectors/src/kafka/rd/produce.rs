@@ -224,6 +224,19 @@ impl Writer {
         headers: Option<OwnedHeaders>,
         partition: Option<i32>,
     ) -> Result<(), ConnectorError> {
+        self.try_send(topic, key, payload, headers, partition)
+            .map_err(|e| kafka_error(&self.brokers, &format!("producing to {topic}"), e))
+    }
+
+    /// [`Writer::send`], with librdkafka's error as it came.
+    pub(super) fn try_send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        partition: Option<i32>,
+    ) -> Result<(), KafkaError> {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
         if let Some(partition) = partition {
             record = record.partition(partition);
@@ -248,11 +261,7 @@ impl Writer {
                 }
                 Err((e, _)) => {
                     context.settle_one();
-                    return Err(kafka_error(
-                        &self.brokers,
-                        &format!("producing to {topic}"),
-                        e,
-                    ));
+                    return Err(e);
                 }
             }
         }

@@ -1,8 +1,10 @@
 //! The pipeline's sink: outputs to the output topic, dead letters with
 //! their position and reason in headers.
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
+use rdkafka::types::RDKafkaErrorCode;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -205,6 +207,39 @@ impl RdSink {
             t.sent = true;
         }
     }
+
+    /// Sends one record. Under exactly-once, librdkafka refuses records
+    /// once the open transaction has failed in a way that needs an abort
+    /// (an abortable error, such as a sequence gap after a broker restart):
+    /// the record is then left out, and the transaction is marked to abort
+    /// at the next commit, whose rewind runs the record again.
+    fn write(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), ConnectorError> {
+        self.sent();
+        match self.writer.try_send(topic, key, payload, headers, None) {
+            Ok(()) => Ok(()),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::State))
+                if self.transaction.is_some() =>
+            {
+                if let Some(t) = &mut self.transaction {
+                    t.doom(format!(
+                        "producing to {topic}: the transaction is in an error state"
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) => Err(kafka_error(
+                &self.brokers,
+                &format!("producing to {topic}"),
+                e,
+            )),
+        }
+    }
 }
 
 impl Transactions for RdSink {
@@ -249,9 +284,8 @@ impl Transactions for RdSink {
 
 impl Sink for RdSink {
     fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
-        self.sent();
-        self.writer
-            .send(&self.output_topic, key, payload, None, None)
+        let topic = self.output_topic.clone();
+        self.write(&topic, key, payload, None)
     }
 
     fn dead_letter(
@@ -261,8 +295,10 @@ impl Sink for RdSink {
         payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError> {
-        self.sent();
-        let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
+        let topic = self
+            .dlq_topic
+            .clone()
+            .unwrap_or_else(|| self.output_topic.clone());
         let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
         let headers = [
             (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),
@@ -277,7 +313,7 @@ impl Sink for RdSink {
                 value: Some(value),
             })
         });
-        self.writer.send(topic, key, payload, Some(headers), None)
+        self.write(&topic, key, payload, Some(headers))
     }
 
     fn flush(&mut self) -> Result<(), ConnectorError> {
@@ -315,6 +351,38 @@ impl Drop for RdSink {
             // broker aborts it when the producer goes, or when its
             // transaction times out.
             t.link.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+
+    /// What `RdSink::write` relies on: once the open transaction has failed
+    /// and needs an abort, librdkafka refuses further records with a state
+    /// error. librdkafka's mock cluster answers slower than the delivery
+    /// timeout, so a record times out, which fails the transaction as a
+    /// stalled broker does.
+    #[test]
+    fn a_record_sent_into_a_failed_transaction_is_refused_with_a_state_error() {
+        let mock = MockCluster::new(1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        mock.create_topic("out", 1, 1).unwrap();
+        let cluster = Cluster::new(brokers, Default::default());
+        let writer = transactional_writer(&cluster, Duration::from_secs(1), "txn").unwrap();
+        mock.broker_round_trip_time(1, Duration::from_secs(3)).unwrap();
+        writer.try_send("out", None, b"first", None, None).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match writer.try_send("out", None, b"next", None, None) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)) => break,
+                Ok(()) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => panic!("expected a state error, got {other:?}"),
+            }
         }
     }
 }

@@ -111,6 +111,8 @@ pub(crate) struct Transaction {
     pub(crate) link: Arc<Link>,
     /// Whether anything was sent since the last commit.
     pub(crate) sent: bool,
+    /// Why the open transaction must abort, if a send found it failed.
+    doomed: Option<String>,
     offsets_call: BoundedCall<KafkaResult<()>>,
 }
 
@@ -125,6 +127,7 @@ impl Transaction {
             input_topic,
             link,
             sent: false,
+            doomed: None,
             offsets_call: BoundedCall::new(OFFSETS_THREAD),
         }
     }
@@ -139,6 +142,9 @@ impl Transaction {
         acks: &Acks,
         brokers: &str,
     ) -> Result<bool, TransactionError> {
+        if let Some(reason) = self.doomed.take() {
+            return Err(TransactionError::Abort(error(brokers, reason).to_string()));
+        }
         let offsets = acks.committable();
         if offsets.is_empty() && !self.sent {
             return Ok(false);
@@ -181,10 +187,17 @@ impl Transaction {
         Ok(true)
     }
 
+    /// A send found the open transaction failed: it must abort, and the
+    /// next commit does that instead of committing.
+    pub(crate) fn doom(&mut self, reason: String) {
+        self.doomed.get_or_insert(reason);
+    }
+
     /// The open transaction was given up some other way (its producer
     /// made again): tells a revocation waiting on it.
     pub(crate) fn link_aborted(&mut self) {
         self.sent = false;
+        self.doomed = None;
         self.link.aborted();
     }
 
@@ -206,6 +219,7 @@ impl Transaction {
             .begin_transaction()
             .map_err(|e| kafka_error(brokers, "beginning a transaction", e))?;
         self.sent = false;
+        self.doomed = None;
         self.link.aborted();
         Ok(())
     }
