@@ -207,39 +207,6 @@ impl RdSink {
             t.sent = true;
         }
     }
-
-    /// Sends one record. Under exactly-once, librdkafka refuses records
-    /// once the open transaction has failed in a way that needs an abort
-    /// (an abortable error, such as a sequence gap after a broker restart):
-    /// the record is then left out, and the transaction is marked to abort
-    /// at the next commit, whose rewind runs the record again.
-    fn write(
-        &mut self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), ConnectorError> {
-        self.sent();
-        match self.writer.try_send(topic, key, payload, headers, None) {
-            Ok(()) => Ok(()),
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::State))
-                if self.transaction.is_some() =>
-            {
-                if let Some(t) = &mut self.transaction {
-                    t.doom(format!(
-                        "producing to {topic}: the transaction is in an error state"
-                    ));
-                }
-                Ok(())
-            }
-            Err(e) => Err(kafka_error(
-                &self.brokers,
-                &format!("producing to {topic}"),
-                e,
-            )),
-        }
-    }
 }
 
 impl Transactions for RdSink {
@@ -284,8 +251,16 @@ impl Transactions for RdSink {
 
 impl Sink for RdSink {
     fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
-        let topic = self.output_topic.clone();
-        self.write(&topic, key, payload, None)
+        self.sent();
+        write(
+            &self.writer,
+            &mut self.transaction,
+            &self.brokers,
+            &self.output_topic,
+            key,
+            payload,
+            None,
+        )
     }
 
     fn dead_letter(
@@ -295,10 +270,8 @@ impl Sink for RdSink {
         payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError> {
-        let topic = self
-            .dlq_topic
-            .clone()
-            .unwrap_or_else(|| self.output_topic.clone());
+        self.sent();
+        let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
         let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
         let headers = [
             (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),
@@ -313,7 +286,15 @@ impl Sink for RdSink {
                 value: Some(value),
             })
         });
-        self.write(&topic, key, payload, Some(headers))
+        write(
+            &self.writer,
+            &mut self.transaction,
+            &self.brokers,
+            topic,
+            key,
+            payload,
+            Some(headers),
+        )
     }
 
     fn flush(&mut self) -> Result<(), ConnectorError> {
@@ -329,6 +310,34 @@ impl Sink for RdSink {
             Some(_) => Some(self),
             None => None,
         }
+    }
+}
+
+/// Sends one record with `writer`. Under exactly-once, librdkafka refuses
+/// records once the open transaction has failed in a way that needs an
+/// abort (an abortable error, such as a sequence gap after a broker
+/// restart): the record is then left out, and the transaction is marked to
+/// abort at the next commit, whose rewind runs the record again.
+fn write(
+    writer: &Writer,
+    transaction: &mut Option<Transaction>,
+    brokers: &str,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(), ConnectorError> {
+    match writer.try_send(topic, key, payload, headers, None) {
+        Ok(()) => Ok(()),
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)) if transaction.is_some() => {
+            if let Some(t) = transaction {
+                t.doom(format!(
+                    "producing to {topic}: the transaction is in an error state"
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(kafka_error(brokers, &format!("producing to {topic}"), e)),
     }
 }
 
@@ -372,7 +381,8 @@ mod tests {
         mock.create_topic("out", 1, 1).unwrap();
         let cluster = Cluster::new(brokers, Default::default());
         let writer = transactional_writer(&cluster, Duration::from_secs(1), "txn").unwrap();
-        mock.broker_round_trip_time(1, Duration::from_secs(3)).unwrap();
+        mock.broker_round_trip_time(1, Duration::from_secs(3))
+            .unwrap();
         writer.try_send("out", None, b"first", None, None).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
