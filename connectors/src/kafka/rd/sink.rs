@@ -369,7 +369,7 @@ mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
 
-    /// What `RdSink::write` relies on: once the open transaction has failed
+    /// What `write` relies on: once the open transaction has failed
     /// and needs an abort, librdkafka refuses further records with a state
     /// error. librdkafka's mock cluster answers slower than the delivery
     /// timeout, so a record times out, which fails the transaction as a
