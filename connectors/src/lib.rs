@@ -30,7 +30,7 @@ pub use kafka::{
 pub use stdio::{DiscardSink, StdinSource, StdoutSink, DEFAULT_MAX_RECORD_BYTES};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,8 +153,13 @@ pub struct SourceStatus {
     /// The topic read, for the lag's labels.
     pub topic: String,
     /// Why the source is not consuming now, if it is not (joining a group,
-    /// a rebalance, a restore).
-    not_ready: Mutex<Option<String>>,
+    /// a rebalance, a restore), and since when.
+    not_ready: Mutex<Option<(String, Instant)>>,
+    /// Spells of not being ready, each counted when it begins: a probe of
+    /// `/readyz` can miss a short one, this count does not.
+    unready_spells: AtomicU64,
+    /// Time spent not ready, over the spells that have ended.
+    unready_for: Mutex<Duration>,
     /// Per partition, records between the committed offset and the end of
     /// the log, as last reported by the client.
     lag: Mutex<BTreeMap<i32, i64>>,
@@ -175,19 +180,44 @@ impl SourceStatus {
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *lock(&self.not_ready) = Some(reason.into());
+        let mut not_ready = lock(&self.not_ready);
+        let since = match &*not_ready {
+            Some((_, since)) => *since,
+            None => {
+                self.unready_spells.fetch_add(1, Ordering::Relaxed);
+                Instant::now()
+            }
+        };
+        *not_ready = Some((reason.into(), since));
     }
 
     pub fn set_ready(&self) {
-        *lock(&self.not_ready) = None;
+        if let Some((_, since)) = lock(&self.not_ready).take() {
+            *lock(&self.unready_for) += since.elapsed();
+        }
     }
 
     /// Whether the source is consuming; why not, if it is not.
     pub fn readiness(&self) -> Result<(), String> {
         match &*lock(&self.not_ready) {
             None => Ok(()),
-            Some(reason) => Err(reason.clone()),
+            Some((reason, _)) => Err(reason.clone()),
         }
+    }
+
+    /// Spells of not being ready so far (the one under way included), and
+    /// the time spent not ready (the spell under way included).
+    pub fn unready(&self) -> (u64, Duration) {
+        // The same lock order as `set_ready`: the spell, then the total.
+        let not_ready = lock(&self.not_ready);
+        let ended = *lock(&self.unready_for);
+        let under_way = not_ready
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, since)| since.elapsed());
+        (
+            self.unready_spells.load(Ordering::Relaxed),
+            ended + under_way,
+        )
     }
 
     pub fn set_lag(&self, lag: BTreeMap<i32, i64>) {
@@ -259,5 +289,38 @@ pub trait Sink: Send {
     /// driver then runs exactly-once.
     fn transactions(&mut self) -> Option<&mut dyn Transactions> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_spell_of_not_ready_is_counted_once_and_timed() {
+        let status = SourceStatus::starting("t", "joining the consumer group");
+        assert_eq!(status.unready().0, 1);
+        // A new reason within the same spell is not a new spell.
+        status.set_not_ready("a rebalance is taking partitions away");
+        assert_eq!(status.unready().0, 1);
+        std::thread::sleep(Duration::from_millis(20));
+        status.set_ready();
+        let (spells, first) = status.unready();
+        assert_eq!(spells, 1);
+        assert!(first >= Duration::from_millis(20), "{first:?}");
+        // Ready time does not count; a second spell does, while under way.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(status.unready(), (1, first));
+        status.set_not_ready("a rebalance is taking partitions away");
+        assert_eq!(
+            status.readiness(),
+            Err("a rebalance is taking partitions away".into())
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let (spells, so_far) = status.unready();
+        assert_eq!(spells, 2);
+        assert!(so_far >= first + Duration::from_millis(5), "{so_far:?}");
+        status.set_ready();
+        assert_eq!(status.readiness(), Ok(()));
     }
 }

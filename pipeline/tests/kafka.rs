@@ -794,7 +794,11 @@ fn readiness_and_consumer_lag_follow_a_member_through_a_burst_and_a_rebalance() 
     assert!(peak >= 500, "the lag never rose: {}", scrape(&addr));
 
     // A second member joins while the first is busy: the first gives up
-    // partitions, and is not ready while it drains and commits them.
+    // partitions, and is not ready while it drains and commits them. That
+    // spell can be a few milliseconds, shorter than a probe takes on a busy
+    // machine: the member counts its spells, and the probes are a sample.
+    let unready = |page: &str| metric(page, "fila_source_not_ready_total").unwrap();
+    let spells_before = unready(&scrape(&addr));
     let mut second = member_with(&brokers, &input, &output, &group, &metrics);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut during = Vec::new();
@@ -806,9 +810,17 @@ fn readiness_and_consumer_lag_follow_a_member_through_a_burst_and_a_rebalance() 
         }
     }
     second.wait_assigned();
+    // The first member's revocation began before the second was given
+    // anything: its spell is counted by now.
+    let spells_after = unready(&scrape(&addr));
     assert!(
-        during.iter().any(|r| r.contains("rebalance")),
-        "never not ready during the rebalance: {during:?}"
+        spells_after > spells_before,
+        "never not ready during the rebalance: {spells_before} spells before, \
+         {spells_after} after; probes saw {during:?}"
+    );
+    assert!(
+        during.iter().all(|r| r.contains("rebalance")),
+        "not ready for another reason during the rebalance: {during:?}"
     );
     assert!(not_ready_until_ready(&addr, Duration::from_secs(30)).len() <= 1);
     burst.join();
@@ -847,7 +859,10 @@ fn readiness_and_consumer_lag_follow_a_member_through_a_burst_and_a_rebalance() 
         metric(&page, "fila_input_records_total"),
         metric(&page, "fila_records_total{outcome=\"output\"}")
     );
-    eprintln!("peak lag {peak}; not ready during the rebalance: {during:?}");
+    eprintln!(
+        "peak lag {peak}; not-ready spells {spells_before} before the rebalance, \
+         {spells_after} after; probes saw {during:?}"
+    );
     let (r1, r2) = (first.stop(), second.stop());
     let out = read_every_id(&brokers, &output, N, Duration::from_secs(60));
     let (missing, _) = lost_and_duplicates(&out, N);

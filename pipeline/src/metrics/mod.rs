@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use fila_connectors::Uncommitted;
 use fila_runtime::Stats;
@@ -42,6 +43,7 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
             topic: status.topic.clone(),
             lag: status.lag(),
             rebalances: status.rebalances.load(Relaxed),
+            unready: status.unready(),
         }),
     }));
     let mut page = String::new();
@@ -79,6 +81,8 @@ struct SourcePage {
     /// Per partition, records behind the end of the log.
     lag: BTreeMap<i32, i64>,
     rebalances: u64,
+    /// Spells of not being ready, and the time spent not ready.
+    unready: (u64, Duration),
 }
 
 impl Collector for Page {
@@ -255,6 +259,18 @@ impl SourcePage {
             "fila_rebalances",
             "Rebalances of the consumer group this member took part in (each assignment and each revocation).",
             ConstCounter::new(self.rebalances),
+        )?;
+        one(
+            e,
+            "fila_source_not_ready",
+            "Spells of /readyz saying not ready (joining the group, each revocation), counted as each begins.",
+            ConstCounter::new(self.unready.0),
+        )?;
+        one(
+            e,
+            "fila_source_not_ready_seconds",
+            "Time /readyz said not ready, the spell under way included.",
+            ConstCounter::new(self.unready.1.as_secs_f64()),
         )
     }
 }
