@@ -219,11 +219,11 @@ impl Window {
     }
 
     /// How many completed units each of `workers` workers may hold before
-    /// it releases their slots in one RMW: its share of `wake_batch`, at
-    /// least one. All the workers together then withhold fewer than
-    /// `wake_batch` slots, an eighth of the window.
+    /// it releases their slots in one RMW: its share of an eighth of the
+    /// window, at least one. All the workers together then withhold fewer
+    /// than an eighth of the window (see `window.md`).
     pub(crate) fn release_batch(&self, workers: usize) -> u64 {
-        (self.wake_batch / workers.max(1) as u64).max(1)
+        ((self.cap / 8) / workers.max(1) as u64).max(1)
     }
 
     #[cold]
@@ -275,12 +275,13 @@ impl Window {
     }
 }
 
-/// How many free slots wake a blocked admitter, for a window of `cap`: an
-/// eighth of the window, at least one. A full window then costs its admitter
-/// one wake-up per `wake_batch` units instead of one per unit, while the
-/// workers still hold at least seven eighths of the window's work.
+/// How many free slots wake a blocked admitter, for a window of `cap`: half
+/// the window, at least one. A full window then costs its admitter one
+/// wake-up per `wake_batch` units instead of one per unit, while the workers
+/// still hold at least half the window's work (`window.md`, "Waking in
+/// batches", says why half).
 fn wake_batch(cap: u64) -> u64 {
-    (cap / 8).max(1)
+    (cap / 2).max(1)
 }
 
 #[cfg(all(test, not(fila_loom)))]
@@ -289,9 +290,12 @@ mod tests {
 
     #[test]
     fn a_blocked_admitter_is_woken_once_a_batch_of_slots_is_free() {
-        assert_eq!((wake_batch(1), wake_batch(15), wake_batch(64)), (1, 1, 8));
-        let w = std::sync::Arc::new(Window::new(16));
-        for _ in 0..16 {
+        assert_eq!(
+            (wake_batch(1), wake_batch(3), wake_batch(4), wake_batch(64)),
+            (1, 1, 2, 32)
+        );
+        let w = std::sync::Arc::new(Window::new(4));
+        for _ in 0..4 {
             w.acquire().unwrap();
         }
         let w2 = w.clone();
@@ -304,7 +308,7 @@ mod tests {
         assert!(!w.release(1));
         assert!(!w.release(1));
         assert_eq!(t.join().unwrap(), Ok(()));
-        assert_eq!(w.load().in_flight(), 15);
+        assert_eq!(w.load().in_flight(), 3);
         assert_eq!(w.load().waiters(), 0);
     }
 
