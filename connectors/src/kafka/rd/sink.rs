@@ -327,17 +327,18 @@ fn write(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<(), ConnectorError> {
-    match writer.try_send(topic, key, payload, headers, None) {
-        Ok(()) => Ok(()),
-        Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)) if transaction.is_some() => {
-            if let Some(t) = transaction {
-                t.doom(format!(
-                    "producing to {topic}: the transaction is in an error state"
-                ));
-            }
+    match (
+        writer.try_send(topic, key, payload, headers, None),
+        transaction,
+    ) {
+        (Ok(()), _) => Ok(()),
+        (Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)), Some(t)) => {
+            t.doom(format!(
+                "producing to {topic}: the transaction is in an error state"
+            ));
             Ok(())
         }
-        Err(e) => Err(kafka_error(brokers, &format!("producing to {topic}"), e)),
+        (Err(e), _) => Err(kafka_error(brokers, &format!("producing to {topic}"), e)),
     }
 }
 
