@@ -35,6 +35,13 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a commit or an abort may take on the client's side.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a commit waits for the records of its transaction to be
+/// delivered before it calls the client library's commit, which then
+/// waits for them itself (see [`Writer::drain`]). A delivery takes a round
+/// trip to the broker; one that takes longer is a slow broker, and the
+/// commit waits on it either way.
+const DRAIN_BOUND: Duration = Duration::from_secs(5);
+
 /// How long the sink waits for the offsets to be sent to the transaction
 /// before it gives the producer up. librdkafka caps that call at the
 /// transaction timeout, except while it waits for the group coordinator:
@@ -174,6 +181,7 @@ impl Transaction {
                 brokers,
             )?;
         }
+        writer.drain(DRAIN_BOUND);
         retrying(brokers, "committing the transaction", || {
             Ok(producer.commit_transaction(CALL_TIMEOUT))
         })?;
