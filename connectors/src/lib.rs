@@ -26,6 +26,7 @@ pub use kafka::{
     ClientKind, ClientProperties, Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset,
     Replica, SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT,
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+    MAX_EXACTLY_ONCE_INTERVAL,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink, DEFAULT_MAX_RECORD_BYTES};
 

@@ -370,6 +370,18 @@ fn wrong_flags_exit_2_with_a_clear_message() {
         (&["run", "--sink-tick", "soon"], "expected a duration"),
         (&["run", "--sink-linger", "0"], "above zero"),
         (&["run", "--report", "xml"], "xml"),
+        (&["run", "--exactly-once"], "needs --source kafka"),
+        (
+            &[
+                "run",
+                "--source",
+                "kafka",
+                "--exactly-once",
+                "--commit-interval",
+                "6s",
+            ],
+            "at most 5s, got 6s",
+        ),
         (&["run", "--frobnicate"], "--frobnicate"),
         (&["bogus"], "bogus"),
     ] {

@@ -522,6 +522,56 @@ fn exactly_once_metrics_count_transactions_not_idle_ticks() {
     assert_eq!(lost_and_duplicates(&out, N), (Vec::new(), 0));
 }
 
+/// Under exactly-once a result is visible only once its transaction
+/// commits. Small batches, each sent once the one before is visible, at
+/// the longest commit interval exactly-once allows (5 s): each is committed
+/// as soon as the input goes quiet with its records finished. Were commits
+/// made only by the interval, each batch after the first would wait for the
+/// next one, 5 s after the commit that showed the batch before, and the
+/// three measured would take at least 14 s.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn exactly_once_commits_when_the_input_goes_quiet_not_only_at_the_interval() {
+    const N: u64 = 20;
+    let brokers = brokers_4x();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(&brokers, &input, 2).unwrap();
+    let mut fila = Fila::start(
+        &brokers,
+        &[
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--group",
+            &group,
+            "--exactly-once",
+            "--commit-interval",
+            "5s",
+        ],
+    );
+    fila.wait_assigned();
+    let mut measured = Duration::ZERO;
+    let mut out = Vec::new();
+    for batch in 0..4 {
+        let ids = batch * N..(batch + 1) * N;
+        let values: Vec<Vec<u8>> = ids.map(|id| message(id, [1; 5], 0)).collect();
+        let sent = Instant::now();
+        produce(&brokers, &input, &values);
+        out = read_every_id(&brokers, &output, (batch + 1) * N, Duration::from_secs(60));
+        if batch > 0 {
+            measured += sent.elapsed();
+        }
+    }
+    let read = lost_and_duplicates(&out, 4 * N);
+    fila.stop();
+    assert_eq!(read, (Vec::new(), 0));
+    assert!(
+        measured < Duration::from_secs(10),
+        "three batches took {measured:?} to be visible: committed by the interval only"
+    );
+}
+
 /// Exactly-once with three group members, one killed mid-stream and one
 /// joining after: its partitions move, the open transactions of the dead
 /// member are aborted (its outputs never seen), and a reader of committed

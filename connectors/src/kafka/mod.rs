@@ -32,7 +32,7 @@ pub use dead_letter::{
 };
 pub use probe::BrokerVersions;
 pub use properties::{redact, ClientProperties, Cluster};
-pub use rd::DRAIN_TIMEOUT;
+pub use rd::{DRAIN_TIMEOUT, MAX_EXACTLY_ONCE_INTERVAL};
 use retry::Outage;
 pub use retry::DEFAULT_RETRY_TIMEOUT;
 

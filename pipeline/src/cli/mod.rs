@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fila_connectors::units::{Bytes, Span};
 use fila_connectors::{
     ClientKind, ClientProperties, Cluster, ConnectorError, GroupProtocol, OffsetReset, ReplayBound,
-    Replica,
+    Replica, MAX_EXACTLY_ONCE_INTERVAL,
 };
 use fila_runtime::{Workers, DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW};
 
@@ -124,8 +124,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub exactly_once: bool,
     /// With Kafka, how often offsets are committed (under --exactly-once,
-    /// how often a transaction commits). A crash replays what was read
-    /// since the last commit.
+    /// how often a transaction commits, at most every 5s, and at once
+    /// when the input goes quiet). A crash replays what was read since the
+    /// last commit.
     #[arg(long, default_value_t = Span(DriverConfig::default().commit_interval))]
     pub commit_interval: Span,
     /// With Kafka, records read and not yet committed at most: reading
@@ -348,15 +349,24 @@ fn check_exactly_once<C: clap::CommandFactory>(args: &RunArgs) {
     if !args.exactly_once {
         return;
     }
+    let interval = args.commit_interval;
     let wrong = if args.source != SourceKind::Kafka {
-        Some("--exactly-once needs --source kafka")
+        Some("--exactly-once needs --source kafka".to_owned())
     } else if args.sink.is_some_and(|s| s != SinkKind::Kafka) {
-        Some("--exactly-once needs --sink kafka")
+        Some("--exactly-once needs --sink kafka".to_owned())
     } else if args.kafka.cluster.kafka_client == ClientKind::Kafka {
         Some(
             "--exactly-once needs --kafka-client rdkafka: the kafka client speaks protocol v0, \
-             which has no transactions",
+             which has no transactions"
+                .to_owned(),
         )
+    } else if interval.0 > MAX_EXACTLY_ONCE_INTERVAL {
+        Some(format!(
+            "--exactly-once takes a --commit-interval of at most {}, got {interval}: each \
+             interval is one transaction, and the broker aborts a transaction left open for \
+             twice that",
+            Span(MAX_EXACTLY_ONCE_INTERVAL)
+        ))
     } else {
         None
     };

@@ -44,12 +44,24 @@ pub(super) struct Transactional<'a> {
     pub(super) in_call: &'a InCall,
 }
 
-/// When to commit: every `interval`, or at once when `urgent` (half the
-/// replay bound) is reached.
+/// When to commit: every `interval`; at once when `urgent` (half the
+/// replay bound) is reached; and at once when the input has gone quiet.
+///
+/// Quiet means that no record was read since the sink thread last looked,
+/// at least a tick before (it looks once a batch or a tick), and that
+/// every record read has finished. Results are visible to read-committed
+/// readers only once their transaction commits, so without it the end of
+/// a burst, or a lone record, would wait out the rest of the interval for
+/// nothing: no more results are coming to share the transaction. While
+/// records keep coming it never fires. It costs at most one commit per
+/// tick, on a trickle whose records come more than a tick apart; a stream
+/// that fast commits by the interval.
 pub(super) struct Clock {
     pub(super) interval: Duration,
     pub(super) urgent: ReplayBound,
     pub(super) last: Instant,
+    /// Records read when the sink thread last looked.
+    read: u64,
 }
 
 impl Clock {
@@ -58,11 +70,19 @@ impl Clock {
             interval,
             urgent: bound.scaled(1, 2),
             last: Instant::now(),
+            read: 0,
         }
     }
 
-    pub(super) fn due(&self, acks: &Acks) -> bool {
-        self.last.elapsed() >= self.interval || !self.urgent.admits(acks.uncommitted())
+    /// Whether to commit now; `read` is the count of records read so far
+    /// and `all_done` whether every one of them has finished.
+    pub(super) fn due(&mut self, acks: &Acks, read: u64, all_done: bool) -> bool {
+        let quiet = read == self.read && all_done;
+        self.read = read;
+        let held = acks.uncommitted();
+        (quiet && held.records > 0)
+            || self.last.elapsed() >= self.interval
+            || !self.urgent.admits(held)
     }
 }
 
@@ -177,7 +197,9 @@ fn run_transactions(
         // Acquire: pairs with the admitting thread's store after its
         // rewind, which reset the tracker.
         let rewound = txn.rewound.load(Ordering::Acquire);
-        if rewound == epoch && (!open || txn.clock.due(txn.acks)) {
+        let read = counters.input_records.load(Ordering::Relaxed);
+        let due = txn.clock.due(txn.acks, read, gather.nothing_in_flight());
+        if rewound == epoch && (!open || due) {
             let started = Instant::now();
             let acks = txn.acks;
             txn.in_call.enter("committing the transaction");
@@ -593,6 +615,38 @@ mod tests {
         assert!(lasted <= Duration::from_secs(31));
         in_call.leave();
         assert_eq!(in_call.current(later), None);
+    }
+
+    #[test]
+    fn a_transaction_commits_early_only_once_the_input_has_gone_quiet() {
+        let acks = Acks::new();
+        let bound = ReplayBound {
+            records: 1_000,
+            bytes: 1 << 20,
+        };
+        // An interval no test outlives: only quiet can make it due.
+        let mut clock = Clock::new(Duration::from_secs(3600), bound);
+        let at = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        assert!(!clock.due(&acks, 0, true), "nothing read, nothing held");
+        assert!(!clock.due(&acks, 0, true), "quiet, but nothing to commit");
+        acks.track(at(0), 10);
+        assert!(!clock.due(&acks, 1, false), "a record was just read");
+        assert!(!clock.due(&acks, 1, false), "no read since, but it runs");
+        assert!(clock.due(&acks, 1, true), "no read since, and it finished");
+        acks.track(at(1), 10);
+        assert!(
+            !clock.due(&acks, 2, true),
+            "another read since the last look"
+        );
+        assert!(clock.due(&acks, 2, true));
+        // Past half the bound, due whatever is read.
+        for offset in 2..501 {
+            acks.track(at(offset), 10);
+        }
+        assert!(clock.due(&acks, 501, false), "half the bound is held");
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub(super) fn exactly_once(
 }
 pub use source::DRAIN_TIMEOUT;
 pub(super) use tools::{end_offsets, TopicReader, TopicWriter};
+pub use transaction::MAX_EXACTLY_ONCE_INTERVAL;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values stay consistent at every step, so a panic

@@ -32,6 +32,13 @@ use crate::{Acks, ConnectorError, TransactionError};
 /// long, unless its successor takes over its transactional id sooner.
 pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest `--commit-interval` exactly-once allows: each interval is
+/// one transaction, which the broker aborts once it has been open for
+/// [`TRANSACTION_TIMEOUT`]. Half of it leaves the other half for the
+/// commit's own round trips on a slow broker.
+pub const MAX_EXACTLY_ONCE_INTERVAL: Duration =
+    Duration::from_secs(TRANSACTION_TIMEOUT.as_secs() / 2);
+
 /// How long a commit or an abort may take on the client's side.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
