@@ -54,8 +54,8 @@ pub(super) struct Transactional<'a> {
 /// a burst, or a lone record, would wait out the rest of the interval for
 /// nothing: no more results are coming to share the transaction. While
 /// records keep coming it never fires. It costs at most one commit per
-/// tick, on a trickle whose records come more than a tick apart; a stream
-/// that fast commits by the interval.
+/// tick, on input whose records come more than a tick apart; records that
+/// come closer together are committed by the interval alone.
 pub(super) struct Clock {
     pub(super) interval: Duration,
     pub(super) urgent: ReplayBound,
