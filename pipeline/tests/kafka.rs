@@ -528,7 +528,7 @@ fn exactly_once_metrics_count_transactions_not_idle_ticks() {
 /// as soon as the input goes quiet with its records finished. Were commits
 /// made only by the interval, each batch after the first would wait for the
 /// next one, 5 s after the commit that showed the batch before, and the
-/// three measured would take at least 14 s.
+/// three measured would take close to 15 s.
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn exactly_once_commits_when_the_input_goes_quiet_not_only_at_the_interval() {
