@@ -9,7 +9,7 @@
 #![cfg(fila_loom)]
 
 use fila_runtime::loom_internals::Parker;
-use fila_runtime::{AdmitError, Outcome, Runtime, Workers};
+use fila_runtime::{AdmitError, Held, Outcome, Runtime, Workers};
 use loom::thread;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -510,4 +510,130 @@ fn g_unpark_racing_park_is_never_lost() {
 #[test]
 fn broken_unpark_skips_lock_loses_a_wakeup() {
     unpark_races_park();
+}
+
+/// (h) A unit's task holds a follow-on and hands it to another thread,
+/// which starts it (`started`) or drops it unstarted. The held task runs
+/// once, or an empty one in its place; the unit completes once, after it;
+/// its one slot frees, so the next unit gets through a window of one; and
+/// every use of the unit comes before its last task frees it (`task.rs`).
+///
+/// Bound 2. The race the model is there for, the holding task's end
+/// against the start and end of the held one, takes one preemption.
+fn held_follow_on(started: bool) {
+    model(Bound::Preemptions(2), move || {
+        let rt = runtime(1, 1);
+        let reports = Reports::default();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let ran_before_completion = Arc::new(AtomicUsize::new(usize::MAX));
+        let (tx, rx) = loom::sync::mpsc::channel::<Held>();
+        let starter = {
+            let ran = ran.clone();
+            thread::spawn(move || {
+                let held = rx.recv().unwrap();
+                if started {
+                    held.start(move |_| {
+                        ran.fetch_add(1, SeqCst);
+                    });
+                } else {
+                    drop(held);
+                }
+            })
+        };
+        let on_done = {
+            let (ran, seen, report) = (
+                ran.clone(),
+                ran_before_completion.clone(),
+                reports.on_done(0),
+            );
+            move |outcome| {
+                seen.store(ran.load(SeqCst), SeqCst);
+                report(outcome)
+            }
+        };
+        rt.admit(move |cx| tx.send(cx.hold()).unwrap(), on_done)
+            .unwrap();
+        rt.admit(|_| {}, reports.on_done(1)).unwrap();
+        starter.join().unwrap();
+        let stats = rt.shutdown();
+        let expected = usize::from(started);
+        assert_eq!(
+            ran.load(SeqCst),
+            expected,
+            "the held task ran twice or never"
+        );
+        assert_eq!(
+            ran_before_completion.load(SeqCst),
+            expected,
+            "the unit completed before its held task ran"
+        );
+        assert_eq!(reports.sorted(), ok(0..2));
+        assert_eq!((stats.completed, stats.in_flight), (2, 0));
+    });
+}
+
+#[cfg(not(feature = "broken-hold-uncounted"))]
+#[test]
+fn h_held_follow_on_started_elsewhere_completes_its_unit_once() {
+    held_follow_on(true);
+}
+
+#[cfg(not(feature = "broken-hold-uncounted"))]
+#[test]
+fn h_held_follow_on_dropped_unstarted_still_completes_its_unit() {
+    held_follow_on(false);
+}
+
+/// (h) The same, started by a task of another unit on the worker: the
+/// held task goes onto that worker's own deque once the starting task
+/// returns, and runs from there. One worker, so the holding unit's task
+/// runs first (the shared queue is FIFO). Two threads, so bound 3 is
+/// cheap.
+#[cfg(not(feature = "broken-hold-uncounted"))]
+#[test]
+fn h_held_follow_on_started_by_another_units_task_completes_its_unit_once() {
+    model(Bound::Preemptions(3), || {
+        let rt = runtime(1, 2);
+        let reports = Reports::default();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let slot: Arc<loom::sync::Mutex<Option<Held>>> = Arc::default();
+        let on_done = {
+            let (ran, report) = (ran.clone(), reports.on_done(0));
+            move |outcome| {
+                assert_eq!(
+                    ran.load(SeqCst),
+                    1,
+                    "the unit completed before its held task ran"
+                );
+                report(outcome)
+            }
+        };
+        let held = slot.clone();
+        rt.admit(move |cx| *held.lock().unwrap() = Some(cx.hold()), on_done)
+            .unwrap();
+        let (held, r) = (slot.clone(), ran.clone());
+        rt.admit(
+            move |_| {
+                let held = held.lock().unwrap().take();
+                held.expect("the holding unit ran first").start(move |_| {
+                    r.fetch_add(1, SeqCst);
+                });
+            },
+            reports.on_done(1),
+        )
+        .unwrap();
+        let stats = rt.shutdown();
+        assert_eq!(ran.load(SeqCst), 1, "the held task ran twice or never");
+        assert_eq!(reports.sorted(), ok(0..2));
+        assert_eq!((stats.completed, stats.in_flight), (2, 0));
+    });
+}
+
+/// Negative test: must fail. A hold that is not counted lets the unit
+/// complete and free itself when the holding task ends; the held task then
+/// uses the freed unit, which `task.rs` checks under loom.
+#[cfg(feature = "broken-hold-uncounted")]
+#[test]
+fn broken_hold_uncounted_frees_a_unit_still_held() {
+    held_follow_on(true);
 }

@@ -47,7 +47,8 @@ mod idle;
         feature = "loom-broken-detach-never-stops",
         feature = "loom-broken-unpark-skips-lock",
         feature = "loom-broken-idle-keeps-slots",
-        feature = "loom-broken-count-after-push"
+        feature = "loom-broken-count-after-push",
+        feature = "loom-broken-hold-uncounted"
     )
 ))]
 compile_error!(
@@ -71,7 +72,7 @@ mod window;
 mod worker;
 
 pub use stats::{Stats, WorkerStats};
-pub use task::{panic_message, Outcome, TaskCx, TaskFailure};
+pub use task::{panic_message, Held, Outcome, TaskCx, TaskFailure};
 pub use topology::{allowed_cpus, physical_cpus, Workers};
 pub use window::MAX_WINDOW;
 
@@ -92,6 +93,10 @@ std::thread_local! {
     /// runtime: admission from it is refused, and dropping the runtime on it
     /// detaches instead of joining (see shutdown.md).
     static ON_WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+
+    /// On a worker: held tasks started by the running task (`Held::start`),
+    /// which the worker pushes onto its own deque once the task returns.
+    static STARTED: std::cell::RefCell<Vec<Task>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 // The same under loom, whose threads share one OS thread: loom's
@@ -99,6 +104,7 @@ std::thread_local! {
 #[cfg(fila_loom)]
 loom::thread_local! {
     static ON_WORKER: std::cell::Cell<usize> = std::cell::Cell::new(0);
+    static STARTED: std::cell::RefCell<Vec<Task>> = std::cell::RefCell::new(Vec::new());
 }
 
 /// The default window is this many units per worker. Depth-first

@@ -18,8 +18,14 @@
 //! every other task has ended, so neither needs a lock. A unit whose single
 //! task ends without spawning sees a count of one and needs no atomic
 //! read-modify-write at all. Only follow-on tasks box their bodies.
+//!
+//! A task may also *hold* a follow-on (`TaskCx::hold`): counted now, given
+//! its body and queued later by whoever holds it, from any thread. Until
+//! then the unit stays in flight. That is how a stage makes a record wait
+//! for another record without blocking a worker: the waiting record's unit
+//! holds a follow-on, and the task that ends the wait starts it.
 
-use crate::sync::{AtomicUsize, Mutex, Ordering, UnsafeCell};
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, UnsafeCell};
 use crate::Shared;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -127,11 +133,12 @@ impl Task {
 
     /// Runs this task's body; the follow-ons it spawns go to `spawned`.
     /// A panic in the body propagates to the caller.
-    pub(crate) fn run(self, spawned: &mut Vec<Task>, worker: usize) {
+    pub(crate) fn run(self, spawned: &mut Vec<Task>, shared: &Arc<Shared>, worker: usize) {
         let unit = self.unit;
         let mut cx = TaskCx {
             unit,
             spawned,
+            shared,
             worker,
         };
         match self.body {
@@ -144,7 +151,8 @@ impl Task {
 }
 
 pub(crate) struct Unit<S: ?Sized> {
-    /// Live tasks: queued, running, or spawned and not yet pushed. A task
+    /// Live tasks: queued, running, spawned and not yet pushed, or held and
+    /// not yet started (`Held`). A task
     /// that ends having spawned k follow-ons changes it by k − 1, so the
     /// usual stage that spawns exactly one costs no RMW at all.
     tasks: AtomicUsize,
@@ -304,10 +312,11 @@ impl UnitPtr {
 }
 
 /// What a running task can do besides compute: schedule follow-on tasks of
-/// its own unit.
+/// its own unit, now or later.
 pub struct TaskCx<'a> {
     pub(crate) unit: UnitPtr,
     pub(crate) spawned: &'a mut Vec<Task>,
+    pub(crate) shared: &'a Arc<Shared>,
     pub(crate) worker: usize,
 }
 
@@ -326,9 +335,85 @@ impl TaskCx<'_> {
         });
     }
 
+    /// Holds a follow-on task of this unit whose body is given later, by
+    /// [`Held::start`], on any thread. The unit stays in flight, and its
+    /// window slot taken, until that task has run: a record can wait for
+    /// another without a worker waiting with it. Dropping the `Held`
+    /// unstarted starts an empty task, so the unit still completes. If the
+    /// current task panics, the `Held` it made stands: it was counted, and
+    /// runs or drops like any other.
+    pub fn hold(&mut self) -> Held {
+        // Relaxed, as in `end_task` for spawned follow-ons: this task still
+        // holds its own count, so nobody can see zero meanwhile, and the
+        // held task is published later by the queue push in `start`.
+        // Deliberately missing, compiled only for the loom negative test:
+        // the unit can complete and free itself before the held task runs.
+        #[cfg(not(feature = "loom-broken-hold-uncounted"))]
+        self.unit.unit().tasks.fetch_add(1, Ordering::Relaxed);
+        Held {
+            unit: Some(self.unit),
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The index of the worker running this task, in `0..workers`.
     pub fn worker_index(&self) -> usize {
         self.worker
+    }
+}
+
+/// A follow-on task of a unit, counted but not yet queued: see
+/// [`TaskCx::hold`]. `Send`, so that another record's task (or any
+/// thread) can start it.
+#[must_use = "a held task keeps its unit in flight until it is started or dropped"]
+pub struct Held {
+    /// `None` once started.
+    unit: Option<UnitPtr>,
+    shared: Arc<Shared>,
+}
+
+impl Held {
+    /// Queues `body` as the held task, a task of the held unit: what it
+    /// spawns belongs to that unit, and a panic in it fails that unit.
+    /// Started by a task on one of the runtime's workers, it goes onto that
+    /// worker's deque once the task returns (other workers may steal it);
+    /// from any other thread, onto the shared queue.
+    pub fn start<F>(mut self, body: F)
+    where
+        F: for<'b> FnOnce(&mut TaskCx<'b>) + Send + 'static,
+    {
+        self.push(Box::new(body));
+    }
+
+    fn push(&mut self, body: TaskFn) {
+        let Some(unit) = self.unit.take() else {
+            return;
+        };
+        let task = Task {
+            unit,
+            body: Body::Boxed(body),
+        };
+        // The held count keeps the unit allocated until the task's own end
+        // is counted, wherever the task waits meanwhile.
+        let shared = Arc::as_ptr(&self.shared) as usize;
+        if crate::ON_WORKER.with(|on| on.get()) == shared {
+            // Started by a task on one of the runtime's own workers: onto
+            // that worker's deque once the task returns, as its spawned
+            // follow-ons go, so that no worker is woken for work this one
+            // will reach anyway (`WorkerThread::push_started`).
+            crate::STARTED.with(|started| started.borrow_mut().push(task));
+        } else {
+            // The shared queue publishes it, as `Slot::submit` does a
+            // unit's first task.
+            self.shared.injector.push(task);
+            self.shared.notify_one();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.push(Box::new(|_| {}));
     }
 }
 

@@ -164,8 +164,8 @@ impl WorkerThread {
 
     fn run_task(&mut self, task: Task) {
         let unit = task.unit;
-        let (spawned, worker) = (&mut self.spawned, self.index);
-        let result = catch_unwind(AssertUnwindSafe(|| task.run(spawned, worker)));
+        let (spawned, shared, worker) = (&mut self.spawned, &self.shared, self.index);
+        let result = catch_unwind(AssertUnwindSafe(|| task.run(spawned, shared, worker)));
         self.shared.counters[self.index].ran_task();
         let spawned = match result {
             Ok(()) => self.spawned.len(),
@@ -188,12 +188,29 @@ impl WorkerThread {
             self.owe_slot();
         }
         self.push_spawned();
+        let started = self.push_started();
         // The usual stage spawns one follow-on, which this worker pops
         // next; waking a sleeper for it would only make the two race for
         // it. Only surplus work is worth a wake-up.
-        if spawned > 0 && self.local.len() > 1 {
+        if spawned + started > 0 && self.local.len() > 1 {
             self.shared.notify_one();
         }
+    }
+
+    /// Pushes the held tasks that the task just run started
+    /// (`Held::start`), of any unit, onto this worker's deque: last, so
+    /// that this worker runs them next, the first started first. They
+    /// carry on work that waited. Each was counted when it was held, and a
+    /// panic of the task that started it does not discard it.
+    fn push_started(&mut self) -> usize {
+        crate::STARTED.with(|started| {
+            let mut started = started.borrow_mut();
+            let n = started.len();
+            for task in started.drain(..).rev() {
+                self.local.push(task);
+            }
+            n
+        })
     }
 
     /// Pushes the follow-ons of the task that just ran onto this worker's

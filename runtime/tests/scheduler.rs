@@ -165,6 +165,90 @@ fn million_tiny_tasks_with_random_fanout_each_unit_completes_exactly_once() {
     assert_eq!(stats.failed, 0);
 }
 
+/// Each unit holds a follow-on and leaves it for a later unit's task to
+/// start (or to drop unstarted, every third), as keyed stages do with a
+/// record that waits for another. Each held task runs once, on whichever
+/// worker takes it, before its unit completes; each unit completes once;
+/// the window holds meanwhile.
+#[test]
+fn held_follow_ons_started_by_other_units_run_once_before_their_unit_completes() {
+    const UNITS: usize = 100_000;
+    const WINDOW: usize = 8;
+    let rt = runtime(4, WINDOW);
+    let ran: Arc<Vec<AtomicU32>> = Arc::new((0..UNITS).map(|_| AtomicU32::new(0)).collect());
+    let done: Arc<Vec<AtomicU32>> = Arc::new((0..UNITS).map(|_| AtomicU32::new(0)).collect());
+    let stash: Arc<Mutex<Vec<(usize, fila_runtime::Held)>>> = Arc::default();
+    let first_tasks_run = Arc::new(AtomicU64::new(0));
+    let start = |ran: &Arc<Vec<AtomicU32>>, (u, held): (usize, fila_runtime::Held)| {
+        if u % 3 == 2 {
+            drop(held);
+        } else {
+            let ran = ran.clone();
+            held.start(move |_| {
+                ran[u].fetch_add(1, SeqCst);
+            });
+        }
+    };
+    for u in 0..UNITS {
+        let (ran, done, stash) = (ran.clone(), done.clone(), stash.clone());
+        let (ran_here, first_tasks_run) = (ran.clone(), first_tasks_run.clone());
+        rt.admit(
+            move |cx| {
+                let ran = ran_here;
+                let held = cx.hold();
+                // Start the held task of an earlier unit, never this one's:
+                // this unit then stays in flight after its own task ends.
+                let earlier = {
+                    let mut stash = stash.lock().unwrap();
+                    stash.push((u, held));
+                    (stash.len() > 1).then(|| stash.remove(0))
+                };
+                if let Some(earlier) = earlier {
+                    start(&ran, earlier);
+                }
+                first_tasks_run.fetch_add(1, SeqCst);
+            },
+            {
+                move |outcome| {
+                    assert!(outcome.is_ok());
+                    let want = u32::from(u % 3 != 2);
+                    assert_eq!(
+                        ran[u].load(SeqCst),
+                        want,
+                        "unit {u} completed before its held task ran"
+                    );
+                    done[u].fetch_add(1, SeqCst);
+                }
+            },
+        )
+        .unwrap();
+    }
+    // One held task is left in the stash once every first task has run
+    // (the last to run left it): its unit is in flight until it is
+    // started, and shutdown would wait for it.
+    while first_tasks_run.load(SeqCst) < UNITS as u64 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let left: Vec<_> = std::mem::take(&mut *stash.lock().unwrap());
+    assert_eq!(left.len(), 1);
+    left.into_iter().for_each(|held| start(&ran, held));
+    let stats = rt.shutdown();
+    for u in 0..UNITS {
+        assert_eq!(
+            done[u].load(SeqCst),
+            1,
+            "unit {u} completed {} times",
+            done[u].load(SeqCst)
+        );
+    }
+    assert_eq!((stats.completed, stats.failed), (UNITS as u64, 0));
+    assert!(
+        stats.max_in_flight <= WINDOW,
+        "{} in flight",
+        stats.max_in_flight
+    );
+}
+
 fn progress_with(workers: usize) {
     let rt = runtime(workers, 1);
     let (tx, rx) = mpsc::channel();
