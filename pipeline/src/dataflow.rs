@@ -35,6 +35,7 @@
 //!
 //! Keyed state (`key_by(..).reduce(..)`, windows) is in [`crate::state`].
 
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +43,8 @@ use std::time::Instant;
 use fila_connectors::Position;
 use fila_runtime::TaskCx;
 
-use crate::outlet::{Event, Origin, Outlet};
+use crate::order::Gate;
+use crate::outlet::{Event, Origin, Outlet, Tickets};
 
 /// A record was rejected: it goes to the dead-letter destination with this
 /// reason, and its position still counts as handled.
@@ -176,6 +178,15 @@ pub(crate) enum Exec<'a, 'b> {
 pub(crate) type InlineTask = Box<dyn for<'x, 'y> FnOnce(&mut Exec<'x, 'y>) + Send>;
 
 impl Exec<'_, '_> {
+    /// Holds a follow-on of the record's unit (`TaskCx::hold`); `None` off
+    /// the runtime, where records run one at a time.
+    pub(crate) fn hold(&mut self) -> Option<fila_runtime::Held> {
+        match self {
+            Exec::Task(cx) => Some(cx.hold()),
+            Exec::Inline(_) => None,
+        }
+    }
+
     fn spawn<F>(&mut self, f: F)
     where
         F: for<'x, 'y> FnOnce(&mut Exec<'x, 'y>) + Send + 'static,
@@ -237,8 +248,18 @@ pub(crate) trait Finish: Send + Sync + 'static {
     fn finish(&self, out: Outlet, exec: &mut Exec<'_, '_>);
 }
 
+/// What building a job collects besides its chain of nodes.
+#[derive(Default)]
+pub(crate) struct Parts {
+    /// What to close at the end of a bounded input, downstream first.
+    pub(crate) finishers: Vec<Arc<dyn Finish>>,
+    /// The keyed stages, each at the index it was built with
+    /// (`InOrder::new`), to give records their places at (`order.rs`).
+    pub(crate) gates: Vec<Arc<dyn Gate>>,
+}
+
 /// Builds the nodes upstream of a stream, given its downstream node.
-type Build<T> = Box<dyn FnOnce(NodeRef<T>, &mut Vec<Arc<dyn Finish>>) -> NodeRef<Input>>;
+type Build<T> = Box<dyn FnOnce(NodeRef<T>, &mut Parts) -> NodeRef<Input>>;
 
 /// A job under construction whose records are of type `T`.
 pub struct Stream<T> {
@@ -258,6 +279,10 @@ pub struct Job {
     root: NodeRef<Input>,
     /// Upstream first.
     finishers: Vec<Arc<dyn Finish>>,
+    gates: Vec<Arc<dyn Gate>>,
+    /// Records given places so far, by partition: the next one's number.
+    /// Locked by the admitting thread alone.
+    read: parking_lot::Mutex<HashMap<i32, u64>>,
 }
 
 impl Job {
@@ -327,6 +352,27 @@ impl Job {
         }
     }
 
+    /// Places for the next record read from `partition` at every keyed
+    /// stage, in its partition's input order: the driver takes them as it
+    /// admits the record, before any of its tasks can run.
+    pub(crate) fn tickets(&self, partition: i32) -> Tickets {
+        if self.gates.is_empty() {
+            return Tickets::None;
+        }
+        let seq = {
+            let mut read = self.read.lock();
+            let next = read.entry(partition).or_default();
+            *next += 1;
+            *next - 1
+        };
+        Tickets::of(
+            self.gates
+                .iter()
+                .map(|gate| Arc::new(gate.clone().ticket(partition, seq)))
+                .collect(),
+        )
+    }
+
     /// The first task of a record.
     pub(crate) fn start(
         self: &Arc<Self>,
@@ -389,14 +435,14 @@ impl<T: Send + 'static> Stream<T> {
     /// Appends a stage built from its downstream node.
     pub(crate) fn then<U: Send + 'static>(
         self,
-        node: impl FnOnce(NodeRef<U>, &mut Vec<Arc<dyn Finish>>) -> NodeRef<T> + 'static,
+        node: impl FnOnce(NodeRef<U>, &mut Parts) -> NodeRef<T> + 'static,
     ) -> Stream<U> {
         let build = self.build;
         Stream {
             name: self.name,
-            build: Box::new(move |next, finishers| {
-                let this = node(next, finishers);
-                build(this, finishers)
+            build: Box::new(move |next, parts| {
+                let this = node(next, parts);
+                build(this, parts)
             }),
         }
     }
@@ -449,14 +495,20 @@ impl<T: Send + 'static> Stream<T> {
         self,
         encode: impl Fn(&T) -> (Option<Vec<u8>>, Vec<u8>) + Send + Sync + 'static,
     ) -> Job {
-        let mut finishers = Vec::new();
-        let root = (self.build)(Arc::new(Sink { encode }), &mut finishers);
+        let mut parts = Parts::default();
+        let root = (self.build)(Arc::new(Sink { encode }), &mut parts);
+        let Parts {
+            mut finishers,
+            gates,
+        } = parts;
         // Built downstream first; windows close upstream first.
         finishers.reverse();
         Job {
             name: self.name,
             root,
             finishers,
+            gates,
+            read: Default::default(),
         }
     }
 }

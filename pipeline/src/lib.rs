@@ -9,6 +9,7 @@ pub mod dataflow;
 pub mod driver;
 pub mod health;
 pub mod metrics;
+mod order;
 mod outlet;
 pub mod reference;
 pub mod report;

@@ -9,6 +9,8 @@ use std::time::Instant;
 use fila_connectors::{Envelope, Position};
 use fila_runtime::Outcome;
 
+use crate::order::Ticket;
+
 /// A message from a record's tasks to the sink thread. Each carries the
 /// epoch its record was admitted in: under exactly-once, an aborted
 /// transaction starts a new epoch, and what older records send is dropped
@@ -140,6 +142,45 @@ pub(crate) struct Outlet {
     payload: Arc<[u8]>,
     arrived: Instant,
     epoch: u64,
+    /// The record's places at the keyed stages it has yet to reach
+    /// (`order.rs`); empty when the job has none, or off the driver.
+    tickets: Tickets,
+}
+
+/// A record's places at keyed stages. Most jobs have one keyed stage or
+/// none, and a `flat_map` clones the outlet per output: one place is kept
+/// inline, so that such a clone allocates nothing.
+#[derive(Clone, Default)]
+pub(crate) enum Tickets {
+    #[default]
+    None,
+    One(Arc<Ticket>),
+    Many(Vec<Arc<Ticket>>),
+}
+
+impl Tickets {
+    pub(crate) fn of(mut tickets: Vec<Arc<Ticket>>) -> Tickets {
+        match tickets.len() {
+            0 => Tickets::None,
+            1 => Tickets::One(tickets.pop().expect("one ticket")),
+            _ => Tickets::Many(tickets),
+        }
+    }
+
+    fn take(&mut self, stage: usize) -> Option<Arc<Ticket>> {
+        match self {
+            Tickets::None => None,
+            Tickets::One(t) if t.stage() == stage => match std::mem::take(self) {
+                Tickets::One(t) => Some(t),
+                _ => unreachable!("matched One just above"),
+            },
+            Tickets::One(_) => None,
+            Tickets::Many(all) => {
+                let at = all.iter().position(|t| t.stage() == stage)?;
+                Some(all.swap_remove(at))
+            }
+        }
+    }
 }
 
 impl Outlet {
@@ -152,7 +193,19 @@ impl Outlet {
             payload: origin.payload.clone(),
             arrived: origin.arrived,
             epoch: origin.epoch,
+            tickets: Tickets::None,
         }
+    }
+
+    /// With the record's places at the job's keyed stages.
+    pub(crate) fn with_tickets(mut self, tickets: Tickets) -> Outlet {
+        self.tickets = tickets;
+        self
+    }
+
+    /// Takes this copy's place at keyed stage `stage`, if it has one.
+    pub(crate) fn take_ticket(&mut self, stage: usize) -> Option<Arc<Ticket>> {
+        self.tickets.take(stage)
     }
 
     /// An outlet for results of no record (windows closed at the end of
@@ -165,6 +218,7 @@ impl Outlet {
             payload: Arc::from(&[][..]),
             arrived,
             epoch: NO_RECORD_EPOCH,
+            tickets: Tickets::None,
         }
     }
 

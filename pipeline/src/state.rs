@@ -5,9 +5,10 @@
 //! hashes to one of [`SHARDS`] shards, each a small mutex-guarded map. An
 //! update takes its shard's lock for one call of the user's reduce
 //! function and a map write, so a key's state is never touched by two
-//! workers at once, while any worker still runs any stage. Why no update
-//! is lost, what a restart keeps, and what the locks cost are in
-//! docs/design/state.md.
+//! workers at once, while any worker still runs any stage. Both keyed
+//! stages apply records in each input partition's order (`order.rs`).
+//! Why no update is lost, why the order holds, what a restart keeps, and
+//! what the locks cost are in docs/design/state.md.
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,8 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::dataflow::{forward, stage_error, Exec, Finish, Node, NodeRef, Rejected, Stream};
+use crate::dataflow::{forward, stage_error, Exec, NodeRef, Rejected, Stream};
+use crate::order::{InOrder, Step};
 use crate::outlet::Outlet;
 
 /// Shards per keyed stage. Two workers contend only when their keys hash
@@ -113,23 +115,29 @@ where
 {
     /// A rolling aggregate per key: the first record of a key is its
     /// value, each later one `f(&value, record)`. Emits the updated value
-    /// after every record. Updates of one key apply in the order the
-    /// workers reach the key, which on several workers need not be the
-    /// input order.
+    /// after every record. Records apply in their input partition's order
+    /// on any number of workers (docs/design/state.md#order): a key read
+    /// from one partition gets the same values run after run, even when
+    /// `f` is not commutative.
     pub fn reduce(
         self,
         name: impl Into<String>,
         f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
     ) -> Stream<T> {
         let (name, key) = (name.into(), self.key);
-        self.stream.then(move |next, _| {
-            Arc::new(Reduce {
-                name,
-                key,
-                f,
-                state: KeyedState::default(),
-                next,
-            })
+        self.stream.then(move |next, parts| {
+            let node = Arc::new(InOrder::new(
+                parts.gates.len(),
+                Reduce {
+                    name,
+                    key,
+                    f,
+                    state: KeyedState::default(),
+                    next,
+                },
+            ));
+            parts.gates.push(node.clone());
+            node
         })
     }
 
@@ -156,18 +164,28 @@ struct Reduce<K, T, F> {
     next: NodeRef<T>,
 }
 
-impl<K, T, F> Node<T> for Reduce<K, T, F>
+impl<K, T, F> Step<T> for Reduce<K, T, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
 {
-    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+    /// The values are the stage's, by key (`state`): a partition keeps
+    /// only its place in the order.
+    type Lane = ();
+    type Then = Result<T, Rejected>;
+
+    fn lane(&self) {}
+
+    fn apply(&self, _: &mut (), _: i32, record: T, _: &Outlet) -> Result<T, Rejected> {
         let key = (self.key)(&record);
-        let updated = self.state.update(key, |value| match value {
+        self.state.update(key, |value| match value {
             Some(value) => (self.f)(value, record),
             None => Ok(record),
-        });
+        })
+    }
+
+    fn then(&self, updated: Result<T, Rejected>, out: Outlet, exec: &mut Exec<'_, '_>) {
         match updated {
             Ok(value) => forward(&self.next, value, out, exec),
             Err(e) => out.reject(stage_error(&self.name, e).0),
@@ -181,9 +199,9 @@ where
 /// seen in it, less the allowed out-of-orderness. A window [start, end)
 /// closes when its partition's watermark reaches `end`, and then emits one
 /// result per key. A record whose window has already closed is late: it
-/// goes to the dead-letter destination with the reason. The out-of-orderness
-/// must cover both the input's own disorder and the reordering of records
-/// processed in parallel (docs/design/state.md#windows).
+/// goes to the dead-letter destination with the reason. Records reach the
+/// windows in their partition's input order, so the out-of-orderness need
+/// cover only the input's own disorder (docs/design/state.md#windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tumbling {
     size_ms: i64,
@@ -251,24 +269,24 @@ where
             time,
         } = self;
         let key = keyed.key;
-        keyed.stream.then(move |next, finishers| {
-            let node = Arc::new(WindowReduce {
-                name,
-                key,
-                time,
-                f,
-                windows,
-                panes: (0..SHARDS).map(|_| CachePadded::default()).collect(),
-                next,
-            });
-            finishers.push(node.clone());
+        keyed.stream.then(move |next, parts| {
+            let node = Arc::new(InOrder::new(
+                parts.gates.len(),
+                WindowReduce {
+                    name,
+                    key,
+                    time,
+                    f,
+                    windows,
+                    next,
+                },
+            ));
+            parts.gates.push(node.clone());
+            parts.finishers.push(node.clone());
             node
         })
     }
 }
-
-/// Partitions' open windows, by partition.
-type Panes<K, T> = HashMap<i32, Pane<K, T>>;
 
 /// One partition's open windows.
 struct Pane<K, T> {
@@ -297,18 +315,70 @@ struct WindowReduce<K, T, F> {
     time: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
     f: F,
     windows: Tumbling,
-    /// Per partition, striped by partition.
-    panes: Box<[Shard<Panes<K, T>>]>,
     next: NodeRef<Windowed<K, T>>,
 }
 
-impl<K, T, F> WindowReduce<K, T, F>
+/// What a record did at a window stage.
+enum WindowThen<K, T> {
+    /// Windows it closed, to emit (often none).
+    Closed(Windows<K, T>),
+    /// It was late, or the reduce function failed: the reason.
+    Rejected(Rejected),
+}
+
+impl<K, T, F> Step<T> for WindowReduce<K, T, F>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
 {
-    fn emit(&self, closed: Windows<K, T>, out: &Outlet, exec: &mut Exec<'_, '_>) {
+    type Lane = Pane<K, T>;
+    type Then = WindowThen<K, T>;
+
+    fn lane(&self) -> Pane<K, T> {
+        Pane {
+            max_time: i64::MIN,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Lateness, the update and closing windows happen under the
+    /// partition's lock: no record can join a window once it has closed.
+    fn apply(&self, pane: &mut Pane<K, T>, partition: i32, record: T, _: &Outlet) -> Self::Then {
+        let w = &self.windows;
+        let time = (self.time)(&record);
+        let key = (self.key)(&record);
+        let start = time.div_euclid(w.size_ms) * w.size_ms;
+        let watermark = pane.watermark(w);
+        if start.saturating_add(w.size_ms) <= watermark {
+            return WindowThen::Rejected(Rejected(format!(
+                "late: event time {time} ms is in window [{start}, {}) ms, closed at watermark {watermark} ms of partition {partition}",
+                start + w.size_ms
+            )));
+        }
+        let window = pane.open.entry(start).or_default();
+        let updated = match window.entry(key) {
+            Entry::Occupied(mut e) => (self.f)(e.get(), record).map(|v| {
+                e.insert(v);
+            }),
+            Entry::Vacant(e) => {
+                e.insert(record);
+                Ok(())
+            }
+        };
+        if let Err(e) = updated {
+            return WindowThen::Rejected(e);
+        }
+        pane.max_time = pane.max_time.max(time);
+        let watermark = pane.watermark(w);
+        WindowThen::Closed(pane.close_until(watermark, w))
+    }
+
+    fn then(&self, then: Self::Then, out: Outlet, exec: &mut Exec<'_, '_>) {
+        let closed = match then {
+            WindowThen::Closed(closed) => closed,
+            WindowThen::Rejected(e) => return out.reject(stage_error(&self.name, e).0),
+        };
         for (start, results) in closed {
             for (key, value) in results {
                 let result = Windowed {
@@ -321,82 +391,10 @@ where
             }
         }
     }
-}
 
-impl<K, T, F> Node<T> for WindowReduce<K, T, F>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
-{
-    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
-        let w = &self.windows;
-        let time = (self.time)(&record);
-        let key = (self.key)(&record);
-        let start = time.div_euclid(w.size_ms) * w.size_ms;
-        let partition = out.partition();
-        let closed = {
-            // Lateness, the update and closing windows happen under the
-            // partition's lock: no record can join a window once it has
-            // closed.
-            let mut panes = self.panes[partition.rem_euclid(SHARDS as i32) as usize].lock();
-            let pane = panes.entry(partition).or_insert_with(|| Pane {
-                max_time: i64::MIN,
-                open: BTreeMap::new(),
-            });
-            let watermark = pane.watermark(w);
-            if start.saturating_add(w.size_ms) <= watermark {
-                drop(panes);
-                return out.reject(stage_error(
-                    &self.name,
-                    Rejected(format!(
-                        "late: event time {time} ms is in window [{start}, {}) ms, closed at watermark {watermark} ms of partition {partition}",
-                        start + w.size_ms
-                    )),
-                ).0);
-            }
-            let window = pane.open.entry(start).or_default();
-            let updated = match window.entry(key) {
-                Entry::Occupied(mut e) => (self.f)(e.get(), record).map(|v| {
-                    e.insert(v);
-                }),
-                Entry::Vacant(e) => {
-                    e.insert(record);
-                    Ok(())
-                }
-            };
-            if let Err(e) = updated {
-                drop(panes);
-                return out.reject(stage_error(&self.name, e).0);
-            }
-            pane.max_time = pane.max_time.max(time);
-            let watermark = pane.watermark(w);
-            pane.close_until(watermark, w)
-        };
-        self.emit(closed, &out, exec);
-    }
-}
-
-impl<K, T, F> Finish for WindowReduce<K, T, F>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
-{
-    fn finish(&self, out: Outlet, exec: &mut Exec<'_, '_>) {
-        let mut all: Vec<(i32, Windows<K, T>)> = Vec::new();
-        for shard in self.panes.iter() {
-            let mut panes = shard.lock();
-            all.extend(
-                panes
-                    .iter_mut()
-                    .map(|(&p, pane)| (p, std::mem::take(&mut pane.open))),
-            );
-        }
-        all.sort_by_key(|(p, _)| *p);
-        for (_, closed) in all {
-            self.emit(closed, &out, exec);
-        }
+    /// Every open window, at the end of a bounded input.
+    fn close(&self, pane: &mut Pane<K, T>) -> Option<Self::Then> {
+        Some(WindowThen::Closed(std::mem::take(&mut pane.open)))
     }
 }
 

@@ -326,6 +326,127 @@ fn ordered_writes_each_partitions_results_in_input_order() {
     );
 }
 
+/// Spins for a time that varies by record: a few take far longer than the
+/// rest, so on several workers records finish their stages out of order.
+fn uneven(n: i64) {
+    let rounds = if n % 5 == 0 { 30_000 } else { 10 };
+    let mut x = n as u64;
+    for _ in 0..rounds {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    std::hint::black_box(x);
+}
+
+/// A reduce that appends is not commutative: its values show the order in
+/// which a key's updates applied. Before the keyed stage, records run
+/// uneven work on several workers, some are filtered out, some panic, and
+/// each becomes two records of different keys; still each key's records
+/// apply in their partition's input order, so every run, on any number of
+/// workers, emits the same values: after each record, the key's records so
+/// far, in input order.
+#[test]
+fn a_keyed_stage_applies_each_partitions_records_in_input_order() {
+    std::panic::set_hook(Box::new(|_| {}));
+    // (partition, key, the numbers applied so far)
+    type Acc = (i32, i64, String);
+    let job = || {
+        Job::new("append")
+            .decode(|input| Ok((input.partition(), number(input)?)))
+            .map("uneven", |(p, n): (i32, i64)| {
+                uneven(n);
+                Ok((p, n))
+            })
+            .filter("drop sevens", |(_, n): &(i32, i64)| Ok(n % 7 != 0))
+            .flat_map("twice", |(p, n): (i32, i64)| {
+                Ok([
+                    (p, n % 3, n.to_string()),
+                    (p, (n + 1) % 3 + 3, format!("-{n}")),
+                ])
+            })
+            .key_by(|(p, k, _): &Acc| (*p, *k))
+            .reduce("append", |(p, k, so_far): &Acc, (_, _, next): Acc| {
+                if next == "-39" {
+                    panic!("thirty-nine");
+                }
+                Ok((*p, *k, format!("{so_far} {next}")))
+            })
+            .sink(|(p, k, all): &Acc| format!("{p}/{k}:{all}").into_bytes())
+    };
+    let input = || -> Vec<Envelope> {
+        (0..600i64)
+            .map(|i| record((i % 2) as i32, i / 2, &i.to_string()))
+            .collect()
+    };
+    // What an in-order run emits, as a set: per key, every prefix of its
+    // records in input order, once.
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    let mut so_far: BTreeMap<(i64, i64), String> = BTreeMap::new();
+    for i in (0..600i64).filter(|i| i % 7 != 0) {
+        for (k, v) in [(i % 3, i.to_string()), ((i + 1) % 3 + 3, format!("-{i}"))] {
+            if v == "-39" {
+                continue;
+            }
+            let p = i % 2;
+            let all = so_far.entry((p, k)).or_default();
+            *all = if all.is_empty() {
+                v
+            } else {
+                format!("{all} {v}")
+            };
+            want.insert(format!("{p}/{k}:{all}"));
+        }
+    }
+    for workers in [1, 2, 4] {
+        let r = run(job(), input(), workers, 32, false);
+        let got: BTreeSet<String> = r.payloads().into_iter().collect();
+        assert_eq!(
+            r.outputs.len(),
+            want.len(),
+            "{workers} workers: one value per update"
+        );
+        assert_eq!(got, want, "{workers} workers");
+        // The panicking update dead-lettered its record, and nothing else.
+        assert_eq!(r.dead.len(), 1, "{workers} workers: {:?}", r.dead);
+        assert!(r.dead[0].2.contains("thirty-nine"), "{:?}", r.dead);
+    }
+}
+
+/// Records reach a window stage in their partition's input order however
+/// many workers ran the stages before it, so an input in event-time order
+/// needs no out-of-orderness allowance: nothing is late, and every sum is
+/// exact.
+#[test]
+fn a_window_stage_sees_each_partition_in_input_order_on_many_workers() {
+    let job = Job::new("window sums")
+        .decode(|input| Ok((input.partition(), number(input)?)))
+        .map("uneven", |(p, n): (i32, i64)| {
+            uneven(n);
+            Ok((p, n))
+        })
+        .key_by(|(p, _): &(i32, i64)| *p)
+        // One window per 10 records; event time is the record's number.
+        .window(
+            Tumbling::of(Duration::from_millis(10)),
+            |(_, n): &(i32, i64)| *n,
+        )
+        .reduce("sum", |(p, a): &(i32, i64), (_, b)| Ok((*p, a + b)))
+        .sink(|w: &Windowed<i32, (i32, i64)>| {
+            format!("{}@{}={}", w.key, w.start, w.value.1).into_bytes()
+        });
+    let input: Vec<Envelope> = (0..1000i64)
+        .map(|i| record((i % 2) as i32, i / 2, &(i / 2).to_string()))
+        .collect();
+    let r = run(job, input, 4, 64, false);
+    assert_eq!(r.dead, [], "no record is late");
+    let want: BTreeSet<String> = (0..2)
+        .flat_map(|p| {
+            (0..50).map(move |w| format!("{p}@{}={}", w * 10, (w * 10..w * 10 + 10).sum::<i64>()))
+        })
+        .collect();
+    assert_eq!(r.payloads().into_iter().collect::<BTreeSet<_>>(), want);
+    assert_eq!(r.outputs.len(), want.len(), "each window emitted once");
+}
+
 /// The Kafka record's metadata reaches the job, and the job sets the
 /// output key.
 #[test]

@@ -490,7 +490,10 @@ impl Admission<'_, '_> {
                 }
                 Polled::Record(envelope) => {
                     let (input, origin) = self.take(envelope);
-                    let outlet = Outlet::new(self.tx.clone(), &origin);
+                    // Its places at the keyed stages, in the order read:
+                    // this thread admits one record at a time.
+                    let tickets = self.job.tickets(origin.position.partition);
+                    let outlet = Outlet::new(self.tx.clone(), &origin).with_tickets(tickets);
                     let done = self.tx.clone();
                     let counters = self.counters;
                     counters.submitted.store(
