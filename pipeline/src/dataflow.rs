@@ -254,7 +254,7 @@ pub(crate) struct Parts {
     /// What to close at the end of a bounded input, downstream first.
     pub(crate) finishers: Vec<Arc<dyn Finish>>,
     /// The keyed stages, each at the index it was built with
-    /// (`InOrder::new`), to give records their places at (`order.rs`).
+    /// (`InOrder::build`), to give records their places at (`order.rs`).
     pub(crate) gates: Vec<Arc<dyn Gate>>,
 }
 

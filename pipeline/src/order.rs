@@ -28,7 +28,7 @@ use crossbeam_utils::CachePadded;
 use fila_runtime::Held;
 use parking_lot::Mutex;
 
-use crate::dataflow::{Exec, Finish};
+use crate::dataflow::{Exec, Finish, Parts};
 use crate::outlet::Outlet;
 
 /// Lock stripes per keyed stage: a partition's lane lives in one of them.
@@ -157,12 +157,17 @@ type Applied<Then> = Result<Then, Box<dyn Any + Send>>;
 type Resumed<Then> = (Vec<(Applied<Then>, Outlet)>, Held);
 
 impl<T: Send + 'static, S: Step<T>> InOrder<T, S> {
-    pub(crate) fn new(id: usize, step: S) -> InOrder<T, S> {
-        InOrder {
-            id,
+    /// A keyed stage of the job being built, numbered among its keyed
+    /// stages and listed with them, so that the driver gives records
+    /// their places at it.
+    pub(crate) fn build(parts: &mut Parts, step: S) -> Arc<InOrder<T, S>> {
+        let node = Arc::new(InOrder {
+            id: parts.gates.len(),
             step,
             lanes: (0..STRIPES).map(|_| CachePadded::default()).collect(),
-        }
+        });
+        parts.gates.push(node.clone());
+        node
     }
 
     fn stripe(&self, partition: i32) -> &Stripe<T, S::Lane> {

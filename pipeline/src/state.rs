@@ -126,8 +126,8 @@ where
     ) -> Stream<T> {
         let (name, key) = (name.into(), self.key);
         self.stream.then(move |next, parts| {
-            let node = Arc::new(InOrder::new(
-                parts.gates.len(),
+            InOrder::build(
+                parts,
                 Reduce {
                     name,
                     key,
@@ -135,9 +135,7 @@ where
                     state: KeyedState::default(),
                     next,
                 },
-            ));
-            parts.gates.push(node.clone());
-            node
+            )
         })
     }
 
@@ -270,8 +268,8 @@ where
         } = self;
         let key = keyed.key;
         keyed.stream.then(move |next, parts| {
-            let node = Arc::new(InOrder::new(
-                parts.gates.len(),
+            let node = InOrder::build(
+                parts,
                 WindowReduce {
                     name,
                     key,
@@ -280,8 +278,7 @@ where
                     windows,
                     next,
                 },
-            ));
-            parts.gates.push(node.clone());
+            );
             parts.finishers.push(node.clone());
             node
         })
