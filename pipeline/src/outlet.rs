@@ -170,10 +170,12 @@ impl Tickets {
     fn take(&mut self, stage: usize) -> Option<Arc<Ticket>> {
         match self {
             Tickets::None => None,
-            Tickets::One(t) if t.stage() == stage => match std::mem::take(self) {
-                Tickets::One(t) => Some(t),
-                _ => unreachable!("matched One just above"),
-            },
+            Tickets::One(t) if t.stage() == stage => {
+                let Tickets::One(t) = std::mem::take(self) else {
+                    unreachable!("matched One just above")
+                };
+                Some(t)
+            }
             Tickets::One(_) => None,
             Tickets::Many(all) => {
                 let at = all.iter().position(|t| t.stage() == stage)?;

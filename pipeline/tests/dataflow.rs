@@ -411,6 +411,51 @@ fn a_keyed_stage_applies_each_partitions_records_in_input_order() {
     }
 }
 
+/// Two keyed stages in one job: each applies in input order, the second
+/// behind the first. The second keeps one value per partition and appends
+/// every record's number, so its values are the prefixes of each
+/// partition's input.
+#[test]
+fn two_keyed_stages_each_apply_in_input_order() {
+    // (partition, number, the first stage's value, the second's)
+    type Rec = (i32, i64, i64, String);
+    let job = Job::new("two keyed")
+        .decode(|input| {
+            let n = number(input)?;
+            Ok((input.partition(), n, 0, n.to_string()))
+        })
+        .map("uneven", |r: Rec| {
+            uneven(r.1);
+            Ok(r)
+        })
+        .key_by(|r: &Rec| (r.0, r.1 % 3))
+        .reduce("count", |a: &Rec, b: Rec| Ok((b.0, b.1, a.2 + 1, b.3)))
+        .map("uneven again", |r: Rec| {
+            uneven(r.1 + 1);
+            Ok(r)
+        })
+        .key_by(|r: &Rec| r.0)
+        .reduce("append", |a: &Rec, b: Rec| {
+            Ok((b.0, b.1, b.2, format!("{} {}", a.3, b.1)))
+        })
+        .sink(|r: &Rec| format!("{}:{}", r.0, r.3).into_bytes());
+    let input: Vec<Envelope> = (0..600i64)
+        .map(|i| record((i % 2) as i32, i / 2, &(i / 2).to_string()))
+        .collect();
+    let r = run(job, input, 4, 32, false);
+    let want: BTreeSet<String> = (0..2)
+        .flat_map(|p| {
+            (0..300i64).map(move |n| {
+                let all: Vec<String> = (0..=n).map(|m| m.to_string()).collect();
+                format!("{p}:{}", all.join(" "))
+            })
+        })
+        .collect();
+    assert_eq!(r.dead, []);
+    assert_eq!(r.outputs.len(), want.len());
+    assert_eq!(r.payloads().into_iter().collect::<BTreeSet<_>>(), want);
+}
+
 /// Records reach a window stage in their partition's input order however
 /// many workers ran the stages before it, so an input in event-time order
 /// needs no out-of-orderness allowance: nothing is late, and every sum is

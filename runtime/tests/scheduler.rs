@@ -226,7 +226,13 @@ fn held_follow_ons_started_by_other_units_run_once_before_their_unit_completes()
     // One held task is left in the stash once every first task has run
     // (the last to run left it): its unit is in flight until it is
     // started, and shutdown would wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while first_tasks_run.load(SeqCst) < UNITS as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {UNITS} first tasks ran in 60 s",
+            first_tasks_run.load(SeqCst)
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let left: Vec<_> = std::mem::take(&mut *stash.lock().unwrap());
