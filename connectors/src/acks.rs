@@ -179,10 +179,13 @@ impl Acks {
 
     /// A record at `position`, of `bytes` bytes, was handed out and is not
     /// done yet. The first position tracked in a partition that was not
-    /// started is taken as where reading resumed.
-    pub fn track(&self, position: Position, bytes: usize) {
+    /// started is taken as where reading resumed. Returns whether the
+    /// partition started with this record: the first tracked since the
+    /// tracker was made, or since the partition was released.
+    pub fn track(&self, position: Position, bytes: usize) -> bool {
         let bytes = bytes as u64;
         let mut parts = self.lock();
+        let started = !parts.live.contains_key(&position.partition);
         let p = parts
             .live
             .entry(position.partition)
@@ -194,6 +197,7 @@ impl Acks {
         p.replay.push_back((position.offset, bytes));
         parts.uncommitted.records += 1;
         parts.uncommitted.bytes += bytes;
+        started
     }
 
     /// The record at `position` is done.

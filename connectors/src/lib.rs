@@ -22,11 +22,11 @@ pub use error::ConnectorError;
 pub use generate::BurstSource;
 pub use kafka::commit_group_offsets;
 pub use kafka::{
-    create_topic, kafka_exactly_once, kafka_sink, kafka_source, redact, Assignment, BrokerVersions,
-    ClientKind, ClientProperties, Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset,
-    Replica, SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT,
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
-    MAX_EXACTLY_ONCE_INTERVAL,
+    changelog_reader, create_changelog, create_topic, kafka_exactly_once, kafka_sink, kafka_source,
+    redact, Assignment, BrokerVersions, ClientKind, ClientProperties, Cluster, Fetched,
+    GroupProtocol, KeyedRecord, OffsetReset, Replica, SinkConfig, SourceConfig, TopicReader,
+    TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
+    DLQ_TOPIC_HEADER, DRAIN_TIMEOUT, MAX_EXACTLY_ONCE_INTERVAL,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink, DEFAULT_MAX_RECORD_BYTES};
 
@@ -291,6 +291,40 @@ pub trait Sink: Send {
     fn transactions(&mut self) -> Option<&mut dyn Transactions> {
         None
     }
+
+    /// Queues a record of a keyed stage's changelog: `topic`'s partition
+    /// `partition` (the input partition the state belongs to), under the
+    /// state's key. It is flushed, and under exactly-once committed, with
+    /// the outputs. Only a Kafka sink on the rdkafka client has changelogs.
+    fn send_to(
+        &mut self,
+        topic: &str,
+        _partition: i32,
+        _key: &[u8],
+        _value: &[u8],
+    ) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Config {
+            message: format!("this sink cannot write changelog topic {topic}"),
+        })
+    }
+}
+
+/// What a [`ChangelogReader`] hands each record to: its key, and its
+/// value (`None` for a tombstone).
+pub type OnRecord<'a> = dyn FnMut(&[u8], Option<&[u8]>) + 'a;
+
+/// Reads keyed stages' changelogs back, to restore their state.
+pub trait ChangelogReader: Send {
+    /// Calls `f` with the key and value (`None` for a tombstone) of every
+    /// committed record of `topic`'s partition `partition`, in offset
+    /// order, from its start to the end it had when the call began.
+    /// Returns how many it read.
+    fn read(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        f: &mut OnRecord<'_>,
+    ) -> Result<u64, ConnectorError>;
 }
 
 #[cfg(test)]

@@ -52,6 +52,11 @@ pub struct Counters {
     pub aborts: AtomicU64,
     /// How long each commit took, in seconds ([`COMMIT_BUCKETS`]).
     pub commit_seconds: Histogram,
+    /// Restores of a partition's keyed state from its changelogs, the
+    /// changelog records they read, and the microseconds they took.
+    pub restores: AtomicU64,
+    pub restored_records: AtomicU64,
+    pub restore_micros: AtomicU64,
     /// The offset tracker of the run's source, if it commits: what the
     /// uncommitted gauges read.
     tracker: Mutex<Option<Arc<Acks>>>,
@@ -83,6 +88,9 @@ impl Default for Counters {
             commits: AtomicU64::new(0),
             aborts: AtomicU64::new(0),
             commit_seconds: Histogram::new(COMMIT_BUCKETS),
+            restores: AtomicU64::new(0),
+            restored_records: AtomicU64::new(0),
+            restore_micros: AtomicU64::new(0),
             tracker: Mutex::new(None),
             source: Mutex::new(None),
             phase: AtomicU8::new(Phase::Starting as u8),
@@ -144,6 +152,15 @@ impl Counters {
     pub(crate) fn committed(&self, took: Duration) {
         self.commits.fetch_add(1, Relaxed);
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A partition's state was restored from `records` changelog records
+    /// in `took`.
+    pub(crate) fn restored(&self, records: u64, took: Duration) {
+        self.restores.fetch_add(1, Relaxed);
+        self.restored_records.fetch_add(records, Relaxed);
+        self.restore_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
     }
 
     /// A transaction was aborted.

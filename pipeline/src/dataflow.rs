@@ -43,7 +43,7 @@ use std::time::Instant;
 use fila_connectors::Position;
 use fila_runtime::TaskCx;
 
-use crate::order::Gate;
+use crate::order::{Gate, Stateful};
 use crate::outlet::{Event, Origin, Outlet, Tickets};
 
 /// A record was rejected: it goes to the dead-letter destination with this
@@ -256,6 +256,9 @@ pub(crate) struct Parts {
     /// The keyed stages, each at the index it was built with
     /// (`InOrder::build`), to give records their places at (`order.rs`).
     pub(crate) gates: Vec<Arc<dyn Gate>>,
+    /// The keyed stages whose state is kept per input partition and
+    /// written to a changelog.
+    pub(crate) stateful: Vec<Arc<dyn Stateful>>,
 }
 
 /// Builds the nodes upstream of a stream, given its downstream node.
@@ -280,6 +283,7 @@ pub struct Job {
     /// Upstream first.
     finishers: Vec<Arc<dyn Finish>>,
     gates: Vec<Arc<dyn Gate>>,
+    stateful: Vec<Arc<dyn Stateful>>,
     /// Records given places so far, by partition: the next one's number.
     /// Locked by the admitting thread alone.
     read: parking_lot::Mutex<HashMap<i32, u64>>,
@@ -352,6 +356,62 @@ impl Job {
         }
     }
 
+    /// The names of the stages whose state is kept per input partition
+    /// (`KeyedStream::by_input_partition`), each of which has a changelog
+    /// on Kafka.
+    pub fn durable_stages(&self) -> Vec<String> {
+        self.stateful.iter().map(|s| s.name().to_owned()).collect()
+    }
+
+    /// Gives each durable stage its changelog topic, `name(stage)`, so
+    /// that its updates are written there: before the job runs, once.
+    /// Fails if two stages would share a topic, or the job was given its
+    /// topics already.
+    pub fn attach_changelogs(&self, name: impl Fn(&str) -> String) -> Result<Vec<String>, String> {
+        let topics: Vec<String> = self.stateful.iter().map(|s| name(s.name())).collect();
+        for (i, topic) in topics.iter().enumerate() {
+            if topics[..i].contains(topic) {
+                return Err(format!(
+                    "two keyed stages would share changelog topic {topic}: give them different names"
+                ));
+            }
+        }
+        for (stage, topic) in self.stateful.iter().zip(&topics) {
+            stage
+                .changelog()
+                .set(topic.as_str().into())
+                .map_err(|_| format!("stage {} has its changelog already", stage.name()))?;
+        }
+        Ok(topics)
+    }
+
+    /// Whether the job writes changelogs (they were attached).
+    pub(crate) fn has_changelogs(&self) -> bool {
+        self.stateful.iter().any(|s| s.changelog().get().is_some())
+    }
+
+    /// Rebuilds `partition`'s state at every durable stage from its
+    /// changelog, once every record of the partition admitted so far has
+    /// passed those stages. Returns the records read. Called by the
+    /// admitting thread, before the partition's next record is admitted.
+    pub(crate) fn restore(
+        &self,
+        partition: i32,
+        reader: &mut dyn fila_connectors::ChangelogReader,
+    ) -> Result<u64, String> {
+        let issued = self.read.lock().get(&partition).copied().unwrap_or(0);
+        for stage in &self.stateful {
+            while !stage.drained(partition, issued) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        let mut read = 0;
+        for stage in &self.stateful {
+            read += stage.restore(partition, reader)?;
+        }
+        Ok(read)
+    }
+
     /// Places for the next record read from `partition` at every keyed
     /// stage, in its partition's input order: the driver takes them as it
     /// admits the record, before any of its tasks can run.
@@ -390,7 +450,7 @@ fn collect(rx: mpsc::Receiver<Event>) -> Result<Vec<Vec<u8>>, Rejected> {
         match event {
             Event::Output { payload, .. } => outputs.push(payload),
             Event::Rejected { reason, .. } => return Err(Rejected(reason)),
-            Event::Admitted { .. } | Event::Done { .. } => {}
+            Event::Admitted { .. } | Event::Changelog { .. } | Event::Done { .. } => {}
         }
     }
     Ok(outputs)
@@ -500,6 +560,7 @@ impl<T: Send + 'static> Stream<T> {
         let Parts {
             mut finishers,
             gates,
+            stateful,
         } = parts;
         // Built downstream first; windows close upstream first.
         finishers.reverse();
@@ -508,6 +569,7 @@ impl<T: Send + 'static> Stream<T> {
             root,
             finishers,
             gates,
+            stateful,
             read: Default::default(),
         }
     }

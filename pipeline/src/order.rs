@@ -22,9 +22,10 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
+use fila_connectors::ChangelogReader;
 use fila_runtime::Held;
 use parking_lot::Mutex;
 
@@ -59,6 +60,43 @@ pub(crate) trait Step<T>: Send + Sync + 'static {
     fn close(&self, _lane: &mut Self::Lane) -> Option<Self::Then> {
         None
     }
+
+    /// For a stage whose lanes are durable: its name, and its changelog
+    /// topic once the job runs where it has one.
+    fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
+        None
+    }
+
+    /// Applies one changelog record to a lane being restored: a key's
+    /// value, or its deletion (`None`). Fails if it does not decode.
+    fn restore(
+        &self,
+        _lane: &mut Self::Lane,
+        _key: &[u8],
+        _value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        Err("this stage keeps no changelog".into())
+    }
+}
+
+/// A keyed stage whose state is kept per input partition and written to a
+/// changelog: what the job and the driver need of it, without its types.
+pub(crate) trait Stateful: Send + Sync + 'static {
+    /// The stage's name, which names its changelog topic.
+    fn name(&self) -> &str;
+
+    /// Its changelog topic, set once, when the job runs on Kafka.
+    fn changelog(&self) -> &OnceLock<Arc<str>>;
+
+    /// Whether every record of `partition` given a place so far
+    /// (`issued`) has passed the stage: none will touch its lane until the
+    /// next is admitted.
+    fn drained(&self, partition: i32, issued: u64) -> bool;
+
+    /// Rebuilds `partition`'s lane from the changelog: a fresh lane, every
+    /// record applied in order, in place of the old one. Call it only
+    /// while the partition is drained here.
+    fn restore(&self, partition: i32, reader: &mut dyn ChangelogReader) -> Result<u64, String>;
 }
 
 /// A record's place at one keyed stage: see the module's doc. Shared by
@@ -272,6 +310,68 @@ impl<T: Send + 'static, S: Step<T>> Gate for InOrder<T, S> {
             });
         }
     }
+}
+
+impl<T: Send + 'static, S: Step<T>> Stateful for InOrder<T, S> {
+    fn name(&self) -> &str {
+        self.step.changelog().map_or("", |(name, _)| name)
+    }
+
+    fn changelog(&self) -> &OnceLock<Arc<str>> {
+        self.step
+            .changelog()
+            .map(|(_, topic)| topic)
+            .expect("only durable stages are listed as stateful")
+    }
+
+    fn drained(&self, partition: i32, issued: u64) -> bool {
+        let lanes = self.stripe(partition).lock();
+        lanes
+            .get(&partition)
+            .map_or(true, |lane| lane.front >= issued)
+    }
+
+    fn restore(&self, partition: i32, reader: &mut dyn ChangelogReader) -> Result<u64, String> {
+        let Some(topic) = Stateful::changelog(self).get().cloned() else {
+            return Ok(0);
+        };
+        // Built outside the lock: no record of the partition is in flight
+        // here, and a restore may take a while.
+        let mut state = self.step.lane();
+        let mut failed = None;
+        let read = reader
+            .read(&topic, partition, &mut |key, value| {
+                if failed.is_none() {
+                    if let Err(e) = self.step.restore(&mut state, key, value) {
+                        failed = Some(e);
+                    }
+                }
+            })
+            .map_err(|e| error_chain(&e))?;
+        if let Some(e) = failed {
+            return Err(format!(
+                "a record of changelog {topic} [{partition}] does not decode as stage {}'s \
+                 state ({e}): did the job's key or value type change? Deleting the topic \
+                 starts its state over",
+                Stateful::name(self)
+            ));
+        }
+        let mut lanes = self.stripe(partition).lock();
+        self.lane(&mut lanes, partition).state = state;
+        Ok(read)
+    }
+}
+
+/// An error with its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl<T: Send + 'static, S: Step<T>> Finish for InOrder<T, S> {

@@ -37,6 +37,17 @@ pub(crate) enum Event {
         reason: String,
         at: Instant,
     },
+    /// A keyed stage's state changed: a record of its changelog, on the
+    /// partition of the input partition the state belongs to. Written,
+    /// flushed and (exactly-once) committed with the record's outputs.
+    Changelog {
+        epoch: u64,
+        position: Option<Position>,
+        topic: Arc<str>,
+        partition: i32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// The record's unit completed: every result it emitted is ahead of
     /// this in the channel.
     Done {
@@ -56,6 +67,7 @@ impl Event {
             Event::Admitted { epoch, .. }
             | Event::Output { epoch, .. }
             | Event::Rejected { epoch, .. }
+            | Event::Changelog { epoch, .. }
             | Event::Done { epoch, .. } => *epoch,
         }
     }
@@ -72,6 +84,7 @@ impl Event {
             Event::Rejected {
                 key: k, payload, ..
             } => key(k) + payload.len(),
+            Event::Changelog { key, value, .. } => key.len() + value.len(),
             Event::Done { panic, .. } => {
                 panic.as_ref().map_or(0, |p| key(&p.key) + p.payload.len())
             }
@@ -240,6 +253,20 @@ impl Outlet {
             payload,
             arrived: self.arrived,
             done: Instant::now(),
+        });
+    }
+
+    /// Sends a record of a keyed stage's changelog, `topic`, for the
+    /// state of this record's input partition: written with the record's
+    /// outputs, before its position is acknowledged.
+    pub(crate) fn changelog(&self, topic: &Arc<str>, key: Vec<u8>, value: Vec<u8>) {
+        let _ = self.tx.send(Event::Changelog {
+            epoch: self.epoch,
+            position: self.position,
+            topic: topic.clone(),
+            partition: self.partition(),
+            key,
+            value,
         });
     }
 

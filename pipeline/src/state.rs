@@ -13,11 +13,13 @@
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::dataflow::{forward, stage_error, Exec, NodeRef, Rejected, Stream};
 use crate::order::{InOrder, Step};
@@ -93,6 +95,52 @@ type KeyFn<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 pub struct KeyedStream<K, T> {
     stream: Stream<T>,
     key: KeyFn<K, T>,
+    /// Set by [`KeyedStream::by_input_partition`]: how the state is
+    /// written to its changelog and read back.
+    codec: Option<Codec<K, T>>,
+}
+
+/// How a partitioned stage's keys and values become changelog records,
+/// and back.
+pub(crate) struct Codec<K, T> {
+    encode_key: fn(&K) -> Vec<u8>,
+    encode_value: fn(&T) -> Vec<u8>,
+    decode_key: fn(&[u8]) -> Result<K, String>,
+    decode_value: fn(&[u8]) -> Result<T, String>,
+}
+
+impl<K, T> Clone for Codec<K, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, T> Copy for Codec<K, T> {}
+
+fn encode_json<X: Serialize>(x: &X) -> Vec<u8> {
+    // Keys and values are the job's own plain data: a type that cannot
+    // be written as JSON (a map with keys that are not strings) is a bug
+    // of the job, caught by its first record.
+    serde_json::to_vec(x).expect("keyed state must serialize as JSON")
+}
+
+fn decode_json<X: DeserializeOwned>(bytes: &[u8]) -> Result<X, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+impl<K, T> Codec<K, T>
+where
+    K: Serialize + DeserializeOwned,
+    T: Serialize + DeserializeOwned,
+{
+    fn json() -> Codec<K, T> {
+        Codec {
+            encode_key: encode_json::<K>,
+            encode_value: encode_json::<T>,
+            decode_key: decode_json::<K>,
+            decode_value: decode_json::<T>,
+        }
+    }
 }
 
 impl<T: Send + 'static> Stream<T> {
@@ -104,6 +152,7 @@ impl<T: Send + 'static> Stream<T> {
         KeyedStream {
             stream: self,
             key: Arc::new(key),
+            codec: None,
         }
     }
 }
@@ -113,6 +162,26 @@ where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
 {
+    /// Declares that every record of a key comes from one input
+    /// partition: the input topic is keyed by this key, as Kafka's keyed
+    /// records are. The stage's state is then kept per input partition,
+    /// and on Kafka (rdkafka client) each update is also written to the
+    /// stage's changelog topic, and a partition's state is restored from
+    /// it before its first record runs here, after a restart or a
+    /// rebalance. Keys and values are written as JSON.
+    /// docs/design/state.md#durable says what a crash keeps.
+    ///
+    /// Without it, state is one table for the whole job, kept in memory
+    /// only: right on one process for any input, lost by a restart.
+    pub fn by_input_partition(mut self) -> KeyedStream<K, T>
+    where
+        K: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned,
+    {
+        self.codec = Some(Codec::json());
+        self
+    }
+
     /// A rolling aggregate per key: the first record of a key is its
     /// value, each later one `f(&value, record)`. Emits the updated value
     /// after every record. Records apply in their input partition's order
@@ -124,18 +193,29 @@ where
         name: impl Into<String>,
         f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
     ) -> Stream<T> {
-        let (name, key) = (name.into(), self.key);
+        let (name, key, codec) = (name.into(), self.key, self.codec);
         self.stream.then(move |next, parts| {
-            InOrder::build(
+            let durable = codec.map(|codec| Durable {
+                name: name.clone(),
+                codec,
+                topic: OnceLock::new(),
+            });
+            let partitioned = durable.is_some();
+            let node = InOrder::build(
                 parts,
                 Reduce {
                     name,
                     key,
                     f,
                     state: KeyedState::default(),
+                    durable,
                     next,
                 },
-            )
+            );
+            if partitioned {
+                parts.stateful.push(node.clone());
+            }
+            node
         })
     }
 
@@ -158,8 +238,19 @@ struct Reduce<K, T, F> {
     name: String,
     key: KeyFn<K, T>,
     f: F,
+    /// The values by key, for the whole job; unused when the state is
+    /// kept per input partition (`durable`), in the partitions' lanes.
     state: KeyedState<K, T>,
+    durable: Option<Durable<K, T>>,
     next: NodeRef<T>,
+}
+
+/// A stage whose state is kept per input partition, and its changelog.
+pub(crate) struct Durable<K, T> {
+    name: String,
+    codec: Codec<K, T>,
+    /// Set when the job runs on Kafka (`Job::attach_changelogs`).
+    topic: OnceLock<Arc<str>>,
 }
 
 impl<K, T, F> Step<T> for Reduce<K, T, F>
@@ -168,19 +259,69 @@ where
     T: Clone + Send + Sync + 'static,
     F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
 {
-    /// The values are the stage's, by key (`state`): a partition keeps
-    /// only its place in the order.
-    type Lane = ();
+    /// The partition's values by key, when the state is kept per input
+    /// partition; otherwise empty, and the values are the stage's
+    /// (`state`).
+    type Lane = HashMap<K, T>;
     type Then = Result<T, Rejected>;
 
-    fn lane(&self) {}
+    fn lane(&self) -> HashMap<K, T> {
+        HashMap::new()
+    }
 
-    fn apply(&self, _: &mut (), _: i32, record: T, _: &Outlet) -> Result<T, Rejected> {
+    fn apply(&self, lane: &mut HashMap<K, T>, _: i32, record: T, out: &Outlet) -> Self::Then {
         let key = (self.key)(&record);
-        self.state.update(key, |value| match value {
+        let reduce = |value: Option<&T>| match value {
             Some(value) => (self.f)(value, record),
             None => Ok(record),
-        })
+        };
+        let Some(durable) = &self.durable else {
+            return self.state.update(key, reduce);
+        };
+        let topic = durable.topic.get();
+        let logged_key = topic.map(|_| (durable.codec.encode_key)(&key));
+        let new = match lane.entry(key) {
+            Entry::Occupied(mut e) => {
+                let new = reduce(Some(e.get()))?;
+                e.insert(new.clone());
+                new
+            }
+            Entry::Vacant(e) => e.insert(reduce(None)?).clone(),
+        };
+        if let (Some(topic), Some(key)) = (topic, logged_key) {
+            // Sent under the partition's lock: the changelog gets each
+            // partition's updates in the order they applied.
+            out.changelog(topic, key, (durable.codec.encode_value)(&new));
+        }
+        Ok(new)
+    }
+
+    fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
+        self.durable.as_ref().map(|d| (d.name.as_str(), &d.topic))
+    }
+
+    fn restore(
+        &self,
+        lane: &mut HashMap<K, T>,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let codec = &self
+            .durable
+            .as_ref()
+            .expect("only durable stages restore")
+            .codec;
+        let key = (codec.decode_key)(key).map_err(|e| format!("its key: {e}"))?;
+        match value {
+            Some(value) => {
+                let value = (codec.decode_value)(value).map_err(|e| format!("its value: {e}"))?;
+                lane.insert(key, value);
+            }
+            None => {
+                lane.remove(&key);
+            }
+        }
+        Ok(())
     }
 
     fn then(&self, updated: Result<T, Rejected>, out: Outlet, exec: &mut Exec<'_, '_>) {

@@ -204,6 +204,63 @@ fn keyed_reduce_emits_each_rolling_value_once_under_concurrency() {
     }
 }
 
+/// `by_input_partition`: a key read from two partitions has a count in
+/// each, each exact, on many workers; without it, one count for the job.
+#[test]
+fn state_by_input_partition_keeps_a_count_per_partition() {
+    let counting = |partitioned: bool| {
+        let keyed = Job::new("counts")
+            .decode(|input| Ok((input.payload().to_vec(), 1u64)))
+            .key_by(|(key, _): &(Vec<u8>, u64)| key.clone());
+        let keyed = if partitioned {
+            keyed.by_input_partition()
+        } else {
+            keyed
+        };
+        keyed
+            .reduce("count", |(key, a): &(Vec<u8>, u64), (_, b)| {
+                Ok((key.clone(), a + b))
+            })
+            .sink(|(key, n): &(Vec<u8>, u64)| {
+                format!("{}={n}", String::from_utf8_lossy(key)).into_bytes()
+            })
+    };
+    // 3,000 records of one key on each of partitions 0 and 1, interleaved.
+    let input: Vec<Envelope> = (0..6_000)
+        .map(|i| record(i % 2, i64::from(i / 2), "k"))
+        .collect();
+    for (partitioned, last) in [(true, 3_000), (false, 6_000)] {
+        let r = run(counting(partitioned), input.clone(), 4, 64, false);
+        let mut values: Vec<u64> = r
+            .payloads()
+            .iter()
+            .map(|out| out.strip_prefix("k=").unwrap().parse().unwrap())
+            .collect();
+        values.sort_unstable();
+        let want: Vec<u64> = if partitioned {
+            (1..=last).flat_map(|n| [n, n]).collect()
+        } else {
+            (1..=last).collect()
+        };
+        assert_eq!(values, want, "by input partition: {partitioned}");
+    }
+    // Two stages of one name would write one changelog.
+    let twice = Job::new("twice")
+        .decode(|input| Ok(input.payload().len() as u64))
+        .key_by(|n: &u64| *n)
+        .by_input_partition()
+        .reduce("sum", |a: &u64, b| Ok(a + b))
+        .key_by(|n: &u64| *n)
+        .by_input_partition()
+        .reduce("sum", |a: &u64, b| Ok(a + b))
+        .sink(|n: &u64| n.to_string().into_bytes());
+    assert_eq!(twice.durable_stages(), ["sum", "sum"]);
+    let clash = twice.attach_changelogs(|stage| format!("g-{stage}-changelog"));
+    assert!(clash
+        .unwrap_err()
+        .contains("share changelog topic g-sum-changelog"));
+}
+
 #[test]
 fn a_panicking_or_failing_reduce_leaves_the_keys_state_as_it_was() {
     std::panic::set_hook(Box::new(|_| {}));

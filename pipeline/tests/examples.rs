@@ -2,24 +2,13 @@
 //! of more than 100,000 words against a straightforward count of the same
 //! text, and the windowed sums against a straightforward sum.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The example binary, built by `cargo test` next to this test's own
-/// directory (`target/<profile>/examples`).
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples before it runs the tests",
-        path.display()
-    );
-    path
-}
+use support::example;
 
 /// Deterministic text: mixed case, digits, punctuation, runs of
 /// separators, and letters outside ASCII.

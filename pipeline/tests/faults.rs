@@ -12,6 +12,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -337,6 +338,43 @@ impl XorShift {
     }
 }
 
+/// Starts a run with `start` and kills it (`kill -9`) once `output` holds
+/// a random count of records more than at its start, within `past`;
+/// `crashes` times. Returns the seed and the output's count after each
+/// crash.
+fn crash_loop(
+    brokers: &str,
+    output: &str,
+    crashes: usize,
+    past: std::ops::RangeInclusive<usize>,
+    start: impl Fn() -> Fila,
+) -> (u64, Vec<usize>) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = XorShift(seed);
+    let mut points = Vec::new();
+    for _ in 0..crashes {
+        let fila = start();
+        let spread = (past.end() - past.start() + 1) as u64;
+        let point = count(brokers, output) + past.start() + rng.below(spread) as usize;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while count(brokers, output) < point {
+            assert!(
+                Instant::now() < deadline,
+                "outputs stalled below {point} after crashes at {points:?}: {}",
+                fila.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        fila.crash();
+        points.push(count(brokers, output));
+    }
+    (seed, points)
+}
+
 /// `kill -9` of `fila run` at 20 random points of a 10,000-record burst,
 /// with a restart after each: nothing lost, at most the replay bound U of
 /// duplicates per crash; with `exactly_once`, no duplicate at all to a
@@ -367,30 +405,11 @@ fn crashes_at_random_points(version: Kafka, client: &str, exactly_once: bool) {
     if exactly_once {
         args.push("--exactly-once");
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rng = XorShift(seed);
-    let mut points = Vec::new();
-    for _ in 0..CRASHES {
-        let fila = Fila::start(brokers, &args);
-        // 50 to 200 outputs past the last crash: 20 crashes fall inside
-        // the burst whatever the machine's speed.
-        let point = count(brokers, &output) + 50 + rng.below(151) as usize;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while count(brokers, &output) < point {
-            assert!(
-                Instant::now() < deadline,
-                "outputs stalled below {point} after crashes at {points:?}: {}",
-                fila.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        fila.crash();
-        points.push(count(brokers, &output));
-    }
+    // 50 to 200 outputs past the last crash: 20 crashes fall inside the
+    // burst whatever the machine's speed.
+    let (seed, points) = crash_loop(brokers, &output, CRASHES, 50..=200, || {
+        Fila::start(brokers, &args)
+    });
     assert!(
         points.last().copied().unwrap_or(0) < N as usize,
         "the burst ended before the last crash: {points:?}"
@@ -730,4 +749,138 @@ fn rdkafka_gives_up_after_the_retry_timeout() {
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn kafka_client_gives_up_after_the_retry_timeout() {
     gives_up_after_the_retry_timeout(Kafka::V3, "kafka");
+}
+
+/// Keyed records `{key, amount}` for the `key_totals` example, produced
+/// at a steady pace over `over` by a thread of its own, so that crashes
+/// fall while records still arrive. Keys are `k0` to `k{keys - 1}` in
+/// turn; amounts cycle through -3..=6. Returns the thread, which yields
+/// what it produced.
+fn trickle_keyed(
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    keys: u64,
+    over: Duration,
+) -> std::thread::JoinHandle<Vec<(String, i64)>> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    std::thread::spawn(move || {
+        let mut writer =
+            fila_connectors::TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&topic])
+                .unwrap();
+        let records: Vec<(String, i64)> = (0..n)
+            .map(|i| (format!("k{}", i % keys), (i % 10) as i64 - 3))
+            .collect();
+        let step = Duration::from_millis(50);
+        let steps = (over.as_secs_f64() / step.as_secs_f64()).ceil().max(1.0) as usize;
+        let per_step = records.len().div_ceil(steps);
+        let started = Instant::now();
+        for (i, chunk) in records.chunks(per_step).enumerate() {
+            let values: Vec<String> = chunk.iter().map(|(_, a)| a.to_string()).collect();
+            let batch: Vec<fila_connectors::KeyedRecord<'_>> = chunk
+                .iter()
+                .zip(&values)
+                .map(|((k, _), v)| (topic.as_str(), Some(k.as_bytes()), v.as_bytes()))
+                .collect();
+            writer.send_keyed(&batch).unwrap();
+            let due = started + step * (i as u32 + 1);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        records
+    })
+}
+
+/// `kill -9` of a job with durable keyed state (the `key_totals` example,
+/// whose stage keeps its state per input partition and writes it to a
+/// changelog) at random points of a keyed stream on six partitions, under
+/// exactly-once, with a restart after each: each restart restores every
+/// partition's totals from the changelog. A reader of committed records
+/// then sees, for every key, the counts 1, 2, ..., n exactly once each, n
+/// being the key's records in the input, and the last total equal to the
+/// plain sum of its amounts. A lost restore would start a key's count at
+/// 1 again; an update applied twice would skip a count.
+fn durable_state_survives_crashes(version: Kafka) {
+    const CRASHES: usize = 5;
+    const KEYS: u64 = 60;
+    const RECORDS: u64 = 20_000;
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(brokers, &input, 6).unwrap();
+    let producer = trickle_keyed(brokers, &input, RECORDS, KEYS, Duration::from_secs(20));
+    let args = [
+        "--input-topic",
+        &input,
+        "--output-topic",
+        &output,
+        "--group",
+        &group,
+        "--replica",
+        "0/1",
+        "--workers",
+        "2",
+        "--exactly-once",
+    ];
+    let (seed, points) = crash_loop(brokers, &output, CRASHES, 200..=1_200, || {
+        Fila::start_example("key_totals", brokers, &args)
+    });
+    let records = producer.join().expect("the producer does not panic");
+    assert!(
+        points.last().copied().unwrap_or(0) < RECORDS as usize,
+        "the stream ended before the last crash: {points:?}"
+    );
+    let last = Fila::start_example("key_totals", brokers, &args);
+    let out = read_all(brokers, &output, RECORDS as usize, Duration::from_secs(120));
+    let log = last.stderr();
+    last.stop();
+    let restores = log.matches("state restored from its changelog").count();
+    let mut counts: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut totals: HashMap<String, (u64, i64)> = HashMap::new();
+    for record in &out {
+        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        let key = v["key"].as_str().unwrap().to_owned();
+        let (count, total) = (v["count"].as_u64().unwrap(), v["total"].as_i64().unwrap());
+        counts.entry(key.clone()).or_default().push(count);
+        let last = totals.entry(key).or_default();
+        if count > last.0 {
+            *last = (count, total);
+        }
+    }
+    let mut expected: HashMap<String, (u64, i64)> = HashMap::new();
+    for (key, amount) in &records {
+        let e = expected.entry(key.clone()).or_default();
+        e.0 += 1;
+        e.1 += amount;
+    }
+    for (key, (n, sum)) in &expected {
+        let mut seen = counts.remove(key).unwrap_or_default();
+        seen.sort_unstable();
+        let want: Vec<u64> = (1..=*n).collect();
+        assert!(
+            seen == want,
+            "key {key}: counts {:?}... ({} of them) where 1..={n} each once was due, after \
+             crashes at {points:?}",
+            &seen[..seen.len().min(20)],
+            seen.len()
+        );
+        assert_eq!(totals[key], (*n, *sum), "key {key}'s last total");
+    }
+    assert!(
+        counts.is_empty(),
+        "keys never produced: {:?}",
+        counts.keys()
+    );
+    eprintln!(
+        "{CRASHES} crashes (seed {seed}) after {points:?} outputs: {} outputs of {} keys, every \
+         count 1..n once, every total exact; the last run restored {restores} partition(s)",
+        out.len(),
+        expected.len()
+    );
+    assert_eq!(out.len(), RECORDS as usize);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn durable_keyed_state_on_kafka_4_survives_crashes_exactly_once() {
+    durable_state_survives_crashes(Kafka::V4);
 }

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::{ConnectorError, Position, Sink, Source};
+use crate::{ChangelogReader, ConnectorError, Position, Sink, Source};
 
 mod dead_letter;
 mod probe;
@@ -248,6 +248,44 @@ pub fn create_topic(
     let cluster = cluster.into();
     check(ClientKind::Rdkafka, &cluster)?;
     rd::create_topic(&cluster, topic, partitions)
+}
+
+/// Makes `topic` a keyed stage's changelog for an input of `partitions`
+/// partitions: compacted, with at least that many partitions. Succeeds if
+/// it exists with enough.
+pub fn create_changelog(
+    kind: ClientKind,
+    cluster: impl Into<Cluster>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ConnectorError> {
+    let cluster = cluster.into();
+    check(kind, &cluster)?;
+    match kind {
+        ClientKind::Rdkafka => rd::create_changelog(&cluster, topic, partitions),
+        ClientKind::Kafka => Err(no_changelogs(&cluster.brokers)),
+    }
+}
+
+/// What reads keyed stages' changelogs back (`ChangelogReader`).
+pub fn changelog_reader(
+    kind: ClientKind,
+    cluster: impl Into<Cluster>,
+) -> Result<Box<dyn ChangelogReader>, ConnectorError> {
+    let cluster = cluster.into();
+    check(kind, &cluster)?;
+    match kind {
+        ClientKind::Rdkafka => Ok(Box::new(rd::RdChangelogReader::connect(&cluster)?)),
+        ClientKind::Kafka => Err(no_changelogs(&cluster.brokers)),
+    }
+}
+
+fn no_changelogs(brokers: &str) -> ConnectorError {
+    error(
+        brokers,
+        "the kafka client cannot read committed records back, so it keeps no changelogs; \
+         use --kafka-client rdkafka",
+    )
 }
 
 /// Sets group `group`'s committed offsets of `topic`, partition by

@@ -12,8 +12,9 @@ use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
-    kafka_exactly_once, kafka_sink, kafka_source, Assignment, BurstSource, ClientKind, Cluster,
-    DiscardSink, Replica, Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
+    changelog_reader, create_changelog, kafka_exactly_once, kafka_sink, kafka_source, Assignment,
+    BurstSource, ChangelogReader, ClientKind, Cluster, DiscardSink, Replica, Sink, SinkConfig,
+    Source, SourceConfig, StdinSource, StdoutSink, TopicReader,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -218,11 +219,13 @@ fn run_job(
         }
     };
     let sink = sink.expect("made with the sink or the source");
+    let restorer = changelogs(args, sink_kind, &job, &cluster)?;
     let summary = drive(
         rt,
         job.clone(),
         source.as_mut(),
         sink,
+        restorer,
         counters,
         args.driver_config(),
     )?;
@@ -257,6 +260,64 @@ fn run_job(
     Ok(())
 }
 
+/// For a job with durable keyed stages run from Kafka to Kafka on the
+/// rdkafka client: makes each stage's changelog topic, named after the
+/// group and the stage ([`changelog_topic`]), with as many partitions as
+/// the input, attaches them to the job, and returns what reads them back.
+/// Elsewhere their state is kept in memory only, and the run says so.
+fn changelogs(
+    args: &RunArgs,
+    sink_kind: SinkKind,
+    job: &Job,
+    cluster: &Cluster,
+) -> anyhow::Result<Option<Box<dyn ChangelogReader>>> {
+    let stages = job.durable_stages();
+    if stages.is_empty() {
+        return Ok(None);
+    }
+    let (k, client) = (&args.kafka, args.kafka.cluster.kafka_client);
+    let on_kafka = args.source == SourceKind::Kafka && sink_kind == SinkKind::Kafka;
+    if !on_kafka || client == ClientKind::Kafka {
+        eprintln!(
+            "fila: the state of stage(s) {} is kept in memory only: changelogs need Kafka as \
+             source and sink on the rdkafka client",
+            stages.join(", ")
+        );
+        return Ok(None);
+    }
+    let input = &k.cluster.input_topic;
+    let partitions = TopicReader::end_offsets(client, cluster.clone(), input)
+        .with_context(|| format!("looking up the partitions of input topic {input}"))?
+        .len() as i32;
+    let topics = job
+        .attach_changelogs(|stage| changelog_topic(&k.group, stage))
+        .map_err(anyhow::Error::msg)?;
+    for topic in &topics {
+        create_changelog(client, cluster.clone(), topic, partitions)
+            .with_context(|| format!("making changelog topic {topic}"))?;
+    }
+    eprintln!(
+        "fila: keyed state is written to changelog topic(s) {}",
+        topics.join(", ")
+    );
+    let reader =
+        changelog_reader(client, cluster.clone()).context("connecting the restore reader")?;
+    Ok(Some(reader))
+}
+
+/// The changelog topic of keyed stage `stage` of the job run by consumer
+/// group `group`: `<group>-<stage>-changelog`, with every character Kafka
+/// does not allow in a topic's name made `_`.
+pub fn changelog_topic(group: &str, stage: &str) -> String {
+    format!("{group}-{stage}-changelog")
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
 /// Runs the driver with SIGINT/SIGTERM wired to a clean stop: admission
 /// closes, what is in flight drains, flushes, and commits.
 fn drive(
@@ -264,6 +325,7 @@ fn drive(
     job: Arc<Job>,
     source: &mut dyn Source,
     sink: Box<dyn Sink>,
+    restorer: Option<Box<dyn ChangelogReader>>,
     counters: &Counters,
     config: DriverConfig,
 ) -> anyhow::Result<RunSummary> {
@@ -278,11 +340,14 @@ fn drive(
                 rt.close();
             }
         });
-        let result = Driver::new()
+        let mut driver = Driver::new()
             .config(config)
             .stop_on(&stop)
-            .counters(counters)
-            .run(rt, job, source, sink);
+            .counters(counters);
+        if let Some(restorer) = restorer {
+            driver = driver.restore_from(restorer);
+        }
+        let result = driver.run(rt, job, source, sink);
         signal_handle.close();
         result.map_err(anyhow::Error::from)
     })
@@ -302,5 +367,19 @@ impl JobSpec {
     pub fn generate(mut self, f: impl FnMut(u64) -> Vec<u8> + Send + 'static) -> JobSpec {
         self.generate = Some(Box::new(f));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changelog_topic;
+
+    #[test]
+    fn a_changelog_topic_is_named_after_the_group_and_stage_in_kafkas_characters() {
+        assert_eq!(changelog_topic("totals", "sum"), "totals-sum-changelog");
+        assert_eq!(
+            changelog_topic("my group", "per key/sum"),
+            "my_group-per_key_sum-changelog"
+        );
     }
 }

@@ -23,6 +23,7 @@
 //! its last stage is done, but stays uncommitted for a sink tick, a
 //! produce and a commit after that.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use fila_connectors::units::Bytes;
 use fila_connectors::{
-    Acks, ConnectorError, Envelope, Polled, ReplayBound, Sink, Source, DEFAULT_MAX_RECORD_BYTES,
+    Acks, ChangelogReader, ConnectorError, Envelope, Polled, ReplayBound, Sink, Source,
+    DEFAULT_MAX_RECORD_BYTES,
 };
 use fila_runtime::{AdmitError, Runtime};
 use hdrhistogram::Histogram;
@@ -149,6 +151,8 @@ pub enum DriverError {
     Commit(#[source] ConnectorError),
     #[error("admission failed")]
     Admit(#[from] AdmitError),
+    #[error("restoring keyed state failed: {0}")]
+    Restore(String),
 }
 
 /// What a run did.
@@ -204,6 +208,9 @@ pub struct Driver<'a> {
     config: DriverConfig,
     stop: Option<&'a AtomicBool>,
     counters: Option<&'a Counters>,
+    /// Reads durable stages' changelogs back (`restore_from`); taken by
+    /// the run.
+    restorer: parking_lot::Mutex<Option<Box<dyn ChangelogReader>>>,
 }
 
 impl<'a> Driver<'a> {
@@ -262,6 +269,15 @@ impl<'a> Driver<'a> {
         self
     }
 
+    /// Restores the state of a job's durable stages with `reader`: a
+    /// partition's state is rebuilt from its changelog before its first
+    /// record runs, and again after an aborted transaction. A job whose
+    /// changelogs are attached (`Job::attach_changelogs`) needs one.
+    pub fn restore_from(self, reader: Box<dyn ChangelogReader>) -> Self {
+        *self.restorer.lock() = Some(reader);
+        self
+    }
+
     /// Counts finished records in `counters` as they finish, for a
     /// metrics endpoint.
     pub fn counters(mut self, counters: &'a Counters) -> Self {
@@ -293,6 +309,14 @@ impl<'a> Driver<'a> {
             return Err(DriverError::Source(ConnectorError::Config {
                 message: "exactly-once needs a source whose offsets can be committed".into(),
             }));
+        }
+        let restorer = self.restorer.lock().take();
+        if job.has_changelogs() && (restorer.is_none() || committing.is_none()) {
+            return Err(DriverError::Restore(
+                "a job that writes changelogs needs a source whose offsets are committed, \
+                 and a reader of the changelogs"
+                    .into(),
+            ));
         }
         let bound = config.max_uncommitted;
         // The epoch records are admitted in (exactly-once): an aborted
@@ -374,6 +398,8 @@ impl<'a> Driver<'a> {
                 counters,
                 in_call: exactly_once.then_some(&in_call),
                 warned: None,
+                restorer: restorer.filter(|_| job.has_changelogs()),
+                restored: HashMap::new(),
             };
             counters.set_phase(Phase::Running);
             let admitted = admission.run();
@@ -433,6 +459,12 @@ struct Admission<'r, 's> {
     /// when this thread last warned of one that lasted.
     in_call: Option<&'r sink::InCall>,
     warned: Option<Instant>,
+    /// For a job that writes changelogs: what reads them back, and the
+    /// epoch each partition's state was last restored in. A partition
+    /// restores before its first record after it starts here (assigned
+    /// or assigned again), and after every abort (a new epoch).
+    restorer: Option<Box<dyn ChangelogReader>>,
+    restored: HashMap<i32, u64>,
 }
 
 impl Admission<'_, '_> {
@@ -490,6 +522,7 @@ impl Admission<'_, '_> {
                 }
                 Polled::Record(envelope) => {
                     let (input, origin) = self.take(envelope);
+                    self.restore_maybe(origin.position.partition)?;
                     // Its places at the keyed stages, in the order read:
                     // this thread admits one record at a time.
                     let tickets = self.job.tickets(origin.position.partition);
@@ -547,7 +580,10 @@ impl Admission<'_, '_> {
         self.first_arrival.get_or_insert(envelope.arrived);
         self.counters.read(envelope.payload.len() as u64);
         if let Some((acks, _)) = self.tracker {
-            acks.track(envelope.position, envelope.payload.len());
+            if acks.track(envelope.position, envelope.payload.len()) {
+                // Started here: whatever state it had here may be stale.
+                self.restored.remove(&envelope.position.partition);
+            }
         }
         let (input, origin) = Input::from_envelope(envelope, self.admitting);
         if self.ordered {
@@ -557,6 +593,26 @@ impl Admission<'_, '_> {
             });
         }
         (input, origin)
+    }
+
+    /// Before a record of `partition` is admitted: restores the
+    /// partition's durable state if it started here, or the transaction
+    /// was aborted, since it was last restored.
+    fn restore_maybe(&mut self, partition: i32) -> Result<(), DriverError> {
+        let Some(reader) = self.restorer.as_deref_mut() else {
+            return Ok(());
+        };
+        if self.restored.get(&partition) == Some(&self.admitting) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let read = self
+            .job
+            .restore(partition, reader)
+            .map_err(DriverError::Restore)?;
+        self.counters.restored(read, started.elapsed());
+        self.restored.insert(partition, self.admitting);
+        Ok(())
     }
 
     /// A record over the size cap: dead-lettered with its first bytes and

@@ -472,6 +472,15 @@ impl Writer<'_> {
                 dead_letter(sink, position, key.as_deref(), &payload, &reason, counters)?;
                 summary.last_done = summary.last_done.max(Some(at));
             }
+            Event::Changelog {
+                topic,
+                partition,
+                key,
+                value,
+                ..
+            } => sink
+                .send_to(&topic, partition, &key, &value)
+                .map_err(DriverError::Sink)?,
             Event::Rejected {
                 position: None,
                 reason,
@@ -536,7 +545,9 @@ impl Reorder {
                     .push_back(held);
                 return Ok(());
             }
-            Event::Output { position, .. } | Event::Rejected { position, .. } => *position,
+            Event::Output { position, .. }
+            | Event::Rejected { position, .. }
+            | Event::Changelog { position, .. } => *position,
             Event::Done { position, .. } => Some(*position),
         };
         let Some(position) = position else {

@@ -36,6 +36,9 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
         commits: counters.commits.load(Relaxed),
         aborts: counters.aborts.load(Relaxed),
         commit_seconds: counters.commit_seconds.clone(),
+        restores: counters.restores.load(Relaxed),
+        restored_records: counters.restored_records.load(Relaxed),
+        restore_micros: counters.restore_micros.load(Relaxed),
         input_records: counters.input_records.load(Relaxed),
         input_bytes: counters.input_bytes.load(Relaxed),
         output_bytes: counters.output_bytes.load(Relaxed),
@@ -68,6 +71,9 @@ struct Page {
     commits: u64,
     aborts: u64,
     commit_seconds: Histogram,
+    restores: u64,
+    restored_records: u64,
+    restore_micros: u64,
     input_records: u64,
     input_bytes: u64,
     output_bytes: u64,
@@ -184,6 +190,26 @@ impl Collector for Page {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?)?;
+        }
+        if self.restores > 0 {
+            one(
+                &mut e,
+                "fila_state_restores",
+                "Restores of an input partition's keyed state from its changelogs.",
+                ConstCounter::new(self.restores),
+            )?;
+            one(
+                &mut e,
+                "fila_state_restored_records",
+                "Changelog records read by restores.",
+                ConstCounter::new(self.restored_records),
+            )?;
+            one(
+                &mut e,
+                "fila_state_restore_seconds",
+                "Time spent restoring keyed state, in seconds.",
+                ConstCounter::new(self.restore_micros as f64 / 1e6),
+            )?;
         }
         let per_worker = |f: fn(&fila_runtime::WorkerStats) -> u64| {
             stats

@@ -399,17 +399,43 @@ pub struct Fila {
     stderr: PathBuf,
 }
 
+/// An example's binary, built by `cargo test` next to the test's own
+/// directory (`target/<profile>/examples`).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples before it runs the tests",
+        path.display()
+    );
+    path
+}
+
 impl Fila {
     pub fn start(brokers: &str, args: &[&str]) -> Fila {
+        Fila::spawn(
+            Command::new(env!("CARGO_BIN_EXE_fila")).arg("run"),
+            brokers,
+            args,
+        )
+    }
+
+    /// The example `name` (which takes `fila run`'s flags) on Kafka.
+    pub fn start_example(name: &str, brokers: &str, args: &[&str]) -> Fila {
+        Fila::spawn(&mut Command::new(example(name)), brokers, args)
+    }
+
+    fn spawn(command: &mut Command, brokers: &str, args: &[&str]) -> Fila {
         let dir = std::env::temp_dir();
         let tag = unique("fila-run");
         let (stdout, stderr) = (
             dir.join(format!("{tag}.out")),
             dir.join(format!("{tag}.err")),
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_fila"))
+        let child = command
             .args([
-                "run",
                 "--source",
                 "kafka",
                 "--brokers",

@@ -62,12 +62,27 @@ pub(crate) fn create_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
+    create_topic_with(cluster, topic, partitions, &[]).map(drop)
+}
+
+/// Creates `topic` with `partitions` partitions, replication factor 1 and
+/// the topic configuration `config`, unless it exists. Returns the admin
+/// client, for a look at what exists.
+pub(super) fn create_topic_with(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> Result<AdminClient<DefaultClientContext>, ConnectorError> {
     let brokers = cluster.brokers.as_str();
     preflight(cluster)?;
     let admin: AdminClient<DefaultClientContext> = client_config(cluster)?
         .create()
         .map_err(|e| kafka_error(brokers, "creating an admin client", e))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = config.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        |new, (key, value)| new.set(key, value),
+    );
     let options = AdminOptions::new().operation_timeout(Some(LOOKUP_TIMEOUT));
     let results = wait_for(admin.create_topics([&new], &options))
         .map_err(|e| kafka_error(brokers, &format!("creating topic {topic}"), e))?;
@@ -79,7 +94,7 @@ pub(crate) fn create_topic(
             }
         }
     }
-    Ok(())
+    Ok(admin)
 }
 
 /// Sets group `group`'s committed offsets of `topic`, outside any group

@@ -8,11 +8,13 @@
 //! ([`source`]), its committer ([`commit`]), the producer the sink and the
 //! tools share ([`produce`]), the sink ([`sink`]), exactly-once
 //! transactions ([`transaction`]), the load client's and the tests' reader
-//! and writer ([`tools`]), and admin calls ([`admin`]).
+//! and writer ([`tools`]), admin calls ([`admin`]), and keyed stages'
+//! changelogs ([`changelog`]).
 
 use std::sync::{Mutex, MutexGuard};
 
 mod admin;
+mod changelog;
 mod commit;
 mod config;
 mod produce;
@@ -22,6 +24,7 @@ mod tools;
 mod transaction;
 
 pub(super) use admin::{commit_group_offsets, create_topic};
+pub(super) use changelog::{create_changelog, RdChangelogReader};
 pub(super) use sink::RdSink;
 pub(super) use source::RdSource;
 

@@ -256,7 +256,7 @@ impl Sink for RdSink {
             &self.writer,
             &mut self.transaction,
             &self.brokers,
-            &self.output_topic,
+            (&self.output_topic, None),
             key,
             payload,
             None,
@@ -290,7 +290,7 @@ impl Sink for RdSink {
             &self.writer,
             &mut self.transaction,
             &self.brokers,
-            topic,
+            (topic, None),
             key,
             payload,
             Some(headers),
@@ -303,6 +303,25 @@ impl Sink for RdSink {
 
     fn has_dead_letter_destination(&self) -> bool {
         self.dlq_topic.is_some()
+    }
+
+    fn send_to(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), ConnectorError> {
+        self.sent();
+        write(
+            &self.writer,
+            &mut self.transaction,
+            &self.brokers,
+            (topic, Some(partition)),
+            Some(key),
+            value,
+            None,
+        )
     }
 
     fn transactions(&mut self) -> Option<&mut dyn Transactions> {
@@ -322,13 +341,13 @@ fn write(
     writer: &Writer,
     transaction: &mut Option<Transaction>,
     brokers: &str,
-    topic: &str,
+    (topic, partition): (&str, Option<i32>),
     key: Option<&[u8]>,
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<(), ConnectorError> {
     match (
-        writer.try_send(topic, key, payload, headers, None),
+        writer.try_send(topic, key, payload, headers, partition),
         transaction,
     ) {
         (Ok(()), _) => Ok(()),
