@@ -833,21 +833,33 @@ fn durable_state_survives_crashes(version: Kafka) {
     let out = read_all(brokers, &output, RECORDS as usize, Duration::from_secs(120));
     let log = last.stderr();
     last.stop();
-    let restores = log.matches("state restored from its changelog").count();
+    let keys = check_key_totals(&out, &records, &format!("crashes at {points:?}"));
+    eprintln!(
+        "{CRASHES} crashes (seed {seed}) after {points:?} outputs: {} outputs of {keys} keys, \
+         every count 1..n once, every total exact; the last run restored {} partition(s) from a changelog not empty",
+        out.len(),
+        log.matches("state restored from its changelog").count()
+    );
+}
+
+/// Checks `key_totals`'s outputs `out` against its input `records`: for
+/// every key, the counts 1, 2, ..., n each exactly once (n its records),
+/// and the total at n the plain sum of its amounts. Returns the keys.
+fn check_key_totals(out: &[Fetched], records: &[(String, i64)], context: &str) -> usize {
     let mut counts: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut totals: HashMap<String, (u64, i64)> = HashMap::new();
-    for record in &out {
+    let mut last: HashMap<String, (u64, i64)> = HashMap::new();
+    for record in out {
         let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
         let key = v["key"].as_str().unwrap().to_owned();
         let (count, total) = (v["count"].as_u64().unwrap(), v["total"].as_i64().unwrap());
         counts.entry(key.clone()).or_default().push(count);
-        let last = totals.entry(key).or_default();
-        if count > last.0 {
-            *last = (count, total);
+        let at = last.entry(key).or_default();
+        if count > at.0 {
+            *at = (count, total);
         }
     }
     let mut expected: HashMap<String, (u64, i64)> = HashMap::new();
-    for (key, amount) in &records {
+    for (key, amount) in records {
         let e = expected.entry(key.clone()).or_default();
         e.0 += 1;
         e.1 += amount;
@@ -859,24 +871,86 @@ fn durable_state_survives_crashes(version: Kafka) {
         assert!(
             seen == want,
             "key {key}: counts {:?}... ({} of them) where 1..={n} each once was due, after \
-             crashes at {points:?}",
+             {context}",
             &seen[..seen.len().min(20)],
             seen.len()
         );
-        assert_eq!(totals[key], (*n, *sum), "key {key}'s last total");
+        assert_eq!(last[key], (*n, *sum), "key {key}'s last total");
     }
     assert!(
         counts.is_empty(),
         "keys never produced: {:?}",
         counts.keys()
     );
+    assert_eq!(out.len(), records.len(), "outputs, one per record");
+    expected.len()
+}
+
+/// Durable keyed state across a group's rebalances, under exactly-once:
+/// three `key_totals` members of one group on six partitions, one killed
+/// mid-stream (its partitions move, and their new owners restore their
+/// state from the changelog) and one joining after (partitions move
+/// again). Every key's counts are still 1..n once each, and its totals
+/// exact: each partition's state followed it.
+fn durable_state_follows_partitions_across_members(version: Kafka) {
+    const KEYS: u64 = 60;
+    const RECORDS: u64 = 12_000;
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(brokers, &input, 6).unwrap();
+    let args = [
+        "--input-topic",
+        &input,
+        "--output-topic",
+        &output,
+        "--group",
+        &group,
+        "--workers",
+        "1",
+        "--exactly-once",
+    ];
+    let member = || Fila::start_example("key_totals", brokers, &args);
+    let mut members: Vec<Fila> = (0..3).map(|_| member()).collect();
+    for m in &mut members {
+        m.wait_assigned();
+    }
+    let producer = trickle_keyed(brokers, &input, RECORDS, KEYS, Duration::from_secs(24));
+    wait_for_outputs(brokers, &output, RECORDS as usize / 5);
+    members.remove(0).crash();
+    let at_crash = count(brokers, &output);
+    wait_for_outputs(brokers, &output, at_crash + RECORDS as usize / 10);
+    let mut newcomer = member();
+    newcomer.wait_assigned();
+    members.push(newcomer);
+    let records = producer.join().expect("the producer does not panic");
+    let out = read_all(brokers, &output, RECORDS as usize, Duration::from_secs(120));
+    let logs: Vec<String> = members
+        .into_iter()
+        .map(|m| m.stop_with_stderr().1)
+        .collect();
+    let restores: usize = logs
+        .iter()
+        .map(|log| log.matches("state restored from its changelog").count())
+        .sum();
+    let keys = check_key_totals(&out, &records, &format!("a kill at {at_crash} outputs"));
     eprintln!(
-        "{CRASHES} crashes (seed {seed}) after {points:?} outputs: {} outputs of {} keys, every \
-         count 1..n once, every total exact; the last run restored {restores} partition(s)",
-        out.len(),
-        expected.len()
+        "{version:?}: 3 members, 6 partitions, {RECORDS} records: killed one after {at_crash} \
+         outputs, one joined; {keys} keys, every count 1..n once, every total exact; the \
+         members left restored {restores} partition(s) from a changelog not empty"
     );
-    assert_eq!(out.len(), RECORDS as usize);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn durable_keyed_state_follows_partitions_across_kip848_members() {
+    durable_state_follows_partitions_across_members(Kafka::V4);
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn durable_keyed_state_follows_partitions_across_classic_members() {
+    durable_state_follows_partitions_across_members(Kafka::V3);
 }
 
 #[test]
