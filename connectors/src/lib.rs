@@ -294,14 +294,15 @@ pub trait Sink: Send {
 
     /// Queues a record of a keyed stage's changelog: `topic`'s partition
     /// `partition` (the input partition the state belongs to), under the
-    /// state's key. It is flushed, and under exactly-once committed, with
-    /// the outputs. Only a Kafka sink on the rdkafka client has changelogs.
+    /// state's key; a `None` value is a tombstone (the key was deleted).
+    /// It is flushed, and under exactly-once committed, with the outputs.
+    /// Only a Kafka sink on the rdkafka client has changelogs.
     fn send_to(
         &mut self,
         topic: &str,
         _partition: i32,
         _key: &[u8],
-        _value: &[u8],
+        _value: Option<&[u8]>,
     ) -> Result<(), ConnectorError> {
         Err(ConnectorError::Config {
             message: format!("this sink cannot write changelog topic {topic}"),

@@ -46,7 +46,8 @@ pub(crate) enum Event {
         topic: Arc<str>,
         partition: i32,
         key: Vec<u8>,
-        value: Vec<u8>,
+        /// `None`: a tombstone, the key was deleted.
+        value: Option<Vec<u8>>,
     },
     /// The record's unit completed: every result it emitted is ahead of
     /// this in the channel.
@@ -84,7 +85,7 @@ impl Event {
             Event::Rejected {
                 key: k, payload, ..
             } => key(k) + payload.len(),
-            Event::Changelog { key, value, .. } => key.len() + value.len(),
+            Event::Changelog { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
             Event::Done { panic, .. } => {
                 panic.as_ref().map_or(0, |p| key(&p.key) + p.payload.len())
             }
@@ -257,9 +258,10 @@ impl Outlet {
     }
 
     /// Sends a record of a keyed stage's changelog, `topic`, for the
-    /// state of this record's input partition: written with the record's
-    /// outputs, before its position is acknowledged.
-    pub(crate) fn changelog(&self, topic: &Arc<str>, key: Vec<u8>, value: Vec<u8>) {
+    /// state of this record's input partition (`None`: the key was
+    /// deleted): written with the record's outputs, before its position
+    /// is acknowledged.
+    pub(crate) fn changelog(&self, topic: &Arc<str>, key: Vec<u8>, value: Option<Vec<u8>>) {
         let _ = self.tx.send(Event::Changelog {
             epoch: self.epoch,
             position: self.position,

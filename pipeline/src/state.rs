@@ -107,7 +107,13 @@ pub(crate) struct Codec<K, T> {
     encode_value: fn(&T) -> Vec<u8>,
     decode_key: fn(&[u8]) -> Result<K, String>,
     decode_value: fn(&[u8]) -> Result<T, String>,
+    /// A key in a window: `[start, key]`.
+    encode_window_key: fn(i64, &K) -> Vec<u8>,
+    decode_window_key: fn(&[u8]) -> Result<WindowKey<K>, String>,
 }
+
+/// A key in the window that starts at the first field.
+type WindowKey<K> = (i64, K);
 
 impl<K, T> Clone for Codec<K, T> {
     fn clone(&self) -> Self {
@@ -128,6 +134,10 @@ fn decode_json<X: DeserializeOwned>(bytes: &[u8]) -> Result<X, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
+fn encode_window_key<K: Serialize>(start: i64, key: &K) -> Vec<u8> {
+    encode_json(&(start, key))
+}
+
 impl<K, T> Codec<K, T>
 where
     K: Serialize + DeserializeOwned,
@@ -139,6 +149,8 @@ where
             encode_value: encode_json::<T>,
             decode_key: decode_json::<K>,
             decode_value: decode_json::<T>,
+            encode_window_key: encode_window_key::<K>,
+            decode_window_key: decode_json::<WindowKey<K>>,
         }
     }
 }
@@ -291,7 +303,7 @@ where
         if let (Some(topic), Some(key)) = (topic, logged_key) {
             // Sent under the partition's lock: the changelog gets each
             // partition's updates in the order they applied.
-            out.changelog(topic, key, (durable.codec.encode_value)(&new));
+            out.changelog(topic, key, Some((durable.codec.encode_value)(&new)));
         }
         Ok(new)
     }
@@ -407,8 +419,14 @@ where
             windows,
             time,
         } = self;
-        let key = keyed.key;
+        let (key, codec) = (keyed.key, keyed.codec);
         keyed.stream.then(move |next, parts| {
+            let durable = codec.map(|codec| Durable {
+                name: name.clone(),
+                codec,
+                topic: OnceLock::new(),
+            });
+            let partitioned = durable.is_some();
             let node = InOrder::build(
                 parts,
                 WindowReduce {
@@ -417,10 +435,14 @@ where
                     time,
                     f,
                     windows,
+                    durable,
                     next,
                 },
             );
             parts.finishers.push(node.clone());
+            if partitioned {
+                parts.stateful.push(node.clone());
+            }
             node
         })
     }
@@ -453,8 +475,17 @@ struct WindowReduce<K, T, F> {
     time: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
     f: F,
     windows: Tumbling,
+    /// For a stage declared `by_input_partition`: its changelog. A key's
+    /// value in a window is written under `[start, key]`, deleted (a
+    /// tombstone) when the window closes; the partition's highest event
+    /// time under [`MAX_TIME_KEY`].
+    durable: Option<Durable<K, T>>,
     next: NodeRef<Windowed<K, T>>,
 }
+
+/// The changelog key of a partition's highest event time seen, at a window
+/// stage: a JSON string, where a window's keys are JSON arrays.
+const MAX_TIME_KEY: &[u8] = b"\"max_time\"";
 
 /// What a record did at a window stage.
 enum WindowThen<K, T> {
@@ -482,7 +513,7 @@ where
 
     /// Lateness, the update and closing windows happen under the
     /// partition's lock: no record can join a window once it has closed.
-    fn apply(&self, pane: &mut Pane<K, T>, partition: i32, record: T, _: &Outlet) -> Self::Then {
+    fn apply(&self, pane: &mut Pane<K, T>, partition: i32, record: T, out: &Outlet) -> Self::Then {
         let w = &self.windows;
         let time = (self.time)(&record);
         let key = (self.key)(&record);
@@ -494,6 +525,10 @@ where
                 start + w.size_ms
             )));
         }
+        let log = self.durable.as_ref().and_then(|d| {
+            let topic = d.topic.get()?;
+            Some((topic, &d.codec, key.clone()))
+        });
         let window = pane.open.entry(start).or_default();
         let updated = match window.entry(key) {
             Entry::Occupied(mut e) => (self.f)(e.get(), record).map(|v| {
@@ -507,9 +542,28 @@ where
         if let Err(e) = updated {
             return WindowThen::Rejected(e);
         }
+        let moved = time > pane.max_time;
         pane.max_time = pane.max_time.max(time);
         let watermark = pane.watermark(w);
-        WindowThen::Closed(pane.close_until(watermark, w))
+        let closed = pane.close_until(watermark, w);
+        if let Some((topic, codec, key)) = log {
+            // Under the partition's lock, in the order applied. A window
+            // that closed here is deleted, this record's own included.
+            if let Some(value) = pane.open.get(&start).and_then(|window| window.get(&key)) {
+                let value = (codec.encode_value)(value);
+                out.changelog(topic, (codec.encode_window_key)(start, &key), Some(value));
+            }
+            if moved {
+                let max_time = encode_json(&pane.max_time);
+                out.changelog(topic, MAX_TIME_KEY.to_vec(), Some(max_time));
+            }
+            for (start, keys) in &closed {
+                for k in keys.keys() {
+                    out.changelog(topic, (codec.encode_window_key)(*start, k), None);
+                }
+            }
+        }
+        WindowThen::Closed(closed)
     }
 
     fn then(&self, then: Self::Then, out: Outlet, exec: &mut Exec<'_, '_>) {
@@ -533,6 +587,47 @@ where
     /// Every open window, at the end of a bounded input.
     fn close(&self, pane: &mut Pane<K, T>) -> Option<Self::Then> {
         Some(WindowThen::Closed(std::mem::take(&mut pane.open)))
+    }
+
+    fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
+        self.durable.as_ref().map(|d| (d.name.as_str(), &d.topic))
+    }
+
+    fn restore(
+        &self,
+        pane: &mut Pane<K, T>,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let codec = &self
+            .durable
+            .as_ref()
+            .expect("only durable stages restore")
+            .codec;
+        if key == MAX_TIME_KEY {
+            if let Some(value) = value {
+                pane.max_time =
+                    decode_json(value).map_err(|e| format!("its highest event time: {e}"))?;
+            }
+            return Ok(());
+        }
+        let (start, key) =
+            (codec.decode_window_key)(key).map_err(|e| format!("its window and key: {e}"))?;
+        match value {
+            Some(value) => {
+                let value = (codec.decode_value)(value).map_err(|e| format!("its value: {e}"))?;
+                pane.open.entry(start).or_default().insert(key, value);
+            }
+            None => {
+                if let Some(window) = pane.open.get_mut(&start) {
+                    window.remove(&key);
+                    if window.is_empty() {
+                        pane.open.remove(&start);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -479,7 +479,7 @@ impl Writer<'_> {
                 value,
                 ..
             } => sink
-                .send_to(&topic, partition, &key, &value)
+                .send_to(&topic, partition, &key, value.as_deref())
                 .map_err(DriverError::Sink)?,
             Event::Rejected {
                 position: None,

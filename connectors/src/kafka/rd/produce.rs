@@ -224,20 +224,24 @@ impl Writer {
         headers: Option<OwnedHeaders>,
         partition: Option<i32>,
     ) -> Result<(), ConnectorError> {
-        self.try_send(topic, key, payload, headers, partition)
+        self.try_send(topic, key, Some(payload), headers, partition)
             .map_err(|e| kafka_error(&self.brokers, &format!("producing to {topic}"), e))
     }
 
-    /// [`Writer::send`], with librdkafka's error as it came.
+    /// [`Writer::send`], with librdkafka's error as it came, and with no
+    /// payload at all for a tombstone (`None`).
     pub(super) fn try_send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
         partition: Option<i32>,
     ) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Some(partition) = partition {
             record = record.partition(partition);
         }

@@ -258,7 +258,7 @@ impl Sink for RdSink {
             &self.brokers,
             (&self.output_topic, None),
             key,
-            payload,
+            Some(payload),
             None,
         )
     }
@@ -292,7 +292,7 @@ impl Sink for RdSink {
             &self.brokers,
             (topic, None),
             key,
-            payload,
+            Some(payload),
             Some(headers),
         )
     }
@@ -310,7 +310,7 @@ impl Sink for RdSink {
         topic: &str,
         partition: i32,
         key: &[u8],
-        value: &[u8],
+        value: Option<&[u8]>,
     ) -> Result<(), ConnectorError> {
         self.sent();
         write(
@@ -343,7 +343,7 @@ fn write(
     brokers: &str,
     (topic, partition): (&str, Option<i32>),
     key: Option<&[u8]>,
-    payload: &[u8],
+    payload: Option<&[u8]>,
     headers: Option<OwnedHeaders>,
 ) -> Result<(), ConnectorError> {
     match (
@@ -403,10 +403,12 @@ mod tests {
         let writer = transactional_writer(&cluster, Duration::from_secs(1), "txn").unwrap();
         mock.broker_round_trip_time(1, Duration::from_secs(3))
             .unwrap();
-        writer.try_send("out", None, b"first", None, None).unwrap();
+        writer
+            .try_send("out", None, Some(b"first"), None, None)
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match writer.try_send("out", None, b"next", None, None) {
+            match writer.try_send("out", None, Some(b"next"), None, None) {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)) => break,
                 Ok(()) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
