@@ -292,20 +292,21 @@ pub trait Sink: Send {
         None
     }
 
-    /// Queues a record of a keyed stage's changelog: `topic`'s partition
-    /// `partition` (the input partition the state belongs to), under the
-    /// state's key; a `None` value is a tombstone (the key was deleted).
-    /// It is flushed, and under exactly-once committed, with the outputs.
-    /// Only a Kafka sink on the rdkafka client has changelogs.
+    /// Queues a record of one of the job's own topics (a keyed stage's
+    /// changelog, or a repartition topic): to `topic`'s partition
+    /// `partition`, or with `None` to the partition `key` hashes to; a
+    /// `None` value is a tombstone (the key was deleted). It is flushed,
+    /// and under exactly-once committed, with the outputs. Only a Kafka
+    /// sink on the rdkafka client has such topics.
     fn send_to(
         &mut self,
         topic: &str,
-        _partition: i32,
+        _partition: Option<i32>,
         _key: &[u8],
         _value: Option<&[u8]>,
     ) -> Result<(), ConnectorError> {
         Err(ConnectorError::Config {
-            message: format!("this sink cannot write changelog topic {topic}"),
+            message: format!("this sink cannot write to the job's own topic {topic}"),
         })
     }
 }

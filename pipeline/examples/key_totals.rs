@@ -6,9 +6,10 @@
 //! dead-lettered.
 //!
 //! The input is keyed by the key the job counts by, so the stage declares
-//! it (`by_input_partition`): its state is kept per input partition, and
-//! on Kafka it is written to a changelog topic and restored from it after
-//! a restart or a rebalance. Under `--exactly-once` a key's counts then
+//! it (`by_input_partition`): it reads the input's partitions as they are,
+//! with no repartition topic, and keeps its state per input partition. On
+//! Kafka the state is written to a changelog topic and restored from it
+//! after a restart or a rebalance: under `--exactly-once` a key's counts
 //! go 1, 2, ..., n however often fila crashes.
 //!
 //!     cargo run --release --example key_totals -- --source kafka \

@@ -6,12 +6,12 @@
 //! its window closed, and is dead-lettered as late. The end of the input
 //! closes every window.
 //!
-//! Windows are kept per input partition, so on Kafka the input is keyed by
-//! `key` (a key in two partitions gets a sum in each). The stage declares
-//! it (`by_input_partition`): on Kafka its open windows are then written
-//! to a changelog topic and restored after a restart or a rebalance, and
-//! under `--exactly-once` each window's sum is exact and emitted once
-//! however often fila crashes.
+//! Windows are kept per partition, so on Kafka the input is keyed by `key`
+//! (a key in two partitions gets a sum in each), and the stage declares it
+//! (`by_input_partition`), which spares it a repartition topic. On Kafka
+//! its open windows are written to a changelog topic and restored after a
+//! restart or a rebalance: under `--exactly-once` each window's sum is
+//! exact and emitted once however often fila crashes.
 //!
 //!     printf '%s\n' '{"key":"a","value":1,"time":100}' '{"key":"a","value":2,"time":900}' \
 //!         '{"key":"b","value":5,"time":1500}' \

@@ -3,6 +3,10 @@
 //! so far. A word is a run of letters and digits of the lowercased text.
 //! The output's key is the word.
 //!
+//! On Kafka the words go through a repartition topic keyed by word, so
+//! that members of one group count each word once between them, and the
+//! counts are durable (docs/design/state.md#repartition).
+//!
 //! It takes every flag of `fila run`:
 //!
 //!     printf '%s\n' '{"text": "To be, or not to be"}' \

@@ -256,9 +256,53 @@ pub(crate) struct Parts {
     /// The keyed stages, each at the index it was built with
     /// (`InOrder::build`), to give records their places at (`order.rs`).
     pub(crate) gates: Vec<Arc<dyn Gate>>,
-    /// The keyed stages whose state is kept per input partition and
-    /// written to a changelog.
+    /// The keyed stages, whose state can be written to a changelog.
     pub(crate) stateful: Vec<Arc<dyn Stateful>>,
+    /// The segments downstream of each repartition built so far,
+    /// downstream first ([`Parts::split`]).
+    segments: Vec<Segment>,
+    /// Where the segment being built starts in `gates` and `stateful`.
+    gates_from: usize,
+    stateful_from: usize,
+}
+
+/// A part of a job that runs from one topic: the input, or a repartition
+/// topic written by the part before it. Only a run on Kafka splits a job
+/// into its segments; elsewhere a repartition hands records straight on,
+/// and the job runs as one.
+pub(crate) struct Segment {
+    /// Where its records enter: the job's decoder, or the decoder of a
+    /// repartition topic's records.
+    root: NodeRef<Input>,
+    /// The repartition that writes its input; none for the first.
+    boundary: Option<Arc<dyn Boundary>>,
+    /// Its keyed stages, by their index in the job's.
+    gates: std::ops::Range<usize>,
+    stateful: Vec<Arc<dyn Stateful>>,
+}
+
+/// A repartition: the end of one segment and the topic of the next.
+pub(crate) trait Boundary: Send + Sync + 'static {
+    /// The keyed stage it feeds, which names the topic.
+    fn stage(&self) -> &str;
+
+    /// The topic, set once, when the job runs on Kafka.
+    fn topic(&self) -> &std::sync::OnceLock<Arc<str>>;
+}
+
+impl Parts {
+    /// Closes the segment built so far (downstream of a repartition):
+    /// its records enter at `root`, from the topic `boundary` writes.
+    pub(crate) fn split(&mut self, boundary: Arc<dyn Boundary>, root: NodeRef<Input>) {
+        self.segments.push(Segment {
+            root,
+            boundary: Some(boundary),
+            gates: self.gates_from..self.gates.len(),
+            stateful: self.stateful[self.stateful_from..].to_vec(),
+        });
+        self.gates_from = self.gates.len();
+        self.stateful_from = self.stateful.len();
+    }
 }
 
 /// Builds the nodes upstream of a stream, given its downstream node.
@@ -283,10 +327,12 @@ pub struct Job {
     /// Upstream first.
     finishers: Vec<Arc<dyn Finish>>,
     gates: Vec<Arc<dyn Gate>>,
-    stateful: Vec<Arc<dyn Stateful>>,
-    /// Records given places so far, by partition: the next one's number.
-    /// Locked by the admitting thread alone.
-    read: parking_lot::Mutex<HashMap<i32, u64>>,
+    /// The job's segments, the first reading the input: more than one
+    /// when it re-keys (`Segment`).
+    segments: Vec<Segment>,
+    /// Records given places so far, by segment and partition: the next
+    /// one's number. Locked by the admitting threads.
+    read: parking_lot::Mutex<HashMap<(usize, i32), u64>>,
 }
 
 impl Job {
@@ -356,91 +402,170 @@ impl Job {
         }
     }
 
-    /// The names of the stages whose state is kept per input partition
-    /// (`KeyedStream::by_input_partition`), each of which has a changelog
-    /// on Kafka.
-    pub fn durable_stages(&self) -> Vec<String> {
-        self.stateful.iter().map(|s| s.name().to_owned()).collect()
+    /// The keyed stages' names, which name their changelog topics.
+    pub fn keyed_stages(&self) -> Vec<String> {
+        self.stateful().map(|s| s.name().to_owned()).collect()
     }
 
-    /// Gives each durable stage its changelog topic, `name(stage)`, so
-    /// that its updates are written there: before the job runs, once.
-    /// Fails if two stages would share a topic, or the job was given its
-    /// topics already.
-    pub fn attach_changelogs(&self, name: impl Fn(&str) -> String) -> Result<Vec<String>, String> {
-        let topics: Vec<String> = self.stateful.iter().map(|s| name(s.name())).collect();
-        for (i, topic) in topics.iter().enumerate() {
-            if topics[..i].contains(topic) {
+    fn stateful(&self) -> impl Iterator<Item = &Arc<dyn Stateful>> {
+        self.segments.iter().flat_map(|s| &s.stateful)
+    }
+
+    /// The keyed stages fed by a repartition (`key_by` without
+    /// `by_input_partition`), in the order records reach them: on Kafka
+    /// each starts a segment of its own, reading a repartition topic.
+    pub fn repartitions(&self) -> Vec<String> {
+        self.segments
+            .iter()
+            .filter_map(|s| Some(s.boundary.as_ref()?.stage().to_owned()))
+            .collect()
+    }
+
+    /// Runs the job on Kafka: each repartition writes to the topic
+    /// `repartition(stage)`, read by the segment after it, and each keyed
+    /// stage writes its changelog to `changelog(stage)`, so that its state
+    /// is durable. Before the job runs, once. Returns the repartition
+    /// topics, then the changelog topics. Fails if two stages would share
+    /// a topic, or the job was given its topics already.
+    pub fn attach_topics(
+        &self,
+        repartition: impl Fn(&str) -> String,
+        changelog: impl Fn(&str) -> String,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let boundaries: Vec<&Arc<dyn Boundary>> = self
+            .segments
+            .iter()
+            .filter_map(|s| s.boundary.as_ref())
+            .collect();
+        let repartitions: Vec<String> = boundaries.iter().map(|b| repartition(b.stage())).collect();
+        let changelogs: Vec<String> = self.stateful().map(|s| changelog(s.name())).collect();
+        let all: Vec<&String> = repartitions.iter().chain(&changelogs).collect();
+        for (i, topic) in all.iter().enumerate() {
+            if all[..i].contains(topic) {
                 return Err(format!(
-                    "two keyed stages would share changelog topic {topic}: give them different names"
+                    "two keyed stages would share topic {topic}: give them different names"
                 ));
             }
         }
-        for (stage, topic) in self.stateful.iter().zip(&topics) {
+        let taken = |what: &str| format!("the job has its {what} topics already");
+        for (boundary, topic) in boundaries.iter().zip(&repartitions) {
+            boundary
+                .topic()
+                .set(topic.as_str().into())
+                .map_err(|_| taken("repartition"))?;
+        }
+        for (stage, topic) in self.stateful().zip(&changelogs) {
             stage
                 .changelog()
                 .set(topic.as_str().into())
-                .map_err(|_| format!("stage {} has its changelog already", stage.name()))?;
+                .map_err(|_| taken("changelog"))?;
         }
-        Ok(topics)
+        Ok((repartitions, changelogs))
     }
 
-    /// Whether the job writes changelogs (they were attached).
-    pub(crate) fn has_changelogs(&self) -> bool {
-        self.stateful.iter().any(|s| s.changelog().get().is_some())
+    /// How many segments a run on Kafka runs, one driver each: one, and
+    /// one more per repartition once the topics are attached.
+    pub fn segments(&self) -> usize {
+        if self.split() {
+            self.segments.len()
+        } else {
+            1
+        }
     }
 
-    /// Rebuilds `partition`'s state at every durable stage from its
-    /// changelog, once every record of the partition admitted so far has
-    /// passed those stages. Returns the records read. Called by the
-    /// admitting thread, before the partition's next record is admitted.
+    /// Whether the job runs as its segments (its repartition topics are
+    /// attached) rather than as one.
+    fn split(&self) -> bool {
+        self.segments.iter().any(|s| {
+            s.boundary
+                .as_ref()
+                .is_some_and(|b| b.topic().get().is_some())
+        })
+    }
+
+    /// The keyed stages segment `segment` runs; when the job runs as one,
+    /// every keyed stage, in segment 0.
+    fn stateful_of(&self, segment: usize) -> Vec<&Arc<dyn Stateful>> {
+        if self.split() {
+            self.segments[segment].stateful.iter().collect()
+        } else {
+            self.stateful().collect()
+        }
+    }
+
+    /// Whether segment `segment` writes changelogs (they were attached).
+    pub(crate) fn has_changelogs(&self, segment: usize) -> bool {
+        self.stateful_of(segment)
+            .iter()
+            .any(|s| s.changelog().get().is_some())
+    }
+
+    /// Rebuilds `partition`'s state at every keyed stage of `segment`
+    /// from its changelog, once every record of the partition admitted so
+    /// far has passed those stages. Returns the records read. Called by
+    /// the segment's admitting thread, before the partition's next record
+    /// is admitted.
     pub(crate) fn restore(
         &self,
+        segment: usize,
         partition: i32,
         reader: &mut dyn fila_connectors::ChangelogReader,
     ) -> Result<u64, String> {
-        let issued = self.read.lock().get(&partition).copied().unwrap_or(0);
-        for stage in &self.stateful {
+        let issued = self
+            .read
+            .lock()
+            .get(&(segment, partition))
+            .copied()
+            .unwrap_or(0);
+        let stages = self.stateful_of(segment);
+        for stage in &stages {
             while !stage.drained(partition, issued) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         let mut read = 0;
-        for stage in &self.stateful {
+        for stage in stages {
             read += stage.restore(partition, reader)?;
         }
         Ok(read)
     }
 
-    /// Places for the next record read from `partition` at every keyed
-    /// stage, in its partition's input order: the driver takes them as it
-    /// admits the record, before any of its tasks can run.
-    pub(crate) fn tickets(&self, partition: i32) -> Tickets {
-        if self.gates.is_empty() {
+    /// Places for the next record read from `partition` by segment
+    /// `segment`, at every keyed stage it runs, in its partition's input
+    /// order: the driver takes them as it admits the record, before any
+    /// of its tasks can run.
+    pub(crate) fn tickets(&self, segment: usize, partition: i32) -> Tickets {
+        let gates = if self.split() {
+            &self.gates[self.segments[segment].gates.clone()]
+        } else {
+            &self.gates[..]
+        };
+        if gates.is_empty() {
             return Tickets::None;
         }
         let seq = {
             let mut read = self.read.lock();
-            let next = read.entry(partition).or_default();
+            let next = read.entry((segment, partition)).or_default();
             *next += 1;
             *next - 1
         };
         Tickets::of(
-            self.gates
+            gates
                 .iter()
                 .map(|gate| Arc::new(gate.clone().ticket(partition, seq)))
                 .collect(),
         )
     }
 
-    /// The first task of a record.
+    /// The first task of a record read by segment `segment`.
     pub(crate) fn start(
         self: &Arc<Self>,
+        segment: usize,
         input: Input,
         out: Outlet,
     ) -> impl FnOnce(&mut TaskCx<'_>) + Send + 'static {
-        let job = self.clone();
-        move |cx| job.root.push(input, out, &mut Exec::Task(cx))
+        let root = self.segments[segment].root.clone();
+        move |cx| root.push(input, out, &mut Exec::Task(cx))
     }
 }
 
@@ -450,7 +575,7 @@ fn collect(rx: mpsc::Receiver<Event>) -> Result<Vec<Vec<u8>>, Rejected> {
         match event {
             Event::Output { payload, .. } => outputs.push(payload),
             Event::Rejected { reason, .. } => return Err(Rejected(reason)),
-            Event::Admitted { .. } | Event::Changelog { .. } | Event::Done { .. } => {}
+            Event::Admitted { .. } | Event::Internal { .. } | Event::Done { .. } => {}
         }
     }
     Ok(outputs)
@@ -561,15 +686,26 @@ impl<T: Send + 'static> Stream<T> {
             mut finishers,
             gates,
             stateful,
+            mut segments,
+            gates_from,
+            stateful_from,
         } = parts;
-        // Built downstream first; windows close upstream first.
+        segments.push(Segment {
+            root: root.clone(),
+            boundary: None,
+            gates: gates_from..gates.len(),
+            stateful: stateful[stateful_from..].to_vec(),
+        });
+        // Built downstream first; windows close upstream first, and the
+        // input's segment is the first.
         finishers.reverse();
+        segments.reverse();
         Job {
             name: self.name,
             root,
             finishers,
             gates,
-            stateful,
+            segments,
             read: Default::default(),
         }
     }

@@ -37,14 +37,17 @@ pub(crate) enum Event {
         reason: String,
         at: Instant,
     },
-    /// A keyed stage's state changed: a record of its changelog, on the
-    /// partition of the input partition the state belongs to. Written,
-    /// flushed and (exactly-once) committed with the record's outputs.
-    Changelog {
+    /// A record of one of the job's own topics: a keyed stage's
+    /// changelog (on the partition of the input partition the state
+    /// belongs to), or a repartition topic (partitioned by its key).
+    /// Written, flushed and (exactly-once) committed with the record's
+    /// outputs.
+    Internal {
         epoch: u64,
         position: Option<Position>,
         topic: Arc<str>,
-        partition: i32,
+        /// `None`: the partition its key hashes to.
+        partition: Option<i32>,
         key: Vec<u8>,
         /// `None`: a tombstone, the key was deleted.
         value: Option<Vec<u8>>,
@@ -68,7 +71,7 @@ impl Event {
             Event::Admitted { epoch, .. }
             | Event::Output { epoch, .. }
             | Event::Rejected { epoch, .. }
-            | Event::Changelog { epoch, .. }
+            | Event::Internal { epoch, .. }
             | Event::Done { epoch, .. } => *epoch,
         }
     }
@@ -85,7 +88,7 @@ impl Event {
             Event::Rejected {
                 key: k, payload, ..
             } => key(k) + payload.len(),
-            Event::Changelog { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
+            Event::Internal { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
             Event::Done { panic, .. } => {
                 panic.as_ref().map_or(0, |p| key(&p.key) + p.payload.len())
             }
@@ -262,11 +265,28 @@ impl Outlet {
     /// deleted): written with the record's outputs, before its position
     /// is acknowledged.
     pub(crate) fn changelog(&self, topic: &Arc<str>, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let _ = self.tx.send(Event::Changelog {
+        self.internal(topic, Some(self.partition()), key, value);
+    }
+
+    /// Sends the record on through repartition topic `topic`, under `key`
+    /// (the partition the key hashes to): written with the record's
+    /// outputs, before its position is acknowledged.
+    pub(crate) fn repartition(&self, topic: &Arc<str>, key: Vec<u8>, record: Vec<u8>) {
+        self.internal(topic, None, key, Some(record));
+    }
+
+    fn internal(
+        &self,
+        topic: &Arc<str>,
+        partition: Option<i32>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) {
+        let _ = self.tx.send(Event::Internal {
             epoch: self.epoch,
             position: self.position,
             topic: topic.clone(),
-            partition: self.partition(),
+            partition,
             key,
             value,
         });

@@ -21,7 +21,9 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::dataflow::{forward, stage_error, Exec, NodeRef, Rejected, Stream};
+use crate::dataflow::{
+    forward, stage_error, Boundary, Exec, Input, Node, NodeRef, Rejected, Stream,
+};
 use crate::order::{InOrder, Step};
 use crate::outlet::Outlet;
 
@@ -95,9 +97,9 @@ type KeyFn<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 pub struct KeyedStream<K, T> {
     stream: Stream<T>,
     key: KeyFn<K, T>,
-    /// Set by [`KeyedStream::by_input_partition`]: how the state is
-    /// written to its changelog and read back.
-    codec: Option<Codec<K, T>>,
+    /// Set by [`KeyedStream::by_input_partition`]: every record of a key
+    /// comes from one input partition, so no repartition is needed.
+    by_input_partition: bool,
 }
 
 /// How a partitioned stage's keys and values become changelog records,
@@ -164,33 +166,56 @@ impl<T: Send + 'static> Stream<T> {
         KeyedStream {
             stream: self,
             key: Arc::new(key),
-            codec: None,
+            by_input_partition: false,
         }
     }
 }
 
 impl<K, T> KeyedStream<K, T>
 where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    /// The stream the keyed stage reads: on Kafka through a repartition
+    /// topic unless the input is declared keyed by the key already.
+    fn keyed_input(
+        stream: Stream<T>,
+        stage: &str,
+        key: &KeyFn<K, T>,
+        by_input_partition: bool,
+    ) -> Stream<T> {
+        if by_input_partition {
+            return stream;
+        }
+        let (stage, key) = (stage.to_owned(), key.clone());
+        stream.then(move |next, parts| {
+            let boundary = Arc::new(Repartition {
+                stage,
+                key,
+                codec: Codec::json(),
+                topic: OnceLock::new(),
+                next: next.clone(),
+            });
+            let decode = boundary.codec.decode_value;
+            parts.split(boundary.clone(), Arc::new(Rekeyed { decode, next }));
+            boundary
+        })
+    }
+
     /// Declares that every record of a key comes from one input
     /// partition: the input topic is keyed by this key, as Kafka's keyed
-    /// records are. The stage's state is then kept per input partition,
-    /// and on Kafka (rdkafka client) each update is also written to the
-    /// stage's changelog topic, and a partition's state is restored from
-    /// it before its first record runs here, after a restart or a
-    /// rebalance. Keys and values are written as JSON.
-    /// docs/design/state.md#durable says what a crash keeps.
+    /// records are. The stage then reads the input's partitions as they
+    /// are, and keeps its state per input partition.
     ///
-    /// Without it, state is one table for the whole job, kept in memory
-    /// only: right on one process for any input, lost by a restart.
-    pub fn by_input_partition(mut self) -> KeyedStream<K, T>
-    where
-        K: Serialize + DeserializeOwned,
-        T: Serialize + DeserializeOwned,
-    {
-        self.codec = Some(Codec::json());
+    /// Without it, on Kafka, the records go through a repartition topic
+    /// keyed by this key first, so that each key lives in one partition
+    /// of it; elsewhere (stdin, generate) the stage keeps one table for
+    /// the whole job. Either way, on Kafka (rdkafka client) the state is
+    /// durable: each update is written to the stage's changelog topic, and
+    /// a partition's state is restored from it before its first record
+    /// runs after a restart or a rebalance. docs/design/state.md#durable.
+    pub fn by_input_partition(mut self) -> KeyedStream<K, T> {
+        self.by_input_partition = true;
         self
     }
 
@@ -205,14 +230,16 @@ where
         name: impl Into<String>,
         f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
     ) -> Stream<T> {
-        let (name, key, codec) = (name.into(), self.key, self.codec);
-        self.stream.then(move |next, parts| {
-            let durable = codec.map(|codec| Durable {
+        let name = name.into();
+        let stream = Self::keyed_input(self.stream, &name, &self.key, self.by_input_partition);
+        let (key, by_input_partition) = (self.key, self.by_input_partition);
+        stream.then(move |next, parts| {
+            let durable = Durable {
                 name: name.clone(),
-                codec,
+                codec: Codec::json(),
                 topic: OnceLock::new(),
-            });
-            let partitioned = durable.is_some();
+                by_input_partition,
+            };
             let node = InOrder::build(
                 parts,
                 Reduce {
@@ -224,9 +251,7 @@ where
                     next,
                 },
             );
-            if partitioned {
-                parts.stateful.push(node.clone());
-            }
+            parts.stateful.push(node.clone());
             node
         })
     }
@@ -250,19 +275,30 @@ struct Reduce<K, T, F> {
     name: String,
     key: KeyFn<K, T>,
     f: F,
-    /// The values by key, for the whole job; unused when the state is
-    /// kept per input partition (`durable`), in the partitions' lanes.
+    /// The values by key, for the whole job, when the stage reads a job
+    /// run as one without `by_input_partition`; otherwise the values are
+    /// kept per partition, in the partitions' lanes ([`Durable::per_partition`]).
     state: KeyedState<K, T>,
-    durable: Option<Durable<K, T>>,
+    durable: Durable<K, T>,
     next: NodeRef<T>,
 }
 
-/// A stage whose state is kept per input partition, and its changelog.
+/// A keyed stage's changelog, and how its state is kept.
 pub(crate) struct Durable<K, T> {
     name: String,
     codec: Codec<K, T>,
-    /// Set when the job runs on Kafka (`Job::attach_changelogs`).
+    /// Set when the job runs on Kafka (`Job::attach_topics`).
     topic: OnceLock<Arc<str>>,
+    by_input_partition: bool,
+}
+
+impl<K, T> Durable<K, T> {
+    /// Whether the state is kept per partition of what the stage reads:
+    /// the input declared keyed by the key, or a repartition topic (a job
+    /// on Kafka, whose stages all have changelogs).
+    fn per_partition(&self) -> bool {
+        self.by_input_partition || self.topic.get().is_some()
+    }
 }
 
 impl<K, T, F> Step<T> for Reduce<K, T, F>
@@ -287,9 +323,10 @@ where
             Some(value) => (self.f)(value, record),
             None => Ok(record),
         };
-        let Some(durable) = &self.durable else {
+        let durable = &self.durable;
+        if !durable.per_partition() {
             return self.state.update(key, reduce);
-        };
+        }
         let topic = durable.topic.get();
         let logged_key = topic.map(|_| (durable.codec.encode_key)(&key));
         let new = match lane.entry(key) {
@@ -309,7 +346,7 @@ where
     }
 
     fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
-        self.durable.as_ref().map(|d| (d.name.as_str(), &d.topic))
+        Some((self.durable.name.as_str(), &self.durable.topic))
     }
 
     fn restore(
@@ -318,11 +355,7 @@ where
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), String> {
-        let codec = &self
-            .durable
-            .as_ref()
-            .expect("only durable stages restore")
-            .codec;
+        let codec = &self.durable.codec;
         let key = (codec.decode_key)(key).map_err(|e| format!("its key: {e}"))?;
         match value {
             Some(value) => {
@@ -340,6 +373,76 @@ where
         match updated {
             Ok(value) => forward(&self.next, value, out, exec),
             Err(e) => out.reject(stage_error(&self.name, e).0),
+        }
+    }
+}
+
+/// The repartition before a keyed stage whose input is not declared keyed
+/// by its key (`key_by` without `by_input_partition`). On Kafka it writes
+/// each record to the repartition topic under its key, which ends the
+/// record's run in this segment; the next segment reads the topic
+/// ([`Rekeyed`]). Elsewhere it hands the record straight on.
+struct Repartition<K, T> {
+    stage: String,
+    key: KeyFn<K, T>,
+    codec: Codec<K, T>,
+    topic: OnceLock<Arc<str>>,
+    next: NodeRef<T>,
+}
+
+impl<K, T> Node<T> for Repartition<K, T>
+where
+    K: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
+        match self.topic.get() {
+            Some(topic) => {
+                let key = (self.codec.encode_key)(&(self.key)(&record));
+                out.repartition(topic, key, (self.codec.encode_value)(&record));
+            }
+            None => forward(&self.next, record, out, exec),
+        }
+    }
+
+    /// A write to the sink thread, or a hand-over: cheap.
+    fn inline(&self) -> bool {
+        true
+    }
+}
+
+impl<K, T> Boundary for Repartition<K, T>
+where
+    K: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    fn topic(&self) -> &OnceLock<Arc<str>> {
+        &self.topic
+    }
+}
+
+/// Where a repartition topic's records enter the segment that reads it:
+/// each is decoded back into the job's record, and goes on to the keyed
+/// stage in its first task.
+struct Rekeyed<T> {
+    decode: fn(&[u8]) -> Result<T, String>,
+    next: NodeRef<T>,
+}
+
+impl<T: Send + 'static> Node<Input> for Rekeyed<T> {
+    fn push(&self, input: Input, out: Outlet, exec: &mut Exec<'_, '_>) {
+        match (self.decode)(input.payload()) {
+            Ok(record) => {
+                drop(input);
+                self.next.push(record, out, exec)
+            }
+            Err(e) => out.reject(format!(
+                "a record of the repartition topic does not decode as the job's record: {e}"
+            )),
         }
     }
 }
@@ -401,8 +504,8 @@ pub struct WindowedStream<K, T> {
 
 impl<K, T> WindowedStream<K, T>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Reduces each key's records within each window, as
     /// [`KeyedStream::reduce`] does, and emits one [`Windowed`] per key
@@ -419,14 +522,16 @@ where
             windows,
             time,
         } = self;
-        let (key, codec) = (keyed.key, keyed.codec);
-        keyed.stream.then(move |next, parts| {
-            let durable = codec.map(|codec| Durable {
+        let stream =
+            KeyedStream::keyed_input(keyed.stream, &name, &keyed.key, keyed.by_input_partition);
+        let (key, by_input_partition) = (keyed.key, keyed.by_input_partition);
+        stream.then(move |next, parts| {
+            let durable = Durable {
                 name: name.clone(),
-                codec,
+                codec: Codec::json(),
                 topic: OnceLock::new(),
-            });
-            let partitioned = durable.is_some();
+                by_input_partition,
+            };
             let node = InOrder::build(
                 parts,
                 WindowReduce {
@@ -440,9 +545,7 @@ where
                 },
             );
             parts.finishers.push(node.clone());
-            if partitioned {
-                parts.stateful.push(node.clone());
-            }
+            parts.stateful.push(node.clone());
             node
         })
     }
@@ -475,11 +578,10 @@ struct WindowReduce<K, T, F> {
     time: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
     f: F,
     windows: Tumbling,
-    /// For a stage declared `by_input_partition`: its changelog. A key's
-    /// value in a window is written under `[start, key]`, deleted (a
-    /// tombstone) when the window closes; the partition's highest event
-    /// time under [`MAX_TIME_KEY`].
-    durable: Option<Durable<K, T>>,
+    /// Its changelog, once attached: a key's value in a window is written
+    /// under `[start, key]`, deleted (a tombstone) when the window closes;
+    /// the partition's highest event time under [`MAX_TIME_KEY`].
+    durable: Durable<K, T>,
     next: NodeRef<Windowed<K, T>>,
 }
 
@@ -525,10 +627,8 @@ where
                 start + w.size_ms
             )));
         }
-        let log = self.durable.as_ref().and_then(|d| {
-            let topic = d.topic.get()?;
-            Some((topic, &d.codec, key.clone()))
-        });
+        let d = &self.durable;
+        let log = d.topic.get().map(|topic| (topic, &d.codec, key.clone()));
         let window = pane.open.entry(start).or_default();
         let updated = match window.entry(key) {
             Entry::Occupied(mut e) => (self.f)(e.get(), record).map(|v| {
@@ -590,7 +690,7 @@ where
     }
 
     fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
-        self.durable.as_ref().map(|d| (d.name.as_str(), &d.topic))
+        Some((self.durable.name.as_str(), &self.durable.topic))
     }
 
     fn restore(
@@ -599,11 +699,7 @@ where
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), String> {
-        let codec = &self
-            .durable
-            .as_ref()
-            .expect("only durable stages restore")
-            .codec;
+        let codec = &self.durable.codec;
         if key == MAX_TIME_KEY {
             if let Some(value) = value {
                 pane.max_time =

@@ -254,11 +254,12 @@ fn state_by_input_partition_keeps_a_count_per_partition() {
         .by_input_partition()
         .reduce("sum", |a: &u64, b| Ok(a + b))
         .sink(|n: &u64| n.to_string().into_bytes());
-    assert_eq!(twice.durable_stages(), ["sum", "sum"]);
-    let clash = twice.attach_changelogs(|stage| format!("g-{stage}-changelog"));
-    assert!(clash
-        .unwrap_err()
-        .contains("share changelog topic g-sum-changelog"));
+    assert_eq!(twice.keyed_stages(), ["sum", "sum"]);
+    let clash = twice.attach_topics(
+        |stage| format!("g-{stage}-repartition"),
+        |stage| format!("g-{stage}-changelog"),
+    );
+    assert!(clash.unwrap_err().contains("share topic g-sum-changelog"));
 }
 
 #[test]
@@ -266,7 +267,7 @@ fn a_panicking_or_failing_reduce_leaves_the_keys_state_as_it_was() {
     std::panic::set_hook(Box::new(|_| {}));
     let job = Job::new("sum")
         .decode(number)
-        .key_by(|_: &i64| "all")
+        .key_by(|_: &i64| "all".to_owned())
         .reduce("sum", |a: &i64, b: i64| match b {
             13 => panic!("unlucky"),
             -1 => Err(Rejected::new("negative")),

@@ -889,6 +889,32 @@ fn check_key_totals(out: &[Fetched], records: &[(String, Vec<u8>)], context: &st
     expected.len()
 }
 
+/// The flags of an exactly-once member of group `group` with one worker,
+/// so that several share the machine's cores.
+fn member_args<'a>(input: &'a str, output: &'a str, group: &'a str) -> [&'a str; 9] {
+    [
+        "--input-topic",
+        input,
+        "--output-topic",
+        output,
+        "--group",
+        group,
+        "--workers",
+        "1",
+        "--exactly-once",
+    ]
+}
+
+/// `n` members started with `start`, each waited for until it has
+/// partitions.
+fn start_members(n: usize, start: impl Fn() -> Fila) -> Vec<Fila> {
+    let mut members: Vec<Fila> = (0..n).map(|_| start()).collect();
+    for m in &mut members {
+        m.wait_assigned();
+    }
+    members
+}
+
 /// Durable keyed state across a group's rebalances, under exactly-once:
 /// three `key_totals` members of one group on six partitions, one killed
 /// mid-stream (its partitions move, and their new owners restore their
@@ -902,22 +928,9 @@ fn durable_state_follows_partitions_across_members(version: Kafka) {
     let brokers = held.brokers.as_str();
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     create_topic(brokers, &input, 6).unwrap();
-    let args = [
-        "--input-topic",
-        &input,
-        "--output-topic",
-        &output,
-        "--group",
-        &group,
-        "--workers",
-        "1",
-        "--exactly-once",
-    ];
+    let args = member_args(&input, &output, &group);
     let member = || Fila::start_example("key_totals", brokers, &args);
-    let mut members: Vec<Fila> = (0..3).map(|_| member()).collect();
-    for m in &mut members {
-        m.wait_assigned();
-    }
+    let mut members = start_members(3, member);
     let producer = trickle_keyed(brokers, &input, RECORDS, Duration::from_secs(24), |i| {
         amount(i, KEYS)
     });
@@ -1065,4 +1078,147 @@ fn durable_windows_survive_crashes(version: Kafka) {
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn durable_windows_on_kafka_3_survive_crashes_exactly_once() {
     durable_windows_survive_crashes(Kafka::V3);
+}
+
+/// Line `i` of the wordcount tests' input: one to eight words of a
+/// vocabulary of 40, in mixed case, as `{"text": ...}`.
+fn line(i: u64) -> String {
+    let mut state = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let words: Vec<String> = (0..1 + next(8))
+        .map(|_| match next(40) {
+            w if w % 5 == 0 => format!("Word{w}"),
+            w => format!("word{w}"),
+        })
+        .collect();
+    serde_json::json!({ "text": words.join(" ") }).to_string()
+}
+
+/// The wordcount example as members of one group, on a six-partition
+/// topic of lines not keyed by word, under exactly-once: the words are
+/// re-keyed through a repartition topic, so each word is counted by one
+/// member, in one partition's state, durable in its changelog. One member
+/// is killed (`kill -9`) and restarted 5 times mid-stream, and a fourth
+/// member joins after. Every word's counts are then 1, 2, ..., n once each
+/// and n is its plain count in the input: no word counted by two members,
+/// no count lost to a crash or a move, none applied twice.
+///
+/// FILA_TEST_WORDCOUNT_LINES (20,000) and FILA_TEST_WORDCOUNT_KILLS (5)
+/// change its size.
+fn wordcount_scales_out(version: Kafka) {
+    let kills_due: usize = std::env::var("FILA_TEST_WORDCOUNT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let lines: u64 = std::env::var("FILA_TEST_WORDCOUNT_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let held = hold(version);
+    let brokers = held.brokers.as_str();
+    let (input, output, group) = (unique("lines"), unique("counts"), unique("group"));
+    create_topic(brokers, &input, 6).unwrap();
+    let args = member_args(&input, &output, &group);
+    let member = || Fila::start_example("wordcount", brokers, &args);
+    let mut members = start_members(3, member);
+    // Unkeyed: spread over the partitions in turn, as any producer would.
+    let producer = std::thread::spawn({
+        let (brokers, input) = (brokers.to_owned(), input.clone());
+        move || {
+            let all: Vec<Vec<u8>> = (0..lines).map(|i| line(i).into_bytes()).collect();
+            let mut writer =
+                fila_connectors::TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&input])
+                    .unwrap();
+            let started = Instant::now();
+            let step = Duration::from_millis(50);
+            let chunk = (all.len() / 600).max(1);
+            for (i, values) in all.chunks(chunk).enumerate() {
+                let records: Vec<(&str, &[u8])> = values
+                    .iter()
+                    .map(|v| (input.as_str(), v.as_slice()))
+                    .collect();
+                writer.send_all(&records).unwrap();
+                let due = started + step * (i as u32 + 1);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+    });
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for i in 0..lines {
+        let v: serde_json::Value = serde_json::from_str(&line(i)).unwrap();
+        for w in v["text"].as_str().unwrap().split(' ') {
+            *expected.entry(w.to_lowercase()).or_default() += 1;
+        }
+    }
+    let words: u64 = expected.values().sum();
+    let mut kills = Vec::new();
+    for k in 0..kills_due {
+        wait_for_outputs(brokers, &output, (words as usize / 12) * (k + 1));
+        members.remove(0).crash();
+        kills.push(count(brokers, &output));
+        members.push(member());
+    }
+    let mut joining = member();
+    joining.wait_assigned();
+    members.push(joining);
+    producer.join().expect("the producer does not panic");
+    let out = read_all(brokers, &output, words as usize, Duration::from_secs(180));
+    let logs: Vec<String> = members
+        .into_iter()
+        .map(|m| m.stop_with_stderr().1)
+        .collect();
+    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
+    for record in &out {
+        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        emitted
+            .entry(v["word"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["count"].as_u64().unwrap());
+    }
+    for (word, n) in &expected {
+        let mut counts = emitted.remove(word).unwrap_or_default();
+        counts.sort_unstable();
+        if !counts.iter().copied().eq(1..=*n) {
+            for (i, log) in logs.iter().enumerate() {
+                eprintln!("member {i}:\n{log}");
+            }
+            let twice: Vec<u64> = counts
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| w[0])
+                .collect();
+            let above: Vec<u64> = counts.iter().copied().filter(|c| c > n).collect();
+            panic!(
+                "{word}: {} counts where 1..={n} each once was due, after kills at {kills:?} \
+                 outputs; {} twice (the first {:?}), {} above {n}, the highest {:?}",
+                counts.len(),
+                twice.len(),
+                &twice[..twice.len().min(10)],
+                above.len(),
+                counts.last()
+            );
+        }
+    }
+    assert!(
+        emitted.is_empty(),
+        "words not in the input: {:?}",
+        emitted.keys()
+    );
+    eprintln!(
+        "{version:?}: wordcount, 3 members then 4, 6 partitions, {lines} lines, {words} words of \
+         {} kinds: killed and restarted one {kills_due} times after {kills:?} outputs; every count \
+         1..n once, every last count the plain count",
+        expected.len()
+    );
+}
+
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn wordcount_members_count_each_word_once_through_kills_and_a_join() {
+    wordcount_scales_out(Kafka::V4);
 }

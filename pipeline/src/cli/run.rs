@@ -12,9 +12,9 @@ use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
-    changelog_reader, create_changelog, kafka_exactly_once, kafka_sink, kafka_source, Assignment,
-    BurstSource, ChangelogReader, ClientKind, Cluster, DiscardSink, Replica, Sink, SinkConfig,
-    Source, SourceConfig, StdinSource, StdoutSink, TopicReader,
+    changelog_reader, create_changelog, create_topic, kafka_exactly_once, kafka_sink, kafka_source,
+    Assignment, BurstSource, ChangelogReader, ClientKind, Cluster, DiscardSink, Replica, Sink,
+    SinkConfig, Source, SourceConfig, StdinSource, StdoutSink, TopicReader,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -169,7 +169,7 @@ fn run_job(
         calibration(sample, per_thread)
     });
 
-    let mut source: Box<dyn Source> = match args.source {
+    let source: Box<dyn Source> = match args.source {
         SourceKind::Generate => {
             let generate = generate.expect("checked above");
             Box::new(BurstSource::new(args.burst, generate))
@@ -179,21 +179,8 @@ fn run_job(
             args.max_record_bytes.0,
         )),
         SourceKind::Kafka => {
-            // The kafka client has no group membership: it reads every
-            // partition unless told which.
-            let assignment = match (k.replica, client) {
-                (Some(replica), _) => Assignment::Static(replica),
-                (None, ClientKind::Kafka) => Assignment::Static(Replica::ALL),
-                (None, ClientKind::Rdkafka) => Assignment::Group(k.group_protocol),
-            };
-            let config = SourceConfig {
-                cluster: cluster.clone(),
-                topic: c.input_topic.clone(),
-                group: k.group.clone(),
-                assignment,
-                offset_reset: k.offset_reset,
-                retry_timeout: k.kafka_retry_timeout.0,
-            };
+            let config = source_config(args, &cluster, &c.input_topic, &k.group);
+            let assignment = config.assignment;
             let source_context =
                 || format!("connecting the source to input topic {}", c.input_topic);
             let source = if args.exactly_once {
@@ -219,16 +206,52 @@ fn run_job(
         }
     };
     let sink = sink.expect("made with the sink or the source");
-    let restorer = changelogs(args, sink_kind, &job, &cluster)?;
-    let summary = drive(
-        rt,
-        job.clone(),
-        source.as_mut(),
+    let mut segments = vec![Segment {
+        source,
         sink,
-        restorer,
-        counters,
-        args.driver_config(),
-    )?;
+        restorer: None,
+    }];
+    if attach_topics(args, sink_kind, &job, &cluster)? {
+        for (i, topic) in job.repartitions().iter().enumerate() {
+            let topic = repartition_topic(&k.group, topic);
+            // Each repartition topic is read by a group of its own, named
+            // after it: its partitions spread over the members as the
+            // input's do.
+            let config = source_config(args, &cluster, &topic, &topic);
+            let context = || format!("connecting the source to repartition topic {topic}");
+            // Its input is the repartition topic: the offsets its
+            // transactions commit, and its dead letters' origin, are
+            // that topic's.
+            let sink_config = SinkConfig {
+                input_topic: topic.clone(),
+                ..sink_config()
+            };
+            let (source, sink) = if args.exactly_once {
+                kafka_exactly_once(client, config, &sink_config).with_context(context)?
+            } else {
+                let source = kafka_source(client, config).with_context(context)?;
+                (
+                    source,
+                    kafka_sink(client, &sink_config).with_context(sink_context)?,
+                )
+            };
+            segments.push(Segment {
+                source,
+                sink,
+                restorer: None,
+            });
+            debug_assert_eq!(segments.len(), i + 2);
+        }
+        for (i, segment) in segments.iter_mut().enumerate() {
+            if job.has_changelogs(i) {
+                segment.restorer = Some(
+                    changelog_reader(client, cluster.clone())
+                        .context("connecting the restore reader")?,
+                );
+            }
+        }
+    }
+    let summary = drive(rt, job.clone(), segments, counters, args.driver_config())?;
     let ideal = before.zip(sample.as_deref()).map(|(before, sample)| {
         Ideal::from_calibrations(p, before, calibration(sample, per_thread))
     });
@@ -260,57 +283,100 @@ fn run_job(
     Ok(())
 }
 
-/// For a job with durable keyed stages run from Kafka to Kafka on the
-/// rdkafka client: makes each stage's changelog topic, named after the
-/// group and the stage ([`changelog_topic`]), with as many partitions as
-/// the input, attaches them to the job, and returns what reads them back.
-/// Elsewhere their state is kept in memory only, and the run says so.
-fn changelogs(
+/// For a job with keyed stages run from Kafka to Kafka on the rdkafka
+/// client: makes each keyed stage's changelog topic ([`changelog_topic`])
+/// and each repartition's topic ([`repartition_topic`]), with as many
+/// partitions as the input, and attaches them to the job, which then runs
+/// as its segments with durable state. Returns whether it did. Elsewhere
+/// keyed state is kept in memory only, and the run says so.
+fn attach_topics(
     args: &RunArgs,
     sink_kind: SinkKind,
     job: &Job,
     cluster: &Cluster,
-) -> anyhow::Result<Option<Box<dyn ChangelogReader>>> {
-    let stages = job.durable_stages();
+) -> anyhow::Result<bool> {
+    let stages = job.keyed_stages();
     if stages.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     let (k, client) = (&args.kafka, args.kafka.cluster.kafka_client);
     let on_kafka = args.source == SourceKind::Kafka && sink_kind == SinkKind::Kafka;
     if !on_kafka || client == ClientKind::Kafka {
         eprintln!(
-            "fila: the state of stage(s) {} is kept in memory only: changelogs need Kafka as \
-             source and sink on the rdkafka client",
+            "fila: the state of keyed stage(s) {} is kept in memory only, and not repartitioned: \
+             changelogs and repartition topics need Kafka as source and sink on the rdkafka \
+             client",
             stages.join(", ")
         );
-        return Ok(None);
+        return Ok(false);
     }
     let input = &k.cluster.input_topic;
     let partitions = TopicReader::end_offsets(client, cluster.clone(), input)
         .with_context(|| format!("looking up the partitions of input topic {input}"))?
         .len() as i32;
-    let topics = job
-        .attach_changelogs(|stage| changelog_topic(&k.group, stage))
+    let (repartitions, changelogs) = job
+        .attach_topics(
+            |stage| repartition_topic(&k.group, stage),
+            |stage| changelog_topic(&k.group, stage),
+        )
         .map_err(anyhow::Error::msg)?;
-    for topic in &topics {
+    for topic in &repartitions {
+        create_topic(cluster.clone(), topic, partitions)
+            .with_context(|| format!("making repartition topic {topic}"))?;
+    }
+    for topic in &changelogs {
         create_changelog(client, cluster.clone(), topic, partitions)
             .with_context(|| format!("making changelog topic {topic}"))?;
     }
+    if !repartitions.is_empty() {
+        eprintln!(
+            "fila: records are re-keyed through repartition topic(s) {}",
+            repartitions.join(", ")
+        );
+    }
     eprintln!(
         "fila: keyed state is written to changelog topic(s) {}",
-        topics.join(", ")
+        changelogs.join(", ")
     );
-    let reader =
-        changelog_reader(client, cluster.clone()).context("connecting the restore reader")?;
-    Ok(Some(reader))
+    Ok(true)
+}
+
+/// The source configuration for reading `topic` as group `group`.
+fn source_config(args: &RunArgs, cluster: &Cluster, topic: &str, group: &str) -> SourceConfig {
+    let k = &args.kafka;
+    // The kafka client has no group membership: it reads every partition
+    // unless told which.
+    let assignment = match (k.replica, k.cluster.kafka_client) {
+        (Some(replica), _) => Assignment::Static(replica),
+        (None, ClientKind::Kafka) => Assignment::Static(Replica::ALL),
+        (None, ClientKind::Rdkafka) => Assignment::Group(k.group_protocol),
+    };
+    SourceConfig {
+        cluster: cluster.clone(),
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+        assignment,
+        offset_reset: k.offset_reset,
+        retry_timeout: k.kafka_retry_timeout.0,
+    }
+}
+
+/// The repartition topic before keyed stage `stage` of the job run by
+/// consumer group `group`, `<group>-<stage>-repartition`, in Kafka's
+/// characters as [`changelog_topic`]; also the group that reads it.
+pub fn repartition_topic(group: &str, stage: &str) -> String {
+    kafka_name(&format!("{group}-{stage}-repartition"))
 }
 
 /// The changelog topic of keyed stage `stage` of the job run by consumer
 /// group `group`: `<group>-<stage>-changelog`, with every character Kafka
 /// does not allow in a topic's name made `_`.
 pub fn changelog_topic(group: &str, stage: &str) -> String {
-    format!("{group}-{stage}-changelog")
-        .chars()
+    kafka_name(&format!("{group}-{stage}-changelog"))
+}
+
+fn kafka_name(name: &str) -> String {
+    name.chars()
         .map(|c| match c {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
             _ => '_',
@@ -318,14 +384,23 @@ pub fn changelog_topic(group: &str, stage: &str) -> String {
         .collect()
 }
 
-/// Runs the driver with SIGINT/SIGTERM wired to a clean stop: admission
-/// closes, what is in flight drains, flushes, and commits.
+/// What one segment of a job runs with: its source, its sink, and what
+/// restores its keyed state.
+struct Segment {
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    restorer: Option<Box<dyn ChangelogReader>>,
+}
+
+/// Runs a driver per segment of the job, on the one runtime, with
+/// SIGINT/SIGTERM wired to a clean stop: admission closes, what is in
+/// flight drains, flushes, and commits. A segment that fails stops the
+/// others. The summary counts the records read from the input and the
+/// outputs of the last segment, with its latencies.
 fn drive(
     rt: &Runtime,
     job: Arc<Job>,
-    source: &mut dyn Source,
-    sink: Box<dyn Sink>,
-    restorer: Option<Box<dyn ChangelogReader>>,
+    segments: Vec<Segment>,
     counters: &Counters,
     config: DriverConfig,
 ) -> anyhow::Result<RunSummary> {
@@ -340,16 +415,63 @@ fn drive(
                 rt.close();
             }
         });
-        let mut driver = Driver::new()
-            .config(config)
-            .stop_on(&stop)
-            .counters(counters);
-        if let Some(restorer) = restorer {
-            driver = driver.restore_from(restorer);
+        let runs: Vec<_> = segments
+            .into_iter()
+            .enumerate()
+            .map(|(i, segment)| {
+                let (job, config, stop) = (job.clone(), config.clone(), &stop);
+                std::thread::Builder::new()
+                    .name(format!("fila-segment-{i}"))
+                    .spawn_scoped(s, move || {
+                        let Segment {
+                            mut source,
+                            sink,
+                            restorer,
+                        } = segment;
+                        let mut driver = Driver::new()
+                            .config(config)
+                            .stop_on(stop)
+                            .counters(counters)
+                            .segment(i);
+                        if let Some(restorer) = restorer {
+                            driver = driver.restore_from(restorer);
+                        }
+                        let result = driver.run(rt, job, source.as_mut(), sink);
+                        if result.is_err() {
+                            // The other segments stop too.
+                            stop.store(true, Ordering::Relaxed);
+                            rt.close();
+                        }
+                        result
+                    })
+                    .expect("spawning a segment's driver")
+            })
+            .collect();
+        let mut summaries = Vec::new();
+        let mut failed = None;
+        for run in runs {
+            match run.join().expect("a segment's driver does not panic") {
+                Ok(summary) => summaries.push(summary),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        let result = driver.run(rt, job, source, sink);
         signal_handle.close();
-        result.map_err(anyhow::Error::from)
+        if let Some(e) = failed {
+            return Err(anyhow::Error::from(e));
+        }
+        let mut summaries = summaries.into_iter();
+        let mut summary = summaries.next().expect("a job has a segment");
+        for later in summaries {
+            // Outputs come from the last segment only.
+            summary.outputs = later.outputs;
+            summary.latencies_us = later.latencies_us;
+            summary.last_done = summary.last_done.max(later.last_done);
+            summary.dead_letters += later.dead_letters;
+            summary.panicked += later.panicked;
+        }
+        Ok(summary)
     })
 }
 

@@ -211,6 +211,8 @@ pub struct Driver<'a> {
     /// Reads durable stages' changelogs back (`restore_from`); taken by
     /// the run.
     restorer: parking_lot::Mutex<Option<Box<dyn ChangelogReader>>>,
+    /// Which of the job's segments the source feeds (`segment`).
+    segment: usize,
 }
 
 impl<'a> Driver<'a> {
@@ -269,6 +271,14 @@ impl<'a> Driver<'a> {
         self
     }
 
+    /// Runs segment `segment` of a job split into segments on Kafka
+    /// (`Job::segments`): the source is then the repartition topic that
+    /// segment reads. The first, 0, is the default: the job's input.
+    pub fn segment(mut self, segment: usize) -> Self {
+        self.segment = segment;
+        self
+    }
+
     /// Restores the state of a job's durable stages with `reader`: a
     /// partition's state is rebuilt from its changelog before its first
     /// record runs, and again after an aborted transaction. A job whose
@@ -311,7 +321,14 @@ impl<'a> Driver<'a> {
             }));
         }
         let restorer = self.restorer.lock().take();
-        if job.has_changelogs() && (restorer.is_none() || committing.is_none()) {
+        let segment = self.segment;
+        if segment >= job.segments() {
+            return Err(DriverError::Restore(format!(
+                "the job runs {} segment(s); there is no segment {segment}",
+                job.segments()
+            )));
+        }
+        if job.has_changelogs(segment) && (restorer.is_none() || committing.is_none()) {
             return Err(DriverError::Restore(
                 "a job that writes changelogs needs a source whose offsets are committed, \
                  and a reader of the changelogs"
@@ -398,7 +415,8 @@ impl<'a> Driver<'a> {
                 counters,
                 in_call: exactly_once.then_some(&in_call),
                 warned: None,
-                restorer: restorer.filter(|_| job.has_changelogs()),
+                restorer: restorer.filter(|_| job.has_changelogs(segment)),
+                segment,
                 restored: HashMap::new(),
             };
             counters.set_phase(Phase::Running);
@@ -465,6 +483,8 @@ struct Admission<'r, 's> {
     /// or assigned again), and after every abort (a new epoch).
     restorer: Option<Box<dyn ChangelogReader>>,
     restored: HashMap<i32, u64>,
+    /// The job's segment this source feeds.
+    segment: usize,
 }
 
 impl Admission<'_, '_> {
@@ -525,7 +545,7 @@ impl Admission<'_, '_> {
                     self.restore_maybe(origin.position.partition)?;
                     // Its places at the keyed stages, in the order read:
                     // this thread admits one record at a time.
-                    let tickets = self.job.tickets(origin.position.partition);
+                    let tickets = self.job.tickets(self.segment, origin.position.partition);
                     let outlet = Outlet::new(self.tx.clone(), &origin).with_tickets(tickets);
                     let done = self.tx.clone();
                     let counters = self.counters;
@@ -533,9 +553,10 @@ impl Admission<'_, '_> {
                         counters.submitted.load(Ordering::Relaxed) + 1,
                         Ordering::Relaxed,
                     );
-                    slot.submit(self.job.start(input, outlet), move |outcome| {
-                        origin.done(&done, outcome)
-                    });
+                    slot.submit(
+                        self.job.start(self.segment, input, outlet),
+                        move |outcome| origin.done(&done, outcome),
+                    );
                 }
                 Polled::Idle => drop(slot),
                 Polled::End => {
@@ -608,7 +629,7 @@ impl Admission<'_, '_> {
         let started = Instant::now();
         let read = self
             .job
-            .restore(partition, reader)
+            .restore(self.segment, partition, reader)
             .map_err(DriverError::Restore)?;
         self.counters.restored(read, started.elapsed());
         self.restored.insert(partition, self.admitting);

@@ -472,7 +472,7 @@ impl Writer<'_> {
                 dead_letter(sink, position, key.as_deref(), &payload, &reason, counters)?;
                 summary.last_done = summary.last_done.max(Some(at));
             }
-            Event::Changelog {
+            Event::Internal {
                 topic,
                 partition,
                 key,
@@ -547,7 +547,7 @@ impl Reorder {
             }
             Event::Output { position, .. }
             | Event::Rejected { position, .. }
-            | Event::Changelog { position, .. } => *position,
+            | Event::Internal { position, .. } => *position,
             Event::Done { position, .. } => Some(*position),
         };
         let Some(position) = position else {

@@ -149,9 +149,11 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            // The offsets committed are the source's own topic's,
+            // whatever the sink calls its input.
             transaction: Some(Transaction::new(
                 source.consumer(),
-                config.input_topic.clone(),
+                source.topic().to_owned(),
                 link,
             )),
             remake: Some(Remake {
@@ -308,7 +310,7 @@ impl Sink for RdSink {
     fn send_to(
         &mut self,
         topic: &str,
-        partition: i32,
+        partition: Option<i32>,
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), ConnectorError> {
@@ -317,7 +319,7 @@ impl Sink for RdSink {
             &self.writer,
             &mut self.transaction,
             &self.brokers,
-            (topic, Some(partition)),
+            (topic, partition),
             Some(key),
             value,
             None,

@@ -532,6 +532,11 @@ impl RdSource {
     /// so that a replica restarted in its place fences the old process at
     /// once. A group member's has its host and process, since the group
     /// fences members by their generation.
+    /// The topic it reads.
+    pub(super) fn topic(&self) -> &str {
+        &self.context().topic
+    }
+
     pub(super) fn transactional_id(&self) -> String {
         self.transactional_id.clone()
     }
