@@ -28,6 +28,11 @@ use crate::{ChangelogReader, ConnectorError, OnRecord};
 /// producer's transaction timeout, a minute by default).
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Records handed from a restore's reading thread to its applying one at
+/// a time: keys and values (`None`: a tombstone).
+const BATCH: usize = 1024;
+type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// How often a long restore logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -73,6 +78,16 @@ impl RdChangelogReader {
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("isolation.level", isolation)
+                .set("enable.partition.eof", "true")
+                // A restore reads a partition from its start as fast as
+                // it can: larger fetches than a consumer's default, and a
+                // short pause when its queue is full (librdkafka's default
+                // pause, up to a second, dominates a restore of a million
+                // records). The queue stays bounded by librdkafka's
+                // defaults, 100,000 records or 64 MiB.
+                .set("max.partition.fetch.bytes", "16777216")
+                .set("fetch.max.bytes", "67108864")
+                .set("fetch.queue.backoff.ms", "10")
                 .create()
                 .map_err(|e| kafka_error(brokers, "creating the restore consumer", e))
         };
@@ -81,6 +96,88 @@ impl RdChangelogReader {
             committed: consumer("read_committed")?,
             uncommitted: consumer("read_uncommitted")?,
         })
+    }
+
+    /// Reads `topic`'s `partition`, assigned to the committed reader, up to
+    /// `end`, and hands the records on to `tx` in batches. Returns how
+    /// many it read.
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        end: i64,
+        brokers: &str,
+        tx: std::sync::mpsc::SyncSender<Batch>,
+    ) -> Result<u64, ConnectorError> {
+        let began = Instant::now();
+        let (mut read, mut moved, mut logged) = (0u64, began, began);
+        let mut last = None;
+        let mut batch = Vec::with_capacity(BATCH);
+        // Done once the records read reach the end, or, when the log ends
+        // in transaction markers (which no record shows), once the
+        // reader's position passes them: it is looked at only when
+        // nothing more arrives.
+        let mut reached = false;
+        let hand_on = |batch: &mut Vec<_>| {
+            if !batch.is_empty() {
+                // The applying side went away only if it panicked.
+                let _ = tx.send(std::mem::replace(batch, Vec::with_capacity(BATCH)));
+            }
+        };
+        loop {
+            if reached {
+                hand_on(&mut batch);
+                return Ok(read);
+            }
+            if logged.elapsed() >= PROGRESS_EVERY {
+                logged = Instant::now();
+                tracing::info!(
+                    topic,
+                    partition,
+                    read,
+                    end,
+                    "restoring state from its changelog"
+                );
+            }
+            match self.committed.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    read += 1;
+                    if let Some(key) = m.key() {
+                        batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                        if batch.len() == BATCH {
+                            hand_on(&mut batch);
+                        }
+                    }
+                    reached = m.offset() + 1 >= end;
+                    moved = Instant::now();
+                    continue;
+                }
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    return Err(kafka_error(
+                        brokers,
+                        &format!("reading changelog {topic} [{partition}]"),
+                        e,
+                    ))
+                }
+            }
+            hand_on(&mut batch);
+            let at = self.position(topic, partition);
+            reached = at.is_some_and(|at| at >= end);
+            if at != last {
+                (last, moved) = (at, Instant::now());
+            } else if !reached && moved.elapsed() > STALL_TIMEOUT {
+                return Err(error(
+                    brokers,
+                    format!(
+                        "restoring from changelog {topic} [{partition}]: stuck at offset {} \
+                         of {end} for {STALL_TIMEOUT:?} (a transaction of another process \
+                         still open?)",
+                        at.map_or("none".into(), |a| a.to_string())
+                    ),
+                ));
+            }
+        }
     }
 
     /// Where the committed reader will read next in `topic`'s
@@ -117,57 +214,24 @@ impl ChangelogReader for RdChangelogReader {
         }
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
+            .add_partition_offset(topic, partition, Offset::Offset(start))
             .map_err(|e| kafka_error(&brokers, "assigning a changelog partition", e))?;
         self.committed
             .assign(&assignment)
             .map_err(|e| kafka_error(&brokers, "assigning a changelog partition", e))?;
         let began = Instant::now();
-        let (mut read, mut moved, mut logged) = (0u64, began, began);
-        let mut last = None;
-        let result = loop {
-            let at = self.position(topic, partition);
-            if at.is_some_and(|at| at >= end) {
-                break Ok(read);
-            }
-            if at != last {
-                (last, moved) = (at, Instant::now());
-            } else if moved.elapsed() > STALL_TIMEOUT {
-                break Err(error(
-                    &brokers,
-                    format!(
-                        "restoring from changelog {topic} [{partition}]: stuck at offset {} \
-                         of {end} for {STALL_TIMEOUT:?} (a transaction of another process \
-                         still open?)",
-                        at.map_or("none".into(), |a| a.to_string())
-                    ),
-                ));
-            }
-            if logged.elapsed() >= PROGRESS_EVERY {
-                logged = Instant::now();
-                tracing::info!(
-                    topic, partition, read, at = ?at, end,
-                    "restoring state from its changelog"
-                );
-            }
-            match self.committed.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(m)) => {
-                    read += 1;
-                    if let Some(key) = m.key() {
-                        f(key, m.payload());
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
-                    break Err(kafka_error(
-                        &brokers,
-                        &format!("reading changelog {topic} [{partition}]"),
-                        e,
-                    ))
+        // This thread applies what a thread of the restore's own reads,
+        // so that fetching and decoding overlap.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(8);
+        let result = std::thread::scope(|s| {
+            let reader = s.spawn(|| self.fetch(topic, partition, end, &brokers, tx));
+            for batch in rx {
+                for (key, value) in &batch {
+                    f(key, value.as_deref());
                 }
             }
-        };
+            reader.join().expect("the restore's reader does not panic")
+        });
         let _ = self.committed.unassign();
         if let Ok(read) = result {
             tracing::info!(
