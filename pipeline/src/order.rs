@@ -321,7 +321,7 @@ impl<T: Send + 'static, S: Step<T>> Stateful for InOrder<T, S> {
         self.step
             .changelog()
             .map(|(_, topic)| topic)
-            .expect("only durable stages are listed as stateful")
+            .expect("every keyed stage has a changelog")
     }
 
     fn drained(&self, partition: i32, issued: u64) -> bool {

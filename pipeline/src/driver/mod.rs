@@ -208,7 +208,7 @@ pub struct Driver<'a> {
     config: DriverConfig,
     stop: Option<&'a AtomicBool>,
     counters: Option<&'a Counters>,
-    /// Reads durable stages' changelogs back (`restore_from`); taken by
+    /// Reads keyed stages' changelogs back (`restore_from`); taken by
     /// the run.
     restorer: parking_lot::Mutex<Option<Box<dyn ChangelogReader>>>,
     /// Which of the job's segments the source feeds (`segment`).
@@ -279,10 +279,10 @@ impl<'a> Driver<'a> {
         self
     }
 
-    /// Restores the state of a job's durable stages with `reader`: a
+    /// Restores the state of a job's keyed stages with `reader`: a
     /// partition's state is rebuilt from its changelog before its first
     /// record runs, and again after an aborted transaction. A job whose
-    /// changelogs are attached (`Job::attach_changelogs`) needs one.
+    /// changelogs are attached (`Job::attach_topics`) needs one.
     pub fn restore_from(self, reader: Box<dyn ChangelogReader>) -> Self {
         *self.restorer.lock() = Some(reader);
         self

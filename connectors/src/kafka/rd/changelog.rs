@@ -33,6 +33,9 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const BATCH: usize = 1024;
 type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// How long a restore retries asking where its changelog partition ends.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How often a long restore logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -98,6 +101,37 @@ impl RdChangelogReader {
         })
     }
 
+    /// The first offset and the log end of `topic`'s `partition`, asked
+    /// read uncommitted. A topic just made, or a broker just started or
+    /// moving its leaders, may not answer at once: failures are retried
+    /// for up to [`WATERMARKS_TIMEOUT`].
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), ConnectorError> {
+        let deadline = Instant::now() + WATERMARKS_TIMEOUT;
+        loop {
+            match self
+                .uncommitted
+                .fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)
+            {
+                Ok(watermarks) => return Ok(watermarks),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "asking for a changelog's end failed ({e}); retrying"
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => {
+                    return Err(kafka_error(
+                        &self.brokers,
+                        &format!("asking for the end of changelog {topic} [{partition}]"),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
     /// Reads `topic`'s `partition`, assigned to the committed reader, up to
     /// `end`, and hands the records on to `tx` in batches. Returns how
     /// many it read.
@@ -111,7 +145,7 @@ impl RdChangelogReader {
     ) -> Result<u64, ConnectorError> {
         let began = Instant::now();
         let (mut read, mut moved, mut logged) = (0u64, began, began);
-        let mut last = None;
+        let (mut last, mut failure) = (None, None);
         let mut batch = Vec::with_capacity(BATCH);
         // Done once the records read reach the end, or, when the log ends
         // in transaction markers (which no record shows), once the
@@ -154,11 +188,11 @@ impl RdChangelogReader {
                 }
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
-                    return Err(kafka_error(
-                        brokers,
-                        &format!("reading changelog {topic} [{partition}]"),
-                        e,
-                    ))
+                    // librdkafka retries what it can (a leader moving, a
+                    // broker restarting) and reports it meanwhile: the
+                    // restore waits, up to the stall bound, and says why.
+                    tracing::warn!(topic, partition, "reading a changelog: {e}; retrying");
+                    failure = Some(e.to_string());
                 }
             }
             hand_on(&mut batch);
@@ -171,9 +205,11 @@ impl RdChangelogReader {
                     brokers,
                     format!(
                         "restoring from changelog {topic} [{partition}]: stuck at offset {} \
-                         of {end} for {STALL_TIMEOUT:?} (a transaction of another process \
-                         still open?)",
-                        at.map_or("none".into(), |a| a.to_string())
+                         of {end} for {STALL_TIMEOUT:?} ({})",
+                        at.map_or("none".into(), |a| a.to_string()),
+                        failure
+                            .as_deref()
+                            .unwrap_or("a transaction of another process still open?")
                     ),
                 ));
             }
@@ -199,16 +235,7 @@ impl ChangelogReader for RdChangelogReader {
         f: &mut OnRecord<'_>,
     ) -> Result<u64, ConnectorError> {
         let brokers = self.brokers.clone();
-        let (start, end) = self
-            .uncommitted
-            .fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)
-            .map_err(|e| {
-                kafka_error(
-                    &brokers,
-                    &format!("asking for the end of changelog {topic} [{partition}]"),
-                    e,
-                )
-            })?;
+        let (start, end) = self.watermarks(topic, partition)?;
         if end <= start {
             return Ok(0);
         }
