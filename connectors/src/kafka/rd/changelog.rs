@@ -63,8 +63,10 @@ pub(crate) fn create_changelog(
     Ok(())
 }
 
-/// Reads changelog partitions back: two clients of no group, one reading
-/// committed records, one asking for the log end read uncommitted.
+/// Reads changelog partitions back: two clients that join no group (the
+/// group id librdkafka wants for an assignment is never used), one
+/// reading committed records, one asking for the log end read
+/// uncommitted.
 pub(crate) struct RdChangelogReader {
     brokers: String,
     committed: BaseConsumer,
