@@ -267,6 +267,22 @@ pub fn create_changelog(
     }
 }
 
+/// Makes `topic` a repartition topic of `partitions` partitions (the
+/// broker's default replication) unless it exists.
+pub fn create_repartition(
+    kind: ClientKind,
+    cluster: impl Into<Cluster>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ConnectorError> {
+    let cluster = cluster.into();
+    check(kind, &cluster)?;
+    match kind {
+        ClientKind::Rdkafka => rd::create_repartition(&cluster, topic, partitions),
+        ClientKind::Kafka => Err(no_changelogs(&cluster.brokers)),
+    }
+}
+
 /// What reads keyed stages' changelogs back (`ChangelogReader`).
 pub fn changelog_reader(
     kind: ClientKind,

@@ -12,9 +12,9 @@ use crate::reference;
 use crate::report::{LatencyMs, Report};
 use anyhow::Context;
 use fila_connectors::{
-    changelog_reader, create_changelog, create_topic, kafka_exactly_once, kafka_sink, kafka_source,
-    Assignment, BurstSource, ChangelogReader, ClientKind, Cluster, DiscardSink, Replica, Sink,
-    SinkConfig, Source, SourceConfig, StdinSource, StdoutSink, TopicReader,
+    changelog_reader, create_changelog, create_repartition, kafka_exactly_once, kafka_sink,
+    kafka_source, Assignment, BurstSource, ChangelogReader, ClientKind, Cluster, DiscardSink,
+    Replica, Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink, TopicReader,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -321,7 +321,7 @@ fn attach_topics(
         )
         .map_err(anyhow::Error::msg)?;
     for topic in &repartitions {
-        create_topic(cluster.clone(), topic, partitions)
+        create_repartition(client, cluster.clone(), topic, partitions)
             .with_context(|| format!("making repartition topic {topic}"))?;
     }
     for topic in &changelogs {

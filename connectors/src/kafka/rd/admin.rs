@@ -62,16 +62,18 @@ pub(crate) fn create_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
-    create_topic_with(cluster, topic, partitions, &[]).map(drop)
+    create_topic_with(cluster, topic, partitions, 1, &[]).map(drop)
 }
 
-/// Creates `topic` with `partitions` partitions, replication factor 1 and
-/// the topic configuration `config`, unless it exists. Returns the admin
-/// client, for a look at what exists.
+/// Creates `topic` with `partitions` partitions, `replication` replicas
+/// (-1: the broker's `default.replication.factor`) and the topic
+/// configuration `config`, unless it exists. Returns the admin client, for
+/// a look at what exists.
 pub(super) fn create_topic_with(
     cluster: &Cluster,
     topic: &str,
     partitions: i32,
+    replication: i32,
     config: &[(&str, &str)],
 ) -> Result<AdminClient<DefaultClientContext>, ConnectorError> {
     let brokers = cluster.brokers.as_str();
@@ -80,7 +82,7 @@ pub(super) fn create_topic_with(
         .create()
         .map_err(|e| kafka_error(brokers, "creating an admin client", e))?;
     let new = config.iter().fold(
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
         |new, (key, value)| new.set(key, value),
     );
     let options = AdminOptions::new().operation_timeout(Some(LOOKUP_TIMEOUT));

@@ -40,16 +40,18 @@ const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Makes `topic` a changelog of at least `partitions` partitions:
-/// compacted, so it keeps each key's last value. Succeeds if it exists
-/// with enough partitions; fails if it has fewer, since each input
-/// partition writes its own.
+/// compacted, so it keeps each key's last value, and replicated as the
+/// broker's `default.replication.factor` says. Succeeds if it exists with
+/// enough partitions; fails if it has fewer, since each input partition
+/// writes its own.
 pub(crate) fn create_changelog(
     cluster: &Cluster,
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
     let brokers = cluster.brokers.as_str();
-    let admin = create_topic_with(cluster, topic, partitions, &[("cleanup.policy", "compact")])?;
+    let compact = [("cleanup.policy", "compact")];
+    let admin = create_topic_with(cluster, topic, partitions, -1, &compact)?;
     let had = ensure_topic(admin.inner(), brokers, topic)?.len() as i32;
     if had < partitions {
         return Err(error(
@@ -61,6 +63,16 @@ pub(crate) fn create_changelog(
         ));
     }
     Ok(())
+}
+
+/// Makes `topic` a repartition topic of `partitions` partitions, replicated
+/// as the broker's `default.replication.factor` says, unless it exists.
+pub(crate) fn create_repartition(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ConnectorError> {
+    create_topic_with(cluster, topic, partitions, -1, &[]).map(drop)
 }
 
 /// Reads changelog partitions back: two clients that join no group (the

@@ -24,7 +24,7 @@ mod tools;
 mod transaction;
 
 pub(super) use admin::{commit_group_offsets, create_topic};
-pub(super) use changelog::{create_changelog, RdChangelogReader};
+pub(super) use changelog::{create_changelog, create_repartition, RdChangelogReader};
 pub(super) use sink::RdSink;
 pub(super) use source::RdSource;
 

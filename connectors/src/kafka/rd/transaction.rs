@@ -366,14 +366,30 @@ mod tests {
         send_offsets(&mut calls, &producer, &offsets, timeout, bound, &brokers).unwrap();
 
         mock.broker_down(2).unwrap();
+        let asked = std::time::Instant::now();
         match send_offsets(&mut calls, &producer, &offsets, timeout, bound, &brokers) {
             Err(TransactionError::Fatal(e)) => {
                 let text = e.to_string();
                 assert!(text.contains("no answer within 2s"), "{text}");
                 assert!(text.contains("giving the producer up"), "{text}");
             }
-            other => panic!("expected the producer given up, got {other:?}"),
+            // librdkafka sometimes answers at once instead, when the downed
+            // broker's handle goes: an abortable error, which the sink
+            // handles by aborting and rewinding. Either way it has its
+            // answer within the bound.
+            Err(TransactionError::Abort(text)) => {
+                assert!(
+                    text.contains("sending offsets to the transaction"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected the producer given up or an abort, got {other:?}"),
         }
+        assert!(
+            asked.elapsed() < bound + Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
         // The next producer's calls get a thread of their own, rather
         // than be refused while the stuck one waits.
         assert!(matches!(calls.call(bound, || Ok(())), Ok(Ok(()))));
