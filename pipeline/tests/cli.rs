@@ -624,6 +624,16 @@ fn five_thousand_idle_connections_leave_threads_and_memory_bounded() {
     use std::io::Read;
     let (mut child, addr) = stdin_run_with_metrics();
     let pid = child.id();
+    // Counted once the run reads its input: its driver's threads have
+    // started by then (the endpoint answers from before they do).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !http_get(&addr, "/readyz").starts_with("HTTP/1.1 200 OK") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(http_get(&addr, "/metrics").starts_with("HTTP/1.1 200 OK"));
     let (threads, rss) = (proc_status(pid, "Threads"), proc_status(pid, "VmRSS"));
     let idle: Vec<std::net::TcpStream> = (0..5_000)
