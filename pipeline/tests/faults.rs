@@ -751,13 +751,13 @@ fn kafka_client_gives_up_after_the_retry_timeout() {
     gives_up_after_the_retry_timeout(Kafka::V3, "kafka");
 }
 
-/// `n` keyed records, record `i` being `record(i)` (its key and value),
+/// Keyed records `ids`, record `i` being `record(i)` (its key and value),
 /// produced at a steady pace over `over` by a thread of its own, so that
 /// crashes fall while records still arrive. The thread yields them.
 fn trickle_keyed(
     brokers: &str,
     topic: &str,
-    n: u64,
+    ids: std::ops::Range<u64>,
     over: Duration,
     record: impl Fn(u64) -> (String, Vec<u8>) + Send + 'static,
 ) -> std::thread::JoinHandle<Vec<(String, Vec<u8>)>> {
@@ -766,7 +766,7 @@ fn trickle_keyed(
         let mut writer =
             fila_connectors::TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&topic])
                 .unwrap();
-        let records: Vec<(String, Vec<u8>)> = (0..n).map(record).collect();
+        let records: Vec<(String, Vec<u8>)> = ids.map(record).collect();
         let step = Duration::from_millis(50);
         let steps = (over.as_secs_f64() / step.as_secs_f64()).ceil().max(1.0) as usize;
         let per_step = records.len().div_ceil(steps);
@@ -808,7 +808,11 @@ fn durable_state_survives_crashes(version: Kafka) {
     let brokers = held.brokers.as_str();
     let (input, output, group) = (unique("in"), unique("out"), unique("group"));
     create_topic(brokers, &input, 6).unwrap();
-    let producer = trickle_keyed(brokers, &input, RECORDS, Duration::from_secs(20), |i| {
+    // The first three fifths go while fila is killed; the rest only after
+    // the last kill, so that every kill falls mid-stream however slowly
+    // the restarts go.
+    let first = RECORDS * 3 / 5;
+    let producer = trickle_keyed(brokers, &input, 0..first, Duration::from_secs(12), |i| {
         amount(i, KEYS)
     });
     let args = [
@@ -827,12 +831,16 @@ fn durable_state_survives_crashes(version: Kafka) {
     let (seed, points) = crash_loop(brokers, &output, CRASHES, 200..=1_200, || {
         Fila::start_example("key_totals", brokers, &args)
     });
-    let records = producer.join().expect("the producer does not panic");
-    assert!(
-        points.last().copied().unwrap_or(0) < RECORDS as usize,
-        "the stream ended before the last crash: {points:?}"
+    let mut records = producer.join().expect("the producer does not panic");
+    let rest = trickle_keyed(
+        brokers,
+        &input,
+        first..RECORDS,
+        Duration::from_secs(8),
+        |i| amount(i, KEYS),
     );
     let last = Fila::start_example("key_totals", brokers, &args);
+    records.extend(rest.join().expect("the producer does not panic"));
     let out = read_all(brokers, &output, RECORDS as usize, Duration::from_secs(120));
     let log = last.stderr();
     last.stop();
@@ -931,7 +939,7 @@ fn durable_state_follows_partitions_across_members(version: Kafka) {
     let args = member_args(&input, &output, &group);
     let member = || Fila::start_example("key_totals", brokers, &args);
     let mut members = start_members(3, member);
-    let producer = trickle_keyed(brokers, &input, RECORDS, Duration::from_secs(18), |i| {
+    let producer = trickle_keyed(brokers, &input, 0..RECORDS, Duration::from_secs(18), |i| {
         amount(i, KEYS)
     });
     wait_for_outputs(brokers, &output, RECORDS as usize / 5);
@@ -1002,7 +1010,7 @@ fn durable_windows_survive_crashes(version: Kafka) {
     let producer = trickle_keyed(
         brokers,
         &input,
-        RECORDS,
+        0..RECORDS,
         Duration::from_secs(20),
         move |i| reading(&format!("k{}", i % KEYS), i % 7, i * STEP_MS),
     );
