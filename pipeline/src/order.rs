@@ -61,8 +61,8 @@ pub(crate) trait Step<T>: Send + Sync + 'static {
         None
     }
 
-    /// For a stage whose lanes are durable: its name, and its changelog
-    /// topic once the job runs where it has one.
+    /// For a keyed stage: its name, and its changelog topic once the job
+    /// runs where it has one.
     fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
         None
     }
@@ -79,8 +79,8 @@ pub(crate) trait Step<T>: Send + Sync + 'static {
     }
 }
 
-/// A keyed stage whose state is kept per input partition and written to a
-/// changelog: what the job and the driver need of it, without its types.
+/// A keyed stage, whose state is written to a changelog when the job runs
+/// on Kafka: what the job and the driver need of it, without its types.
 pub(crate) trait Stateful: Send + Sync + 'static {
     /// The stage's name, which names its changelog topic.
     fn name(&self) -> &str;
