@@ -473,6 +473,35 @@ fn exactly_once_sigterm_mid_burst_commits_and_exits_within_10_s() {
     sigterm_mid_burst(Kafka::V3, true);
 }
 
+/// SIGTERM while fila is still starting (it has begun to connect, and
+/// has not yet set up its transactions, changelogs and restore reader):
+/// the signal is held until the run starts, which then stops at once and
+/// exits 0 with its report, as a stop in the middle of a run does.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn sigterm_during_start_up_exits_cleanly() {
+    let held = hold(Kafka::V4);
+    let brokers = held.brokers.as_str();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(brokers, &input, 6).unwrap();
+    let args = [
+        "--input-topic",
+        &input,
+        "--output-topic",
+        &output,
+        "--group",
+        &group,
+        "--exactly-once",
+    ];
+    let mut fila = Fila::start_example("key_totals", brokers, &args);
+    // Logged as the source is made, before the sink, the changelog topic
+    // and the restore reader.
+    fila.wait_logged("reading topic=");
+    let report = fila.stop_within(Duration::from_secs(30));
+    eprintln!("stopped during start-up; the report: {report}");
+    assert_eq!(report["messages"], 0, "{report}");
+}
+
 fn sigterm_mid_burst(version: Kafka, exactly_once: bool) {
     let held = hold(version);
     let brokers = held.brokers.clone();

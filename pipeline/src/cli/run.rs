@@ -117,6 +117,10 @@ fn run_job(
     calibration_sample: Option<Vec<u8>>,
     counters: &Counters,
 ) -> anyhow::Result<()> {
+    // Installed before anything connects: a signal during start-up (which
+    // may wait on the brokers for a while) is held and stops the run as
+    // soon as it starts, cleanly, rather than killing the process.
+    let signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let job = Arc::new(job);
     let sink_kind = args.sink.unwrap_or(match args.source {
         SourceKind::Generate => SinkKind::None,
@@ -251,7 +255,14 @@ fn run_job(
             }
         }
     }
-    let summary = drive(rt, job.clone(), segments, counters, args.driver_config())?;
+    let summary = drive(
+        rt,
+        job.clone(),
+        segments,
+        counters,
+        args.driver_config(),
+        signals,
+    )?;
     let ideal = before.zip(sample.as_deref()).map(|(before, sample)| {
         Ideal::from_calibrations(p, before, calibration(sample, per_thread))
     });
@@ -393,8 +404,8 @@ struct Segment {
 }
 
 /// Runs a driver per segment of the job, on the one runtime, with
-/// SIGINT/SIGTERM wired to a clean stop: admission closes, what is in
-/// flight drains, flushes, and commits. A segment that fails stops the
+/// `signals` (SIGINT/SIGTERM, held since start-up) wired to a clean stop:
+/// admission closes, what is in flight drains, flushes, and commits. A segment that fails stops the
 /// others. The summary counts the records read from the input and the
 /// outputs of the last segment, with its latencies.
 fn drive(
@@ -403,9 +414,9 @@ fn drive(
     segments: Vec<Segment>,
     counters: &Counters,
     config: DriverConfig,
+    mut signals: Signals,
 ) -> anyhow::Result<RunSummary> {
     let stop = AtomicBool::new(false);
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     std::thread::scope(|s| {
         s.spawn(|| {

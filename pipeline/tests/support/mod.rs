@@ -498,19 +498,25 @@ impl Fila {
     /// Waits until the log says this member got partitions (or, with a
     /// static assignment, started reading).
     pub fn wait_assigned(&mut self) {
+        self.wait_logged("partitions assigned");
+    }
+
+    /// Waits until the log holds `what`, failing if the process exits
+    /// first or a minute passes.
+    pub fn wait_logged(&mut self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.stderr().contains("partitions assigned") {
+        while !self.stderr().contains(what) {
             assert!(
                 self.child.try_wait().unwrap().is_none(),
-                "{}",
+                "exited before logging {what:?}: {}",
                 self.stderr()
             );
             assert!(
                 Instant::now() < deadline,
-                "no assignment: {}",
+                "{what:?} not logged: {}",
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
