@@ -1224,14 +1224,39 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
                 .map(|w| w[0])
                 .collect();
             let above: Vec<u64> = counts.iter().copied().filter(|c| c > n).collect();
+            // Which segment counted twice: the words the repartition
+            // topic holds (committed), against the input's.
+            let repartition = format!("{group}-count-repartition");
+            let words_in = read_all(
+                brokers,
+                &repartition,
+                words as usize,
+                Duration::from_secs(30),
+            );
+            let this_word = serde_json::to_vec(word).unwrap();
+            let of_word = words_in
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(this_word.as_slice()))
+                .count();
+            // The words not checked yet whose counts are off, with how
+            // many counts each has and its due.
+            let mut off: Vec<(&String, usize, u64)> = expected
+                .iter()
+                .filter_map(|(w, &due)| Some((w, emitted.get(w)?.len(), due)))
+                .filter(|&(_, got, due)| got as u64 != due)
+                .collect();
+            off.sort();
+            eprintln!("other words off (word, counts, due): {off:?}");
             panic!(
                 "{word}: {} counts where 1..={n} each once was due, after kills at {kills:?} \
-                 outputs; {} twice (the first {:?}), {} above {n}, the highest {:?}",
+                 outputs; {} twice (the first {:?}), {} above {n}, the highest {:?}; the \
+                 repartition topic holds {} words ({words} due), {of_word} of them {word}",
                 counts.len(),
                 twice.len(),
                 &twice[..twice.len().min(10)],
                 above.len(),
-                counts.last()
+                counts.last(),
+                words_in.len(),
             );
         }
     }
