@@ -1013,6 +1013,99 @@ fn durable_keyed_state_on_kafka_4_survives_crashes_exactly_once() {
     durable_state_survives_crashes(Kafka::V4);
 }
 
+/// The crashes of [`durable_state_survives_crashes`] under at-least-once,
+/// with the replay bound U at 500 records: no update is lost (every key
+/// reaches its count n), and the counts end above the true ones by at
+/// most what the crashes replay, U records each (docs/design/state.md).
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn durable_keyed_state_at_least_once_loses_nothing_and_overcounts_within_the_replay_bound() {
+    const CRASHES: usize = 3;
+    const KEYS: u64 = 60;
+    const RECORDS: u64 = 10_000;
+    const U: u64 = 500;
+    let held = hold(Kafka::V4);
+    let brokers = held.brokers.as_str();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topic(brokers, &input, 6).unwrap();
+    let producer = trickle_keyed(brokers, &input, 0..RECORDS, Duration::from_secs(10), |i| {
+        amount(i, KEYS)
+    });
+    let bound = U.to_string();
+    let args = [
+        "--input-topic",
+        &input,
+        "--output-topic",
+        &output,
+        "--group",
+        &group,
+        "--replica",
+        "0/1",
+        "--workers",
+        "2",
+        "--max-uncommitted",
+        &bound,
+    ];
+    let (seed, points) = crash_loop(
+        brokers,
+        &output,
+        CRASHES,
+        200..=1_200,
+        RECORDS as usize,
+        || Fila::start_example("key_totals", brokers, &args),
+    );
+    let records = producer.join().expect("the producer does not panic");
+    let mut due: HashMap<String, u64> = HashMap::new();
+    for (key, _) in &records {
+        *due.entry(key.clone()).or_default() += 1;
+    }
+    let last = Fila::start_example("key_totals", brokers, &args);
+    // Duplicates make up the output's length before the last keys are
+    // done: read until every key has reached its count.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let highest = loop {
+        let out = read_all(brokers, &output, RECORDS as usize, Duration::from_secs(5));
+        let mut highest: HashMap<String, u64> = HashMap::new();
+        for record in &out {
+            let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+            let count = v["count"].as_u64().unwrap();
+            let at = highest
+                .entry(v["key"].as_str().unwrap().to_owned())
+                .or_default();
+            *at = (*at).max(count);
+        }
+        let short: Vec<(&String, u64, u64)> = due
+            .iter()
+            .map(|(k, &n)| (k, highest.get(k).copied().unwrap_or(0), n))
+            .filter(|&(_, got, n)| got < n)
+            .collect();
+        if short.is_empty() {
+            break highest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keys short of their counts (key, highest, due) after crashes at {points:?}: \
+             {short:?}: {}",
+            last.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    last.stop();
+    let over: u64 = due.iter().map(|(k, &n)| highest[k] - n).sum();
+    let keys_over = due.iter().filter(|(k, &n)| highest[*k] > n).count();
+    eprintln!(
+        "{CRASHES} crashes (seed {seed}) after {points:?} outputs, at-least-once, U = {U}: \
+         every key reached its count; counts {over} above the true ones in all ({keys_over} \
+         of {KEYS} keys), within the bound of {}",
+        CRASHES as u64 * U
+    );
+    assert!(
+        over <= CRASHES as u64 * U,
+        "state counted {over} updates twice after {CRASHES} crashes, past {CRASHES} x U = {}",
+        CRASHES as u64 * U
+    );
+}
+
 /// `kill -9` of the `window_sums` example, whose windows are durable, at
 /// random points of a keyed stream of readings on six partitions, under
 /// exactly-once, with a restart after each: every window's sum is exact
