@@ -530,6 +530,28 @@ impl Job {
         Ok(read)
     }
 
+    /// Drops `partition`'s state at every keyed stage of `segment`, if
+    /// every record of it admitted so far has passed them; returns
+    /// whether it did. For a partition that moved to another member: its
+    /// state comes back from the changelog should it return. Called by
+    /// the segment's admitting thread, which admits no record meanwhile.
+    pub(crate) fn forget(&self, segment: usize, partition: i32) -> bool {
+        let issued = self
+            .read
+            .lock()
+            .get(&(segment, partition))
+            .copied()
+            .unwrap_or(0);
+        let stages = self.stateful_of(segment);
+        if !stages.iter().all(|stage| stage.drained(partition, issued)) {
+            return false;
+        }
+        for stage in stages {
+            stage.forget(partition);
+        }
+        true
+    }
+
     /// Places for the next record read from `partition` by segment
     /// `segment`, at every keyed stage it runs, in its partition's input
     /// order: the driver takes them as it admits the record, before any

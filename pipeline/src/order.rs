@@ -97,6 +97,11 @@ pub(crate) trait Stateful: Send + Sync + 'static {
     /// record applied in order, in place of the old one. Call it only
     /// while the partition is drained here.
     fn restore(&self, partition: i32, reader: &mut dyn ChangelogReader) -> Result<u64, String>;
+
+    /// Drops `partition`'s state, for a partition no longer read here:
+    /// its lane keeps only its place in the partition's order. Call it
+    /// only while the partition is drained here.
+    fn forget(&self, partition: i32);
 }
 
 /// A record's place at one keyed stage: see the module's doc. Shared by
@@ -359,6 +364,17 @@ impl<T: Send + 'static, S: Step<T>> Stateful for InOrder<T, S> {
         let mut lanes = self.stripe(partition).lock();
         self.lane(&mut lanes, partition).state = state;
         Ok(read)
+    }
+
+    fn forget(&self, partition: i32) {
+        let fresh = self.step.lane();
+        let old = self
+            .stripe(partition)
+            .lock()
+            .get_mut(&partition)
+            .map(|lane| std::mem::replace(&mut lane.state, fresh));
+        // Freed outside the lock: a large state takes a while to drop.
+        drop(old);
     }
 }
 

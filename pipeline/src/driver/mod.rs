@@ -418,6 +418,7 @@ impl<'a> Driver<'a> {
                 restorer: restorer.filter(|_| job.has_changelogs(segment)),
                 segment,
                 restored: HashMap::new(),
+                looked_for_moved: Instant::now(),
             };
             counters.set_phase(Phase::Running);
             let admitted = admission.run();
@@ -483,6 +484,9 @@ struct Admission<'r, 's> {
     /// or assigned again), and after every abort (a new epoch).
     restorer: Option<Box<dyn ChangelogReader>>,
     restored: HashMap<i32, u64>,
+    /// When this thread last looked for partitions that moved away, to
+    /// drop their state.
+    looked_for_moved: Instant,
     /// The job's segment this source feeds.
     segment: usize,
 }
@@ -504,6 +508,7 @@ impl Admission<'_, '_> {
                 // Release: the sink thread commits again only after this.
                 self.rewound.store(asked, Ordering::Release);
             }
+            self.forget_moved();
             if let Some((acks, bound)) = self.tracker {
                 // Bounded replay: read on only while the bound admits
                 // another record. The commit thread commits them.
@@ -634,6 +639,38 @@ impl Admission<'_, '_> {
         self.counters.restored(read, started.elapsed());
         self.restored.insert(partition, self.admitting);
         Ok(())
+    }
+
+    /// Drops the state of partitions restored here that moved to another
+    /// member (the tracker no longer knows them), once none of their
+    /// records is still at a keyed stage: a process that held many
+    /// partitions in turn would otherwise keep all their states. Should a
+    /// partition come back, its first record restores it as for any
+    /// partition that starts here. Looks once a second.
+    fn forget_moved(&mut self) {
+        let Some((acks, _)) = self.tracker else {
+            return;
+        };
+        if self.restored.is_empty() || self.looked_for_moved.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.looked_for_moved = Instant::now();
+        let live = acks.committed_offsets();
+        let moved: Vec<i32> = self
+            .restored
+            .keys()
+            .filter(|p| !live.contains_key(p))
+            .copied()
+            .collect();
+        for partition in moved {
+            if self.job.forget(self.segment, partition) {
+                self.restored.remove(&partition);
+                tracing::info!(
+                    partition,
+                    "state dropped: the partition moved to another member"
+                );
+            }
+        }
     }
 
     /// A record over the size cap: dead-lettered with its first bytes and
