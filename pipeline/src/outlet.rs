@@ -48,6 +48,9 @@ pub(crate) enum Event {
         topic: Arc<str>,
         /// `None`: the partition its key hashes to.
         partition: Option<i32>,
+        /// A changelog's record: the topic is compacted, so of a key's
+        /// records only the last one matters.
+        compacted: bool,
         key: Vec<u8>,
         /// `None`: a tombstone, the key was deleted.
         value: Option<Vec<u8>>,
@@ -265,20 +268,21 @@ impl Outlet {
     /// deleted): written with the record's outputs, before its position
     /// is acknowledged.
     pub(crate) fn changelog(&self, topic: &Arc<str>, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.internal(topic, Some(self.partition()), key, value);
+        self.internal(topic, Some(self.partition()), true, key, value);
     }
 
     /// Sends the record on through repartition topic `topic`, under `key`
     /// (the partition the key hashes to): written with the record's
     /// outputs, before its position is acknowledged.
     pub(crate) fn repartition(&self, topic: &Arc<str>, key: Vec<u8>, record: Vec<u8>) {
-        self.internal(topic, None, key, Some(record));
+        self.internal(topic, None, false, key, Some(record));
     }
 
     fn internal(
         &self,
         topic: &Arc<str>,
         partition: Option<i32>,
+        compacted: bool,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) {
@@ -287,6 +291,7 @@ impl Outlet {
             position: self.position,
             topic: topic.clone(),
             partition,
+            compacted,
             key,
             value,
         });

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
@@ -110,6 +110,7 @@ pub(super) fn run(
             last_done: None,
             latencies_us: latency_histogram(),
         },
+        changelog: HashMap::new(),
     };
     match acking {
         Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, config)?,
@@ -125,6 +126,7 @@ pub(super) fn run(
                         None => out.write(event)?,
                     }
                 }
+                out.write_changelog()?;
                 // Acknowledge only what the destination has confirmed.
                 out.sink.flush().map_err(DriverError::Sink)?;
                 if let Acking::AfterFlush { acks, acked } = &acking {
@@ -193,6 +195,7 @@ fn run_transactions(
             }
             reorder.push(event, out)?;
         }
+        out.write_changelog()?;
         acknowledge(txn.acks, out.finished.drain(..));
         // Acquire: pairs with the admitting thread's store after its
         // rewind, which reset the tracker.
@@ -404,6 +407,7 @@ fn abort(
     txn.epoch.store(*epoch, Ordering::Release);
     *reorder = Reorder::default();
     out.finished.clear();
+    out.changelog.clear();
     counters.aborted();
     tracing::warn!("transaction aborted ({reason}); reading again from the last commit");
     Ok(())
@@ -434,9 +438,31 @@ struct Writer<'a> {
     tracked: bool,
     finished: Vec<Position>,
     summary: RunSummary,
+    /// The changelog records of the batch being written, by topic,
+    /// partition and key. A changelog is compacted and read back in
+    /// order, so of a key's updates within one batch only the last needs
+    /// writing: a key updated a thousand times in a batch costs the
+    /// broker one record, not a thousand. Written at the end of each
+    /// batch ([`Writer::write_changelog`]), before anything of the batch
+    /// is acknowledged or committed, so a commit still covers every
+    /// update it acknowledges.
+    changelog: HashMap<ChangelogKey, Option<Vec<u8>>>,
 }
 
+/// A changelog record's topic, partition and key.
+type ChangelogKey = (Arc<str>, i32, Vec<u8>);
+
 impl Writer<'_> {
+    /// Writes the batch's changelog records: each key's last.
+    fn write_changelog(&mut self) -> Result<(), DriverError> {
+        for ((topic, partition, key), value) in self.changelog.drain() {
+            self.sink
+                .send_to(&topic, Some(partition), &key, value.as_deref())
+                .map_err(DriverError::Sink)?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, event: Event) -> Result<(), DriverError> {
         let (sink, counters, summary) = (&mut *self.sink, self.counters, &mut self.summary);
         match event {
@@ -471,6 +497,16 @@ impl Writer<'_> {
             } => {
                 dead_letter(sink, position, key.as_deref(), &payload, &reason, counters)?;
                 summary.last_done = summary.last_done.max(Some(at));
+            }
+            Event::Internal {
+                topic,
+                partition: Some(partition),
+                compacted: true,
+                key,
+                value,
+                ..
+            } => {
+                self.changelog.insert((topic, partition, key), value);
             }
             Event::Internal {
                 topic,
