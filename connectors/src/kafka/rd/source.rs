@@ -357,6 +357,11 @@ impl RdSource {
             .default_to("queued.max.messages.kbytes", "16384")
             .default_to("max.partition.fetch.bytes", "65536")
             .default_to("fetch.wait.max.ms", "100")
+            // When its queue is full (the thresholds above, or 100,000
+            // records), librdkafka stops fetching for this long; its
+            // default, a second, idles a job that drains the queue in
+            // less, which on a backlog of small records it does.
+            .default_to("fetch.queue.backoff.ms", "10")
             .set("group.id", &config.group)
             // Offsets are committed by hand, and only what `Acks` allows.
             .set("enable.auto.commit", "false")
