@@ -500,6 +500,18 @@ impl Job {
             .any(|s| s.changelog().get().is_some())
     }
 
+    /// Whether every record of `partition` that segment `segment` has
+    /// given a place so far has passed `stage`.
+    fn drained(&self, stage: &dyn Stateful, segment: usize, partition: i32) -> bool {
+        let issued = self
+            .read
+            .lock()
+            .get(&(segment, partition))
+            .copied()
+            .unwrap_or(0);
+        stage.drained(partition, issued)
+    }
+
     /// Rebuilds `partition`'s state at every keyed stage of `segment`
     /// from its changelog, once every record of the partition admitted so
     /// far has passed those stages. Returns the records read. Called by
@@ -511,15 +523,9 @@ impl Job {
         partition: i32,
         reader: &mut dyn fila_connectors::ChangelogReader,
     ) -> Result<u64, String> {
-        let issued = self
-            .read
-            .lock()
-            .get(&(segment, partition))
-            .copied()
-            .unwrap_or(0);
         let stages = self.stateful_of(segment);
         for stage in &stages {
-            while !stage.drained(partition, issued) {
+            while !self.drained(stage.as_ref(), segment, partition) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
@@ -536,14 +542,11 @@ impl Job {
     /// state comes back from the changelog should it return. Called by
     /// the segment's admitting thread, which admits no record meanwhile.
     pub(crate) fn forget(&self, segment: usize, partition: i32) -> bool {
-        let issued = self
-            .read
-            .lock()
-            .get(&(segment, partition))
-            .copied()
-            .unwrap_or(0);
         let stages = self.stateful_of(segment);
-        if !stages.iter().all(|stage| stage.drained(partition, issued)) {
+        if !stages
+            .iter()
+            .all(|stage| self.drained(stage.as_ref(), segment, partition))
+        {
             return false;
         }
         for stage in stages {
