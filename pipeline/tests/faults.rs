@@ -1387,7 +1387,7 @@ fn wordcount_members_count_each_word_once_through_a_join() {
 
 /// Failed once in about five runs: some words were counted more than
 /// once (their counts went past n, none repeated) after the kills; not
-/// seen again in 39 runs since. Left out of scripts/test until the cause
+/// seen again in 42 runs since. Left out of scripts/test until the cause
 /// is found; run it by name.
 #[test]
 #[ignore = "needs Kafka brokers; it once over-counted after kills, so scripts/test skips it"]
