@@ -405,9 +405,10 @@ struct Segment {
 
 /// Runs a driver per segment of the job, on the one runtime, with
 /// `signals` (SIGINT/SIGTERM, held since start-up) wired to a clean stop:
-/// admission closes, what is in flight drains, flushes, and commits. A segment that fails stops the
-/// others. The summary counts the records read from the input and the
-/// outputs of the last segment, with its latencies.
+/// admission closes, what is in flight drains, flushes, and commits. A
+/// segment that fails stops the others. The summary counts the records
+/// read from the input and the outputs of the last segment, with its
+/// latencies.
 fn drive(
     rt: &Runtime,
     job: Arc<Job>,

@@ -349,19 +349,23 @@ impl Conn {
         Ok(true)
     }
 
-    /// Reads and drops what has arrived. Returns whether the peer has
-    /// closed its side.
+    /// Reads and drops what has arrived, at most [`MAX_REQUEST_HEAD`]
+    /// bytes a call, so that a peer that keeps sending cannot hold the
+    /// thread (it is closed at its deadline). Returns whether the peer
+    /// has closed its side.
     fn discard(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 1024];
-        loop {
+        let mut dropped = 0;
+        while dropped < MAX_REQUEST_HEAD {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(true),
-                Ok(_) => {}
+                Ok(n) => dropped += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(false)
     }
 
     /// Writes what the peer takes. Returns whether the whole answer is
