@@ -129,25 +129,8 @@ public final class FibJob {
             }
         }
 
-        // String keys only: these are the same in Flink 1.20 and 2.x.
-        Map<String, String> conf = new HashMap<>();
-        conf.put("taskmanager.numberOfTaskSlots", Integer.toString(slots));
-        conf.put("local.number-taskmanager", Integer.toString(taskManagers));
-        conf.put("minicluster.number-of-taskmanagers", Integer.toString(taskManagers));
-        conf.put("rest.address", "127.0.0.1");
-        conf.put("rest.bind-address", "127.0.0.1");
-        conf.put("rest.bind-port", "0");
-        conf.put("rest.port", "0");
-        conf.put("jobmanager.rpc.address", "127.0.0.1");
-        conf.put("jobmanager.bind-host", "127.0.0.1");
-        conf.put("taskmanager.host", "127.0.0.1");
-        conf.put("taskmanager.bind-host", "127.0.0.1");
-        if (checkpointMs > 0) {
-            conf.put("execution.checkpointing.interval", checkpointMs + " ms");
-            conf.put("execution.checkpointing.mode", exactlyOnce ? "EXACTLY_ONCE" : "AT_LEAST_ONCE");
-        }
         StreamExecutionEnvironment env =
-            StreamExecutionEnvironment.createLocalEnvironment(Configuration.fromMap(conf));
+            localEnvironment(slots, taskManagers, checkpointMs, exactlyOnce);
         env.setBufferTimeout(bufferTimeout);
 
         KafkaSourceBuilder<String> sourceBuilder = KafkaSource.<String>builder()
@@ -373,6 +356,34 @@ public final class FibJob {
                 usage("--parallelism takes 1, 5 or 7 comma-separated counts, got " + v.length);
                 return v;
         }
+    }
+
+    /**
+     * A local MiniCluster of {@code taskManagers} task managers with
+     * {@code slots} slots each, every address on 127.0.0.1 and the REST
+     * port chosen by the system; checkpoints every {@code checkpointMs}
+     * (none at 0), exactly once or at least once.
+     */
+    static StreamExecutionEnvironment localEnvironment(
+            int slots, int taskManagers, long checkpointMs, boolean exactlyOnce) {
+        // String keys only: these are the same in Flink 1.20 and 2.x.
+        Map<String, String> conf = new HashMap<>();
+        conf.put("taskmanager.numberOfTaskSlots", Integer.toString(slots));
+        conf.put("local.number-taskmanager", Integer.toString(taskManagers));
+        conf.put("minicluster.number-of-taskmanagers", Integer.toString(taskManagers));
+        conf.put("rest.address", "127.0.0.1");
+        conf.put("rest.bind-address", "127.0.0.1");
+        conf.put("rest.bind-port", "0");
+        conf.put("rest.port", "0");
+        conf.put("jobmanager.rpc.address", "127.0.0.1");
+        conf.put("jobmanager.bind-host", "127.0.0.1");
+        conf.put("taskmanager.host", "127.0.0.1");
+        conf.put("taskmanager.bind-host", "127.0.0.1");
+        if (checkpointMs > 0) {
+            conf.put("execution.checkpointing.interval", checkpointMs + " ms");
+            conf.put("execution.checkpointing.mode", exactlyOnce ? "EXACTLY_ONCE" : "AT_LEAST_ONCE");
+        }
+        return StreamExecutionEnvironment.createLocalEnvironment(Configuration.fromMap(conf));
     }
 
     private static Map<String, String> parseArgs(String[] argv) {

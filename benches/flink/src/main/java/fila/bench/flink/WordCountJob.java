@@ -19,7 +19,6 @@ import org.apache.flink.api.common.functions.RichReduceFunction;
 import org.apache.flink.api.common.serialization.SerializationSchema;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.java.tuple.Tuple2;
-import org.apache.flink.configuration.Configuration;
 import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.connector.kafka.sink.KafkaSink;
@@ -107,25 +106,8 @@ public final class WordCountJob {
             usage("--transaction-timeout-ms must be above the checkpoint interval");
         }
 
-        // String keys only: these are the same in Flink 1.20 and 2.x.
-        Map<String, String> conf = new HashMap<>();
-        conf.put("taskmanager.numberOfTaskSlots", Integer.toString(slots));
-        conf.put("local.number-taskmanager", Integer.toString(taskManagers));
-        conf.put("minicluster.number-of-taskmanagers", Integer.toString(taskManagers));
-        conf.put("rest.address", "127.0.0.1");
-        conf.put("rest.bind-address", "127.0.0.1");
-        conf.put("rest.bind-port", "0");
-        conf.put("rest.port", "0");
-        conf.put("jobmanager.rpc.address", "127.0.0.1");
-        conf.put("jobmanager.bind-host", "127.0.0.1");
-        conf.put("taskmanager.host", "127.0.0.1");
-        conf.put("taskmanager.bind-host", "127.0.0.1");
-        if (checkpointMs > 0) {
-            conf.put("execution.checkpointing.interval", checkpointMs + " ms");
-            conf.put("execution.checkpointing.mode", exactlyOnce ? "EXACTLY_ONCE" : "AT_LEAST_ONCE");
-        }
         StreamExecutionEnvironment env =
-            StreamExecutionEnvironment.createLocalEnvironment(Configuration.fromMap(conf));
+            FibJob.localEnvironment(slots, taskManagers, checkpointMs, exactlyOnce);
         env.setParallelism(par);
         env.setBufferTimeout(bufferTimeout);
 
