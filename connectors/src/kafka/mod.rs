@@ -299,8 +299,8 @@ pub fn changelog_reader(
 fn no_changelogs(brokers: &str) -> ConnectorError {
     error(
         brokers,
-        "the kafka client cannot read committed records back, so it keeps no changelogs; \
-         use --kafka-client rdkafka",
+        "the kafka client cannot read committed records back, so it keeps no changelogs \
+         and no repartition topics; use --kafka-client rdkafka",
     )
 }
 
