@@ -139,6 +139,11 @@ pub struct SourceConfig {
     pub offset_reset: OffsetReset,
     /// How long the broker may stay unreachable before the source fails.
     pub retry_timeout: Duration,
+    /// The topic is the job's own (a repartition topic, read by this group
+    /// alone): the records before each committed offset are deleted from
+    /// it, so it does not keep a copy of everything the job read. The
+    /// rdkafka client only; never for a user's topic.
+    pub purge_committed: bool,
 }
 
 /// Where the sink writes.
@@ -374,6 +379,21 @@ impl TopicReader {
         match kind {
             ClientKind::Rdkafka => rd::end_offsets(&cluster, topic),
             ClientKind::Kafka => v0::TopicReader::end_offsets(&cluster.brokers, topic),
+        }
+    }
+
+    /// The start (the first record kept) of every partition, creating the
+    /// topic if it does not exist: where records were deleted up to.
+    pub fn start_offsets(
+        kind: ClientKind,
+        cluster: impl Into<Cluster>,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+        let cluster = cluster.into();
+        check(kind, &cluster)?;
+        match kind {
+            ClientKind::Rdkafka => rd::start_offsets(&cluster, topic),
+            ClientKind::Kafka => v0::TopicReader::start_offsets(&cluster.brokers, topic),
         }
     }
 

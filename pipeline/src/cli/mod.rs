@@ -265,8 +265,10 @@ pub struct KafkaArgs {
     /// Consumer-group protocol (rdkafka).
     #[arg(long, value_enum, default_value_t = GroupProtocol::Auto)]
     pub group_protocol: GroupProtocol,
-    /// Where a partition starts when the group has no committed offset for
-    /// it, or the committed one is out of range (deleted by retention).
+    /// Where a partition of the input starts when the group has no
+    /// committed offset for it, or the committed one is out of range
+    /// (deleted by retention). A repartition topic always starts at its
+    /// earliest.
     #[arg(long, value_enum, default_value_t = OffsetReset::Earliest)]
     pub offset_reset: OffsetReset,
     /// How long the broker may fail to answer (a restart, a stall) before

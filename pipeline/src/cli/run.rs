@@ -14,7 +14,8 @@ use anyhow::Context;
 use fila_connectors::{
     changelog_reader, create_changelog, create_repartition, kafka_exactly_once, kafka_sink,
     kafka_source, Assignment, BurstSource, ChangelogReader, ClientKind, Cluster, DiscardSink,
-    Replica, Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink, TopicReader,
+    OffsetReset, Replica, Sink, SinkConfig, Source, SourceConfig, StdinSource, StdoutSink,
+    TopicReader,
 };
 use fila_runtime::ideal::{
     calibrate, calibration_messages_per_thread, Calibration, Ideal, WARM_UP_MESSAGES_PER_THREAD,
@@ -221,7 +222,17 @@ fn run_job(
             // Each repartition topic is read by a group of its own, named
             // after it: its partitions spread over the members as the
             // input's do.
-            let config = source_config(args, &cluster, &topic, &topic);
+            let config = SourceConfig {
+                // The job's own topic, read by this group alone: what it
+                // committed is deleted.
+                purge_committed: true,
+                // Every record the first segment wrote is due, whatever
+                // `--offset-reset` says of the input: the group's first
+                // run must not skip what was written before it joined,
+                // and an offset below what was deleted has been read.
+                offset_reset: OffsetReset::Earliest,
+                ..source_config(args, &cluster, &topic, &topic)
+            };
             let context = || format!("connecting the source to repartition topic {topic}");
             // Its input is the repartition topic: the offsets its
             // transactions commit, and its dead letters' origin, are
@@ -369,6 +380,7 @@ fn source_config(args: &RunArgs, cluster: &Cluster, topic: &str, group: &str) ->
         assignment,
         offset_reset: k.offset_reset,
         retry_timeout: k.kafka_retry_timeout.0,
+        purge_committed: false,
     }
 }
 

@@ -122,7 +122,7 @@ pub(crate) fn commit_group_offsets(
 /// Blocks the calling thread until `future` is ready. The admin client's
 /// answers come from its own thread through a one-shot channel; this is a
 /// plain wait for one of them, not a task executor.
-fn wait_for<F: Future>(future: F) -> F::Output {
+pub(super) fn wait_for<F: Future>(future: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {

@@ -110,7 +110,7 @@ impl Committer for RdCommitter {
                     tracing::info!("commits accepted again after {:.1?}", since.elapsed());
                 }
                 self.refused_since = None;
-                acks.mark_committed(&offsets);
+                context.mark_committed(&offsets);
                 Ok(true)
             }
             Err(e) if moved_on(&e) => {

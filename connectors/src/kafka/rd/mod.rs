@@ -8,8 +8,9 @@
 //! ([`source`]), its committer ([`commit`]), the producer the sink and the
 //! tools share ([`produce`]), the sink ([`sink`]), exactly-once
 //! transactions ([`transaction`]), the load client's and the tests' reader
-//! and writer ([`tools`]), admin calls ([`admin`]), and keyed stages'
-//! changelogs ([`changelog`]).
+//! and writer ([`tools`]), admin calls ([`admin`]), keyed stages'
+//! changelogs ([`changelog`]), and deleting what a repartition topic's
+//! readers committed ([`purge`]).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,6 +19,7 @@ mod changelog;
 mod commit;
 mod config;
 mod produce;
+mod purge;
 mod sink;
 mod source;
 mod tools;
@@ -46,7 +48,7 @@ pub(super) fn exactly_once(
     Ok((Box::new(source), Box::new(sink)))
 }
 pub use source::DRAIN_TIMEOUT;
-pub(super) use tools::{end_offsets, TopicReader, TopicWriter};
+pub(super) use tools::{end_offsets, start_offsets, TopicReader, TopicWriter};
 pub use transaction::MAX_EXACTLY_ONCE_INTERVAL;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

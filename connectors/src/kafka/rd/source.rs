@@ -41,6 +41,7 @@ use super::admin::ensure_topic;
 use super::commit::{commit_bounded, RdCommitter};
 use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging};
 use super::lock;
+use super::purge::Purge;
 use super::transaction::Link;
 use crate::bounded::BoundedCall;
 use crate::kafka::{error, Assignment, GroupProtocol, SourceConfig};
@@ -104,6 +105,8 @@ pub(super) struct SourceContext {
     /// The consumer itself, for the thread commits are made on (set once
     /// it is made; weak, as the consumer owns this context).
     pub(super) consumer: OnceLock<Weak<BaseConsumer<SourceContext>>>,
+    /// A repartition topic's: deletes what this source committed.
+    purge: Option<Purge>,
 }
 
 impl ClientContext for SourceContext {
@@ -220,6 +223,21 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Records that `offsets` of the topic were committed: in the offset
+    /// tracker, and for the purge of a repartition topic.
+    pub(super) fn mark_committed(&self, offsets: &[(i32, i64)]) {
+        self.acks.mark_committed(offsets);
+        self.purge_below(offsets);
+    }
+
+    /// A repartition topic's: its records before `offsets`, just
+    /// committed, may be deleted.
+    pub(super) fn purge_below(&self, offsets: &[(i32, i64)]) {
+        if let Some(purge) = &self.purge {
+            purge.committed(offsets);
+        }
+    }
+
     fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements()
             .iter()
@@ -270,7 +288,7 @@ impl SourceContext {
                 .map_err(|unanswered| unanswered.to_string())
                 .and_then(|answer| answer.map_err(|e| e.to_string()));
             match answer {
-                Ok(()) => self.acks.mark_committed(&offsets),
+                Ok(()) => self.mark_committed(&offsets),
                 Err(e) => tracing::warn!(
                     topic = %self.topic, ?partitions,
                     "committing revoked partitions failed ({e}); their new owner replays \
@@ -411,6 +429,11 @@ impl RdSource {
                 },
             )),
             consumer: OnceLock::new(),
+            purge: if config.purge_committed {
+                Some(Purge::start(&config.cluster, &config.topic)?)
+            } else {
+                None
+            },
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
@@ -758,7 +781,7 @@ impl RdSource {
                             topic = %context.topic, ?ahead,
                             "a transaction reported failed had committed: reading on from its offsets"
                         );
-                        context.acks.mark_committed(&ahead);
+                        context.mark_committed(&ahead);
                     }
                     context.logging.outage.succeeded();
                     return Ok(());
@@ -969,6 +992,7 @@ mod tests {
             assignment: Assignment::Static(Replica::ALL),
             offset_reset: OffsetReset::Earliest,
             retry_timeout: Duration::from_secs(30),
+            purge_committed: false,
         };
         let mut source = RdSource::connect_with(config, Some(Arc::new(Link::default()))).unwrap();
         let acks = source.committing().unwrap().unwrap().acks;

@@ -258,6 +258,27 @@ pub(crate) fn end_offsets(
     cluster: &Cluster,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    Ok(watermarks(cluster, topic)?
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
+        .collect())
+}
+
+/// The start offset (the first record kept) of every partition of
+/// `topic`, creating it if needed.
+pub(crate) fn start_offsets(
+    cluster: &Cluster,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    Ok(watermarks(cluster, topic)?
+        .into_iter()
+        .map(|(p, (low, _))| (p, low))
+        .collect())
+}
+
+/// The start and end offsets of every partition of `topic`, creating it
+/// if needed.
+fn watermarks(cluster: &Cluster, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, ConnectorError> {
     let brokers = cluster.brokers.as_str();
     let producer = producer(cluster, 0, DEFAULT_RETRY_TIMEOUT, None)?;
     let partitions = ensure_topic(producer.client(), brokers, topic)?;
@@ -268,12 +289,12 @@ pub(crate) fn end_offsets(
     // leader, for a moment. Retry in short attempts, bounded.
     let deadline = Instant::now() + LOOKUP_TIMEOUT;
     for p in partitions {
-        let high = loop {
+        let range = loop {
             let attempt = deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(100), Duration::from_secs(2));
             match producer.client().fetch_watermarks(topic, p, attempt) {
-                Ok((_, high)) => break high,
+                Ok(range) => break range,
                 Err(e) if Instant::now() < deadline && leader_moving(&e) => {
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -286,7 +307,7 @@ pub(crate) fn end_offsets(
                 }
             }
         };
-        out.insert(p, high);
+        out.insert(p, range);
     }
     Ok(out)
 }

@@ -194,6 +194,7 @@ impl Transaction {
         })?;
         tracing::debug!(?offsets, "transaction committed");
         acks.mark_committed(&offsets);
+        self.consumer.context().purge_below(&offsets);
         writer.forget_failures();
         producer
             .begin_transaction()

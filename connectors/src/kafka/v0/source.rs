@@ -165,6 +165,7 @@ mod tests {
                 assignment: crate::kafka::Assignment::Static(Replica::ALL),
                 offset_reset: OffsetReset::Earliest,
                 retry_timeout: DEFAULT_RETRY_TIMEOUT,
+                purge_committed: false,
             },
             reader: TopicReader::with(
                 KafkaClient::new(Vec::new()),

@@ -32,15 +32,29 @@ impl TopicReader {
 
     /// The current end (next offset to be written) of every partition.
     pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-        let mut client = connect(brokers)?;
-        ensure_topic(&mut client, brokers, topic)?;
-        offsets(&mut client, brokers, topic, FetchOffset::Latest)
+        offsets_of(brokers, topic, FetchOffset::Latest)
+    }
+
+    /// The start (the first record kept) of every partition.
+    pub fn start_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+        offsets_of(brokers, topic, FetchOffset::Earliest)
     }
 
     /// One fetch: waits up to about 100 ms on the broker for data.
     pub fn fetch(&mut self) -> Result<Vec<Fetched>, ConnectorError> {
         self.fetch_within(Duration::from_millis(100))
     }
+}
+
+/// Every partition's offset at `at`, creating the topic if needed.
+fn offsets_of(
+    brokers: &str,
+    topic: &str,
+    at: FetchOffset,
+) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    let mut client = connect(brokers)?;
+    ensure_topic(&mut client, brokers, topic)?;
+    offsets(&mut client, brokers, topic, at)
 }
 
 impl TopicWriter {
