@@ -57,11 +57,11 @@ pub struct Counters {
     pub restores: AtomicU64,
     pub restored_records: AtomicU64,
     pub restore_micros: AtomicU64,
-    /// The offset tracker of the run's source, if it commits: what the
-    /// uncommitted gauges read.
-    tracker: Mutex<Option<Arc<Acks>>>,
-    /// What the run's source says of itself, if anything.
-    source: Mutex<Option<Arc<SourceStatus>>>,
+    /// The offset trackers of the run's sources that commit, one per
+    /// segment of a re-keyed job: what the uncommitted gauges add up.
+    trackers: Mutex<Vec<Arc<Acks>>>,
+    /// What the run's sources say of themselves, one per segment.
+    sources: Mutex<Vec<Arc<SourceStatus>>>,
     phase: AtomicU8,
 }
 
@@ -91,8 +91,8 @@ impl Default for Counters {
             restores: AtomicU64::new(0),
             restored_records: AtomicU64::new(0),
             restore_micros: AtomicU64::new(0),
-            tracker: Mutex::new(None),
-            source: Mutex::new(None),
+            trackers: Mutex::new(Vec::new()),
+            sources: Mutex::new(Vec::new()),
             phase: AtomicU8::new(Phase::Starting as u8),
             input_records: AtomicU64::new(0),
             input_bytes: AtomicU64::new(0),
@@ -103,19 +103,21 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Reads the uncommitted records from `acks` from now on.
+    /// Adds the uncommitted records of `acks` (a segment's source) to
+    /// the gauges from now on.
     pub(crate) fn watch(&self, acks: Arc<Acks>) {
-        *self.tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(acks);
+        add_once(&self.trackers, acks);
     }
 
-    /// Reads the source's own status from now on.
+    /// Reads a segment's source's own status from now on.
     pub(crate) fn watch_source(&self, status: Arc<SourceStatus>) {
-        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        add_once(&self.sources, status);
     }
 
-    /// What the run's source says of itself, if it says anything.
-    pub fn source(&self) -> Option<Arc<SourceStatus>> {
-        self.source
+    /// What the run's sources say of themselves: one per segment whose
+    /// source says anything (Kafka).
+    pub fn sources(&self) -> Vec<Arc<SourceStatus>> {
+        self.sources
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -133,19 +135,27 @@ impl Counters {
         self.phase.store(phase as u8, Relaxed);
     }
 
-    /// A record of `bytes` was read.
+    /// A record of `bytes` was read. Each segment of a re-keyed job
+    /// reads on a thread of its own, so these add atomically.
     pub(crate) fn read(&self, bytes: u64) {
-        // One writer (the source loop): no read-modify-write needed.
-        self.input_records
-            .store(self.input_records.load(Relaxed) + 1, Relaxed);
-        self.input_bytes
-            .store(self.input_bytes.load(Relaxed) + bytes, Relaxed);
+        self.input_records.fetch_add(1, Relaxed);
+        self.input_bytes.fetch_add(bytes, Relaxed);
     }
 
-    /// For a source that commits: the records read and not yet committed.
+    /// For sources that commit: the records read and not yet committed,
+    /// added up over the run's segments.
     pub fn uncommitted(&self) -> Option<Uncommitted> {
-        let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-        tracker.as_ref().map(|acks| acks.uncommitted())
+        let trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        if trackers.is_empty() {
+            return None;
+        }
+        Some(trackers.iter().map(|acks| acks.uncommitted()).fold(
+            Uncommitted::default(),
+            |sum, u| Uncommitted {
+                records: sum.records + u.records,
+                bytes: sum.bytes + u.bytes,
+            },
+        ))
     }
 
     /// A commit landed after `took`.
@@ -171,5 +181,14 @@ impl Counters {
     /// Records the latency of one output.
     pub fn record_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
+    }
+}
+
+/// Adds `item` to `list` unless that very one is there already (a driver
+/// run again on the same counters).
+fn add_once<T>(list: &Mutex<Vec<Arc<T>>>, item: Arc<T>) {
+    let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
+    if !list.iter().any(|known| Arc::ptr_eq(known, &item)) {
+        list.push(item);
     }
 }

@@ -92,10 +92,14 @@ impl<'a> Health<'a> {
         match self.counters.phase() {
             Phase::Starting => Err("starting: not reading yet".into()),
             Phase::Stopping => Err("stopping: draining what is in flight".into()),
-            Phase::Running => match self.counters.source() {
-                Some(status) => status.readiness(),
-                None => Ok(()),
-            },
+            // Every segment's source must be consuming: a re-keyed job
+            // reads its input and each repartition topic in groups of
+            // their own.
+            Phase::Running => self.counters.sources().iter().try_for_each(|status| {
+                status
+                    .readiness()
+                    .map_err(|reason| format!("reading {}: {reason}", status.topic))
+            }),
         }
     }
 
@@ -139,8 +143,24 @@ mod tests {
             "joining the consumer group",
         ));
         counters.watch_source(status.clone());
-        assert_eq!(health.ready(), Err("joining the consumer group".into()));
+        assert_eq!(
+            health.ready(),
+            Err("reading fila-input: joining the consumer group".into())
+        );
         status.set_ready();
+        assert_eq!(health.ready(), Ok(()));
+        // A re-keyed job: ready only while its repartition topic's source
+        // is too.
+        let repartition = std::sync::Arc::new(fila_connectors::SourceStatus::starting(
+            "g-count-repartition",
+            "joining the consumer group",
+        ));
+        counters.watch_source(repartition.clone());
+        assert_eq!(
+            health.ready(),
+            Err("reading g-count-repartition: joining the consumer group".into())
+        );
+        repartition.set_ready();
         assert_eq!(health.ready(), Ok(()));
         counters.set_phase(Phase::Stopping);
         assert!(health.ready().unwrap_err().starts_with("stopping"));

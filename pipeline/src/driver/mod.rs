@@ -339,6 +339,10 @@ impl<'a> Driver<'a> {
         // The epoch records are admitted in (exactly-once): an aborted
         // transaction starts the next.
         let (epoch, rewound) = (AtomicU64::new(0), AtomicU64::new(0));
+        // Records this segment's source has read: the sink thread compares
+        // it with the records it saw finish. The counters add up every
+        // segment's.
+        let read = AtomicU64::new(0);
         let in_call = sink::InCall::default();
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
@@ -371,8 +375,8 @@ impl<'a> Driver<'a> {
                 }
                 _ => (None, None),
             };
-            let (sink_acks, epoch_ref, rewound_ref, in_call_ref) =
-                (acks.clone(), &epoch, &rewound, &in_call);
+            let (sink_acks, epoch_ref, rewound_ref, in_call_ref, read_ref) =
+                (acks.clone(), &epoch, &rewound, &in_call, &read);
             let sink_thread = std::thread::Builder::new()
                 .name("fila-sink".into())
                 .spawn_scoped(s, move || {
@@ -389,7 +393,7 @@ impl<'a> Driver<'a> {
                         (Some(acks), Some(acked)) => sink::Acking::AfterFlush { acks, acked },
                         _ => sink::Acking::None,
                     };
-                    let result = sink::run(rx, sink, acking, counters, config);
+                    let result = sink::run(rx, sink, acking, counters, read_ref, config);
                     if result.is_err() {
                         // Stop taking records in: nothing more can be
                         // delivered.
@@ -413,6 +417,7 @@ impl<'a> Driver<'a> {
                 rewound: &rewound,
                 admitting: 0,
                 counters,
+                read: &read,
                 in_call: exactly_once.then_some(&in_call),
                 warned: None,
                 restorer: restorer.filter(|_| job.has_changelogs(segment)),
@@ -474,6 +479,9 @@ struct Admission<'r, 's> {
     rewound: &'r AtomicU64,
     admitting: u64,
     counters: &'r Counters,
+    /// Records this segment's source has read (`counters` has every
+    /// segment's).
+    read: &'r AtomicU64,
     /// Exactly-once: the sink thread's transactional call under way, and
     /// when this thread last warned of one that lasted.
     in_call: Option<&'r sink::InCall>,
@@ -605,6 +613,7 @@ impl Admission<'_, '_> {
     fn take(&mut self, envelope: Envelope) -> (Input, Origin) {
         self.first_arrival.get_or_insert(envelope.arrived);
         self.counters.read(envelope.payload.len() as u64);
+        self.read.fetch_add(1, Ordering::Relaxed);
         if let Some((acks, _)) = self.tracker {
             if acks.track(envelope.position, envelope.payload.len()) {
                 // Started here: whatever state it had here may be stale.

@@ -94,6 +94,7 @@ pub(super) fn run(
     sink: Box<dyn Sink>,
     acking: Acking<'_>,
     counters: &Counters,
+    read: &AtomicU64,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
     let mut out = Writer {
@@ -113,11 +114,11 @@ pub(super) fn run(
         changelog: HashMap::new(),
     };
     match acking {
-        Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, config)?,
+        Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, read, config)?,
         acking => {
             let mut reorder = config.ordered.then(Reorder::default);
             let mut batch = Vec::new();
-            let mut gather = Gather::new(config, counters);
+            let mut gather = Gather::new(config, read);
             while let Ok(first) = rx.recv() {
                 gather.batch(&rx, first, &mut batch);
                 for event in batch.drain(..) {
@@ -160,6 +161,7 @@ fn run_transactions(
     out: &mut Writer<'_>,
     mut txn: Transactional<'_>,
     counters: &Counters,
+    read: &AtomicU64,
     config: &DriverConfig,
 ) -> Result<(), DriverError> {
     let tick = config.sink_tick.max(Duration::from_millis(1));
@@ -168,7 +170,7 @@ fn run_transactions(
     let mut epoch = txn.epoch.load(Ordering::Acquire);
     let mut reorder = Reorder::default();
     let mut batch = Vec::new();
-    let mut gather = Gather::new(config, counters);
+    let mut gather = Gather::new(config, read);
     let mut watch = Watch::new(Instant::now());
     let mut open = true;
     while open {
@@ -200,8 +202,10 @@ fn run_transactions(
         // Acquire: pairs with the admitting thread's store after its
         // rewind, which reset the tracker.
         let rewound = txn.rewound.load(Ordering::Acquire);
-        let read = counters.input_records.load(Ordering::Relaxed);
-        let due = txn.clock.due(txn.acks, read, gather.nothing_in_flight());
+        let read_so_far = read.load(Ordering::Relaxed);
+        let due = txn
+            .clock
+            .due(txn.acks, read_so_far, gather.nothing_in_flight());
         if rewound == epoch && (!open || due) {
             let started = Instant::now();
             let acks = txn.acks;
@@ -313,16 +317,17 @@ impl Watch {
 /// seen finish.
 struct Gather<'a> {
     config: &'a DriverConfig,
-    counters: &'a Counters,
+    /// Records this segment's source has read.
+    read: &'a AtomicU64,
     /// `Done` events received: one per record read.
     done: u64,
 }
 
 impl<'a> Gather<'a> {
-    fn new(config: &'a DriverConfig, counters: &'a Counters) -> Gather<'a> {
+    fn new(config: &'a DriverConfig, read: &'a AtomicU64) -> Gather<'a> {
         Gather {
             config,
-            counters,
+            read,
             done: 0,
         }
     }
@@ -375,7 +380,7 @@ impl<'a> Gather<'a> {
     /// submitted, so this never holds while one is still running; a record
     /// read just after only makes this batch go early.
     fn nothing_in_flight(&self) -> bool {
-        self.counters.input_records.load(Ordering::Relaxed) <= self.done
+        self.read.load(Ordering::Relaxed) <= self.done
     }
 }
 
@@ -741,11 +746,9 @@ mod tests {
         }
     }
 
-    /// Counters with `n` records read, none of them finished.
-    fn in_flight(n: u64) -> Counters {
-        let counters = Counters::default();
-        counters.input_records.store(n, Ordering::Relaxed);
-        counters
+    /// A segment's count of `n` records read, none of them finished.
+    fn in_flight(n: u64) -> AtomicU64 {
+        AtomicU64::new(n)
     }
 
     /// A linger no batch in these tests should wait out.
@@ -760,10 +763,10 @@ mod tests {
         for _ in 0..4 {
             tx.send(output(SMALL_BATCH_BYTES / 4)).unwrap();
         }
-        let (config, counters) = (config(LONG), in_flight(10));
+        let (config, read) = (config(LONG), in_flight(10));
         let mut batch = Vec::new();
         let started = Instant::now();
-        Gather::new(&config, &counters).batch(&rx, rx.recv().unwrap(), &mut batch);
+        Gather::new(&config, &read).batch(&rx, rx.recv().unwrap(), &mut batch);
         assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 4);
         drop(tx);
@@ -781,10 +784,10 @@ mod tests {
             late.send(output(10)).unwrap();
         });
         let linger = Duration::from_millis(300);
-        let (config, counters) = (config(linger), in_flight(1));
+        let (config, read) = (config(linger), in_flight(1));
         let mut batch = Vec::new();
         let started = Instant::now();
-        Gather::new(&config, &counters).batch(&rx, rx.recv().unwrap(), &mut batch);
+        Gather::new(&config, &read).batch(&rx, rx.recv().unwrap(), &mut batch);
         sender.join().unwrap();
         assert!(started.elapsed() >= linger);
         assert_eq!(
@@ -798,8 +801,8 @@ mod tests {
     /// closed, a small batch goes without waiting the linger.
     #[test]
     fn a_small_batch_goes_when_nothing_is_in_flight_or_the_run_ends() {
-        let (config, counters) = (config(LONG), in_flight(2));
-        let mut gather = Gather::new(&config, &counters);
+        let (config, read) = (config(LONG), in_flight(2));
+        let mut gather = Gather::new(&config, &read);
         let (tx, rx) = channel();
         let done = |offset| Event::Done {
             epoch: 0,
@@ -821,7 +824,7 @@ mod tests {
         );
         assert_eq!(batch.len(), 4);
 
-        counters.input_records.store(3, Ordering::Relaxed);
+        read.store(3, Ordering::Relaxed);
         tx.send(output(10)).unwrap();
         drop(tx);
         let mut batch = Vec::new();

@@ -42,12 +42,16 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
         input_records: counters.input_records.load(Relaxed),
         input_bytes: counters.input_bytes.load(Relaxed),
         output_bytes: counters.output_bytes.load(Relaxed),
-        source: counters.source().map(|status| SourcePage {
-            topic: status.topic.clone(),
-            lag: status.lag(),
-            rebalances: status.rebalances.load(Relaxed),
-            unready: status.unready(),
-        }),
+        sources: counters
+            .sources()
+            .iter()
+            .map(|status| SourcePage {
+                topic: status.topic.clone(),
+                lag: status.lag(),
+                rebalances: status.rebalances.load(Relaxed),
+                unready: status.unready(),
+            })
+            .collect(),
     }));
     let mut page = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut page, &registry)
@@ -77,7 +81,8 @@ struct Page {
     input_records: u64,
     input_bytes: u64,
     output_bytes: u64,
-    source: Option<SourcePage>,
+    /// One per segment: the input's source, and each repartition topic's.
+    sources: Vec<SourcePage>,
 }
 
 /// What a source that reports on itself (Kafka) adds to the page.
@@ -127,8 +132,8 @@ impl Collector for Page {
             "Bytes of the outputs written to the sink (payloads).",
             ConstCounter::new(self.output_bytes),
         )?;
-        if let Some(source) = &self.source {
-            source.encode(&mut e)?;
+        if !self.sources.is_empty() {
+            SourcePage::encode(&self.sources, &mut e)?;
         }
         one(
             &mut e,
@@ -258,7 +263,10 @@ impl Collector for Page {
 }
 
 impl SourcePage {
-    fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    /// The sources' metrics: lag per topic and partition, and the rest
+    /// added up over the sources (a re-keyed job reads its input and a
+    /// repartition topic per keyed stage, each in a group of its own).
+    fn encode(sources: &[SourcePage], e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Lag is in records: the unit goes in the name by hand, as the
         // encoder knows only its own units.
         let mut family = e.encode_descriptor(
@@ -267,36 +275,44 @@ impl SourcePage {
             None,
             MetricType::Gauge,
         )?;
-        for (partition, lag) in &self.lag {
-            let labels = [
-                ("topic", self.topic.clone()),
-                ("partition", partition.to_string()),
-            ];
-            ConstGauge::new(*lag).encode(family.encode_family(&labels)?)?;
+        for source in sources {
+            for (partition, lag) in &source.lag {
+                let labels = [
+                    ("topic", source.topic.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                ConstGauge::new(*lag).encode(family.encode_family(&labels)?)?;
+            }
         }
+        let sum = |f: &dyn Fn(&SourcePage) -> u64| sources.iter().map(f).sum::<u64>();
         one(
             e,
             "fila_consumer_total_lag_records",
-            "Consumer lag summed over the partitions this member reads.",
-            ConstGauge::new(self.lag.values().sum::<i64>()),
+            "Consumer lag summed over the partitions this member reads, of every topic it reads.",
+            ConstGauge::new(sources.iter().flat_map(|s| s.lag.values()).sum::<i64>()),
         )?;
         one(
             e,
             "fila_rebalances",
-            "Rebalances of the consumer group this member took part in (each assignment and each revocation).",
-            ConstCounter::new(self.rebalances),
+            "Rebalances of the consumer groups this member took part in (each assignment and each revocation).",
+            ConstCounter::new(sum(&|s| s.rebalances)),
         )?;
         one(
             e,
             "fila_source_not_ready",
-            "Spells of /readyz saying not ready (joining the group, each revocation), counted as each begins.",
-            ConstCounter::new(self.unready.0),
+            "Spells of a source not being ready (joining its group, each revocation), counted as each begins.",
+            ConstCounter::new(sum(&|s| s.unready.0)),
         )?;
         one(
             e,
             "fila_source_not_ready_seconds",
-            "Time /readyz said not ready, the spell under way included.",
-            ConstCounter::new(self.unready.1.as_secs_f64()),
+            "Time the sources were not ready, each source's spells added, the spells under way included.",
+            ConstCounter::new(
+                sources
+                    .iter()
+                    .map(|s| s.unready.1.as_secs_f64())
+                    .sum::<f64>(),
+            ),
         )
     }
 }
@@ -398,6 +414,38 @@ mod tests {
             "fila_worker_busy_seconds_total{worker=\"0\"} 1.5",
             "fila_worker_busy_seconds_total{worker=\"1\"} 0.0",
             "# TYPE fila_record_latency_seconds histogram",
+        ] {
+            has_line(&page, line);
+        }
+    }
+
+    /// A re-keyed job reads its input and a repartition topic: both
+    /// sources' lag is on the page, and the uncommitted records of both.
+    #[test]
+    fn every_segments_source_is_on_the_page() {
+        let counters = Counters::default();
+        for (topic, partition, behind) in [("lines", 0, 5), ("g-count-repartition", 1, 7)] {
+            let status = std::sync::Arc::new(fila_connectors::SourceStatus::starting(topic, "x"));
+            status.set_lag([(partition, behind)].into());
+            counters.watch_source(status);
+            let acks = std::sync::Arc::new(fila_connectors::Acks::new());
+            acks.track(
+                fila_connectors::Position {
+                    partition,
+                    offset: 0,
+                },
+                10,
+            );
+            counters.watch(acks);
+        }
+        let page = render(&stats(), &counters);
+        for line in [
+            "fila_consumer_lag_records{topic=\"lines\",partition=\"0\"} 5",
+            "fila_consumer_lag_records{topic=\"g-count-repartition\",partition=\"1\"} 7",
+            "fila_consumer_total_lag_records 12",
+            "fila_source_not_ready_total 2",
+            "fila_uncommitted 2",
+            "fila_uncommitted_bytes 20",
         ] {
             has_line(&page, line);
         }
