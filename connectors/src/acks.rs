@@ -118,6 +118,25 @@ struct Partitions {
 }
 
 impl Partitions {
+    fn ack(&mut self, position: Position) -> Ack {
+        // A partition released and assigned again can have the same
+        // position running twice: once from before the release, once
+        // re-read. The first ack counts for the released one, so the
+        // offset stays outstanding until both are done; that can delay a
+        // commit, never commit early.
+        if self.released.remove(&position) {
+            Ack::Released
+        } else if self
+            .live
+            .get_mut(&position.partition)
+            .is_some_and(|p| p.outstanding.remove(&position.offset))
+        {
+            Ack::Done
+        } else {
+            Ack::Unknown
+        }
+    }
+
     fn forget(&mut self, gone: Uncommitted) {
         self.uncommitted.records -= gone.records;
         self.uncommitted.bytes -= gone.bytes;
@@ -202,22 +221,22 @@ impl Acks {
 
     /// The record at `position` is done.
     pub fn ack(&self, position: Position) -> Ack {
+        self.lock().ack(position)
+    }
+
+    /// The records at `positions` are done, taken under one lock: the
+    /// sink thread acks a batch at a time, and the admitting thread, which
+    /// tracks each record under the same lock, waits for it once a batch
+    /// rather than once a record. `each` hears what each ack found; it
+    /// runs under the lock, so it must not call back into this tracker.
+    pub fn ack_each(
+        &self,
+        positions: impl IntoIterator<Item = Position>,
+        mut each: impl FnMut(Position, Ack),
+    ) {
         let mut parts = self.lock();
-        // A partition released and assigned again can have the same
-        // position running twice: once from before the release, once
-        // re-read. The first ack counts for the released one, so the
-        // offset stays outstanding until both are done; that can delay a
-        // commit, never commit early.
-        if parts.released.remove(&position) {
-            Ack::Released
-        } else if parts
-            .live
-            .get_mut(&position.partition)
-            .is_some_and(|p| p.outstanding.remove(&position.offset))
-        {
-            Ack::Done
-        } else {
-            Ack::Unknown
+        for position in positions {
+            each(position, parts.ack(position));
         }
     }
 
@@ -381,6 +400,32 @@ mod tests {
 
     fn replay(records: u64, bytes: u64) -> Uncommitted {
         Uncommitted { records, bytes }
+    }
+
+    #[test]
+    fn ack_each_finds_what_ack_finds_for_each_position() {
+        let acks = Acks::new();
+        acks.start_partition(0, 0);
+        acks.start_partition(1, 0);
+        for o in 0..3 {
+            acks.track(pos(0, o), 10);
+        }
+        acks.track(pos(1, 0), 10);
+        acks.release(&[1]);
+        let mut found = Vec::new();
+        acks.ack_each([pos(0, 1), pos(1, 0), pos(0, 1), pos(0, 0)], |p, a| {
+            found.push((p.partition, p.offset, a))
+        });
+        assert_eq!(
+            found,
+            [
+                (0, 1, Ack::Done),
+                (1, 0, Ack::Released),
+                (0, 1, Ack::Unknown),
+                (0, 0, Ack::Done),
+            ]
+        );
+        assert_eq!(acks.committable(), vec![(0, 2)]);
     }
 
     #[test]

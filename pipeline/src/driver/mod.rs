@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use fila_connectors::units::Bytes;
 use fila_connectors::{
     Acks, ChangelogReader, ConnectorError, Envelope, Polled, ReplayBound, Sink, Source,
-    DEFAULT_MAX_RECORD_BYTES,
+    Uncommitted, DEFAULT_MAX_RECORD_BYTES,
 };
 use fila_runtime::{AdmitError, Runtime};
 use hdrhistogram::Histogram;
@@ -408,6 +408,7 @@ impl<'a> Driver<'a> {
                 job: &job,
                 source,
                 tracker: acks.as_deref().map(|acks| (acks, bound)),
+                held: Uncommitted::default(),
                 stop,
                 config,
                 tx: &tx,
@@ -466,6 +467,9 @@ struct Admission<'r, 's> {
     /// For a committing source: its tracker, and how much may be read and
     /// not yet committed.
     tracker: Option<(&'r Acks, ReplayBound)>,
+    /// At least what the tracker holds uncommitted: what it held when
+    /// this thread last looked, plus what it tracked since.
+    held: Uncommitted,
     stop: &'r AtomicBool,
     config: &'r DriverConfig,
     tx: &'r Sender<Event>,
@@ -519,11 +523,18 @@ impl Admission<'_, '_> {
             self.forget_moved();
             if let Some((acks, bound)) = self.tracker {
                 // Bounded replay: read on only while the bound admits
-                // another record. The commit thread commits them.
-                if !acks.wait_uncommitted_below(bound, self.config.poll_timeout) {
-                    self.source.keep_alive().map_err(DriverError::Source)?;
-                    self.warn_of_a_long_call();
-                    continue;
+                // another record. The commit thread commits them. Only
+                // this thread adds to what is uncommitted (commits,
+                // releases and rewinds take away), so what it last saw
+                // plus what it tracked since is never below the truth:
+                // the tracker is asked again only once that says full.
+                if !bound.admits(self.held) {
+                    if !acks.wait_uncommitted_below(bound, self.config.poll_timeout) {
+                        self.source.keep_alive().map_err(DriverError::Source)?;
+                        self.warn_of_a_long_call();
+                        continue;
+                    }
+                    self.held = acks.uncommitted();
                 }
             } else if !self.unwritten_below(self.config.max_uncommitted) {
                 // The sink thread writes every tick; a backstop, so a
@@ -615,6 +626,8 @@ impl Admission<'_, '_> {
         self.counters.read(envelope.payload.len() as u64);
         self.read.fetch_add(1, Ordering::Relaxed);
         if let Some((acks, _)) = self.tracker {
+            self.held.records += 1;
+            self.held.bytes += envelope.payload.len() as u64;
             if acks.track(envelope.position, envelope.payload.len()) {
                 // Started here: whatever state it had here may be stale.
                 self.restored.remove(&envelope.position.partition);

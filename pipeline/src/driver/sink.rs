@@ -421,16 +421,14 @@ fn abort(
 /// Acknowledges `finished` in `acks`; returns how many were done.
 fn acknowledge(acks: &Acks, finished: impl Iterator<Item = Position>) -> u64 {
     let mut done = 0;
-    for position in finished {
-        match acks.ack(position) {
-            Ack::Done => done += 1,
-            // Its partition moved to another member while it ran.
-            Ack::Released => {}
-            Ack::Unknown => {
-                tracing::error!(?position, "a record finished twice or was never tracked")
-            }
+    acks.ack_each(finished, |position, ack| match ack {
+        Ack::Done => done += 1,
+        // Its partition moved to another member while it ran.
+        Ack::Released => {}
+        Ack::Unknown => {
+            tracing::error!(?position, "a record finished twice or was never tracked")
         }
-    }
+    });
     done
 }
 
