@@ -1,7 +1,7 @@
 //! The producer and its delivery reports, and the writer the sink and the
 //! tools send through, which serves those reports on a thread of its own.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// and keeps the first failure. librdkafka's delivery callbacks run on the
 /// writer's poll thread.
 pub(super) struct DeliveryContext {
-    pending: Mutex<u64>,
+    /// The records sent and not yet reported: the sending thread adds one
+    /// per record and the poll thread takes one per report, with no lock
+    /// between them.
+    pending: AtomicU64,
+    /// Held by a waiter while it looks at `pending`, and by the report
+    /// that brings it to zero before it notifies `settled`, so the waiter
+    /// cannot miss that notification.
+    settling: Mutex<()>,
     /// Notified when `pending` reaches zero.
     settled: Condvar,
     failed: Mutex<Option<String>>,
@@ -44,7 +51,8 @@ pub(super) struct DeliveryContext {
 impl DeliveryContext {
     fn new(brokers: &str, retry_timeout: Duration) -> DeliveryContext {
         DeliveryContext {
-            pending: Mutex::new(0),
+            pending: AtomicU64::new(0),
+            settling: Mutex::new(()),
             settled: Condvar::new(),
             failed: Mutex::new(None),
             ready: Mutex::new(false),
@@ -64,11 +72,25 @@ impl DeliveryContext {
     }
 
     fn settle_one(&self) {
-        let mut pending = lock(&self.pending);
-        *pending -= 1;
-        if *pending == 0 {
+        // AcqRel: a waiter that sees the count it leaves also sees what
+        // this report recorded before it (a failure).
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _settling = lock(&self.settling);
             self.settled.notify_all();
         }
+    }
+
+    /// Waits until every record sent is reported, or `timeout` passes;
+    /// returns how many are still not reported.
+    fn wait_settled(&self, timeout: Duration) -> u64 {
+        let settling = lock(&self.settling);
+        let _settling = self
+            .settled
+            .wait_timeout_while(settling, timeout, |_| {
+                self.pending.load(Ordering::Acquire) > 0
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        self.pending.load(Ordering::Acquire)
     }
 }
 
@@ -253,7 +275,7 @@ impl Writer {
         }
         let context = self.producer.context();
         // Counted before the send: its delivery report may come first.
-        *lock(&context.pending) += 1;
+        context.pending.fetch_add(1, Ordering::Relaxed);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -274,12 +296,7 @@ impl Writer {
     /// Waits until every record sent is reported, delivered or failed, or
     /// `timeout` passes.
     pub(super) fn settle(&self, timeout: Duration) {
-        let context = self.producer.context();
-        let pending = lock(&context.pending);
-        let _ = context
-            .settled
-            .wait_timeout_while(pending, timeout, |p| *p > 0)
-            .unwrap_or_else(|p| p.into_inner());
+        self.producer.context().wait_settled(timeout);
     }
 
     /// Waits, up to `bound`, until librdkafka holds nothing this producer
@@ -318,13 +335,7 @@ impl Writer {
     /// the flush fails rather than wait for ever.
     pub(super) fn flush(&self) -> Result<(), ConnectorError> {
         let context = self.producer.context();
-        let pending = lock(&context.pending);
-        let (pending, _) = context
-            .settled
-            .wait_timeout_while(pending, self.flush_bound, |p| *p > 0)
-            .unwrap_or_else(|p| p.into_inner());
-        let left = *pending;
-        drop(pending);
+        let left = context.wait_settled(self.flush_bound);
         if left > 0 {
             return Err(error(
                 &self.brokers,
@@ -345,14 +356,10 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Dropping a producer purges what it still holds: say so if
         // anything was left, rather than lose it silently.
-        let context = self.producer.context();
-        let pending = lock(&context.pending);
-        let (pending, _) = context
-            .settled
-            .wait_timeout_while(pending, Duration::from_secs(30), |p| *p > 0)
-            .unwrap_or_else(|p| p.into_inner());
-        let left = *pending;
-        drop(pending);
+        let left = self
+            .producer
+            .context()
+            .wait_settled(Duration::from_secs(30));
         self.stop.store(true, Ordering::Relaxed);
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
