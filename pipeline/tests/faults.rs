@@ -1313,12 +1313,26 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
     members.push(joining);
     producer.join().expect("the producer does not panic");
     let out = read_all(brokers, &output, words as usize, Duration::from_secs(180));
-    let page = scrape(&metrics);
-    for topic in [&input, &repartition] {
+    // Lag comes from the client's statistics each second, and a partition
+    // revoked leaves the page until it is assigned again: a member killed
+    // moves partitions for a while after, so the page gets some time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = scrape(&metrics);
+        let missing: Vec<&String> = [&input, &repartition]
+            .into_iter()
+            .filter(|topic| {
+                !page.contains(&format!("fila_consumer_lag_records{{topic=\"{topic}\""))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            page.contains(&format!("fila_consumer_lag_records{{topic=\"{topic}\"")),
-            "no lag of {topic} on the metrics page:\n{page}"
+            Instant::now() < deadline,
+            "no lag of {missing:?} on the metrics page:\n{page}"
         );
+        std::thread::sleep(Duration::from_millis(500));
     }
     let logs: Vec<String> = members
         .into_iter()

@@ -629,6 +629,12 @@ impl Admission<'_, '_> {
             self.held.records += 1;
             self.held.bytes += envelope.payload.len() as u64;
             if acks.track(envelope.position, envelope.payload.len()) {
+                tracing::debug!(
+                    segment = self.segment,
+                    partition = envelope.position.partition,
+                    offset = envelope.position.offset,
+                    "the first record of a partition here"
+                );
                 // Started here: whatever state it had here may be stale.
                 self.restored.remove(&envelope.position.partition);
             }

@@ -192,7 +192,7 @@ impl Transaction {
         retrying(brokers, "committing the transaction", || {
             Ok(producer.commit_transaction(CALL_TIMEOUT))
         })?;
-        tracing::debug!(?offsets, "transaction committed");
+        tracing::debug!(topic = %self.input_topic, ?offsets, "transaction committed");
         acks.mark_committed(&offsets);
         self.consumer.context().purge_below(&offsets);
         writer.forget_failures();
