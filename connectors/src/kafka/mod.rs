@@ -374,12 +374,7 @@ impl TopicReader {
         cluster: impl Into<Cluster>,
         topic: &str,
     ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-        let cluster = cluster.into();
-        check(kind, &cluster)?;
-        match kind {
-            ClientKind::Rdkafka => rd::end_offsets(&cluster, topic),
-            ClientKind::Kafka => v0::TopicReader::end_offsets(&cluster.brokers, topic),
-        }
+        TopicReader::offsets(kind, cluster.into(), topic, false)
     }
 
     /// The start (the first record kept) of every partition, creating the
@@ -389,11 +384,21 @@ impl TopicReader {
         cluster: impl Into<Cluster>,
         topic: &str,
     ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-        let cluster = cluster.into();
+        TopicReader::offsets(kind, cluster.into(), topic, true)
+    }
+
+    fn offsets(
+        kind: ClientKind,
+        cluster: Cluster,
+        topic: &str,
+        start: bool,
+    ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
         check(kind, &cluster)?;
-        match kind {
-            ClientKind::Rdkafka => rd::start_offsets(&cluster, topic),
-            ClientKind::Kafka => v0::TopicReader::start_offsets(&cluster.brokers, topic),
+        match (kind, start) {
+            (ClientKind::Rdkafka, false) => rd::end_offsets(&cluster, topic),
+            (ClientKind::Rdkafka, true) => rd::start_offsets(&cluster, topic),
+            (ClientKind::Kafka, false) => v0::TopicReader::end_offsets(&cluster.brokers, topic),
+            (ClientKind::Kafka, true) => v0::TopicReader::start_offsets(&cluster.brokers, topic),
         }
     }
 
