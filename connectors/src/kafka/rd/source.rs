@@ -25,7 +25,7 @@
 //! A lost assignment (the member was fenced or timed out) commits nothing:
 //! another member owns those partitions already.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -335,7 +335,15 @@ pub(crate) struct RdSource {
     static_assignment: Option<TopicPartitionList>,
     /// When the static assignment was last made again.
     reassigned: Option<Instant>,
+    /// Partitions whose first record since they were assigned was checked
+    /// against the group's committed offset ([`RdSource::check_start`]).
+    checked: BTreeSet<i32>,
 }
+
+/// How long [`RdSource::check_start`] waits for a partition's committed
+/// offset while an open transaction holds it: longer than a transaction
+/// may stay open, after which the broker aborts it.
+const START_CHECK_BOUND: Duration = Duration::from_secs(90);
 
 /// How often a source whose broker is failing asks whether it answers
 /// again, when no record or commit says so.
@@ -492,6 +500,7 @@ impl RdSource {
             transactional_id,
             static_assignment,
             reassigned: None,
+            checked: BTreeSet::new(),
         })
     }
 
@@ -618,6 +627,11 @@ impl RdSource {
                 Ok(m) => {
                     self.context().logging.outage.succeeded();
                     let envelope = envelope_of(&m);
+                    drop(m);
+                    let Position { partition, offset } = envelope.position;
+                    if self.checked.insert(partition) && !self.check_start(partition, offset)? {
+                        continue;
+                    }
                     self.buffered
                         .entry(envelope.position.partition)
                         .or_default()
@@ -638,6 +652,103 @@ impl RdSource {
             }
         }
         Ok(())
+    }
+
+    /// Whether the first record of `partition` since it was assigned, at
+    /// `offset`, may be handed out: it may not when the group has a
+    /// committed offset for the partition, still in the log, and the record
+    /// is not there. The partition then moves to that offset, and reading
+    /// goes on from there.
+    ///
+    /// librdkafka starts a partition at `auto.offset.reset` when it asked
+    /// for the committed offset while an open transaction held it
+    /// (UNSTABLE_OFFSET_COMMIT: a member killed mid-commit) and the
+    /// assignment changed before the answer came (members joining). With
+    /// `earliest`, everything before the commit would be read and written
+    /// again, under exactly-once too; with `latest`, what follows it would
+    /// be skipped. A record above the commit can also be the first because
+    /// the records between were aborted or compacted away: the move then
+    /// costs one fetch, and the same record comes again. A partition starts
+    /// rarely, so the look-up costs one request per assignment; it waits
+    /// while a transaction holds the offset (at most
+    /// [`START_CHECK_BOUND`]), with the record held back meanwhile.
+    fn check_start(&mut self, partition: i32, offset: i64) -> Result<bool, ConnectorError> {
+        let context = self.consumer.context();
+        let topic = context.topic.as_str();
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition(topic, partition);
+        let deadline = Instant::now() + START_CHECK_BOUND;
+        let committed = loop {
+            let answer = self
+                .consumer
+                .committed_offsets(asked.clone(), COMMITTED_TIMEOUT);
+            let why = match &answer {
+                Ok(list) => match list.find_partition(topic, partition) {
+                    Some(e) => match e.error() {
+                        Ok(()) => break e.offset(),
+                        Err(e) => e.to_string(),
+                    },
+                    None => "no answer for the partition".to_owned(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    "could not learn the committed offset to check where the partition starts \
+                     ({why}); reading from {offset}"
+                );
+                return Ok(true);
+            }
+            tracing::debug!(topic, partition, "asking the committed offset again: {why}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let Offset::Offset(committed) = committed else {
+            return Ok(true);
+        };
+        if offset == committed {
+            return Ok(true);
+        }
+        // A commit outside the log (deleted by retention, or a topic made
+        // anew) is what `--offset-reset` is for.
+        match self
+            .consumer
+            .fetch_watermarks(topic, partition, COMMITTED_TIMEOUT)
+        {
+            Ok((low, high)) if (low..=high).contains(&committed) => {}
+            _ => return Ok(true),
+        }
+        if offset < committed {
+            tracing::warn!(
+                topic, partition, offset, committed,
+                "the client started a partition below its committed offset; reading from the commit"
+            );
+        } else {
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                committed,
+                "the first record is above the committed offset; reading from the commit"
+            );
+        }
+        self.consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(committed),
+                COMMITTED_TIMEOUT,
+            )
+            .map_err(|e| {
+                kafka_error(
+                    &context.brokers,
+                    &format!("moving partition {partition} of {topic} to its committed offset"),
+                    e,
+                )
+            })?;
+        Ok(false)
     }
 
     /// The error for `--offset-reset error`, naming the partitions whose
@@ -809,6 +920,7 @@ impl RdSource {
             if let Some(q) = self.buffered.remove(&p) {
                 self.count -= q.len();
             }
+            self.checked.remove(&p);
         }
         // The assignment callback resumed only the new partitions. While
         // the read-ahead is paused, pause them too, so that the whole
@@ -962,6 +1074,63 @@ mod tests {
             }
         }
         panic!("no record within 30 s");
+    }
+
+    /// A partition that the client starts away from the group's commit
+    /// (librdkafka's `auto.offset.reset` after a committed offset it could
+    /// not read) is moved to the commit before any record is handed out.
+    /// The mock cluster cannot make librdkafka lose the commit, so the
+    /// test moves the consumer itself and marks the partition as just
+    /// assigned, as a new assignment does.
+    #[test]
+    fn a_partition_started_away_from_its_commit_moves_to_the_commit() {
+        let mock = MockCluster::new(1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        mock.create_topic("in", 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for i in 0..20 {
+            let payload = i.to_string();
+            producer
+                .send(BaseRecord::<(), _>::to("in").payload(&payload))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let cluster = Cluster::new(brokers, Default::default());
+        let config = SourceConfig {
+            cluster: cluster.clone(),
+            topic: "in".into(),
+            group: "group".into(),
+            assignment: Assignment::Static(Replica::ALL),
+            offset_reset: OffsetReset::Earliest,
+            retry_timeout: Duration::from_secs(30),
+            purge_committed: false,
+        };
+        let mut source = RdSource::connect(config).unwrap();
+        // No commit yet: the first record is the log's first.
+        assert_eq!(next(&mut source).position.offset, 0);
+
+        commit_group_offsets(&cluster, "group", "in", &[(0, 12)]).unwrap();
+        let restart_at = |source: &mut RdSource, offset: i64| {
+            source
+                .consumer
+                .seek("in", 0, Offset::Offset(offset), Duration::from_secs(10))
+                .unwrap();
+            source.buffered.clear();
+            source.count = 0;
+            source.checked.clear();
+        };
+        // Below the commit: reading moves up to it.
+        restart_at(&mut source, 2);
+        assert_eq!(next(&mut source).position.offset, 12);
+        // Above it: back down to it.
+        restart_at(&mut source, 15);
+        assert_eq!(next(&mut source).position.offset, 12);
+        // Once checked, a partition reads on as it goes.
+        assert_eq!(next(&mut source).position.offset, 13);
     }
 
     /// librdkafka's mock cluster stands in for a commit whose answer was
