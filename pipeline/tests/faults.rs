@@ -1490,10 +1490,12 @@ fn wordcount_members_count_each_word_once_through_a_join() {
     wordcount_scales_out(Kafka::V4, 0);
 }
 
-/// Failed once in about five runs: some words were counted more than
-/// once (their counts went past n, none repeated) after the kills; not
-/// seen again in 42 runs since. Left out of scripts/test until the cause
-/// is found; run it by name.
+/// Has failed twice in about 80 runs: some words were counted more than
+/// once (their counts went past n, none repeated) after the kills. The
+/// second time, the repartition topic held the extra words: the first
+/// segment read lines again after their commit (docs/design/state.md,
+/// "A known defect"). Left out of scripts/test until it is shown gone;
+/// run it by name.
 #[test]
 #[ignore = "needs Kafka brokers; it once over-counted after kills, so scripts/test skips it"]
 fn wordcount_members_count_each_word_once_through_kills_and_a_join() {
