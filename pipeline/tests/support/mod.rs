@@ -639,6 +639,25 @@ pub fn try_read_all(
     }
 }
 
+/// Every committed record of `topic` from its start to its end as it is
+/// now: the reader reads each partition to its end once, and then takes
+/// what it read.
+pub fn read_to_end(brokers: &str, topic: &str, start: BTreeMap<i32, i64>) -> Vec<Fetched> {
+    let mut reader = TopicReader::new(ClientKind::Rdkafka, brokers, topic, start).unwrap();
+    assert!(
+        reader.wait_caught_up(Duration::from_secs(30)).unwrap(),
+        "{topic} was not read to its end within 30 s"
+    );
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.fetch().unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
 /// How far `topic` has been written: the sum of its end offsets. Under
 /// exactly-once each committed transaction adds a marker per partition, so
 /// this counts a few more than the records.
