@@ -1063,7 +1063,7 @@ mod tests {
     use crate::kafka::{Cluster, OffsetReset, Replica};
     use rdkafka::config::ClientConfig;
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 
     /// The next record `source` hands out, within 30 s.
     fn next(source: &mut RdSource) -> Envelope {
@@ -1076,14 +1076,13 @@ mod tests {
         panic!("no record within 30 s");
     }
 
-    /// A partition that the client starts away from the group's commit
-    /// (librdkafka's `auto.offset.reset` after a committed offset it could
-    /// not read) is moved to the commit before any record is handed out.
-    /// The mock cluster cannot make librdkafka lose the commit, so the
-    /// test moves the consumer itself and marks the partition as just
-    /// assigned, as a new assignment does.
-    #[test]
-    fn a_partition_started_away_from_its_commit_moves_to_the_commit() {
+    /// A mock cluster holding topic `in`, one partition of 20 records, and
+    /// a source configuration for it, group `group`, every partition.
+    fn twenty_records() -> (
+        MockCluster<'static, DefaultProducerContext>,
+        Cluster,
+        SourceConfig,
+    ) {
         let mock = MockCluster::new(1).unwrap();
         let brokers = mock.bootstrap_servers();
         mock.create_topic("in", 1, 1).unwrap();
@@ -1109,6 +1108,18 @@ mod tests {
             retry_timeout: Duration::from_secs(30),
             purge_committed: false,
         };
+        (mock, cluster, config)
+    }
+
+    /// A partition that the client starts away from the group's commit
+    /// (librdkafka's `auto.offset.reset` after a committed offset it could
+    /// not read) is moved to the commit before any record is handed out.
+    /// The mock cluster cannot make librdkafka lose the commit, so the
+    /// test moves the consumer itself and marks the partition as just
+    /// assigned, as a new assignment does.
+    #[test]
+    fn a_partition_started_away_from_its_commit_moves_to_the_commit() {
+        let (_mock, cluster, config) = twenty_records();
         let mut source = RdSource::connect(config).unwrap();
         // No commit yet: the first record is the log's first.
         assert_eq!(next(&mut source).position.offset, 0);
@@ -1138,31 +1149,7 @@ mod tests {
     /// knows nothing of it.
     #[test]
     fn under_exactly_once_a_rewind_goes_to_the_brokers_commit_when_it_is_further_on() {
-        let mock = MockCluster::new(1).unwrap();
-        let brokers = mock.bootstrap_servers();
-        mock.create_topic("in", 1, 1).unwrap();
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for i in 0..20 {
-            let payload = i.to_string();
-            producer
-                .send(BaseRecord::<(), _>::to("in").payload(&payload))
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
-        let cluster = Cluster::new(brokers, Default::default());
-        let config = SourceConfig {
-            cluster: cluster.clone(),
-            topic: "in".into(),
-            group: "group".into(),
-            assignment: Assignment::Static(Replica::ALL),
-            offset_reset: OffsetReset::Earliest,
-            retry_timeout: Duration::from_secs(30),
-            purge_committed: false,
-        };
+        let (_mock, cluster, config) = twenty_records();
         let mut source = RdSource::connect_with(config, Some(Arc::new(Link::default()))).unwrap();
         let acks = source.committing().unwrap().unwrap().acks;
         for offset in 0..10 {
