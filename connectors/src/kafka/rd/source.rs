@@ -42,7 +42,7 @@ use super::commit::{commit_bounded, RdCommitter};
 use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging};
 use super::lock;
 use super::purge::Purge;
-use super::transaction::Link;
+use super::transaction::{Link, TRANSACTION_TIMEOUT};
 use crate::bounded::BoundedCall;
 use crate::kafka::{error, Assignment, GroupProtocol, SourceConfig};
 use crate::{Acks, Committing, ConnectorError, Envelope, Polled, Position, Source, SourceStatus};
@@ -341,9 +341,9 @@ pub(crate) struct RdSource {
 }
 
 /// How long [`RdSource::check_start`] waits for a partition's committed
-/// offset while an open transaction holds it: longer than a transaction
-/// may stay open, after which the broker aborts it.
-const START_CHECK_BOUND: Duration = Duration::from_secs(90);
+/// offset while an open transaction holds it: well past the time fila's
+/// transactions may stay open, after which the broker aborts them.
+const START_CHECK_BOUND: Duration = Duration::from_secs(3 * TRANSACTION_TIMEOUT.as_secs());
 
 /// How often a source whose broker is failing asks whether it answers
 /// again, when no record or commit says so.
