@@ -10,7 +10,7 @@
 //! Why no update is lost, why the order holds, what a restart keeps, and
 //! what the locks cost are in docs/design/state.md.
 
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, OnceLock};
@@ -34,19 +34,33 @@ pub const SHARDS: usize = 64;
 /// One lock of a striped map.
 type Shard<M> = CachePadded<Mutex<M>>;
 
+/// How keyed state hashes its keys: foldhash, seeded at random for each
+/// map. Every record of a keyed stage hashes its key at least once, and a
+/// restore hashes every key it reads, so the hash is on the hot path.
+/// The trade-off against the standard library's SipHash: foldhash is
+/// much cheaper per short key, and its random seed keeps a producer from
+/// crafting keys that collide, unless it can study the process at length
+/// (it is not a keyed cryptographic hash, which SipHash is meant to be).
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
+
+/// A map of keyed state: see [`KeyHasher`].
+pub(crate) type KeyMap<K, V> = HashMap<K, V, KeyHasher>;
+
 /// Windows by start, each with its keys' values.
-type Windows<K, T> = BTreeMap<i64, HashMap<K, T>>;
+type Windows<K, T> = BTreeMap<i64, KeyMap<K, T>>;
 
 /// Per-key values of type `V`, striped over [`SHARDS`] locks.
 pub struct KeyedState<K, V> {
-    hasher: RandomState,
-    shards: Box<[Shard<HashMap<K, V>>]>,
+    hasher: KeyHasher,
+    shards: Box<[Shard<KeyMap<K, V>>]>,
 }
 
 impl<K: Hash + Eq, V: Clone> Default for KeyedState<K, V> {
     fn default() -> Self {
         KeyedState {
-            hasher: RandomState::new(),
+            // A seed of its own, apart from the shards' maps': a shard's
+            // keys share their low bits of this hash.
+            hasher: KeyHasher::default(),
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
         }
     }
@@ -310,14 +324,14 @@ where
     /// The partition's values by key, when the state is kept per input
     /// partition; otherwise empty, and the values are the stage's
     /// (`state`).
-    type Lane = HashMap<K, T>;
+    type Lane = KeyMap<K, T>;
     type Then = Result<T, Rejected>;
 
-    fn lane(&self) -> HashMap<K, T> {
-        HashMap::new()
+    fn lane(&self) -> KeyMap<K, T> {
+        KeyMap::default()
     }
 
-    fn apply(&self, lane: &mut HashMap<K, T>, _: i32, record: T, out: &Outlet) -> Self::Then {
+    fn apply(&self, lane: &mut KeyMap<K, T>, _: i32, record: T, out: &Outlet) -> Self::Then {
         let key = (self.key)(&record);
         let reduce = |value: Option<&T>| match value {
             Some(value) => (self.f)(value, record),
@@ -351,7 +365,7 @@ where
 
     fn restore(
         &self,
-        lane: &mut HashMap<K, T>,
+        lane: &mut KeyMap<K, T>,
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), String> {

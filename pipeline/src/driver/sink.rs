@@ -16,6 +16,7 @@ use super::{DriverConfig, DriverError, RunSummary, SMALL_BATCH_BYTES};
 use crate::counters::Counters;
 use crate::outlet::Event;
 use crate::report::latency_histogram;
+use crate::state::KeyMap;
 
 /// How the sink thread acknowledges finished records.
 pub(super) enum Acking<'a> {
@@ -111,7 +112,7 @@ pub(super) fn run(
             last_done: None,
             latencies_us: latency_histogram(),
         },
-        changelog: HashMap::new(),
+        changelog: KeyMap::default(),
     };
     match acking {
         Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, read, config)?,
@@ -449,7 +450,7 @@ struct Writer<'a> {
     /// batch ([`Writer::write_changelog`]), before anything of the batch
     /// is acknowledged or committed, so a commit still covers every
     /// update it acknowledges.
-    changelog: HashMap<ChangelogKey, Option<Vec<u8>>>,
+    changelog: KeyMap<ChangelogKey, Option<Vec<u8>>>,
 }
 
 /// A changelog record's topic, partition and key.
