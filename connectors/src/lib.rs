@@ -311,21 +311,29 @@ pub trait Sink: Send {
     }
 }
 
-/// What a [`ChangelogReader`] hands each record to: its key, and its
-/// value (`None` for a tombstone).
-pub type OnRecord<'a> = dyn FnMut(&[u8], Option<&[u8]>) + 'a;
+/// What a [`ChangelogReader`] hands a partition's records to.
+pub trait Restore {
+    /// Called once, before the first record: at most how many records
+    /// follow (the partition's offsets from its first to its end; a
+    /// compacted changelog holds fewer), so that the state can be sized
+    /// once rather than grown step by step.
+    fn expect(&mut self, records: u64);
+
+    /// A record's key and value (`None` for a tombstone), in offset
+    /// order.
+    fn record(&mut self, key: &[u8], value: Option<&[u8]>);
+}
 
 /// Reads keyed stages' changelogs back, to restore their state.
 pub trait ChangelogReader: Send {
-    /// Calls `f` with the key and value (`None` for a tombstone) of every
-    /// committed record of `topic`'s partition `partition`, in offset
-    /// order, from its start to the end it had when the call began.
-    /// Returns how many it read.
+    /// Hands `f` every committed record of `topic`'s partition
+    /// `partition`, in offset order, from its start to the end it had
+    /// when the call began. Returns how many it read.
     fn read(
         &mut self,
         topic: &str,
         partition: i32,
-        f: &mut OnRecord<'_>,
+        f: &mut dyn Restore,
     ) -> Result<u64, ConnectorError>;
 }
 

@@ -25,7 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
-use fila_connectors::ChangelogReader;
+use fila_connectors::{ChangelogReader, Restore};
 use fila_runtime::Held;
 use parking_lot::Mutex;
 
@@ -67,6 +67,13 @@ pub(crate) trait Step<T>: Send + Sync + 'static {
         None
     }
 
+    /// Makes room in a lane about to be restored for up to `records`
+    /// keys.
+    fn reserve(&self, _lane: &mut Self::Lane, _records: u64) {}
+
+    /// Called once a lane is restored, before it is used.
+    fn restored(&self, _lane: &mut Self::Lane) {}
+
     /// Applies one changelog record to a lane being restored: a key's
     /// value, or its deletion (`None`). Fails if it does not decode.
     fn restore(
@@ -102,6 +109,28 @@ pub(crate) trait Stateful: Send + Sync + 'static {
     /// its lane keeps only its place in the partition's order. Call it
     /// only while the partition is drained here.
     fn forget(&self, partition: i32);
+}
+
+/// A lane being rebuilt from its changelog: the first record that does
+/// not decode stops the applying, and is reported once the read ends.
+struct Restoring<'s, S: Step<T>, T> {
+    step: &'s S,
+    lane: S::Lane,
+    failed: Option<String>,
+}
+
+impl<S: Step<T>, T> Restore for Restoring<'_, S, T> {
+    fn expect(&mut self, records: u64) {
+        self.step.reserve(&mut self.lane, records);
+    }
+
+    fn record(&mut self, key: &[u8], value: Option<&[u8]>) {
+        if self.failed.is_none() {
+            if let Err(e) = self.step.restore(&mut self.lane, key, value) {
+                self.failed = Some(e);
+            }
+        }
+    }
 }
 
 /// A record's place at one keyed stage: see the module's doc. Shared by
@@ -342,17 +371,20 @@ impl<T: Send + 'static, S: Step<T>> Stateful for InOrder<T, S> {
         };
         // Built outside the lock: no record of the partition is in flight
         // here, and a restore may take a while.
-        let mut state = self.step.lane();
-        let mut failed = None;
+        let mut into = Restoring {
+            step: &self.step,
+            lane: self.step.lane(),
+            failed: None,
+        };
         let read = reader
-            .read(&topic, partition, &mut |key, value| {
-                if failed.is_none() {
-                    if let Err(e) = self.step.restore(&mut state, key, value) {
-                        failed = Some(e);
-                    }
-                }
-            })
+            .read(&topic, partition, &mut into)
             .map_err(|e| error_chain(&e))?;
+        let Restoring {
+            lane: mut state,
+            failed,
+            ..
+        } = into;
+        self.step.restored(&mut state);
         if let Some(e) = failed {
             return Err(format!(
                 "a record of changelog {topic} [{partition}] does not decode as stage {}'s \

@@ -46,6 +46,11 @@ pub(crate) type KeyHasher = foldhash::fast::RandomState;
 /// A map of keyed state: see [`KeyHasher`].
 pub(crate) type KeyMap<K, V> = HashMap<K, V, KeyHasher>;
 
+/// The most memory a restore sets aside for keys before it reads them
+/// ([`Reduce`]'s `reserve`), counting each key and value by its size in
+/// the map; a larger state grows as it is read.
+const RESERVE_BYTES: usize = 256 << 20;
+
 /// Windows by start, each with its keys' values.
 type Windows<K, T> = BTreeMap<i64, KeyMap<K, T>>;
 
@@ -361,6 +366,22 @@ where
 
     fn changelog(&self) -> Option<(&str, &OnceLock<Arc<str>>)> {
         Some((self.durable.name.as_str(), &self.durable.topic))
+    }
+
+    /// Sized once for the whole changelog: growing step by step would
+    /// copy the map each time it doubles, and touch fresh memory for
+    /// every copy. A changelog not compacted yet holds more records than
+    /// keys, so the room is capped, and given back once restored if most
+    /// of it stayed empty.
+    fn reserve(&self, lane: &mut KeyMap<K, T>, records: u64) {
+        let room = RESERVE_BYTES / std::mem::size_of::<(K, T)>().max(1);
+        lane.reserve(usize::try_from(records).map_or(room, |n| n.min(room)));
+    }
+
+    fn restored(&self, lane: &mut KeyMap<K, T>) {
+        if lane.capacity() > 4 * lane.len() {
+            lane.shrink_to_fit();
+        }
     }
 
     fn restore(

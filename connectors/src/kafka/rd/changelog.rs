@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::admin::{create_topic_with, ensure_topic, LOOKUP_TIMEOUT};
 use super::config::{client_config, kafka_error, preflight};
 use crate::kafka::{error, Cluster};
-use crate::{ChangelogReader, ConnectorError, OnRecord};
+use crate::{ChangelogReader, ConnectorError, Restore};
 
 /// How long a restore waits without its position moving before it fails:
 /// an open transaction of another process holds a read-committed reader
@@ -29,9 +29,50 @@ use crate::{ChangelogReader, ConnectorError, OnRecord};
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Records handed from a restore's reading thread to its applying one at
-/// a time: keys and values (`None`: a tombstone).
+/// a time.
 const BATCH: usize = 1024;
-type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Records on their way from a restore's reading thread to its applying
+/// one: their keys and values copied end to end into one buffer, so that
+/// a batch costs two allocations, not two per record.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Per record, where its key ends in `bytes` and where its value ends
+    /// (`None`: a tombstone); each starts where the one before ends.
+    ends: Vec<(usize, Option<usize>)>,
+}
+
+impl Batch {
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        let value_end = value.map(|v| {
+            self.bytes.extend_from_slice(v);
+            self.bytes.len()
+        });
+        self.ends.push((key_end, value_end));
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Calls `f` with each record's key and value, in the order pushed.
+    fn apply(&self, f: &mut dyn Restore) {
+        let mut start = 0;
+        for &(key_end, value_end) in &self.ends {
+            let key = &self.bytes[start..key_end];
+            start = key_end;
+            let value = value_end.map(|end| {
+                let value = &self.bytes[start..end];
+                start = end;
+                value
+            });
+            f.record(key, value);
+        }
+    }
+}
 
 /// How long a restore retries asking where its changelog partition ends.
 const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -159,26 +200,27 @@ impl RdChangelogReader {
     ) -> Result<u64, ConnectorError> {
         let began = Instant::now();
         let (mut read, mut moved, mut logged) = (0u64, began, began);
-        let (mut last, mut failure) = (None, None);
-        let mut batch = Vec::with_capacity(BATCH);
+        let (mut last, mut last_read, mut failure) = (None, 0, None);
+        let mut batch = Batch::default();
         // Done once the records read reach the end, or, when the log ends
         // in transaction markers (which no record shows), once the
         // reader's position passes them: it is looked at only when
         // nothing more arrives.
         let mut reached = false;
-        let hand_on = |batch: &mut Vec<_>| {
-            if !batch.is_empty() {
+        // The clock is read once a batch, not once a record: the progress
+        // log and the stall bound need no finer time.
+        let mut hand_on = |batch: &mut Batch, read: u64| {
+            if batch.len() > 0 {
                 // The applying side went away only if it panicked.
-                let _ = tx.send(std::mem::replace(batch, Vec::with_capacity(BATCH)));
+                let next = Batch {
+                    bytes: Vec::with_capacity(batch.bytes.len()),
+                    ends: Vec::with_capacity(BATCH),
+                };
+                let _ = tx.send(std::mem::replace(batch, next));
             }
-        };
-        loop {
-            if reached {
-                hand_on(&mut batch);
-                return Ok(read);
-            }
-            if logged.elapsed() >= PROGRESS_EVERY {
-                logged = Instant::now();
+            let now = Instant::now();
+            if now.duration_since(logged) >= PROGRESS_EVERY {
+                logged = now;
                 tracing::info!(
                     topic,
                     partition,
@@ -187,17 +229,23 @@ impl RdChangelogReader {
                     "restoring state from its changelog"
                 );
             }
+            now
+        };
+        loop {
+            if reached {
+                hand_on(&mut batch, read);
+                return Ok(read);
+            }
             match self.committed.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     read += 1;
                     if let Some(key) = m.key() {
-                        batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
-                        if batch.len() == BATCH {
-                            hand_on(&mut batch);
-                        }
+                        batch.push(key, m.payload());
                     }
                     reached = m.offset() + 1 >= end;
-                    moved = Instant::now();
+                    if batch.len() >= BATCH {
+                        moved = hand_on(&mut batch, read);
+                    }
                     continue;
                 }
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -209,11 +257,11 @@ impl RdChangelogReader {
                     failure = Some(e.to_string());
                 }
             }
-            hand_on(&mut batch);
+            let now = hand_on(&mut batch, read);
             let at = self.position(topic, partition);
             reached = at.is_some_and(|at| at >= end);
-            if at != last {
-                (last, moved) = (at, Instant::now());
+            if at != last || read != last_read {
+                (last, last_read, moved) = (at, read, now);
             } else if !reached && moved.elapsed() > STALL_TIMEOUT {
                 return Err(error(
                     brokers,
@@ -246,13 +294,19 @@ impl ChangelogReader for RdChangelogReader {
         &mut self,
         topic: &str,
         partition: i32,
-        f: &mut OnRecord<'_>,
+        f: &mut dyn Restore,
     ) -> Result<u64, ConnectorError> {
         let brokers = self.brokers.clone();
         let (start, end) = self.watermarks(topic, partition)?;
         if end <= start {
             return Ok(0);
         }
+        f.expect((end - start) as u64);
+        // The committed reader asks for the topic's metadata before it is
+        // assigned the partition: assigned a partition of a topic it has
+        // not looked up, it may wait about a second before its first
+        // fetch. A failure here only loses that head start.
+        let _ = self.committed.fetch_metadata(Some(topic), LOOKUP_TIMEOUT);
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, partition, Offset::Offset(start))
@@ -265,11 +319,12 @@ impl ChangelogReader for RdChangelogReader {
         // so that fetching and decoding overlap.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(8);
         let result = std::thread::scope(|s| {
-            let reader = s.spawn(|| self.fetch(topic, partition, end, &brokers, tx));
+            let reader = std::thread::Builder::new()
+                .name("fila-restore".into())
+                .spawn_scoped(s, || self.fetch(topic, partition, end, &brokers, tx))
+                .expect("starting the restore's reader");
             for batch in rx {
-                for (key, value) in &batch {
-                    f(key, value.as_deref());
-                }
+                batch.apply(f);
             }
             reader.join().expect("the restore's reader does not panic")
         });
@@ -281,5 +336,51 @@ impl ChangelogReader for RdChangelogReader {
             );
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen {
+        expected: Option<u64>,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    }
+
+    impl Restore for Seen {
+        fn expect(&mut self, records: u64) {
+            self.expected = Some(records);
+        }
+
+        fn record(&mut self, key: &[u8], value: Option<&[u8]>) {
+            self.records.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+        }
+    }
+
+    #[test]
+    fn a_batch_hands_on_each_key_and_value_as_pushed() {
+        let records: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (b"a", Some(b"1")),
+            (b"bb", None),
+            (b"", Some(b"")),
+            (b"c", Some(b"{\"total\":3}")),
+            (b"", None),
+            (b"dd", Some(b"4")),
+        ];
+        let mut batch = Batch::default();
+        for &(key, value) in &records {
+            batch.push(key, value);
+        }
+        assert_eq!(batch.len(), records.len());
+        let mut seen = Seen::default();
+        batch.apply(&mut seen);
+        let want: Vec<_> = records
+            .iter()
+            .map(|&(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(seen.records, want);
+        assert_eq!(seen.expected, None);
     }
 }
