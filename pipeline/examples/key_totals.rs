@@ -21,6 +21,9 @@ use fila_pipeline::cli::{self, JobSpec};
 use fila_pipeline::dataflow::{Job, Rejected};
 use serde::{Deserialize, Serialize};
 
+#[global_allocator]
+static GLOBAL: cli::MiMalloc = cli::MiMalloc;
+
 #[derive(Clone, Serialize, Deserialize)]
 struct Total {
     key: String,

@@ -25,6 +25,9 @@ use fila_pipeline::dataflow::{Job, Rejected};
 use fila_pipeline::state::{Tumbling, Windowed};
 use serde::{Deserialize, Serialize};
 
+#[global_allocator]
+static GLOBAL: cli::MiMalloc = cli::MiMalloc;
+
 #[derive(Clone, Serialize, Deserialize)]
 struct Reading {
     key: String,
