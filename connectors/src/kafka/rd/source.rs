@@ -338,6 +338,9 @@ pub(crate) struct RdSource {
     /// Partitions whose first record since they were assigned was checked
     /// against the group's committed offset ([`RdSource::check_start`]).
     checked: BTreeSet<i32>,
+    /// Committed offsets of assigned partitions not checked yet, learned
+    /// with another partition's: one request asks for all of them.
+    committed: BTreeMap<i32, Offset>,
 }
 
 /// How long [`RdSource::check_start`] waits for a partition's committed
@@ -501,6 +504,7 @@ impl RdSource {
             static_assignment,
             reassigned: None,
             checked: BTreeSet::new(),
+            committed: BTreeMap::new(),
         })
     }
 
@@ -669,41 +673,18 @@ impl RdSource {
     /// be skipped. A record above the commit can also be the first because
     /// the records between were aborted or compacted away: the move then
     /// costs one fetch, and the same record comes again. A partition starts
-    /// rarely, so the look-up costs one request per assignment; it waits
-    /// while a transaction holds the offset (at most
+    /// rarely, so the look-up costs one request per assignment, which
+    /// also learns the offsets of the other partitions assigned and not
+    /// checked yet (no one else commits them before they are read here).
+    /// It waits while a transaction holds the offset (at most
     /// [`START_CHECK_BOUND`]), with the record held back meanwhile.
     fn check_start(&mut self, partition: i32, offset: i64) -> Result<bool, ConnectorError> {
-        let context = self.consumer.context();
-        let topic = context.topic.as_str();
-        let mut asked = TopicPartitionList::new();
-        asked.add_partition(topic, partition);
-        let deadline = Instant::now() + START_CHECK_BOUND;
-        let committed = loop {
-            let answer = self
-                .consumer
-                .committed_offsets(asked.clone(), COMMITTED_TIMEOUT);
-            let why = match &answer {
-                Ok(list) => match list.find_partition(topic, partition) {
-                    Some(e) => match e.error() {
-                        Ok(()) => break e.offset(),
-                        Err(e) => e.to_string(),
-                    },
-                    None => "no answer for the partition".to_owned(),
-                },
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    offset,
-                    "could not learn the committed offset to check where the partition starts \
-                     ({why}); reading from {offset}"
-                );
-                return Ok(true);
-            }
-            tracing::debug!(topic, partition, "asking the committed offset again: {why}");
-            std::thread::sleep(Duration::from_millis(200));
+        let committed = match self.committed.remove(&partition) {
+            Some(committed) => committed,
+            None => match self.committed_at_start(partition) {
+                Some(committed) => committed,
+                None => return Ok(true),
+            },
         };
         let Offset::Offset(committed) = committed else {
             return Ok(true);
@@ -711,6 +692,8 @@ impl RdSource {
         if offset == committed {
             return Ok(true);
         }
+        let context = self.consumer.context();
+        let topic = context.topic.as_str();
         // A commit outside the log (deleted by retention, or a topic made
         // anew) is what `--offset-reset` is for.
         match self
@@ -749,6 +732,62 @@ impl RdSource {
                 )
             })?;
         Ok(false)
+    }
+
+    /// Asks for `partition`'s committed offset, with those of the other
+    /// assigned partitions not checked yet, which it keeps for their own
+    /// first records. Asks again for `partition` alone while the answer is
+    /// an error (a transaction holding the offset), up to
+    /// [`START_CHECK_BOUND`]; `None` if it never learns it.
+    fn committed_at_start(&mut self, partition: i32) -> Option<Offset> {
+        let context = self.consumer.context();
+        let topic = context.topic.as_str();
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition(topic, partition);
+        if let Ok(assigned) = self.consumer.assignment() {
+            for e in assigned.elements_for_topic(topic) {
+                let p = e.partition();
+                if p != partition && !self.checked.contains(&p) {
+                    asked.add_partition(topic, p);
+                }
+            }
+        }
+        let deadline = Instant::now() + START_CHECK_BOUND;
+        loop {
+            let answer = self
+                .consumer
+                .committed_offsets(asked.clone(), COMMITTED_TIMEOUT);
+            if let Ok(list) = &answer {
+                for e in list.elements_for_topic(topic) {
+                    if e.partition() != partition && e.error().is_ok() {
+                        self.committed.insert(e.partition(), e.offset());
+                    }
+                }
+            }
+            let why = match &answer {
+                Ok(list) => match list.find_partition(topic, partition) {
+                    Some(e) => match e.error() {
+                        Ok(()) => return Some(e.offset()),
+                        Err(e) => e.to_string(),
+                    },
+                    None => "no answer for the partition".to_owned(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    "could not learn the committed offset to check where the partition starts \
+                     ({why}); reading from where the client starts it"
+                );
+                return None;
+            }
+            tracing::debug!(topic, partition, "asking the committed offset again: {why}");
+            std::thread::sleep(Duration::from_millis(200));
+            asked = TopicPartitionList::new();
+            asked.add_partition(topic, partition);
+        }
     }
 
     /// The error for `--offset-reset error`, naming the partitions whose
@@ -921,6 +960,7 @@ impl RdSource {
                 self.count -= q.len();
             }
             self.checked.remove(&p);
+            self.committed.remove(&p);
         }
         // The assignment callback resumed only the new partitions. While
         // the read-ahead is paused, pause them too, so that the whole
@@ -1133,6 +1173,7 @@ mod tests {
             source.buffered.clear();
             source.count = 0;
             source.checked.clear();
+            source.committed.clear();
         };
         // Below the commit: reading moves up to it.
         restart_at(&mut source, 2);
@@ -1142,6 +1183,40 @@ mod tests {
         assert_eq!(next(&mut source).position.offset, 12);
         // Once checked, a partition reads on as it goes.
         assert_eq!(next(&mut source).position.offset, 13);
+    }
+
+    /// One look-up learns the committed offsets of every assigned
+    /// partition not checked yet: the first record of each of the others
+    /// is checked against what it learned, with no request of its own.
+    #[test]
+    fn one_look_up_learns_every_unchecked_partitions_commit() {
+        let mock = MockCluster::new(1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        mock.create_topic("in", 4, 1).unwrap();
+        let cluster = Cluster::new(brokers, Default::default());
+        commit_group_offsets(&cluster, "group", "in", &[(0, 4), (2, 2)]).unwrap();
+        let config = SourceConfig {
+            cluster: cluster.clone(),
+            topic: "in".into(),
+            group: "group".into(),
+            assignment: Assignment::Static(Replica::ALL),
+            offset_reset: OffsetReset::Earliest,
+            retry_timeout: Duration::from_secs(30),
+            purge_committed: false,
+        };
+        let mut source = RdSource::connect(config).unwrap();
+        source.checked.insert(1);
+        assert_eq!(source.committed_at_start(0), Some(Offset::Offset(4)));
+        // Partition 0's own answer is used at once, and 1 was checked
+        // already: the map keeps 2's commit, and that 3 has none.
+        assert_eq!(
+            source
+                .committed
+                .iter()
+                .map(|(p, o)| (*p, *o))
+                .collect::<Vec<_>>(),
+            vec![(2, Offset::Offset(2)), (3, Offset::Invalid)]
+        );
     }
 
     /// librdkafka's mock cluster stands in for a commit whose answer was
