@@ -1139,7 +1139,14 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
         let cluster = Cluster::new(brokers, Default::default());
-        let config = SourceConfig {
+        let config = every_partition_of_in(&cluster);
+        (mock, cluster, config)
+    }
+
+    /// A source configuration for topic `in`, group `group`, every
+    /// partition, from the earliest offset.
+    fn every_partition_of_in(cluster: &Cluster) -> SourceConfig {
+        SourceConfig {
             cluster: cluster.clone(),
             topic: "in".into(),
             group: "group".into(),
@@ -1147,8 +1154,7 @@ mod tests {
             offset_reset: OffsetReset::Earliest,
             retry_timeout: Duration::from_secs(30),
             purge_committed: false,
-        };
-        (mock, cluster, config)
+        }
     }
 
     /// A partition that the client starts away from the group's commit
@@ -1195,16 +1201,7 @@ mod tests {
         mock.create_topic("in", 4, 1).unwrap();
         let cluster = Cluster::new(brokers, Default::default());
         commit_group_offsets(&cluster, "group", "in", &[(0, 4), (2, 2)]).unwrap();
-        let config = SourceConfig {
-            cluster: cluster.clone(),
-            topic: "in".into(),
-            group: "group".into(),
-            assignment: Assignment::Static(Replica::ALL),
-            offset_reset: OffsetReset::Earliest,
-            retry_timeout: Duration::from_secs(30),
-            purge_committed: false,
-        };
-        let mut source = RdSource::connect(config).unwrap();
+        let mut source = RdSource::connect(every_partition_of_in(&cluster)).unwrap();
         source.checked.insert(1);
         assert_eq!(source.committed_at_start(0), Some(Offset::Offset(4)));
         // Partition 0's own answer is used at once, and 1 was checked
