@@ -46,10 +46,20 @@ pub(crate) type KeyHasher = foldhash::fast::RandomState;
 /// A map of keyed state: see [`KeyHasher`].
 pub(crate) type KeyMap<K, V> = HashMap<K, V, KeyHasher>;
 
-/// The most memory a restore sets aside for keys before it reads them
-/// ([`Reduce`]'s `reserve`), counting each key and value by its size in
-/// the map; a larger state grows as it is read.
+/// The largest table a restore makes for a map before it reads its keys
+/// ([`Reduce`]'s `reserve`); a larger state grows as it is read.
 const RESERVE_BYTES: usize = 256 << 20;
+
+/// How many keys a restore of `records` changelog records makes room
+/// for: all of them, unless the table would pass [`RESERVE_BYTES`]. A
+/// slot of the table is a key, its value and a control byte; the map
+/// keeps at most 7/8 of its slots full and rounds their number up to a
+/// power of two, hence the margin.
+fn room_for<K, T>(records: u64) -> usize {
+    let slot = std::mem::size_of::<(K, T)>() + 1;
+    let room = RESERVE_BYTES / slot / 2 * 7 / 8;
+    usize::try_from(records).map_or(room, |n| n.min(room))
+}
 
 /// Windows by start, each with its keys' values.
 type Windows<K, T> = BTreeMap<i64, KeyMap<K, T>>;
@@ -374,8 +384,7 @@ where
     /// keys, so the room is capped, and given back once restored if most
     /// of it stayed empty.
     fn reserve(&self, lane: &mut KeyMap<K, T>, records: u64) {
-        let room = RESERVE_BYTES / std::mem::size_of::<(K, T)>().max(1);
-        lane.reserve(usize::try_from(records).map_or(room, |n| n.min(room)));
+        lane.reserve(room_for::<K, T>(records));
     }
 
     fn restored(&self, lane: &mut KeyMap<K, T>) {
@@ -765,6 +774,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore makes room for every record of a small changelog, and
+    /// for a huge one makes a table of at most RESERVE_BYTES.
+    #[test]
+    fn a_restores_room_is_its_records_up_to_the_cap() {
+        fn table_bytes<K, T>(map: &KeyMap<K, T>) -> usize {
+            // Slots: capacity is 7/8 of them (large maps).
+            map.capacity() / 7 * 8 * (std::mem::size_of::<(K, T)>() + 1)
+        }
+        let mut small = KeyMap::<String, u64>::default();
+        small.reserve(room_for::<String, u64>(1_000_000));
+        assert!(small.capacity() >= 1_000_000);
+        assert!(table_bytes(&small) <= RESERVE_BYTES);
+
+        for records in [50_000_000, u64::MAX] {
+            let mut wide = KeyMap::<String, [u8; 200]>::default();
+            wide.reserve(room_for::<String, [u8; 200]>(records));
+            assert!(wide.capacity() >= room_for::<String, [u8; 200]>(records));
+            assert!(
+                table_bytes(&wide) <= RESERVE_BYTES,
+                "{records} records: {} bytes",
+                table_bytes(&wide)
+            );
+            assert!(table_bytes(&wide) > RESERVE_BYTES / 4);
+        }
+    }
 
     /// Many threads add to few keys at once: a lost update would leave a
     /// total short, and would make two updates see the same old value.
