@@ -2,9 +2,9 @@
 //! and what its errors mean: fatal, or only partitions moving.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -215,6 +215,65 @@ impl Logging {
             return;
         }
         self.outage.failed(&cause);
+    }
+}
+
+/// How long a client's broker may fail to answer before the client is
+/// given its bootstrap servers again, and how often after that while the
+/// failures last ([`Rebootstrap`]).
+const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
+const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+
+/// Gives a client its bootstrap servers again once its broker has not
+/// answered for [`REBOOTSTRAP_AFTER`], and every [`REBOOTSTRAP_EVERY`]
+/// after. librdkafka drops a broker that a metadata answer leaves out, and
+/// a fenced broker (shutting down, or back from a stall until its
+/// controller hears from it) leaves itself out: with one broker, the
+/// client then knows none, and asks nobody again until its own re-bootstrap
+/// (`metadata.recovery.rebootstrap.trigger.ms`, five minutes). A consumer
+/// stops reading; a producer holds its records until they time out. While
+/// the broker is only down, this costs a connection attempt, and the next
+/// metadata answer drops the extra handle.
+pub(super) struct Rebootstrap {
+    /// Which client, for the log: "reader" or "writer".
+    client: &'static str,
+    last: Option<Instant>,
+}
+
+impl Rebootstrap {
+    pub(super) fn new(client: &'static str) -> Rebootstrap {
+        Rebootstrap { client, last: None }
+    }
+
+    /// Gives `client` the bootstrap servers `brokers` again if `outage`
+    /// has lasted long enough and it was not done too recently.
+    pub(super) fn maybe<C: ClientContext>(
+        &mut self,
+        client: &Client<C>,
+        outage: &Outage,
+        brokers: &str,
+    ) {
+        let Some(failing) = outage.failing_for() else {
+            return;
+        };
+        let due = !matches!(self.last, Some(at) if at.elapsed() < REBOOTSTRAP_EVERY);
+        if failing < REBOOTSTRAP_AFTER || !due {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let Ok(list) = std::ffi::CString::new(brokers) else {
+            return;
+        };
+        tracing::warn!(
+            "no answer from Kafka for {:.0} s: giving the {} its bootstrap servers again",
+            failing.as_secs_f64(),
+            self.client
+        );
+        // SAFETY: the client pointer lives as long as `client`, and
+        // librdkafka copies the list; the call is safe from any thread.
+        unsafe {
+            rdkafka::bindings::rd_kafka_brokers_add(client.native_ptr(), list.as_ptr());
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use super::config::{client_config, kafka_error, preflight, Defaults, Logging};
+use super::config::{client_config, kafka_error, preflight, Defaults, Logging, Rebootstrap};
 use super::lock;
 use super::transaction::TRANSACTION_TIMEOUT;
 use crate::kafka::{error, Cluster};
@@ -218,13 +218,24 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {
             let (producer, stop) = (producer.clone(), stop.clone());
+            let brokers = brokers.to_owned();
             std::thread::Builder::new()
                 .name("fila-produce".into())
                 .spawn(move || {
+                    let mut rebootstrap = Rebootstrap::new("writer");
                     // Relaxed: the flag only ends the loop; nothing is
                     // published through it.
                     while !stop.load(Ordering::Relaxed) {
                         producer.poll(POLL_INTERVAL);
+                        // Only a delivery ends the writer's outage, so an
+                        // idle writer's lasts until it writes again: it is
+                        // given its brokers again only while it holds
+                        // records that are not delivered.
+                        let context = producer.context();
+                        let outage = &context.logging.outage;
+                        if outage.is_failing() && context.pending.load(Ordering::Relaxed) > 0 {
+                            rebootstrap.maybe(producer.client(), outage, &brokers);
+                        }
                     }
                 })
                 .expect("spawning the producer's poll thread")

@@ -39,7 +39,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::ensure_topic;
 use super::commit::{commit_bounded, RdCommitter};
-use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging};
+use super::config::{client_config, fatal, kafka_error, preflight, Defaults, Logging, Rebootstrap};
 use super::lock;
 use super::purge::Purge;
 use super::transaction::{Link, TRANSACTION_TIMEOUT};
@@ -327,8 +327,8 @@ pub(crate) struct RdSource {
     /// When the source last asked the broker for metadata to learn
     /// whether it answers again.
     last_probe: Instant,
-    /// When the source last gave its client the bootstrap servers again.
-    last_rebootstrap: Option<Instant>,
+    /// Gives the client its bootstrap servers again in a long outage.
+    rebootstrap: Rebootstrap,
     transactional_id: String,
     /// A static assignment (`--replica`): what to assign again when the
     /// committed offsets could not be fetched.
@@ -351,12 +351,6 @@ const START_CHECK_BOUND: Duration = Duration::from_secs(3 * TRANSACTION_TIMEOUT.
 /// How often a source whose broker is failing asks whether it answers
 /// again, when no record or commit says so.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long a source's broker may fail to answer before the source gives
-/// its client the bootstrap servers again, and how often it does so while
-/// the failures last (`RdSource::rebootstrap_maybe`).
-const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
-const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
 
 impl RdSource {
     pub fn connect(config: SourceConfig) -> Result<RdSource, ConnectorError> {
@@ -499,7 +493,7 @@ impl RdSource {
             turn: -1,
             paused: false,
             last_probe: Instant::now(),
-            last_rebootstrap: None,
+            rebootstrap: Rebootstrap::new("reader"),
             transactional_id,
             static_assignment,
             reassigned: None,
@@ -850,40 +844,14 @@ impl RdSource {
         self.consumer.context().logging.outage.check()
     }
 
-    /// Gives the client the bootstrap servers again once the broker has
-    /// not answered for [`REBOOTSTRAP_AFTER`], and every
-    /// [`REBOOTSTRAP_EVERY`] after. librdkafka drops a broker that a
-    /// metadata answer leaves out, and a fenced broker (shutting down, or
-    /// back from a stall until its controller hears from it) leaves itself
-    /// out: with one broker, the client then knows none, and asks nobody
-    /// again.
-    /// While the broker is only down, this costs a connection attempt, and
-    /// the next metadata answer drops the extra handle.
+    /// See [`Rebootstrap`].
     fn rebootstrap_maybe(&mut self) {
         let context = self.consumer.context();
-        let Some(failing) = context.logging.outage.failing_for() else {
-            return;
-        };
-        let due = !matches!(self.last_rebootstrap, Some(at) if at.elapsed() < REBOOTSTRAP_EVERY);
-        if failing < REBOOTSTRAP_AFTER || !due {
-            return;
-        }
-        self.last_rebootstrap = Some(Instant::now());
-        let Ok(list) = std::ffi::CString::new(context.brokers.as_str()) else {
-            return;
-        };
-        tracing::warn!(
-            "no answer from Kafka for {:.0} s: giving the client its bootstrap servers again",
-            failing.as_secs_f64()
+        self.rebootstrap.maybe(
+            self.consumer.client(),
+            &context.logging.outage,
+            &context.brokers,
         );
-        // SAFETY: the client pointer lives as long as `self.consumer`, and
-        // librdkafka copies the list; the call is safe from any thread.
-        unsafe {
-            rdkafka::bindings::rd_kafka_brokers_add(
-                self.consumer.client().native_ptr(),
-                list.as_ptr(),
-            );
-        }
     }
 
     /// Before a rewind: takes the group's offsets as the broker has them,
