@@ -1489,14 +1489,14 @@ fn wordcount_members_count_each_word_once_through_a_join() {
     wordcount_scales_out(Kafka::V4, 0);
 }
 
-/// Has failed twice in about 80 runs: some words were counted more than
-/// once (their counts went past n, none repeated) after the kills. The
-/// second time, the repartition topic held the extra words: the first
-/// segment read lines again after their commit (docs/design/state.md,
-/// "A known defect"). Left out of scripts/test until it is shown gone;
-/// run it by name.
+/// Failed twice in its first 80 or so runs: some words were counted more
+/// than once (their counts went past n, none repeated) after the kills.
+/// The second time, the repartition topic held the extra words: the first
+/// segment read lines again after their commit (docs/design/state.md, "A
+/// defect, its likely cause, and the check against it"). A failure says
+/// which segment counted the extra words.
 #[test]
-#[ignore = "needs Kafka brokers; it once over-counted after kills, so scripts/test skips it"]
+#[ignore = "needs Kafka brokers: run scripts/test"]
 fn wordcount_members_count_each_word_once_through_kills_and_a_join() {
     wordcount_scales_out(Kafka::V4, 5);
 }
