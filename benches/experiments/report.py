@@ -656,14 +656,19 @@ def write_report(out, res, charts):
                f"{meta.get('gauge_burst', '?')}` calibrates the work per message w of the reference record on "
                "the systems' CPUs (docs/design/measurement.md): the same fixed work, timed. A round is flagged "
                f"when its readings drift apart by more than {NOISY_DRIFT * 100:.0f}% ((max − min) / mean), or "
-               "when one reading's own calibration spread (before against after) is above that. A sitting "
+               "when one reading's own calibration spread (before against after) is above that. A reading "
+               "with such a spread was disturbed during the second or so it ran, so it is taken again after "
+               "a pause, up to twice; the table gives the tries it replaced in brackets. A sitting "
                "with a flagged round is not a result. Others busy is the share of the gauge's CPUs that "
                "other processes (the broker included) kept busy while a reading ran: where the drift "
                "comes from.", ""]
     trows = []
     for g in sorted(res.get("gauge", []) + (res.get("discarded_rounds") or []),
                     key=lambda g: (g["experiment"], g["round"], g.get("attempt", 1))):
-        ws = " → ".join(num(p.get("w_ms"), 3) for p in g["points"])
+        ws = " → ".join(num(p.get("w_ms"), 3)
+                        + (" (retake of " + ", ".join(f"{num(r.get('w_ms'), 3)} at {num((r.get('spread') or 0) * 100)}%"
+                                                      for r in p["retaken"]) + ")" if p.get("retaken") else "")
+                        for p in g["points"])
         busy = [p["others_busy"] for p in g["points"] if p.get("others_busy") is not None]
         tried = g.get("attempt", 1) > 1 or g.get("left_out")
         trows.append([g["experiment"], f"{g['round']}, try {g.get('attempt', 1)}" if tried else g["round"],
