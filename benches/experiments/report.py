@@ -537,6 +537,13 @@ def intervals_line(systems, commits):
         f"{LABEL[s]} {interval_text(commits.get(s), True)}" for s in systems)
 
 
+def gauge_cell(point):
+    """A gauge reading's w, and the tries a retake replaced."""
+    w = num(point.get("w_ms"), 3)
+    tries = [f"{num(r.get('w_ms'), 3)} at {num((r.get('spread') or 0) * 100)}%" for r in point.get("retaken", [])]
+    return f"{w} (retake of {', '.join(tries)})" if tries else w
+
+
 def write_report(out, res, charts):
     meta, machine, versions = res["meta"], res["machine"], res["versions"]
     experiments, rows = res["experiments"], res["runs"]
@@ -665,10 +672,7 @@ def write_report(out, res, charts):
     trows = []
     for g in sorted(res.get("gauge", []) + (res.get("discarded_rounds") or []),
                     key=lambda g: (g["experiment"], g["round"], g.get("attempt", 1))):
-        ws = " → ".join(num(p.get("w_ms"), 3)
-                        + (" (retake of " + ", ".join(f"{num(r.get('w_ms'), 3)} at {num((r.get('spread') or 0) * 100)}%"
-                                                      for r in p["retaken"]) + ")" if p.get("retaken") else "")
-                        for p in g["points"])
+        ws = " → ".join(gauge_cell(p) for p in g["points"])
         busy = [p["others_busy"] for p in g["points"] if p.get("others_busy") is not None]
         tried = g.get("attempt", 1) > 1 or g.get("left_out")
         trows.append([g["experiment"], f"{g['round']}, try {g.get('attempt', 1)}" if tried else g["round"],
