@@ -639,3 +639,52 @@ fn h_held_follow_on_started_by_another_units_task_completes_its_unit_once() {
 fn broken_hold_uncounted_frees_a_unit_still_held() {
     held_follow_on(true);
 }
+
+/// (i) A window grown by hand lets its blocked admitter in at once. W = 1,
+/// and the one unit in flight is held (`cx.hold()`) until the second unit
+/// has been admitted: no release can wake the admitter, only the grow
+/// (`Runtime::set_window`, `window.md`, "Resizing"). The test thread
+/// grows the window once the admitter has registered as blocked, which it
+/// does under the window's lock and before it sleeps: loom explores the
+/// grow against every point of that. (W is a `std` atomic, which loom does
+/// not interleave around, so without the wait loom would run the grow
+/// before the admitter ever looks.) A grow that missed the admitter would
+/// leave it asleep, and the join waiting for it, which loom reports as a
+/// deadlock.
+fn grown_window_lets_its_admitter_in() {
+    model(Bound::Preemptions(2), || {
+        let rt = Arc::new(runtime(1, 1));
+        let reports = Reports::default();
+        let (tx, rx) = loom::sync::mpsc::channel::<Held>();
+        rt.admit(move |cx| tx.send(cx.hold()).unwrap(), reports.on_done(0))
+            .unwrap();
+        let admitter = {
+            let (rt, on_done) = (rt.clone(), reports.on_done(1));
+            thread::spawn(move || rt.admit(|_| {}, on_done).unwrap())
+        };
+        while rt.blocked_admitters() == 0 {
+            thread::yield_now();
+        }
+        rt.set_window(2).unwrap();
+        admitter.join().unwrap();
+        drop(rx.recv().unwrap());
+        let rt = Arc::try_unwrap(rt).unwrap_or_else(|_| panic!("the admitter kept the runtime"));
+        let stats = rt.shutdown();
+        assert_eq!(reports.sorted(), ok(0..2));
+        assert_eq!((stats.completed, stats.window), (2, 2));
+    });
+}
+
+#[cfg(not(feature = "broken-grow-skips-notify"))]
+#[test]
+fn i_a_grown_window_wakes_its_blocked_admitter() {
+    grown_window_lets_its_admitter_in();
+}
+
+/// Negative test: must fail, with loom reporting a deadlock. A grow that
+/// does not notify leaves the admitter asleep on a window with room.
+#[cfg(feature = "broken-grow-skips-notify")]
+#[test]
+fn broken_grow_skips_notify_leaves_its_admitter_asleep() {
+    grown_window_lets_its_admitter_in();
+}

@@ -48,7 +48,8 @@ mod idle;
         feature = "loom-broken-unpark-skips-lock",
         feature = "loom-broken-idle-keeps-slots",
         feature = "loom-broken-count-after-push",
-        feature = "loom-broken-hold-uncounted"
+        feature = "loom-broken-hold-uncounted",
+        feature = "loom-broken-grow-skips-notify"
     )
 ))]
 compile_error!(
@@ -64,6 +65,7 @@ pub mod loom_internals {
     pub use crate::park::Parker;
 }
 mod queue;
+mod sizer;
 mod stats;
 mod sync;
 mod task;
@@ -71,6 +73,7 @@ mod topology;
 mod window;
 mod worker;
 
+pub use sizer::{MAX_WINDOW_PER_WORKER, WINDOW_WORK_PER_WORKER};
 pub use stats::{Stats, WorkerStats};
 pub use task::{panic_message, Held, Outcome, TaskCx, TaskFailure};
 pub use topology::{allowed_cpus, physical_cpus, Workers};
@@ -80,6 +83,7 @@ use crossbeam_utils::CachePadded;
 use idle::Idle;
 use park::Parker;
 use queue::{Injector, Stealer};
+use sizer::Sizer;
 use stats::{Clock, Totals, WorkerCounters};
 use std::sync::atomic::Ordering::Relaxed;
 use sync::{Arc, AtomicBool, JoinHandle, Ordering};
@@ -107,11 +111,14 @@ loom::thread_local! {
     static STARTED: std::cell::RefCell<Vec<Task>> = std::cell::RefCell::new(Vec::new());
 }
 
-/// The default window is this many units per worker. Depth-first
+/// The default window starts at this many units per worker. Depth-first
 /// scheduling, not a small window, is what keeps a burst draining in
 /// arrival order, so the window can be generous: a larger one costs memory
-/// for the units in flight, and a smaller one makes the admitting thread
-/// wait for a free slot more often, which light records feel most.
+/// for the units in flight and a longer drain, and a smaller one makes the
+/// admitting thread wait for a free slot more often, which light units
+/// feel most. So a default window grows, while its units are light, until
+/// it holds [`WINDOW_WORK_PER_WORKER`] of work per worker, up to
+/// [`MAX_WINDOW_PER_WORKER`] (`window.md`, "Resizing").
 /// `benches/src/bin/burst-table.rs` measures windows against each other.
 pub const DEFAULT_WINDOW_PER_WORKER: usize = 16;
 
@@ -138,6 +145,13 @@ pub enum BuildError {
     },
 }
 
+/// A window size out of range, given to [`Runtime::set_window`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("window must be between 1 and {max}, got {got}", max = MAX_WINDOW)]
+pub struct WindowError {
+    pub got: usize,
+}
+
 /// State shared by the workers and the admitting threads.
 pub(crate) struct Shared {
     injector: Injector<Task>,
@@ -145,6 +159,8 @@ pub(crate) struct Shared {
     parkers: Box<[CachePadded<Parker>]>,
     idle: Idle,
     window: Window,
+    /// Sizes the window, unless the builder or `set_window` did.
+    sizer: Option<Sizer>,
     /// Set once the window is closed and drained; workers then exit.
     shutdown: AtomicBool,
     /// Set when the `Runtime` was dropped where it could not wait (on one of
@@ -161,6 +177,28 @@ impl Shared {
     #[cfg_attr(feature = "loom-broken-skip-recheck", allow(dead_code))]
     fn has_work(&self) -> bool {
         !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
+    }
+
+    /// Called by an admitter that found the window full: lets the sizer,
+    /// if any, measure the work per unit and resize the window.
+    fn resize_window(&self) {
+        if let Some(sizer) = &self.sizer {
+            let now = self.clock.now();
+            sizer.resize(
+                now,
+                || {
+                    let busy = self.counters.iter().map(|c| c.busy_ns(now)).sum();
+                    let units = self
+                        .counters
+                        .iter()
+                        .map(|c| c.units_completed())
+                        .sum::<u64>()
+                        + self.totals.failed.load(Relaxed);
+                    (busy, units)
+                },
+                |cap| self.window.set_cap(cap),
+            );
+        }
     }
 
     /// Wakes one parked worker, if any, after work was pushed.
@@ -239,8 +277,10 @@ impl Builder {
         self
     }
 
-    /// The admission window W: units in flight at most. Defaults to
-    /// [`DEFAULT_WINDOW_PER_WORKER`] × workers.
+    /// The admission window W: units in flight at most, for good (until
+    /// [`Runtime::set_window`]). Left unset, the runtime sizes it: it starts
+    /// at [`DEFAULT_WINDOW_PER_WORKER`] × workers and grows while the units
+    /// are light (see [`DEFAULT_WINDOW_PER_WORKER`]).
     pub fn window(mut self, window: usize) -> Self {
         self.window = Some(window);
         self
@@ -253,6 +293,10 @@ impl Builder {
         if !(1..=MAX_WINDOW).contains(&window) {
             return Err(BuildError::Window { got: window });
         }
+        let sizer = self
+            .window
+            .is_none()
+            .then(|| Sizer::new(count, window, MAX_WINDOW));
         let locals: Vec<_> = (0..count).map(|_| queue::Worker::new_lifo()).collect();
         let shared = Arc::new(Shared {
             injector: Injector::new(),
@@ -262,6 +306,7 @@ impl Builder {
                 .collect(),
             idle: Idle::new(count),
             window: Window::new(window),
+            sizer,
             shutdown: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             counters: (0..count).map(|_| CachePadded::default()).collect(),
@@ -351,14 +396,39 @@ impl Runtime {
         self.shared.parkers.len()
     }
 
+    /// The window W now (a window the runtime sizes changes as it runs).
     pub fn window(&self) -> usize {
         self.shared.window.cap()
+    }
+
+    /// Sets the window W for good: the runtime sizes it no more. Units in
+    /// flight beyond a smaller W run to the end, and no unit is admitted
+    /// until they are below it; a larger W lets blocked admitters in at
+    /// once.
+    pub fn set_window(&self, window: usize) -> Result<(), WindowError> {
+        if !(1..=MAX_WINDOW).contains(&window) {
+            return Err(WindowError { got: window });
+        }
+        let set = || self.shared.window.set_cap(window);
+        match &self.shared.sizer {
+            Some(sizer) => sizer.stop(set),
+            None => set(),
+        }
+        Ok(())
     }
 
     /// Waits for a window slot. Blocks while `window` units are in flight.
     pub fn reserve(&self) -> Result<Slot<'_>, AdmitError> {
         self.refuse_on_worker()?;
-        self.shared.window.acquire().map_err(refused)?;
+        let window = &self.shared.window;
+        match window.try_acquire() {
+            Err(Refused::Full) => {
+                self.shared.resize_window();
+                window.acquire()
+            }
+            taken => taken,
+        }
+        .map_err(refused)?;
         Ok(Slot {
             shared: &self.shared,
         })
@@ -366,7 +436,15 @@ impl Runtime {
 
     /// Takes a window slot if one is free now.
     pub fn try_reserve(&self) -> Result<Slot<'_>, AdmitError> {
-        self.shared.window.try_acquire().map_err(refused)?;
+        let window = &self.shared.window;
+        match window.try_acquire() {
+            Err(Refused::Full) => {
+                self.shared.resize_window();
+                window.try_acquire()
+            }
+            taken => taken,
+        }
+        .map_err(refused)?;
         Ok(Slot {
             shared: &self.shared,
         })

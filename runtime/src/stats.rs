@@ -38,7 +38,8 @@ pub struct Stats {
     pub window: usize,
     /// Units admitted and not yet finished.
     pub in_flight: usize,
-    /// The most units ever in flight at once. Never exceeds `window`.
+    /// The most units ever in flight at once. Never exceeds the largest
+    /// window the runtime had.
     pub max_in_flight: usize,
     /// Units admitted: completed + failed + in flight (a slot reserved and
     /// not yet submitted counts as admitted). Exact once the runtime is
@@ -138,7 +139,7 @@ impl WorkerCounters {
         self.busy.store(now.saturating_sub(since) << 1, Relaxed);
     }
 
-    fn busy_ns(&self, now: u64) -> u64 {
+    pub(crate) fn busy_ns(&self, now: u64) -> u64 {
         let word = self.busy.load(Relaxed);
         let busy = if word & 1 == 1 {
             now.saturating_sub(word >> 1)

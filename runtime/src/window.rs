@@ -62,10 +62,11 @@ pub(crate) enum Refused {
 
 pub(crate) struct Window {
     state: AtomicU64,
-    cap: u64,
-    /// A release wakes a blocked admitter only once at least this many
-    /// slots are free (see `window.md`, "Waking in batches").
-    wake_batch: u64,
+    /// W, which `set_cap` may change while units run (`window.md`,
+    /// "Resizing"). A `std` atomic even under loom: every path that sleeps
+    /// on it reads it under the lock, and a resize that grows it notifies
+    /// under the lock, so the lock, which loom models, orders the two.
+    cap: std::sync::atomic::AtomicU64,
     /// Serializes the slow paths: waiters register and sleep under it, and
     /// releasers take it before notifying, so a notification cannot slip in
     /// between a waiter's registration and its wait.
@@ -85,8 +86,7 @@ impl Window {
         );
         Window {
             state: AtomicU64::new(0),
-            cap: cap as u64,
-            wake_batch: wake_batch(cap as u64),
+            cap: std::sync::atomic::AtomicU64::new(cap as u64),
             lock: Mutex::new(()),
             admitters: Condvar::new(),
             drained: Condvar::new(),
@@ -95,7 +95,33 @@ impl Window {
     }
 
     pub(crate) fn cap(&self) -> usize {
-        self.cap as usize
+        self.cap_now() as usize
+    }
+
+    fn cap_now(&self) -> u64 {
+        // Relaxed: a stale W is harmless on the fast paths (window.md,
+        // "Resizing"), and the slow path reads it under the lock.
+        self.cap.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes W. Units in flight beyond a smaller W run to the end; no
+    /// admission takes a slot until they are below it. A larger W wakes
+    /// every blocked admitter, under the lock, so that none sleeps through
+    /// the slots it adds.
+    pub(crate) fn set_cap(&self, cap: usize) {
+        assert!(
+            (1..=MAX_WINDOW).contains(&cap),
+            "window must be in 1..={MAX_WINDOW}"
+        );
+        let old = self
+            .cap
+            .swap(cap as u64, std::sync::atomic::Ordering::Relaxed);
+        // Deliberately broken for the loom negative test: a grow that
+        // wakes nobody.
+        if cap as u64 > old && !cfg!(feature = "loom-broken-grow-skips-notify") {
+            let _guard = self.lock.lock();
+            self.admitters.notify_all();
+        }
     }
 
     pub(crate) fn load(&self) -> State {
@@ -111,7 +137,7 @@ impl Window {
             if cur.is_closed() {
                 return Err(Refused::Closed);
             }
-            if cur.in_flight() >= self.cap {
+            if cur.in_flight() >= self.cap_now() {
                 return Err(Refused::Full);
             }
             let next = cur.with_one_more_in_flight();
@@ -150,7 +176,7 @@ impl Window {
                     self.state.fetch_sub(State::WAITER_ONE, Ordering::AcqRel);
                 }
                 return Err(Refused::Closed);
-            } else if cur.in_flight() < self.cap {
+            } else if cur.in_flight() < self.cap_now() {
                 let taken = cur.with_one_more_in_flight();
                 if registered {
                     taken.with_one_less_waiter()
@@ -215,15 +241,19 @@ impl Window {
     /// Whether the release of `slots` that replaced `prev` must wake an
     /// admitter: somebody waits, and it left at least `wake_batch` free.
     fn wakes_admitter(&self, prev: State, slots: u64) -> bool {
-        prev.waiters() > 0 && self.cap - (prev.in_flight() - slots) >= self.wake_batch
+        let cap = self.cap_now();
+        // Saturating: right after W shrank, more than W may be in flight.
+        prev.waiters() > 0 && cap.saturating_sub(prev.in_flight() - slots) >= wake_batch(cap)
     }
 
     /// How many completed units each of `workers` workers may hold before
     /// it releases their slots in one RMW: its share of an eighth of the
     /// window, at least one. All the workers together then withhold fewer
-    /// than an eighth of the window (see `window.md`).
+    /// than an eighth of the window (see `window.md`). Taken from W when
+    /// asked: a worker asks once, as it starts, so a window that grows
+    /// later keeps the smaller batch.
     pub(crate) fn release_batch(&self, workers: usize) -> u64 {
-        ((self.cap / 8) / workers.max(1) as u64).max(1)
+        ((self.cap_now() / 8) / workers.max(1) as u64).max(1)
     }
 
     #[cold]
@@ -378,6 +408,32 @@ mod tests {
         assert_eq!(t.join().unwrap(), Ok(()));
         assert_eq!(w.load().in_flight(), 1);
         assert_eq!(w.load().waiters(), 0);
+    }
+
+    #[test]
+    fn a_window_that_grows_wakes_its_blocked_admitter_and_one_that_shrinks_refuses() {
+        let w = std::sync::Arc::new(Window::new(1));
+        w.acquire().unwrap();
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || w2.acquire());
+        while w.load().waiters() == 0 {
+            std::thread::yield_now();
+        }
+        // No release: only the larger window can let the admitter in.
+        w.set_cap(2);
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(w.load().in_flight(), 2);
+        w.set_cap(1);
+        assert_eq!(w.try_acquire(), Err(Refused::Full));
+        assert!(!w.release(1));
+        assert_eq!(
+            w.try_acquire(),
+            Err(Refused::Full),
+            "one unit in flight still fills a window of one"
+        );
+        assert!(!w.release(1));
+        assert_eq!(w.try_acquire(), Ok(()));
+        assert_eq!(w.cap(), 1);
     }
 
     #[test]
