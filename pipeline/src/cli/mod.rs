@@ -13,7 +13,9 @@ use fila_connectors::{
     ClientKind, ClientProperties, Cluster, ConnectorError, GroupProtocol, OffsetReset, ReplayBound,
     Replica, MAX_EXACTLY_ONCE_INTERVAL,
 };
-use fila_runtime::{Workers, DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW};
+use fila_runtime::{
+    Workers, DEFAULT_WINDOW_PER_WORKER, MAX_WINDOW, MAX_WINDOW_PER_WORKER, WINDOW_WORK_PER_WORKER,
+};
 
 use crate::driver::DriverConfig;
 use crate::reference::{Stages, DEFAULT_BURST, DEFAULT_STAGES, MAX_STAGE};
@@ -216,7 +218,12 @@ impl RunArgs {
 }
 
 fn window_help() -> String {
-    format!("Records in flight at most [default: {DEFAULT_WINDOW_PER_WORKER} × workers]")
+    format!(
+        "Records in flight at most [default: sized by the runtime: {DEFAULT_WINDOW_PER_WORKER} × workers, \
+         growing while records are light to hold about {} ms of work per worker, up to \
+         {MAX_WINDOW_PER_WORKER} × workers]",
+        WINDOW_WORK_PER_WORKER.as_millis()
+    )
 }
 
 /// The flags that say which cluster and topics: the same for `run` and
