@@ -420,27 +420,22 @@ impl Runtime {
     /// Waits for a window slot. Blocks while `window` units are in flight.
     pub fn reserve(&self) -> Result<Slot<'_>, AdmitError> {
         self.refuse_on_worker()?;
-        let window = &self.shared.window;
-        match window.try_acquire() {
-            Err(Refused::Full) => {
-                self.shared.resize_window();
-                window.acquire()
-            }
-            taken => taken,
-        }
-        .map_err(refused)?;
-        Ok(Slot {
-            shared: &self.shared,
-        })
+        self.slot(Window::acquire)
     }
 
     /// Takes a window slot if one is free now.
     pub fn try_reserve(&self) -> Result<Slot<'_>, AdmitError> {
+        self.slot(Window::try_acquire)
+    }
+
+    /// A slot from the fast path, or, when the window is full, from `full`
+    /// once the sizer (if any) has had a look.
+    fn slot(&self, full: fn(&Window) -> Result<(), Refused>) -> Result<Slot<'_>, AdmitError> {
         let window = &self.shared.window;
         match window.try_acquire() {
             Err(Refused::Full) => {
                 self.shared.resize_window();
-                window.try_acquire()
+                full(window)
             }
             taken => taken,
         }

@@ -317,15 +317,14 @@ fn wake_batch(cap: u64) -> u64 {
 #[cfg(all(test, not(fila_loom)))]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
 
-    #[test]
-    fn a_blocked_admitter_is_woken_once_a_batch_of_slots_is_free() {
-        assert_eq!(
-            (wake_batch(1), wake_batch(3), wake_batch(4), wake_batch(64)),
-            (1, 1, 2, 32)
-        );
-        let w = std::sync::Arc::new(Window::new(4));
-        for _ in 0..4 {
+    /// A window of `cap` with every slot taken, and a thread blocked in
+    /// `acquire` on it.
+    fn with_blocked_admitter(cap: usize) -> (Arc<Window>, JoinHandle<Result<(), Refused>>) {
+        let w = Arc::new(Window::new(cap));
+        for _ in 0..cap {
             w.acquire().unwrap();
         }
         let w2 = w.clone();
@@ -333,6 +332,16 @@ mod tests {
         while w.load().waiters() == 0 {
             std::thread::yield_now();
         }
+        (w, t)
+    }
+
+    #[test]
+    fn a_blocked_admitter_is_woken_once_a_batch_of_slots_is_free() {
+        assert_eq!(
+            (wake_batch(1), wake_batch(3), wake_batch(4), wake_batch(64)),
+            (1, 1, 2, 32)
+        );
+        let (w, t) = with_blocked_admitter(4);
         // One slot free is not yet a batch of two: the admitter stays
         // registered (and asleep, unless it woke spuriously and waits again).
         assert!(!w.release(1));
@@ -397,13 +406,7 @@ mod tests {
 
     #[test]
     fn blocked_admitter_wakes_on_release() {
-        let w = std::sync::Arc::new(Window::new(1));
-        w.acquire().unwrap();
-        let w2 = w.clone();
-        let t = std::thread::spawn(move || w2.acquire());
-        while w.load().waiters() == 0 {
-            std::thread::yield_now();
-        }
+        let (w, t) = with_blocked_admitter(1);
         assert!(!w.release(1));
         assert_eq!(t.join().unwrap(), Ok(()));
         assert_eq!(w.load().in_flight(), 1);
@@ -412,13 +415,7 @@ mod tests {
 
     #[test]
     fn a_window_that_grows_wakes_its_blocked_admitter_and_one_that_shrinks_refuses() {
-        let w = std::sync::Arc::new(Window::new(1));
-        w.acquire().unwrap();
-        let w2 = w.clone();
-        let t = std::thread::spawn(move || w2.acquire());
-        while w.load().waiters() == 0 {
-            std::thread::yield_now();
-        }
+        let (w, t) = with_blocked_admitter(1);
         // No release: only the larger window can let the admitter in.
         w.set_cap(2);
         assert_eq!(t.join().unwrap(), Ok(()));
@@ -438,13 +435,7 @@ mod tests {
 
     #[test]
     fn close_wakes_blocked_admitter_with_closed() {
-        let w = std::sync::Arc::new(Window::new(1));
-        w.acquire().unwrap();
-        let w2 = w.clone();
-        let t = std::thread::spawn(move || w2.acquire());
-        while w.load().waiters() == 0 {
-            std::thread::yield_now();
-        }
+        let (w, t) = with_blocked_admitter(1);
         w.close();
         assert_eq!(t.join().unwrap(), Err(Refused::Closed));
         assert_eq!(w.load().waiters(), 0);
