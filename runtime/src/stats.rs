@@ -34,7 +34,7 @@ pub struct WorkerStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub workers: Vec<WorkerStats>,
-    /// The admission window W.
+    /// The admission window W when the snapshot was taken.
     pub window: usize,
     /// Units admitted and not yet finished.
     pub in_flight: usize,

@@ -150,7 +150,7 @@ impl Collector for Page {
         one(
             &mut e,
             "fila_window",
-            "The admission window W.",
+            "The admission window W now: it grows while records are light, unless --window fixed it.",
             ConstGauge::new(stats.window as u64),
         )?;
         one(
