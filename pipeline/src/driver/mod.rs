@@ -54,9 +54,11 @@ pub struct DriverConfig {
     pub poll_timeout: Duration,
     /// After waking for a result, the sink thread waits this long and then
     /// takes everything that arrived meanwhile, writes it, and flushes once.
-    /// With Kafka every flush is a produce request that every in-sync
-    /// replica must acknowledge, so the tick sets how many requests the
-    /// broker serves: [`DEFAULT_SINK_TICK`] says why it is 25 ms.
+    /// With Kafka every flush is a produce request per partition written
+    /// (more for a batch larger than a request: docs/design/delivery.md,
+    /// chunks) that every in-sync replica must acknowledge, so the tick
+    /// sets how many requests the broker serves: [`DEFAULT_SINK_TICK`]
+    /// says why it is 25 ms.
     pub sink_tick: Duration,
     /// How long a batch that is still small (under [`SMALL_BATCH_BYTES`])
     /// after its tick may go on gathering while records are in flight,
@@ -101,8 +103,9 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
 };
 
 /// The sink's default tick. With Kafka every flush is a produce request
-/// that every in-sync replica must acknowledge, so a longer tick spares
-/// the broker (which may share the cores with fila) and leaves fila that
+/// per partition written that every in-sync replica must acknowledge, so
+/// a longer tick spares the broker (which may share the cores with fila)
+/// and leaves fila that
 /// CPU; an output waits up to one tick longer for its flush (and a small
 /// batch up to the linger, see [`SMALL_BATCH_BYTES`]). The latency a
 /// run reports is taken when the record's last stage finishes, before the

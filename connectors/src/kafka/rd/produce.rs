@@ -141,6 +141,51 @@ impl ProducerContext for DeliveryContext {
 /// dead-letter topic with its headers; the broker's own limit decides.
 const MAX_RECORD_BYTES: usize = 8 << 20;
 
+/// What librdkafka frames a record in, at most, besides its key, value
+/// and headers (a v2 record's length, attributes, timestamp and offset
+/// deltas, and the lengths of its parts).
+pub(super) const RECORD_OVERHEAD: usize = 36;
+
+/// What a produce request's and its record batch's own headers take of
+/// `batch.size`, at most (the request header, the topic's name, the batch
+/// header), rounded up.
+const REQUEST_FRAMING: usize = 1024;
+
+/// The most one produce request carries to one partition, as the user's
+/// client properties leave librdkafka configured: `batch.num.messages`
+/// records, and `batch.size` bytes (or `message.max.bytes`, if smaller)
+/// less [`REQUEST_FRAMING`], counting each record's key, value, headers
+/// and [`RECORD_OVERHEAD`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RequestSize {
+    pub(super) records: usize,
+    pub(super) bytes: usize,
+}
+
+impl RequestSize {
+    pub(super) fn of(cluster: &Cluster) -> Result<RequestSize, ConnectorError> {
+        Ok(RequestSize::from_config(&client_config(cluster)?))
+    }
+
+    fn from_config(config: &rdkafka::config::ClientConfig) -> RequestSize {
+        // librdkafka's defaults, and fila's for message.max.bytes.
+        let get = |key: &str, default: usize| {
+            config
+                .get(key)
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|&v| v > 0)
+                .unwrap_or(default)
+        };
+        RequestSize {
+            records: get("batch.num.messages", 10_000),
+            bytes: get("batch.size", 1_000_000)
+                .min(get("message.max.bytes", MAX_RECORD_BYTES))
+                .saturating_sub(REQUEST_FRAMING)
+                .max(1),
+        }
+    }
+}
+
 /// A producer that waits for every replica (`acks=all`) and never writes
 /// a record twice on a retry (idempotence). librdkafka retries a record
 /// through broker restarts for up to `retry_timeout`, then reports it
@@ -333,6 +378,20 @@ impl Writer {
         }
     }
 
+    /// Sends what lingers at once, and waits up to `bound` until
+    /// librdkafka holds no record: librdkafka's own flush, which treats the
+    /// linger as over while it lasts. Delivery reports come as events
+    /// here, served by the poll thread, so this flush only sleeps on
+    /// librdkafka's count of the records it holds.
+    fn send_lingering(&self, bound: Duration) {
+        let ms = i32::try_from(bound.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the pointer is this writer's producer's, which lives as
+        // long as `self`; librdkafka's flush may be called from any thread.
+        // What it returns (whether it timed out) the caller learns from
+        // the count of records not yet reported.
+        unsafe { rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), ms) };
+    }
+
     /// Forgets failed deliveries: after a transaction ended, they belong to
     /// it (a commit that succeeded had none; an abort's purge reports them
     /// all).
@@ -346,7 +405,9 @@ impl Writer {
     /// the flush fails rather than wait for ever.
     pub(super) fn flush(&self) -> Result<(), ConnectorError> {
         let context = self.producer.context();
-        let left = context.wait_settled(self.flush_bound);
+        let deadline = Instant::now() + self.flush_bound;
+        self.send_lingering(self.flush_bound);
+        let left = context.wait_settled(deadline.saturating_duration_since(Instant::now()));
         if left > 0 {
             return Err(error(
                 &self.brokers,
@@ -367,10 +428,13 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Dropping a producer purges what it still holds: say so if
         // anything was left, rather than lose it silently.
+        let bound = Duration::from_secs(30);
+        let deadline = Instant::now() + bound;
+        self.send_lingering(bound);
         let left = self
             .producer
             .context()
-            .wait_settled(Duration::from_secs(30));
+            .wait_settled(deadline.saturating_duration_since(Instant::now()));
         self.stop.store(true, Ordering::Relaxed);
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
@@ -381,5 +445,35 @@ impl Drop for Writer {
                 "{left} records were not acknowledged when the producer closed"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+
+    #[test]
+    fn a_request_holds_what_the_batch_settings_allow_less_its_framing() {
+        let config = ClientConfig::new();
+        assert_eq!(
+            RequestSize::from_config(&config),
+            RequestSize {
+                records: 10_000,
+                bytes: 1_000_000 - REQUEST_FRAMING,
+            }
+        );
+        let mut config = ClientConfig::new();
+        config
+            .set("batch.num.messages", "500")
+            .set("batch.size", "4000000")
+            .set("message.max.bytes", "2000000");
+        assert_eq!(
+            RequestSize::from_config(&config),
+            RequestSize {
+                records: 500,
+                bytes: 2_000_000 - REQUEST_FRAMING,
+            }
+        );
     }
 }

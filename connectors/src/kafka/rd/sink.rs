@@ -6,13 +6,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::admin::{ensure_topic, LOOKUP_TIMEOUT};
 use super::config::kafka_error;
-use super::produce::{producer, producer_with, Writer};
+use super::produce::{producer, producer_with, RequestSize, Writer, RECORD_OVERHEAD};
 use super::source::RdSource;
 use super::transaction::{Link, Transaction};
 use crate::kafka::dead_letter::{
@@ -32,9 +32,114 @@ pub(crate) struct RdSink {
     dlq_topic: Option<String>,
     /// Exactly-once: the open transaction.
     transaction: Option<Transaction>,
+    /// At least once: what was written since the last flush.
+    chunk: Option<Chunk>,
     /// Exactly-once: how to make the producer again after it failed for
     /// good.
     remake: Option<Remake>,
+}
+
+/// The at-least-once sink's producer linger. Every batch the sink writes
+/// ends in a flush, which sends at once whatever lingers, so the linger
+/// only keeps librdkafka from sending the first records of a chunk
+/// ([`Chunk`]) while the sink is still writing the rest of it: those would
+/// go in a request of their own, and the rest wait behind it.
+const SINK_LINGER_MS: u32 = 500;
+
+/// At least once, the sink writes in chunks of at most one produce request
+/// per partition, and flushes each before it writes the next. An
+/// idempotent producer in librdkafka sends a partition's next request only
+/// once the one before it is acknowledged (a request of five records or
+/// more fills its window of in-flight requests), so a larger batch goes
+/// out one request after the other anyway; and while records wait behind
+/// a request whose linger has passed (during a flush, every record's),
+/// librdkafka's broker thread polls its socket without sleeping, taking a
+/// core from the workers and the broker until the answer comes. A chunk
+/// keeps the wait and leaves the core.
+///
+/// Records to a partition fila names (a changelog's) count against that
+/// partition; records partitioned by librdkafka (by key) against their
+/// topic, as if spread evenly over its partitions, so a skewed key
+/// distribution can still send some partition two requests in one chunk.
+struct Chunk {
+    request: RequestSize,
+    topics: HashMap<String, Topic>,
+}
+
+/// What a chunk holds of one topic.
+#[derive(Default)]
+struct Topic {
+    /// The topic's partitions, once asked (on its first record partitioned
+    /// by key).
+    partitions: Option<usize>,
+    /// Records librdkafka partitions.
+    spread: Load,
+    /// Records to a partition fila names.
+    named: HashMap<i32, Load>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Load {
+    records: usize,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn new(request: RequestSize) -> Chunk {
+        Chunk {
+            request,
+            topics: HashMap::new(),
+        }
+    }
+
+    /// Whether a record of `bytes` (key, value and headers) to `topic`'s
+    /// `partition` would overfill the chunk; `partitions` says how many
+    /// partitions the topic has, asked once per topic.
+    fn overfills(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        bytes: usize,
+        partitions: impl FnOnce() -> usize,
+    ) -> bool {
+        let request = self.request;
+        let t = self.topic(topic);
+        let (load, room) = match partition {
+            Some(p) => (t.named.get(&p).copied().unwrap_or_default(), 1),
+            None => (t.spread, *t.partitions.get_or_insert_with(partitions)),
+        };
+        let room = room.max(1);
+        load.records > 0
+            && (load.records + 1 > request.records.saturating_mul(room)
+                || load.bytes + bytes + RECORD_OVERHEAD > request.bytes.saturating_mul(room))
+    }
+
+    /// Counts a record written.
+    fn add(&mut self, topic: &str, partition: Option<i32>, bytes: usize) {
+        let t = self.topic(topic);
+        let load = match partition {
+            Some(p) => t.named.entry(p).or_default(),
+            None => &mut t.spread,
+        };
+        load.records += 1;
+        load.bytes += bytes + RECORD_OVERHEAD;
+    }
+
+    fn topic(&mut self, topic: &str) -> &mut Topic {
+        // A topic's name is copied on its first record only.
+        if !self.topics.contains_key(topic) {
+            self.topics.insert(topic.to_owned(), Topic::default());
+        }
+        self.topics.get_mut(topic).expect("just inserted")
+    }
+
+    /// After a flush: nothing written since.
+    fn flushed(&mut self) {
+        for t in self.topics.values_mut() {
+            t.spread = Load::default();
+            t.named.clear();
+        }
+    }
 }
 
 /// What making the transactional producer again takes, and when it was
@@ -109,11 +214,11 @@ fn make_again(
 impl RdSink {
     pub fn connect(config: &SinkConfig) -> Result<RdSink, ConnectorError> {
         let brokers = config.cluster.brokers.as_str();
-        // The sink flushes after every batch, which sends at once; linger
-        // only gathers what arrives while a flush is under way.
-        let producer = producer(&config.cluster, 1, config.retry_timeout, None)?;
+        let producer = producer(&config.cluster, SINK_LINGER_MS, config.retry_timeout, None)?;
+        let mut chunk = Chunk::new(RequestSize::of(&config.cluster)?);
         for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
-            ensure_topic(producer.client(), brokers, topic)?;
+            let partitions = ensure_topic(producer.client(), brokers, topic)?.len();
+            chunk.topic(topic).partitions = Some(partitions);
         }
         Ok(RdSink {
             writer: Writer::new(producer, brokers, config.retry_timeout),
@@ -122,6 +227,7 @@ impl RdSink {
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
             transaction: None,
+            chunk: Some(chunk),
             remake: None,
         })
     }
@@ -149,6 +255,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            chunk: None,
             // The offsets committed are the source's own topic's,
             // whatever the sink calls its input.
             transaction: Some(Transaction::new(
@@ -211,6 +318,50 @@ impl RdSink {
     }
 }
 
+/// At least once (`chunk` is there): before a record of `bytes` to
+/// `topic`'s `partition` is written, flushes what the chunk holds if the
+/// record would overfill it, and counts the record.
+fn fit(
+    chunk: &mut Option<Chunk>,
+    writer: &Writer,
+    topic: &str,
+    partition: Option<i32>,
+    bytes: usize,
+) -> Result<(), ConnectorError> {
+    let Some(chunk) = chunk.as_mut() else {
+        return Ok(());
+    };
+    let client = writer.producer.client();
+    if chunk.overfills(topic, partition, bytes, || partition_count(client, topic)) {
+        writer.flush()?;
+        chunk.flushed();
+    }
+    chunk.add(topic, partition, bytes);
+    Ok(())
+}
+
+/// How many partitions `topic` has, as the producer's metadata says; 1
+/// when it cannot tell, which only makes chunks to it smaller.
+fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> usize {
+    match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(1, |t| t.partitions().len().max(1)),
+        Err(e) => {
+            tracing::debug!(
+                topic,
+                "partitions unknown ({e}); writing it one request a chunk"
+            );
+            1
+        }
+    }
+}
+
 impl Transactions for RdSink {
     fn abort_requested(&self) -> bool {
         self.transaction
@@ -254,6 +405,14 @@ impl Transactions for RdSink {
 impl Sink for RdSink {
     fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
         self.sent();
+        let bytes = key.map_or(0, <[u8]>::len) + payload.len();
+        fit(
+            &mut self.chunk,
+            &self.writer,
+            &self.output_topic,
+            None,
+            bytes,
+        )?;
         write(
             &self.writer,
             &mut self.transaction,
@@ -274,6 +433,11 @@ impl Sink for RdSink {
     ) -> Result<(), ConnectorError> {
         self.sent();
         let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
+        // The headers: their names, the input topic, the position and the
+        // reason.
+        let bytes =
+            key.map_or(0, <[u8]>::len) + payload.len() + 64 + self.input_topic.len() + reason.len();
+        fit(&mut self.chunk, &self.writer, topic, None, bytes)?;
         let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
         let headers = [
             (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),
@@ -300,7 +464,11 @@ impl Sink for RdSink {
     }
 
     fn flush(&mut self) -> Result<(), ConnectorError> {
-        self.writer.flush()
+        let flushed = self.writer.flush();
+        if let Some(chunk) = &mut self.chunk {
+            chunk.flushed();
+        }
+        flushed
     }
 
     fn has_dead_letter_destination(&self) -> bool {
@@ -315,6 +483,8 @@ impl Sink for RdSink {
         value: Option<&[u8]>,
     ) -> Result<(), ConnectorError> {
         self.sent();
+        let bytes = key.len() + value.map_or(0, <[u8]>::len);
+        fit(&mut self.chunk, &self.writer, topic, partition, bytes)?;
         write(
             &self.writer,
             &mut self.transaction,
@@ -390,6 +560,57 @@ impl Drop for RdSink {
 mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
+
+    const REQUEST: RequestSize = RequestSize {
+        records: 4,
+        bytes: 1_000,
+    };
+
+    #[test]
+    fn a_chunk_holds_one_request_per_partition_and_starts_again_after_a_flush() {
+        let mut chunk = Chunk::new(REQUEST);
+        let mut asked = 0;
+        // Keyed records to a topic of two partitions: room for two
+        // requests of four records.
+        for _ in 0..8 {
+            let over = chunk.overfills("out", None, 10, || {
+                asked += 1;
+                2
+            });
+            assert!(!over);
+            chunk.add("out", None, 10);
+        }
+        assert!(chunk.overfills("out", None, 10, || unreachable!()));
+        assert_eq!(asked, 1, "a topic's partitions are asked once");
+        // A partition fila names has one request's room, whatever the
+        // topic's size, and its own count.
+        for _ in 0..4 {
+            assert!(!chunk.overfills("changelog", Some(3), 10, || unreachable!()));
+            chunk.add("changelog", Some(3), 10);
+        }
+        assert!(chunk.overfills("changelog", Some(3), 10, || unreachable!()));
+        assert!(!chunk.overfills("changelog", Some(4), 10, || unreachable!()));
+        chunk.flushed();
+        assert!(!chunk.overfills("out", None, 10, || unreachable!()));
+        assert!(!chunk.overfills("changelog", Some(3), 10, || unreachable!()));
+    }
+
+    #[test]
+    fn a_chunk_counts_bytes_with_each_records_framing() {
+        let mut chunk = Chunk::new(REQUEST);
+        chunk.topic("out").partitions = Some(1);
+        let record = 500 - RECORD_OVERHEAD;
+        assert!(!chunk.overfills("out", None, record, || unreachable!()));
+        chunk.add("out", None, record);
+        assert!(!chunk.overfills("out", None, record, || unreachable!()));
+        chunk.add("out", None, record);
+        assert!(chunk.overfills("out", None, 1, || unreachable!()));
+        // A record larger than a request still goes, alone in its chunk.
+        chunk.flushed();
+        assert!(!chunk.overfills("out", None, 5_000, || unreachable!()));
+        chunk.add("out", None, 5_000);
+        assert!(chunk.overfills("out", None, 1, || unreachable!()));
+    }
 
     /// What `write` relies on: once the open transaction has failed
     /// and needs an abort, librdkafka refuses further records with a state
