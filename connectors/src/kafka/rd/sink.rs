@@ -92,37 +92,44 @@ impl Chunk {
         }
     }
 
-    /// Whether a record of `bytes` (key, value and headers) to `topic`'s
-    /// `partition` would overfill the chunk; `partitions` says how many
+    /// Counts a record of `bytes` (key, value and headers) to `topic`'s
+    /// `partition`. Returns true when it would have overfilled the chunk:
+    /// the chunk then starts again with this record alone, and the caller
+    /// flushes what was written before it. `partitions` says how many
     /// partitions the topic has, asked once per topic.
-    fn overfills(
+    fn take(
         &mut self,
         topic: &str,
         partition: Option<i32>,
         bytes: usize,
         partitions: impl FnOnce() -> usize,
     ) -> bool {
-        let request = self.request;
+        let (request, size) = (self.request, bytes + RECORD_OVERHEAD);
         let t = self.topic(topic);
         let (load, room) = match partition {
-            Some(p) => (t.named.get(&p).copied().unwrap_or_default(), 1),
-            None => (t.spread, *t.partitions.get_or_insert_with(partitions)),
+            Some(p) => (t.named.entry(p).or_default(), 1),
+            None => (&mut t.spread, *t.partitions.get_or_insert_with(partitions)),
         };
         let room = room.max(1);
-        load.records > 0
+        let full = load.records > 0
             && (load.records + 1 > request.records.saturating_mul(room)
-                || load.bytes + bytes + RECORD_OVERHEAD > request.bytes.saturating_mul(room))
-    }
-
-    /// Counts a record written.
-    fn add(&mut self, topic: &str, partition: Option<i32>, bytes: usize) {
+                || load.bytes + size > request.bytes.saturating_mul(room));
+        if !full {
+            load.records += 1;
+            load.bytes += size;
+            return false;
+        }
+        self.flushed();
         let t = self.topic(topic);
         let load = match partition {
             Some(p) => t.named.entry(p).or_default(),
             None => &mut t.spread,
         };
-        load.records += 1;
-        load.bytes += bytes + RECORD_OVERHEAD;
+        *load = Load {
+            records: 1,
+            bytes: size,
+        };
+        true
     }
 
     fn topic(&mut self, topic: &str) -> &mut Topic {
@@ -319,8 +326,8 @@ impl RdSink {
 }
 
 /// At least once (`chunk` is there): before a record of `bytes` to
-/// `topic`'s `partition` is written, flushes what the chunk holds if the
-/// record would overfill it, and counts the record.
+/// `topic`'s `partition` is written, counts it, and flushes what was
+/// written before it if it would have overfilled the chunk.
 fn fit(
     chunk: &mut Option<Chunk>,
     writer: &Writer,
@@ -332,11 +339,9 @@ fn fit(
         return Ok(());
     };
     let client = writer.producer.client();
-    if chunk.overfills(topic, partition, bytes, || partition_count(client, topic)) {
+    if chunk.take(topic, partition, bytes, || partition_count(client, topic)) {
         writer.flush()?;
-        chunk.flushed();
     }
-    chunk.add(topic, partition, bytes);
     Ok(())
 }
 
@@ -573,26 +578,35 @@ mod tests {
         // Keyed records to a topic of two partitions: room for two
         // requests of four records.
         for _ in 0..8 {
-            let over = chunk.overfills("out", None, 10, || {
+            let full = chunk.take("out", None, 10, || {
                 asked += 1;
                 2
             });
-            assert!(!over);
-            chunk.add("out", None, 10);
+            assert!(!full);
         }
-        assert!(chunk.overfills("out", None, 10, || unreachable!()));
-        assert_eq!(asked, 1, "a topic's partitions are asked once");
         // A partition fila names has one request's room, whatever the
-        // topic's size, and its own count.
+        // topic's size, and a count of its own.
         for _ in 0..4 {
-            assert!(!chunk.overfills("changelog", Some(3), 10, || unreachable!()));
-            chunk.add("changelog", Some(3), 10);
+            assert!(!chunk.take("changelog", Some(3), 10, || unreachable!()));
         }
-        assert!(chunk.overfills("changelog", Some(3), 10, || unreachable!()));
-        assert!(!chunk.overfills("changelog", Some(4), 10, || unreachable!()));
+        assert!(!chunk.take("changelog", Some(4), 10, || unreachable!()));
+        assert!(chunk.take("changelog", Some(3), 10, || unreachable!()));
+        // The chunk started again with that record alone: every other
+        // count is back to nothing.
+        for _ in 0..3 {
+            assert!(!chunk.take("changelog", Some(3), 10, || unreachable!()));
+        }
+        assert!(chunk.take("changelog", Some(3), 10, || unreachable!()));
+        for _ in 0..8 {
+            assert!(!chunk.take("out", None, 10, || unreachable!()));
+        }
+        assert!(chunk.take("out", None, 10, || unreachable!()));
+        assert_eq!(asked, 1, "a topic's partitions are asked once");
+        // A flush from outside empties it too.
         chunk.flushed();
-        assert!(!chunk.overfills("out", None, 10, || unreachable!()));
-        assert!(!chunk.overfills("changelog", Some(3), 10, || unreachable!()));
+        for _ in 0..8 {
+            assert!(!chunk.take("out", None, 10, || unreachable!()));
+        }
     }
 
     #[test]
@@ -600,16 +614,13 @@ mod tests {
         let mut chunk = Chunk::new(REQUEST);
         chunk.topic("out").partitions = Some(1);
         let record = 500 - RECORD_OVERHEAD;
-        assert!(!chunk.overfills("out", None, record, || unreachable!()));
-        chunk.add("out", None, record);
-        assert!(!chunk.overfills("out", None, record, || unreachable!()));
-        chunk.add("out", None, record);
-        assert!(chunk.overfills("out", None, 1, || unreachable!()));
+        assert!(!chunk.take("out", None, record, || unreachable!()));
+        assert!(!chunk.take("out", None, record, || unreachable!()));
+        assert!(chunk.take("out", None, 1, || unreachable!()));
         // A record larger than a request still goes, alone in its chunk.
         chunk.flushed();
-        assert!(!chunk.overfills("out", None, 5_000, || unreachable!()));
-        chunk.add("out", None, 5_000);
-        assert!(chunk.overfills("out", None, 1, || unreachable!()));
+        assert!(!chunk.take("out", None, 5_000, || unreachable!()));
+        assert!(chunk.take("out", None, 1, || unreachable!()));
     }
 
     /// What `write` relies on: once the open transaction has failed
