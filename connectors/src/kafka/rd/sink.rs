@@ -63,7 +63,11 @@ const SINK_LINGER_MS: u32 = 500;
 /// distribution can still send some partition two requests in one chunk.
 struct Chunk {
     request: RequestSize,
-    topics: HashMap<String, Topic>,
+    /// By name. A sink writes to a handful of topics (the output, the
+    /// dead letters, a changelog or repartition topic per keyed stage), so
+    /// a scan that compares names costs a record less than hashing its
+    /// topic's name would.
+    topics: Vec<(String, Topic)>,
 }
 
 /// What a chunk holds of one topic.
@@ -88,7 +92,7 @@ impl Chunk {
     fn new(request: RequestSize) -> Chunk {
         Chunk {
             request,
-            topics: HashMap::new(),
+            topics: Vec::new(),
         }
     }
 
@@ -133,16 +137,20 @@ impl Chunk {
     }
 
     fn topic(&mut self, topic: &str) -> &mut Topic {
-        // A topic's name is copied on its first record only.
-        if !self.topics.contains_key(topic) {
-            self.topics.insert(topic.to_owned(), Topic::default());
-        }
-        self.topics.get_mut(topic).expect("just inserted")
+        let at = match self.topics.iter().position(|(name, _)| name == topic) {
+            Some(at) => at,
+            None => {
+                // A topic's name is copied on its first record only.
+                self.topics.push((topic.to_owned(), Topic::default()));
+                self.topics.len() - 1
+            }
+        };
+        &mut self.topics[at].1
     }
 
     /// After a flush: nothing written since.
     fn flushed(&mut self) {
-        for t in self.topics.values_mut() {
+        for (_, t) in &mut self.topics {
             t.spread = Load::default();
             t.named.clear();
         }
