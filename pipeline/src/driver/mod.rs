@@ -105,9 +105,9 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
 /// The sink's default tick. With Kafka every flush is a produce request
 /// per partition written that every in-sync replica must acknowledge, so
 /// a longer tick spares the broker (which may share the cores with fila)
-/// and leaves fila that
-/// CPU; an output waits up to one tick longer for its flush (and a small
-/// batch up to the linger, see [`SMALL_BATCH_BYTES`]). The latency a
+/// and leaves fila that CPU; an output waits up to one tick longer for
+/// its flush (and a small batch up to the linger, see
+/// [`SMALL_BATCH_BYTES`]). The latency a
 /// run reports is taken when the record's last stage finishes, before the
 /// sink. `fila load` against `fila run --source kafka --sink-tick T`
 /// measures ticks against each other.

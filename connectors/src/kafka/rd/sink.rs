@@ -446,25 +446,29 @@ impl Sink for RdSink {
     ) -> Result<(), ConnectorError> {
         self.sent();
         let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
-        // The headers: their names, the input topic, the position and the
-        // reason.
-        let bytes =
-            key.map_or(0, <[u8]>::len) + payload.len() + 64 + self.input_topic.len() + reason.len();
-        fit(&mut self.chunk, &self.writer, topic, None, bytes)?;
         let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
         let headers = [
             (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),
             (DLQ_PARTITION_HEADER, partition.as_bytes()),
             (DLQ_OFFSET_HEADER, offset.as_bytes()),
             (DLQ_REASON_HEADER, reason.as_bytes()),
-        ]
-        .into_iter()
-        .fold(OwnedHeaders::new_with_capacity(4), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
+        ];
+        let bytes = key.map_or(0, <[u8]>::len)
+            + payload.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        fit(&mut self.chunk, &self.writer, topic, None, bytes)?;
+        let headers =
+            headers
+                .into_iter()
+                .fold(OwnedHeaders::new_with_capacity(4), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
+                });
         write(
             &self.writer,
             &mut self.transaction,
