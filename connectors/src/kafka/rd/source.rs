@@ -94,8 +94,8 @@ pub(super) struct SourceContext {
     /// Set when librdkafka could not fetch the committed offsets of the
     /// assignment (the group coordinator moving or still loading, on a
     /// broker just started): librdkafka then leaves those partitions
-    /// unstarted until they are assigned again, and reading would stall
-    /// without a word.
+    /// unstarted until they are assigned again, which the source does
+    /// ([`RdSource::refetch_offsets`]).
     offsets_unfetched: AtomicBool,
     pub(super) logging: Logging,
     /// Exactly-once: what the source shares with the sink's transactions.
@@ -330,11 +330,11 @@ pub(crate) struct RdSource {
     /// Gives the client its bootstrap servers again in a long outage.
     rebootstrap: Rebootstrap,
     transactional_id: String,
-    /// A static assignment (`--replica`): what to assign again when the
-    /// committed offsets could not be fetched.
-    static_assignment: Option<TopicPartitionList>,
-    /// When the static assignment was last made again.
+    /// When partitions were last assigned again because their committed
+    /// offsets could not be fetched ([`RdSource::refetch_offsets`]).
     reassigned: Option<Instant>,
+    /// When that was last logged as a warning.
+    reassign_warned: Option<Instant>,
     /// Partitions whose first record since they were assigned was checked
     /// against the group's committed offset ([`RdSource::check_start`]).
     checked: BTreeSet<i32>,
@@ -351,6 +351,10 @@ const START_CHECK_BOUND: Duration = Duration::from_secs(3 * TRANSACTION_TIMEOUT.
 /// How often a source whose broker is failing asks whether it answers
 /// again, when no record or commit says so.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often assigning partitions again is logged as a warning while the
+/// coordinator keeps refusing their offsets; at debug level in between.
+const REASSIGN_WARN_EVERY: Duration = Duration::from_secs(30);
 
 impl RdSource {
     pub fn connect(config: SourceConfig) -> Result<RdSource, ConnectorError> {
@@ -444,7 +448,6 @@ impl RdSource {
             .create_with_context(context)
             .map_err(|e| kafka_error(brokers, "creating the consumer", e))?;
         let partitions = ensure_topic(consumer.client(), brokers, &config.topic)?;
-        let mut static_assignment = None;
         match config.assignment {
             Assignment::Group(_) => consumer
                 .subscribe(&[&config.topic])
@@ -467,7 +470,6 @@ impl RdSource {
                     .assign(&tpl)
                     .map_err(|e| kafka_error(brokers, "assigning partitions", e))?;
                 consumer.context().status.set_ready();
-                static_assignment = Some(tpl);
             }
         }
         tracing::info!(topic = %config.topic, group = %config.group, protocol, "reading");
@@ -495,17 +497,29 @@ impl RdSource {
             last_probe: Instant::now(),
             rebootstrap: Rebootstrap::new("reader"),
             transactional_id,
-            static_assignment,
             reassigned: None,
+            reassign_warned: None,
             checked: BTreeSet::new(),
             committed: BTreeMap::new(),
         })
     }
 
-    /// After librdkafka failed to fetch committed offsets: a static
-    /// assignment that has handed out nothing yet is made again, which
-    /// fetches them again. A group's assignment is the group's: its
-    /// partitions start at the next rebalance, which the log says.
+    /// After librdkafka failed to fetch committed offsets: the partitions
+    /// of the assignment that have handed out no record since they were
+    /// assigned are assigned again, which fetches their offsets again.
+    ///
+    /// librdkafka does not retry that fetch when the coordinator refuses it
+    /// (moving, or loading on a broker just started) or when the
+    /// assignment changed while it was out: the partitions it asked for
+    /// stay unstarted until they are assigned again, and while one is
+    /// held that way no other partition's offset is fetched either. A
+    /// partition that did start and merely had nothing to read costs one
+    /// fetch of its offset: it handed nothing out, so it starts again where
+    /// it stood and no record runs twice. Both group protocols fila uses
+    /// are cooperative, so these partitions move alone, without a
+    /// rebalance, and the group's view of what this member owns does not
+    /// change. It runs between polls, on the thread that serves fila's
+    /// rebalance callbacks, so none of them runs meanwhile.
     fn refetch_offsets(&mut self) -> Result<(), ConnectorError> {
         // At most once a second, while the coordinator keeps refusing.
         let due = self
@@ -521,37 +535,55 @@ impl RdSource {
         }
         self.reassigned = Some(Instant::now());
         let context = self.consumer.context();
-        // Making it again restarts every partition at its committed
-        // offset: only while none has handed out a record, so that no
-        // record runs twice.
-        let untouched = self.count == 0 && context.acks.committed_offsets().is_empty();
-        match &self.static_assignment {
-            Some(tpl) if untouched => {
-                tracing::warn!(
-                    topic = %context.topic,
-                    "the committed offsets could not be fetched; assigning the partitions again"
-                );
-                self.consumer
-                    .assign(tpl)
-                    .map_err(|e| kafka_error(&context.brokers, "assigning partitions again", e))
-            }
-            Some(_) => {
-                tracing::warn!(
-                    topic = %context.topic,
-                    "the committed offsets of some partitions could not be fetched: they start \
-                     when fila starts again"
-                );
-                Ok(())
-            }
-            None => {
-                tracing::warn!(
-                    topic = %context.topic,
-                    "the committed offsets could not be fetched: partitions whose offsets are \
-                     missing start at the group's next rebalance"
-                );
-                Ok(())
+        if self.consumer.assignment_lost() {
+            // The group takes a lost assignment back in its next
+            // rebalance, which assigns and fetches afresh; assigning it
+            // here would hide that it was lost. Look again then.
+            context.offsets_unfetched.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let topic = context.topic.as_str();
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| kafka_error(&context.brokers, "reading the assignment", e))?;
+        let mut again = TopicPartitionList::new();
+        let mut partitions = Vec::new();
+        for e in assigned.elements_for_topic(topic) {
+            let p = e.partition();
+            if !self.checked.contains(&p) {
+                // Stored: the group's committed offset, or
+                // auto.offset.reset where none is.
+                again
+                    .add_partition_offset(topic, p, Offset::Stored)
+                    .map_err(|e| kafka_error(&context.brokers, "assigning partitions again", e))?;
+                partitions.push(p);
             }
         }
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        // Once a run of refusals, and every 30 s while it lasts (the
+        // refusal itself is logged as the outage it is).
+        let message = "the committed offsets could not be fetched; assigning the partitions that \
+                       have read nothing yet again";
+        if self
+            .reassign_warned
+            .map_or(true, |at| at.elapsed() >= REASSIGN_WARN_EVERY)
+        {
+            self.reassign_warned = Some(Instant::now());
+            tracing::warn!(topic, ?partitions, "{message}");
+        } else {
+            tracing::debug!(topic, ?partitions, "{message}");
+        }
+        self.consumer
+            .incremental_unassign(&again)
+            .and_then(|()| self.consumer.incremental_assign(&again))
+            .map_err(|e| kafka_error(&context.brokers, "assigning partitions again", e))?;
+        if self.paused {
+            self.set_paused(true);
+        }
+        Ok(())
     }
 
     fn context(&self) -> &SourceContext {
@@ -1072,6 +1104,7 @@ mod tests {
     use rdkafka::config::ClientConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     /// The next record `source` hands out, within 30 s.
     fn next(source: &mut RdSource) -> Envelope {
@@ -1207,5 +1240,37 @@ mod tests {
         source.rewind().unwrap();
         assert_eq!(acks.committed_offsets()[&0], 6);
         assert_eq!(next(&mut source).position.offset, 6);
+    }
+
+    /// librdkafka does not fetch a partition's committed offset again when
+    /// the coordinator refused the fetch, and leaves the partition
+    /// unstarted: the source assigns it again, and every record is read.
+    fn refused_offset_fetch_is_made_again(assignment: Assignment) {
+        let (mock, cluster, config) = twenty_records();
+        // The one commit is at 5, so a partition started anywhere else
+        // (auto.offset.reset) would show at its first record.
+        commit_group_offsets(&cluster, "group", "in", &[(0, 5)]).unwrap();
+        mock.request_errors(
+            RDKafkaApiKey::OffsetFetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR],
+        );
+        let mut source = RdSource::connect(SourceConfig {
+            assignment,
+            ..config
+        })
+        .unwrap();
+        for offset in 5..20 {
+            assert_eq!(next(&mut source).position.offset, offset);
+        }
+    }
+
+    #[test]
+    fn a_group_member_whose_offset_fetch_was_refused_reads_every_record() {
+        refused_offset_fetch_is_made_again(Assignment::Group(GroupProtocol::Classic));
+    }
+
+    #[test]
+    fn a_static_assignment_whose_offset_fetch_was_refused_reads_every_record() {
+        refused_offset_fetch_is_made_again(Assignment::Static(Replica::ALL));
     }
 }
