@@ -525,14 +525,23 @@ impl RdSource {
         let due = self
             .reassigned
             .map_or(true, |at| at.elapsed() >= PROBE_INTERVAL);
-        if !due
-            || !self
-                .context()
-                .offsets_unfetched
-                .swap(false, Ordering::Acquire)
-        {
+        if !due || !self.context().offsets_unfetched.load(Ordering::Acquire) {
             return Ok(());
         }
+        // A rebalance librdkafka has queued for this thread to serve
+        // waits for the application's own (un)assign call, and would take
+        // one made here for it: it could then let the group hand out
+        // partitions this member still reads. So only while the queue is
+        // empty. Records of other partitions in it hold this back until
+        // the source has caught up with them, or paused them with its
+        // read-ahead full: on a backlog that the source itself cannot keep
+        // up with, the stalled partitions wait for it.
+        if !self.queue_is_empty() {
+            return Ok(());
+        }
+        self.context()
+            .offsets_unfetched
+            .store(false, Ordering::Release);
         self.reassigned = Some(Instant::now());
         let context = self.consumer.context();
         if self.consumer.assignment_lost() {
@@ -584,6 +593,24 @@ impl RdSource {
             self.set_paused(true);
         }
         Ok(())
+    }
+
+    /// Whether the consumer's queue holds nothing at all: no record, no
+    /// rebalance and no other event for this thread to serve.
+    fn queue_is_empty(&self) -> bool {
+        let client = self.consumer.client();
+        // SAFETY: the pointer is this source's consumer's, alive as long
+        // as `self`; the queue handle taken is released before returning,
+        // and both calls are safe from any thread.
+        unsafe {
+            let queue = rdkafka::bindings::rd_kafka_queue_get_consumer(client.native_ptr());
+            if queue.is_null() {
+                return true;
+            }
+            let length = rdkafka::bindings::rd_kafka_queue_length(queue);
+            rdkafka::bindings::rd_kafka_queue_destroy(queue);
+            length == 0
+        }
     }
 
     fn context(&self) -> &SourceContext {
