@@ -1297,6 +1297,11 @@ mod tests {
     }
 
     #[test]
+    fn a_kip848_member_whose_offset_fetch_was_refused_reads_every_record() {
+        refused_offset_fetch_is_made_again(Assignment::Group(GroupProtocol::Consumer));
+    }
+
+    #[test]
     fn a_static_assignment_whose_offset_fetch_was_refused_reads_every_record() {
         refused_offset_fetch_is_made_again(Assignment::Static(Replica::ALL));
     }
