@@ -97,6 +97,10 @@ pub(super) struct SourceContext {
     /// unstarted until they are assigned again, which the source does
     /// ([`RdSource::refetch_offsets`]).
     offsets_unfetched: AtomicBool,
+    /// The partitions of the input that librdkafka's last statistics
+    /// showed not fetching (never started, or stopped); `None` when none
+    /// came since the committed offsets last failed to be fetched.
+    unstarted: Mutex<Option<BTreeSet<i32>>>,
     pub(super) logging: Logging,
     /// Exactly-once: what the source shares with the sink's transactions.
     eos: Option<Arc<Link>>,
@@ -118,14 +122,19 @@ impl ClientContext for SourceContext {
     /// the end of what a reader may read (the last stable offset when
     /// reading committed). The committed offset is the tracker's where it
     /// knows the partition (transactions commit offsets the client does not
-    /// see), the client's otherwise.
+    /// see), the client's otherwise. And the partitions not fetching, for
+    /// [`RdSource::refetch_offsets`].
     fn stats(&self, statistics: rdkafka::Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
         let committed = self.acks.committed_offsets();
         let mut lag = BTreeMap::new();
+        let mut unstarted = BTreeSet::new();
         for (&p, part) in &topic.partitions {
+            if p >= 0 && matches!(part.fetch_state.as_str(), "none" | "stopped") {
+                unstarted.insert(p);
+            }
             // Only partitions this member reads: librdkafka lists every
             // partition of the topic, and one given away is stopped.
             if p < 0 || matches!(part.fetch_state.as_str(), "none" | "stopping" | "stopped") {
@@ -145,11 +154,14 @@ impl ClientContext for SourceContext {
             }
         }
         self.status.set_lag(lag);
+        *lock(&self.unstarted) = Some(unstarted);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if reason.starts_with("Failed to fetch committed offset") {
             self.offsets_unfetched.store(true, Ordering::Release);
+            // Which partitions it left unstarted, the next statistics say.
+            *lock(&self.unstarted) = None;
         }
         self.logging.error(error, reason)
     }
@@ -428,6 +440,7 @@ impl RdSource {
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
             offsets_unfetched: AtomicBool::new(false),
+            unstarted: Mutex::new(None),
             logging: Logging::new(brokers, config.retry_timeout),
             eos,
             status: Arc::new(SourceStatus::starting(
@@ -505,50 +518,39 @@ impl RdSource {
     }
 
     /// After librdkafka failed to fetch committed offsets: the partitions
-    /// of the assignment that have handed out no record since they were
-    /// assigned are assigned again, which fetches their offsets again.
+    /// it left unstarted are assigned again, which fetches their offsets
+    /// again.
     ///
     /// librdkafka does not retry that fetch when the coordinator refuses it
     /// (moving, or loading on a broker just started) or when the
     /// assignment changed while it was out: the partitions it asked for
     /// stay unstarted until they are assigned again, and while one is
-    /// held that way no other partition's offset is fetched either. A
-    /// partition that did start and merely had nothing to read costs one
-    /// fetch of its offset: it handed nothing out, so it starts again where
-    /// it stood and no record runs twice. Both group protocols fila uses
-    /// are cooperative, so these partitions move alone, without a
-    /// rebalance, and the group's view of what this member owns does not
-    /// change. It runs between polls, on the thread that serves fila's
-    /// rebalance callbacks, so none of them runs meanwhile.
+    /// held that way no other partition's offset is fetched either. Which
+    /// ones, librdkafka's first statistics after the refusal say (they
+    /// come every second): those of the assignment not fetching. A
+    /// partition that handed out a record is never among them, and one
+    /// that has started is left alone, so that under `--offset-reset
+    /// latest` with no commit it does not start again further on. Both
+    /// group protocols fila uses are cooperative, so these partitions move
+    /// alone, without a rebalance, and the group's view of what this member
+    /// owns does not change. It runs between polls, on the thread that
+    /// serves fila's rebalance callbacks, so none of them runs meanwhile.
     fn refetch_offsets(&mut self) -> Result<(), ConnectorError> {
         // At most once a second, while the coordinator keeps refusing.
         let due = self
             .reassigned
             .map_or(true, |at| at.elapsed() >= PROBE_INTERVAL);
-        if !due || !self.context().offsets_unfetched.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // A rebalance librdkafka has queued for this thread to serve
-        // waits for the application's own (un)assign call, and would take
-        // one made here for it: it could then let the group hand out
-        // partitions this member still reads. So only while the queue is
-        // empty. Records of other partitions in it hold this back until
-        // the source has caught up with them, or paused them with its
-        // read-ahead full: on a backlog that the source itself cannot keep
-        // up with, the stalled partitions wait for it.
-        if !self.queue_is_empty() {
-            return Ok(());
-        }
-        self.context()
-            .offsets_unfetched
-            .store(false, Ordering::Release);
-        self.reassigned = Some(Instant::now());
         let context = self.consumer.context();
+        if !due || !context.offsets_unfetched.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(unstarted) = lock(&context.unstarted).clone() else {
+            return Ok(());
+        };
         if self.consumer.assignment_lost() {
             // The group takes a lost assignment back in its next
             // rebalance, which assigns and fetches afresh; assigning it
             // here would hide that it was lost. Look again then.
-            context.offsets_unfetched.store(true, Ordering::Release);
             return Ok(());
         }
         let topic = context.topic.as_str();
@@ -560,7 +562,7 @@ impl RdSource {
         let mut partitions = Vec::new();
         for e in assigned.elements_for_topic(topic) {
             let p = e.partition();
-            if !self.checked.contains(&p) {
+            if unstarted.contains(&p) && !self.checked.contains(&p) {
                 // Stored: the group's committed offset, or
                 // auto.offset.reset where none is.
                 again
@@ -570,12 +572,29 @@ impl RdSource {
             }
         }
         if partitions.is_empty() {
+            // Every partition started after all.
+            context.offsets_unfetched.store(false, Ordering::Release);
             return Ok(());
         }
+        // A rebalance librdkafka has queued for this thread to serve
+        // waits for the application's own (un)assign call, and would take
+        // one made here for it: it could then let the group hand out
+        // partitions this member still reads. So only while the queue is
+        // empty, looked at just before the calls; a rebalance queued
+        // between the look and the calls can still slip in. Records of
+        // other partitions in the queue hold this back until the source has
+        // caught up with them, or paused them with its read-ahead full: on
+        // a backlog that the source itself cannot keep up with, the
+        // stalled partitions wait for it.
+        if !self.queue_is_empty() {
+            return Ok(());
+        }
+        context.offsets_unfetched.store(false, Ordering::Release);
+        self.reassigned = Some(Instant::now());
         // Once a run of refusals, and every 30 s while it lasts (the
         // refusal itself is logged as the outage it is).
-        let message = "the committed offsets could not be fetched; assigning the partitions that \
-                       have read nothing yet again";
+        let message = "the committed offsets could not be fetched; assigning the partitions left \
+                       unstarted again";
         if self
             .reassign_warned
             .map_or(true, |at| at.elapsed() >= REASSIGN_WARN_EVERY)
@@ -1289,6 +1308,57 @@ mod tests {
         for offset in 5..20 {
             assert_eq!(next(&mut source).position.offset, offset);
         }
+    }
+
+    /// A partition that started is not assigned again after a refusal,
+    /// even one that has handed out nothing: under `--offset-reset latest`
+    /// with no commit it would start again further on, past what came
+    /// meanwhile.
+    #[test]
+    fn a_refusal_leaves_partitions_that_started_alone() {
+        let mock = MockCluster::new(1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        mock.create_topic("in", 2, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for i in 0..5 {
+            let payload = i.to_string();
+            producer
+                .send(BaseRecord::<(), _>::to("in").partition(0).payload(&payload))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let cluster = Cluster::new(brokers, Default::default());
+        let mut source = RdSource::connect(every_partition_of_in(&cluster)).unwrap();
+        for offset in 0..5 {
+            assert_eq!(next(&mut source).position.offset, offset);
+        }
+        // Partition 1 started and has nothing to read. As if a fetch of
+        // committed offsets had just been refused:
+        source
+            .context()
+            .offsets_unfetched
+            .store(true, Ordering::Release);
+        *lock(&source.context().unstarted) = None;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            assert!(matches!(
+                source.poll(Duration::from_millis(200)).unwrap(),
+                Polled::Idle
+            ));
+        }
+        assert!(
+            lock(&source.context().unstarted).is_some(),
+            "no statistics came in 3 s"
+        );
+        assert!(
+            source.reassigned.is_none(),
+            "a partition was assigned again"
+        );
+        assert!(!source.context().offsets_unfetched.load(Ordering::Acquire));
     }
 
     #[test]
