@@ -346,9 +346,10 @@ pub fn brokers_4x() -> String {
 /// Waits, once per broker and test process, until the broker's group
 /// coordinator takes an offset commit. A broker just started loads its
 /// offsets topic first, and meanwhile answers a new member's offset fetch
-/// with "not coordinator". fila assigns the partitions again a second
-/// later (librdkafka does not fetch again by itself); waiting here keeps
-/// that detour out of tests about something else.
+/// with "not coordinator". librdkafka does not fetch again by itself, and
+/// fila assigns the partitions again once its next statistics show them
+/// unstarted, a second or two later; waiting here keeps that detour out
+/// of tests about something else.
 pub fn ready_coordinator(brokers: &str) {
     static READY: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
