@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -97,10 +97,9 @@ pub(super) struct SourceContext {
     /// unstarted until they are assigned again, which the source does
     /// ([`RdSource::refetch_offsets`]).
     offsets_unfetched: AtomicBool,
-    /// The partitions of the input that librdkafka's last statistics
-    /// showed not fetching (never started, or stopped); `None` when none
-    /// came since the committed offsets last failed to be fetched.
-    unstarted: Mutex<Option<BTreeSet<i32>>>,
+    /// The partitions of the input that librdkafka's statistics showed
+    /// not fetching since the committed offsets last failed to be fetched.
+    unstarted: Mutex<Unstarted>,
     pub(super) logging: Logging,
     /// Exactly-once: what the source shares with the sink's transactions.
     eos: Option<Arc<Link>>,
@@ -111,6 +110,35 @@ pub(super) struct SourceContext {
     pub(super) consumer: OnceLock<Weak<BaseConsumer<SourceContext>>>,
     /// A repartition topic's: deletes what this source committed.
     purge: Option<Purge>,
+}
+
+/// The partitions that every statistics report since a failed fetch of
+/// committed offsets showed not fetching, and how many reports that was.
+/// One report can be a second old: a partition it shows unstarted may have
+/// started since, and two in a row say it did not.
+#[derive(Debug, Default)]
+struct Unstarted {
+    reports: u32,
+    partitions: BTreeSet<i32>,
+}
+
+impl Unstarted {
+    fn report(&mut self, not_fetching: BTreeSet<i32>) {
+        self.partitions = if self.reports == 0 {
+            not_fetching
+        } else {
+            self.partitions
+                .intersection(&not_fetching)
+                .copied()
+                .collect()
+        };
+        self.reports = self.reports.saturating_add(1);
+    }
+
+    /// The partitions left unstarted, once two reports say so.
+    fn settled(&self) -> Option<BTreeSet<i32>> {
+        (self.reports >= 2).then(|| self.partitions.clone())
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -130,10 +158,10 @@ impl ClientContext for SourceContext {
         };
         let committed = self.acks.committed_offsets();
         let mut lag = BTreeMap::new();
-        let mut unstarted = BTreeSet::new();
+        let mut not_fetching = BTreeSet::new();
         for (&p, part) in &topic.partitions {
             if p >= 0 && matches!(part.fetch_state.as_str(), "none" | "stopped") {
-                unstarted.insert(p);
+                not_fetching.insert(p);
             }
             // Only partitions this member reads: librdkafka lists every
             // partition of the topic, and one given away is stopped.
@@ -154,14 +182,14 @@ impl ClientContext for SourceContext {
             }
         }
         self.status.set_lag(lag);
-        *lock(&self.unstarted) = Some(unstarted);
+        lock(&self.unstarted).report(not_fetching);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if reason.starts_with("Failed to fetch committed offset") {
             self.offsets_unfetched.store(true, Ordering::Release);
             // Which partitions it left unstarted, the next statistics say.
-            *lock(&self.unstarted) = None;
+            *lock(&self.unstarted) = Unstarted::default();
         }
         self.logging.error(error, reason)
     }
@@ -440,7 +468,7 @@ impl RdSource {
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
             offsets_unfetched: AtomicBool::new(false),
-            unstarted: Mutex::new(None),
+            unstarted: Mutex::new(Unstarted::default()),
             logging: Logging::new(brokers, config.retry_timeout),
             eos,
             status: Arc::new(SourceStatus::starting(
@@ -526,15 +554,17 @@ impl RdSource {
     /// assignment changed while it was out: the partitions it asked for
     /// stay unstarted until they are assigned again, and while one is
     /// held that way no other partition's offset is fetched either. Which
-    /// ones, librdkafka's first statistics after the refusal say (they
-    /// come every second): those of the assignment not fetching. A
-    /// partition that handed out a record is never among them, and one
-    /// that has started is left alone, so that under `--offset-reset
-    /// latest` with no commit it does not start again further on. Both
-    /// group protocols fila uses are cooperative, so these partitions move
-    /// alone, without a rebalance, and the group's view of what this member
-    /// owns does not change. It runs between polls, on the thread that
-    /// serves fila's rebalance callbacks, so none of them runs meanwhile.
+    /// ones, librdkafka's statistics after the refusal say (they come
+    /// every second): those of the assignment that two reports in a row
+    /// show not fetching. A partition that handed out a record is never
+    /// among them, and one that has started is left alone, so that under
+    /// `--offset-reset latest` with no commit it does not start again
+    /// further on. fila's group protocols are cooperative unless the user
+    /// sets an eager assignor, so these partitions move alone, without a
+    /// rebalance, and the group's view of what this member owns does not
+    /// change; an eager group leaves them to its next rebalance. It runs
+    /// between polls, on the thread that serves fila's rebalance
+    /// callbacks, so none of them runs meanwhile.
     fn refetch_offsets(&mut self) -> Result<(), ConnectorError> {
         // At most once a second, while the coordinator keeps refusing.
         let due = self
@@ -544,9 +574,22 @@ impl RdSource {
         if !due || !context.offsets_unfetched.load(Ordering::Acquire) {
             return Ok(());
         }
-        let Some(unstarted) = lock(&context.unstarted).clone() else {
+        let Some(unstarted) = lock(&context.unstarted).settled() else {
             return Ok(());
         };
+        if matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Eager) {
+            // An eager group's assignment changes only whole, in its
+            // rebalances (`partition.assignment.strategy` set to an eager
+            // assignor), and librdkafka refuses incremental calls there:
+            // the group's next rebalance assigns these partitions afresh.
+            context.offsets_unfetched.store(false, Ordering::Release);
+            tracing::warn!(
+                topic = %context.topic,
+                "the committed offsets could not be fetched: with an eager assignor, partitions \
+                 left unstarted start at the group's next rebalance"
+            );
+            return Ok(());
+        }
         if self.consumer.assignment_lost() {
             // The group takes a lost assignment back in its next
             // rebalance, which assigns and fetches afresh; assigning it
@@ -1170,17 +1213,31 @@ mod tests {
         Cluster,
         SourceConfig,
     ) {
+        records_in_partition_0(1, 20)
+    }
+
+    /// A mock cluster holding topic `in` of `partitions` partitions, with
+    /// `records` records in partition 0, and a source configuration for
+    /// it, group `group`, every partition.
+    fn records_in_partition_0(
+        partitions: i32,
+        records: u32,
+    ) -> (
+        MockCluster<'static, DefaultProducerContext>,
+        Cluster,
+        SourceConfig,
+    ) {
         let mock = MockCluster::new(1).unwrap();
         let brokers = mock.bootstrap_servers();
-        mock.create_topic("in", 1, 1).unwrap();
+        mock.create_topic("in", partitions, 1).unwrap();
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .create()
             .unwrap();
-        for i in 0..20 {
+        for i in 0..records {
             let payload = i.to_string();
             producer
-                .send(BaseRecord::<(), _>::to("in").payload(&payload))
+                .send(BaseRecord::<(), _>::to("in").partition(0).payload(&payload))
                 .map_err(|(e, _)| e)
                 .unwrap();
         }
@@ -1316,23 +1373,8 @@ mod tests {
     /// meanwhile.
     #[test]
     fn a_refusal_leaves_partitions_that_started_alone() {
-        let mock = MockCluster::new(1).unwrap();
-        let brokers = mock.bootstrap_servers();
-        mock.create_topic("in", 2, 1).unwrap();
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for i in 0..5 {
-            let payload = i.to_string();
-            producer
-                .send(BaseRecord::<(), _>::to("in").partition(0).payload(&payload))
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
-        let cluster = Cluster::new(brokers, Default::default());
-        let mut source = RdSource::connect(every_partition_of_in(&cluster)).unwrap();
+        let (_mock, _cluster, config) = records_in_partition_0(2, 5);
+        let mut source = RdSource::connect(config).unwrap();
         for offset in 0..5 {
             assert_eq!(next(&mut source).position.offset, offset);
         }
@@ -1342,23 +1384,59 @@ mod tests {
             .context()
             .offsets_unfetched
             .store(true, Ordering::Release);
-        *lock(&source.context().unstarted) = None;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
+        *lock(&source.context().unstarted) = Unstarted::default();
+        // Two reports settle which partitions are unstarted; polls after
+        // the third have seen them settled.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&source.context().unstarted).reports < 3 && Instant::now() < deadline {
             assert!(matches!(
                 source.poll(Duration::from_millis(200)).unwrap(),
                 Polled::Idle
             ));
         }
         assert!(
-            lock(&source.context().unstarted).is_some(),
-            "no statistics came in 3 s"
+            lock(&source.context().unstarted).reports >= 3,
+            "three statistics reports did not come in 30 s"
         );
         assert!(
             source.reassigned.is_none(),
             "a partition was assigned again"
         );
         assert!(!source.context().offsets_unfetched.load(Ordering::Acquire));
+    }
+
+    /// An eager assignor (the user's `partition.assignment.strategy`)
+    /// refuses incremental calls: a refused fetch is left to the group's
+    /// next rebalance, and the run goes on.
+    #[test]
+    fn with_an_eager_assignor_a_refused_offset_fetch_does_not_stop_the_run() {
+        let (mock, cluster, config) = twenty_records();
+        mock.request_errors(
+            RDKafkaApiKey::OffsetFetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR],
+        );
+        let mut properties = cluster.properties.clone();
+        properties.set("partition.assignment.strategy", "range");
+        let mut source = RdSource::connect(SourceConfig {
+            cluster: Cluster::new(cluster.brokers.clone(), properties),
+            assignment: Assignment::Group(GroupProtocol::Classic),
+            ..config
+        })
+        .unwrap();
+        // The refusal is seen, then left to the group, within 30 s.
+        let (mut refused, mut left) = (false, false);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !left && Instant::now() < deadline {
+            source.poll(Duration::from_millis(200)).unwrap();
+            let unfetched = source.context().offsets_unfetched.load(Ordering::Acquire);
+            refused |= unfetched;
+            left = refused && !unfetched;
+        }
+        assert!(
+            refused && left,
+            "refused: {refused}, left to the group: {left}"
+        );
+        assert!(source.reassigned.is_none());
     }
 
     #[test]
