@@ -347,9 +347,9 @@ pub fn brokers_4x() -> String {
 /// coordinator takes an offset commit. A broker just started loads its
 /// offsets topic first, and meanwhile answers a new member's offset fetch
 /// with "not coordinator". librdkafka does not fetch again by itself, and
-/// fila assigns the partitions again once its next statistics show them
-/// unstarted, a second or two later; waiting here keeps that detour out
-/// of tests about something else.
+/// fila assigns the partitions again once two of its statistics reports
+/// show them unstarted, two or three seconds later; waiting here keeps
+/// that detour out of tests about something else.
 pub fn ready_coordinator(brokers: &str) {
     static READY: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
