@@ -577,6 +577,12 @@ impl RdSource {
         let Some(unstarted) = lock(&context.unstarted).settled() else {
             return Ok(());
         };
+        // Looked at again just before the calls (below); looking here
+        // first spares the assignment's round trip to librdkafka on every
+        // poll while other partitions' records keep the queue full.
+        if !self.queue_is_empty() {
+            return Ok(());
+        }
         if matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Eager) {
             // An eager group's assignment changes only whole, in its
             // rebalances (`partition.assignment.strategy` set to an eager
