@@ -36,6 +36,9 @@ pub struct Counters {
     /// compares with the units the runtime finished.
     pub submitted: AtomicU64,
     pub outputs: AtomicU64,
+    /// Outputs not written under `--latest-per-key`: a later output of
+    /// their key came in the same batch.
+    pub superseded: AtomicU64,
     /// Bytes of the outputs written (payloads).
     pub output_bytes: AtomicU64,
     pub dead_letters: AtomicU64,
@@ -82,6 +85,7 @@ impl Default for Counters {
         Counters {
             messages: AtomicU64::new(0),
             outputs: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),

@@ -420,3 +420,58 @@ fn ordered_results_held_behind_a_slow_record_stop_reading_at_the_bound() {
     assert_eq!(outputs, expected);
     rt.shutdown();
 }
+
+/// `latest_per_key`: of a key's outputs in one batch of the sink only the
+/// last is written, so each key's written counts rise, none twice, and end
+/// at its count; what was not written is counted as superseded.
+#[test]
+fn latest_per_key_writes_each_keys_last_output_of_a_batch() {
+    const RECORDS: u64 = 20_000;
+    const KEYS: u64 = 3;
+    let job = Job::new("counts")
+        .decode(|input| Ok(input.payload().to_vec()))
+        .map("key", |n: Vec<u8>| {
+            let n: u64 = String::from_utf8_lossy(&n).parse().unwrap();
+            Ok((format!("k{}", n % KEYS), 1u64))
+        })
+        .key_by(|(key, _): &(String, u64)| key.clone())
+        .reduce("count", |(key, a): &(String, u64), (_, b)| {
+            Ok((key.clone(), a + b))
+        })
+        .sink_keyed(|(key, n): &(String, u64)| {
+            (Some(key.clone().into_bytes()), n.to_string().into_bytes())
+        });
+    let rt = runtime(64);
+    let counters = Counters::default();
+    let sink = Collect::default();
+    let mut source = Records::new(numbered(RECORDS));
+    let summary = Driver::new()
+        .ordered(true)
+        .latest_per_key(true)
+        .counters(&counters)
+        .run(&rt, Arc::new(job), &mut source, Box::new(sink.clone()))
+        .unwrap();
+    rt.shutdown();
+    let outputs = sink.outputs.lock().unwrap().clone();
+    let superseded = counters.superseded.load(Ordering::Relaxed);
+    assert_eq!(summary.outputs, outputs.len() as u64);
+    assert_eq!(summary.outputs + superseded, RECORDS);
+    // Thousands of updates of three keys cannot all land in batches of
+    // their own.
+    assert!(
+        superseded > 0,
+        "nothing superseded in {} outputs",
+        outputs.len()
+    );
+    let mut last = std::collections::BTreeMap::<Vec<u8>, u64>::new();
+    for (key, value) in &outputs {
+        let key = key.clone().expect("every output has its key");
+        let n: u64 = value.parse().unwrap();
+        let before = last.insert(key.clone(), n).unwrap_or(0);
+        assert!(n > before, "{} after {before} for {key:?}", n);
+    }
+    for k in 0..KEYS {
+        let due = (0..RECORDS).filter(|n| n % KEYS == k).count() as u64;
+        assert_eq!(last[format!("k{k}").as_bytes()], due, "key k{k}");
+    }
+}

@@ -115,6 +115,11 @@ pub struct RunArgs {
     /// buffer before the sink).
     #[arg(long)]
     pub ordered: bool,
+    /// Of a key's outputs in one flush of the sink (a tick's worth), write
+    /// only the last: for jobs whose keyed output is the key's current
+    /// value (a count, a total), never for events.
+    #[arg(long)]
+    pub latest_per_key: bool,
     /// Records in flight at most.
     #[arg(long, value_parser = parse_window, help = window_help())]
     pub window: Option<usize>,
@@ -209,6 +214,7 @@ impl RunArgs {
                 bytes: self.max_uncommitted_bytes.0,
             },
             ordered: self.ordered,
+            latest_per_key: self.latest_per_key,
             sink_tick: self.sink_tick.0,
             sink_linger: self.sink_linger.map(|l| l.0),
             max_record_bytes: self.max_record_bytes.0,

@@ -76,6 +76,15 @@ pub struct DriverConfig {
     /// results wait until every record read before it from its partition
     /// has finished (`--ordered`).
     pub ordered: bool,
+    /// Of a key's outputs in one batch of the sink thread (what it writes
+    /// between two flushes: a tick's worth, or a linger's), write only the
+    /// last (`--latest-per-key`). For jobs whose keyed output is the key's
+    /// current value, a count or a total, read as a table: a reader then
+    /// gets each key's value at every flush, not every step to it, and a
+    /// hot key costs the broker one record a batch. Outputs without a key
+    /// are all written, in their place among the rest. A job whose keyed
+    /// outputs are events, each of which matters, must not use it.
+    pub latest_per_key: bool,
     /// The largest record run: a larger one is dead-lettered unrun, with
     /// its first [`OVERSIZED_KEPT`] bytes (`--max-record-bytes`).
     pub max_record_bytes: u64,
@@ -139,6 +148,7 @@ impl Default for DriverConfig {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_uncommitted: DEFAULT_REPLAY_BOUND,
             ordered: false,
+            latest_per_key: false,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
@@ -263,6 +273,12 @@ impl<'a> Driver<'a> {
     /// See [`DriverConfig::ordered`].
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.config.ordered = ordered;
+        self
+    }
+
+    /// See [`DriverConfig::latest_per_key`].
+    pub fn latest_per_key(mut self, latest: bool) -> Self {
+        self.config.latest_per_key = latest;
         self
     }
 

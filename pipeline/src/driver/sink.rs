@@ -98,22 +98,8 @@ pub(super) fn run(
     read: &AtomicU64,
     config: &DriverConfig,
 ) -> Result<RunSummary, DriverError> {
-    let mut out = Writer {
-        sink,
-        counters,
-        tracked: !matches!(acking, Acking::None),
-        finished: Vec::new(),
-        summary: RunSummary {
-            messages: 0,
-            outputs: 0,
-            dead_letters: 0,
-            panicked: 0,
-            first_arrival: None,
-            last_done: None,
-            latencies_us: latency_histogram(),
-        },
-        changelog: KeyMap::default(),
-    };
+    let tracked = !matches!(acking, Acking::None);
+    let mut out = Writer::new(sink, counters, tracked, config);
     match acking {
         Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, read, config)?,
         acking => {
@@ -128,7 +114,7 @@ pub(super) fn run(
                         None => out.write(event)?,
                     }
                 }
-                out.write_changelog()?;
+                out.end_batch()?;
                 // Acknowledge only what the destination has confirmed.
                 out.sink.flush().map_err(DriverError::Sink)?;
                 if let Acking::AfterFlush { acks, acked } = &acking {
@@ -198,7 +184,7 @@ fn run_transactions(
             }
             reorder.push(event, out)?;
         }
-        out.write_changelog()?;
+        out.end_batch()?;
         acknowledge(txn.acks, out.finished.drain(..));
         // Acquire: pairs with the admitting thread's store after its
         // rewind, which reset the tracker.
@@ -447,18 +433,68 @@ struct Writer<'a> {
     /// order, so of a key's updates within one batch only the last needs
     /// writing: a key updated a thousand times in a batch costs the
     /// broker one record, not a thousand. Written at the end of each
-    /// batch ([`Writer::write_changelog`]), before anything of the batch
+    /// batch ([`Writer::end_batch`]), before anything of the batch
     /// is acknowledged or committed, so a commit still covers every
     /// update it acknowledges.
     changelog: KeyMap<ChangelogKey, Option<Vec<u8>>>,
+    /// With `latest_per_key`: the batch's outputs, held until its end.
+    latest: Option<Latest>,
+}
+
+/// The outputs of a batch under `latest_per_key`, in the order they came,
+/// each keyed one's slot emptied when a later output of its key comes: at
+/// the batch's end the rest are written in that order, so what a reader
+/// sees is the batch's outputs with the superseded ones taken out.
+#[derive(Default)]
+struct Latest {
+    outputs: Vec<Option<Event>>,
+    /// Where each key's last output is in `outputs`.
+    at: KeyMap<Arc<[u8]>, usize>,
 }
 
 /// A changelog record's topic, partition and key.
 type ChangelogKey = (Arc<str>, i32, Vec<u8>);
 
-impl Writer<'_> {
-    /// Writes the batch's changelog records: each key's last.
-    fn write_changelog(&mut self) -> Result<(), DriverError> {
+impl<'a> Writer<'a> {
+    fn new(
+        sink: Box<dyn Sink>,
+        counters: &'a Counters,
+        tracked: bool,
+        config: &DriverConfig,
+    ) -> Writer<'a> {
+        Writer {
+            sink,
+            counters,
+            tracked,
+            finished: Vec::new(),
+            summary: RunSummary {
+                messages: 0,
+                outputs: 0,
+                dead_letters: 0,
+                panicked: 0,
+                first_arrival: None,
+                last_done: None,
+                latencies_us: latency_histogram(),
+            },
+            changelog: KeyMap::default(),
+            latest: config.latest_per_key.then(Latest::default),
+        }
+    }
+
+    /// Ends a batch: writes the outputs held under `latest_per_key` and the
+    /// changelog records, each key's last.
+    fn end_batch(&mut self) -> Result<(), DriverError> {
+        if let Some(latest) = &mut self.latest {
+            latest.at.clear();
+            let mut outputs = std::mem::take(&mut latest.outputs);
+            for event in outputs.drain(..).flatten() {
+                self.write_output(event)?;
+            }
+            // The vector's room serves the next batch.
+            if let Some(latest) = &mut self.latest {
+                latest.outputs = outputs;
+            }
+        }
         for ((topic, partition, key), value) in self.changelog.drain() {
             self.sink
                 .send_to(&topic, Some(partition), &key, value.as_deref())
@@ -467,30 +503,58 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Writes an output, or under `latest_per_key` holds it until the end
+    /// of the batch, in place of the one before it of its key.
+    fn output(&mut self, event: Event) -> Result<(), DriverError> {
+        let Some(latest) = &mut self.latest else {
+            return self.write_output(event);
+        };
+        if let Event::Output { key: Some(key), .. } = &event {
+            let key = Arc::clone(key);
+            if let Some(before) = latest.at.insert(key, latest.outputs.len()) {
+                latest.outputs[before] = None;
+                self.counters.superseded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        latest.outputs.push(Some(event));
+        Ok(())
+    }
+
+    fn write_output(&mut self, event: Event) -> Result<(), DriverError> {
+        let Event::Output {
+            key,
+            payload,
+            arrived,
+            done,
+            ..
+        } = event
+        else {
+            unreachable!("only outputs are held");
+        };
+        let (counters, summary) = (self.counters, &mut self.summary);
+        self.sink
+            .send(key.as_deref(), &payload)
+            .map_err(DriverError::Sink)?;
+        counters.outputs.fetch_add(1, Ordering::Relaxed);
+        counters
+            .output_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let latency = done.saturating_duration_since(arrived);
+        summary
+            .latencies_us
+            .saturating_record(latency.as_micros() as u64);
+        counters.record_latency(latency);
+        summary.last_done = summary.last_done.max(Some(done));
+        Ok(())
+    }
+
     fn write(&mut self, event: Event) -> Result<(), DriverError> {
+        if matches!(event, Event::Output { .. }) {
+            return self.output(event);
+        }
         let (sink, counters, summary) = (&mut *self.sink, self.counters, &mut self.summary);
         match event {
-            Event::Admitted { .. } => {}
-            Event::Output {
-                key,
-                payload,
-                arrived,
-                done,
-                ..
-            } => {
-                sink.send(key.as_deref(), &payload)
-                    .map_err(DriverError::Sink)?;
-                counters.outputs.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .output_bytes
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                let latency = done.saturating_duration_since(arrived);
-                summary
-                    .latencies_us
-                    .saturating_record(latency.as_micros() as u64);
-                counters.record_latency(latency);
-                summary.last_done = summary.last_done.max(Some(done));
-            }
+            Event::Admitted { .. } | Event::Output { .. } => {}
             Event::Rejected {
                 position: Some(position),
                 key,
@@ -831,5 +895,92 @@ mod tests {
         gather.batch(&rx, rx.recv().unwrap(), &mut batch);
         assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 1);
+    }
+
+    /// An output as [`Kept`] keeps it: its key and payload.
+    type KeptOutput = (Option<Vec<u8>>, Vec<u8>);
+
+    /// A sink that keeps the keys and payloads it is given.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<KeptOutput>>>);
+
+    impl Sink for Kept {
+        fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
+            let kept = (key.map(<[u8]>::to_vec), payload.to_vec());
+            self.0.lock().unwrap().push(kept);
+            Ok(())
+        }
+
+        fn dead_letter(
+            &mut self,
+            _: Position,
+            _: Option<&[u8]>,
+            _: &[u8],
+            _: &str,
+        ) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    fn keyed(key: Option<&str>, payload: &str) -> Event {
+        Event::Output {
+            epoch: 0,
+            position: None,
+            key: key.map(|k| Arc::from(k.as_bytes())),
+            payload: payload.as_bytes().to_vec(),
+            arrived: Instant::now(),
+            done: Instant::now(),
+        }
+    }
+
+    /// What `batches` of outputs (key, payload) write, by payload, and how
+    /// many were superseded.
+    fn written(latest: bool, batches: &[&[(Option<&str>, &str)]]) -> (Vec<String>, u64) {
+        let kept = Kept::default();
+        let counters = Counters::default();
+        let config = DriverConfig {
+            latest_per_key: latest,
+            ..DriverConfig::default()
+        };
+        let mut out = Writer::new(Box::new(kept.clone()), &counters, false, &config);
+        for batch in batches {
+            for (key, payload) in *batch {
+                out.write(keyed(*key, payload)).unwrap();
+            }
+            out.end_batch().unwrap();
+        }
+        let kept = kept.0.lock().unwrap();
+        let payloads = kept
+            .iter()
+            .map(|(_, p)| String::from_utf8_lossy(p).into_owned());
+        let payloads = payloads.collect();
+        (payloads, counters.superseded.load(Ordering::Relaxed))
+    }
+
+    /// Of a key's outputs in a batch only the last is written, where it
+    /// came; unkeyed outputs keep their place; a batch does not supersede
+    /// the one before it.
+    #[test]
+    fn latest_per_key_writes_a_keys_last_output_of_each_batch_in_its_place() {
+        let first: &[(Option<&str>, &str)] = &[
+            (Some("a"), "a1"),
+            (Some("b"), "b1"),
+            (None, "x"),
+            (Some("a"), "a2"),
+            (Some("c"), "c1"),
+            (Some("a"), "a3"),
+        ];
+        let second: &[(Option<&str>, &str)] = &[(Some("b"), "b2"), (Some("a"), "a4")];
+        let (payloads, superseded) = written(true, &[first, second]);
+        assert_eq!(payloads, ["b1", "x", "c1", "a3", "b2", "a4"]);
+        assert_eq!(superseded, 2);
+        let (payloads, superseded) = written(false, &[first, second]);
+        let every = ["a1", "b1", "x", "a2", "c1", "a3", "b2", "a4"];
+        assert_eq!(payloads, every);
+        assert_eq!(superseded, 0);
     }
 }

@@ -42,6 +42,7 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
         input_records: counters.input_records.load(Relaxed),
         input_bytes: counters.input_bytes.load(Relaxed),
         output_bytes: counters.output_bytes.load(Relaxed),
+        superseded: counters.superseded.load(Relaxed),
         sources: counters
             .sources()
             .iter()
@@ -81,6 +82,7 @@ struct Page {
     input_records: u64,
     input_bytes: u64,
     output_bytes: u64,
+    superseded: u64,
     /// One per segment: the input's source, and each repartition topic's.
     sources: Vec<SourcePage>,
 }
@@ -131,6 +133,12 @@ impl Collector for Page {
             "fila_output_bytes",
             "Bytes of the outputs written to the sink (payloads).",
             ConstCounter::new(self.output_bytes),
+        )?;
+        one(
+            &mut e,
+            "fila_outputs_superseded",
+            "Outputs not written under --latest-per-key: a later output of their key came in the same batch.",
+            ConstCounter::new(self.superseded),
         )?;
         if !self.sources.is_empty() {
             SourcePage::encode(&self.sources, &mut e)?;
@@ -386,6 +394,7 @@ mod tests {
         let counters = Counters::default();
         counters.outputs.store(5, Relaxed);
         counters.dead_letters.store(2, Relaxed);
+        counters.superseded.store(9, Relaxed);
         assert!(!render(&stats, &counters).contains("fila_uncommitted"));
         let acks = std::sync::Arc::new(fila_connectors::Acks::new());
         for offset in 0..4 {
@@ -401,6 +410,7 @@ mod tests {
             "fila_records_total{outcome=\"output\"} 5",
             "fila_records_total{outcome=\"dead_letter\"} 2",
             "fila_records_panicked_total 0",
+            "fila_outputs_superseded_total 9",
             "fila_window 32",
             "fila_in_flight 3",
             "fila_max_in_flight 30",
