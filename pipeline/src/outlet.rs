@@ -25,6 +25,10 @@ pub(crate) enum Event {
         /// `None` for a result of no record (windows closed at the end).
         position: Option<Position>,
         key: Option<Arc<[u8]>>,
+        /// Whether the job gave the output its key (`sink_keyed`), rather
+        /// than it keeping its input record's: only such outputs
+        /// supersede each other under `--latest-per-key`.
+        own_key: bool,
         payload: Vec<u8>,
         arrived: Instant,
         done: Instant,
@@ -256,6 +260,7 @@ impl Outlet {
         let _ = self.tx.send(Event::Output {
             epoch: self.epoch,
             position: self.position,
+            own_key: key.is_some(),
             key: key.or(self.key),
             payload,
             arrived: self.arrived,

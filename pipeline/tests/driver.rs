@@ -422,8 +422,9 @@ fn ordered_results_held_behind_a_slow_record_stop_reading_at_the_bound() {
 }
 
 /// `latest_per_key`: of a key's outputs in one batch of the sink only the
-/// last is written, so each key's written counts rise, none twice, and end
-/// at its count; what was not written is counted as superseded.
+/// last is written, and in input order (it implies `ordered`), so each
+/// key's written counts rise, none twice, and end at its count; what was
+/// not written is counted as superseded.
 #[test]
 fn latest_per_key_writes_each_keys_last_output_of_a_batch() {
     const RECORDS: u64 = 20_000;
@@ -438,6 +439,15 @@ fn latest_per_key_writes_each_keys_last_output_of_a_batch() {
         .reduce("count", |(key, a): &(String, u64), (_, b)| {
             Ok((key.clone(), a + b))
         })
+        // A few counts take longer after the reduce than a batch of the
+        // sink lasts (its linger, 100 ms), so that unordered they would
+        // be written in a batch after later counts of their key.
+        .map("slow", |(key, n): (String, u64)| {
+            if n % 2_000 == 0 {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            Ok((key, n))
+        })
         .sink_keyed(|(key, n): &(String, u64)| {
             (Some(key.clone().into_bytes()), n.to_string().into_bytes())
         });
@@ -446,7 +456,6 @@ fn latest_per_key_writes_each_keys_last_output_of_a_batch() {
     let sink = Collect::default();
     let mut source = Records::new(numbered(RECORDS));
     let summary = Driver::new()
-        .ordered(true)
         .latest_per_key(true)
         .counters(&counters)
         .run(&rt, Arc::new(job), &mut source, Box::new(sink.clone()))

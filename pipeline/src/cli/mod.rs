@@ -115,9 +115,10 @@ pub struct RunArgs {
     /// buffer before the sink).
     #[arg(long)]
     pub ordered: bool,
-    /// Of a key's outputs in one flush of the sink (a tick's worth), write
-    /// only the last: for jobs whose keyed output is the key's current
-    /// value (a count, a total), never for events.
+    /// Of the outputs the job keyed (`sink_keyed`), write only each key's
+    /// last in one flush of the sink (a tick's worth); implies --ordered.
+    /// For jobs whose keyed output is the key's current value (a count, a
+    /// total), never for events.
     #[arg(long)]
     pub latest_per_key: bool,
     /// Records in flight at most.

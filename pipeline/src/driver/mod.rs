@@ -76,14 +76,15 @@ pub struct DriverConfig {
     /// results wait until every record read before it from its partition
     /// has finished (`--ordered`).
     pub ordered: bool,
-    /// Of a key's outputs in one batch of the sink thread (what it writes
-    /// between two flushes: a tick's worth, or a linger's), write only the
-    /// last (`--latest-per-key`). For jobs whose keyed output is the key's
-    /// current value, a count or a total, read as a table: a reader then
-    /// gets each key's value at every flush, not every step to it, and a
-    /// hot key costs the broker one record a batch. Outputs without a key
-    /// are all written, in their place among the rest. A job whose keyed
-    /// outputs are events, each of which matters, must not use it.
+    /// Of the outputs the job keyed itself (`sink_keyed`), write only each
+    /// key's last in one batch of the sink thread (a tick's worth, or a
+    /// linger's) (`--latest-per-key`); implies `ordered`. For jobs whose
+    /// keyed output is the key's current value, a count or a total, read
+    /// as a table: a reader that keeps each key's last value sees after
+    /// every batch the table it would see without it, and a hot key costs
+    /// the broker one record a batch. Other outputs are all written, in
+    /// their place among the rest. A job whose keyed outputs are events,
+    /// each of which matters, must not use it.
     pub latest_per_key: bool,
     /// The largest record run: a larger one is dead-lettered unrun, with
     /// its first [`OVERSIZED_KEPT`] bytes (`--max-record-bytes`).
@@ -130,6 +131,12 @@ pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 pub const SMALL_BATCH_BYTES: usize = 64 << 10;
 
 impl DriverConfig {
+    /// Whether results go through the reorder buffer: `ordered`, or
+    /// `latest_per_key`, whose last output of a key must be its latest.
+    pub fn orders(&self) -> bool {
+        self.ordered || self.latest_per_key
+    }
+
     /// The sink's linger: `sink_linger`, or four ticks; never under the
     /// tick.
     pub fn sink_linger(&self) -> Duration {
@@ -432,7 +439,7 @@ impl<'a> Driver<'a> {
                 config,
                 tx: &tx,
                 first_arrival: None,
-                ordered: config.ordered || exactly_once,
+                ordered: config.orders() || exactly_once,
                 epoch: &epoch,
                 rewound: &rewound,
                 admitting: 0,

@@ -103,7 +103,7 @@ pub(super) fn run(
     match acking {
         Acking::InTransactions(txn) => run_transactions(rx, &mut out, txn, counters, read, config)?,
         acking => {
-            let mut reorder = config.ordered.then(Reorder::default);
+            let mut reorder = config.orders().then(Reorder::default);
             let mut batch = Vec::new();
             let mut gather = Gather::new(config, read);
             while let Ok(first) = rx.recv() {
@@ -400,6 +400,10 @@ fn abort(
     *reorder = Reorder::default();
     out.finished.clear();
     out.changelog.clear();
+    if let Some(latest) = &mut out.latest {
+        latest.outputs.clear();
+        latest.at.clear();
+    }
     counters.aborted();
     tracing::warn!("transaction aborted ({reason}); reading again from the last commit");
     Ok(())
@@ -509,7 +513,12 @@ impl<'a> Writer<'a> {
         let Some(latest) = &mut self.latest else {
             return self.write_output(event);
         };
-        if let Event::Output { key: Some(key), .. } = &event {
+        if let Event::Output {
+            key: Some(key),
+            own_key: true,
+            ..
+        } = &event
+        {
             let key = Arc::clone(key);
             if let Some(before) = latest.at.insert(key, latest.outputs.len()) {
                 latest.outputs[before] = None;
@@ -795,6 +804,7 @@ mod tests {
             epoch: 0,
             position: None,
             key: None,
+            own_key: false,
             payload: vec![b'x'; bytes],
             arrived: Instant::now(),
             done: Instant::now(),
@@ -926,11 +936,15 @@ mod tests {
         }
     }
 
+    /// An output of `payload` under `key`: the job's own, or with `~` in
+    /// front, its input record's.
     fn keyed(key: Option<&str>, payload: &str) -> Event {
+        let inherited = key.and_then(|k| k.strip_prefix('~'));
         Event::Output {
             epoch: 0,
             position: None,
-            key: key.map(|k| Arc::from(k.as_bytes())),
+            key: inherited.or(key).map(|k| Arc::from(k.as_bytes())),
+            own_key: key.is_some() && inherited.is_none(),
             payload: payload.as_bytes().to_vec(),
             arrived: Instant::now(),
             done: Instant::now(),
@@ -962,24 +976,26 @@ mod tests {
     }
 
     /// Of a key's outputs in a batch only the last is written, where it
-    /// came; unkeyed outputs keep their place; a batch does not supersede
-    /// the one before it.
+    /// came; outputs without a key, or with their input record's, keep
+    /// their place; a batch does not supersede the one before it.
     #[test]
     fn latest_per_key_writes_a_keys_last_output_of_each_batch_in_its_place() {
         let first: &[(Option<&str>, &str)] = &[
             (Some("a"), "a1"),
             (Some("b"), "b1"),
             (None, "x"),
+            (Some("~i"), "i1"),
             (Some("a"), "a2"),
             (Some("c"), "c1"),
+            (Some("~i"), "i2"),
             (Some("a"), "a3"),
         ];
         let second: &[(Option<&str>, &str)] = &[(Some("b"), "b2"), (Some("a"), "a4")];
         let (payloads, superseded) = written(true, &[first, second]);
-        assert_eq!(payloads, ["b1", "x", "c1", "a3", "b2", "a4"]);
+        assert_eq!(payloads, ["b1", "x", "i1", "c1", "i2", "a3", "b2", "a4"]);
         assert_eq!(superseded, 2);
         let (payloads, superseded) = written(false, &[first, second]);
-        let every = ["a1", "b1", "x", "a2", "c1", "a3", "b2", "a4"];
+        let every = ["a1", "b1", "x", "i1", "a2", "c1", "i2", "a3", "b2", "a4"];
         assert_eq!(payloads, every);
         assert_eq!(superseded, 0);
     }
