@@ -484,3 +484,77 @@ fn latest_per_key_writes_each_keys_last_output_of_a_batch() {
         assert_eq!(last[format!("k{k}").as_bytes()], due, "key k{k}");
     }
 }
+
+/// `latest_per_key` under exactly-once, with commits refused and aborts
+/// asked for at random moments: what a batch held for an aborted
+/// transaction never reaches a later one, so the committed values of each
+/// key rise, none twice, and each key's last committed value is its last
+/// record's.
+#[test]
+fn latest_per_key_under_aborted_transactions_commits_each_keys_values_in_order() {
+    const N: i64 = 5_000;
+    const KEYS: i64 = 3;
+    let rt = runtime(32);
+    let input: Vec<_> = (0..N).map(|i| record(0, i, &i.to_string())).collect();
+    let (mut source, acks) = Records::rewindable(input);
+    let sink = TxnSink::failing_every(3);
+    let job = Job::new("keyed")
+        .decode(|input| {
+            Ok(String::from_utf8_lossy(input.payload())
+                .parse::<i64>()
+                .unwrap())
+        })
+        .sink_keyed(|n: &i64| {
+            let key = format!("k{}", n % KEYS).into_bytes();
+            (Some(key), n.to_string().into_bytes())
+        });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (asker, done) = (sink.clone(), &stop);
+        s.spawn(move || {
+            let mut seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                | 1;
+            for _ in 0..40 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                std::thread::sleep(Duration::from_micros(500 + seed % 5_000));
+                asker.request_abort();
+            }
+        });
+        let summary = Driver::new()
+            .latest_per_key(true)
+            .commit_interval(Duration::from_millis(2))
+            .sink_tick(Duration::from_millis(1))
+            .run(&rt, Arc::new(job), &mut source, Box::new(sink.clone()));
+        stop.store(true, Ordering::SeqCst);
+        summary.unwrap();
+    });
+    let committed = sink.committed.lock().unwrap();
+    let mut last = std::collections::BTreeMap::<Vec<u8>, i64>::new();
+    for (key, value) in committed.iter() {
+        let key = key.clone().expect("every output has its key");
+        let n: i64 = value.parse().unwrap();
+        if let Some(before) = last.insert(key.clone(), n) {
+            assert!(n > before, "{n} after {before} for {key:?}");
+        }
+    }
+    for k in 0..KEYS {
+        let due = (0..N).filter(|n| n % KEYS == k).max().unwrap();
+        assert_eq!(last[format!("k{k}").as_bytes()], due, "key k{k}");
+    }
+    assert!(committed.len() < N as usize, "nothing superseded");
+    assert!(
+        sink.aborts.load(Ordering::SeqCst) > 0,
+        "no transaction was aborted"
+    );
+    assert_eq!(sink.offsets.lock().unwrap().last(), Some(&(0, N)));
+    assert_eq!(acks.uncommitted(), Uncommitted::default());
+    rt.shutdown();
+}
