@@ -563,6 +563,7 @@ impl<'a> Writer<'a> {
         }
         let (sink, counters, summary) = (&mut *self.sink, self.counters, &mut self.summary);
         match event {
+            // Outputs went to `output` above.
             Event::Admitted { .. } | Event::Output { .. } => {}
             Event::Rejected {
                 position: Some(position),
