@@ -2,7 +2,7 @@
 //! of every line, `{"word": w, "count": n}` out, n being the word's count
 //! so far. A word is a run of letters and digits of the lowercased text.
 //! The output's key is the word. Run with `--latest-per-key`, it writes of
-//! a word's counts in one flush only the last (docs/design/state.md#latest).
+//! a word's counts in one sink batch only the last (docs/design/state.md#latest).
 //!
 //! On Kafka the words go through a repartition topic keyed by word, so
 //! that members of one group count each word once between them, and the

@@ -116,7 +116,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub ordered: bool,
     /// Of the outputs the job keyed (`sink_keyed`), write only each key's
-    /// last in one flush of the sink (a tick's worth); implies --ordered.
+    /// last in one batch of the sink (a tick's worth, up to a linger's);
+    /// implies --ordered.
     /// For jobs whose keyed output is the key's current value (a count, a
     /// total), never for events.
     #[arg(long)]

@@ -81,7 +81,7 @@ pub struct DriverConfig {
     /// linger's) (`--latest-per-key`); implies `ordered`. For jobs whose
     /// keyed output is the key's current value, a count or a total, read
     /// as a table: a reader that keeps each key's last value sees after
-    /// every batch the table it would see without it, and a hot key costs
+    /// every batch the table it would see with `ordered` alone, and a hot key costs
     /// the broker one record a batch. Other outputs are all written, in
     /// their place among the rest. A job whose keyed outputs are events,
     /// each of which matters, must not use it.
