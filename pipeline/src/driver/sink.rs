@@ -400,10 +400,9 @@ fn abort(
     *reorder = Reorder::default();
     out.finished.clear();
     out.changelog.clear();
-    if let Some(latest) = &mut out.latest {
-        latest.outputs.clear();
-        latest.at.clear();
-    }
+    // Aborts come between batches, after `end_batch` wrote what a batch
+    // held.
+    debug_assert!(!matches!(&out.latest, Some(l) if !l.outputs.is_empty()));
     counters.aborted();
     tracing::warn!("transaction aborted ({reason}); reading again from the last commit");
     Ok(())
@@ -969,6 +968,12 @@ mod tests {
             out.end_batch().unwrap();
         }
         let kept = kept.0.lock().unwrap();
+        // Each payload names its key: its first letter (a `~` key keeps
+        // the letter after it); `x` has none.
+        for (key, payload) in kept.iter() {
+            let want: &[u8] = if payload == b"x" { b"" } else { &payload[..1] };
+            assert_eq!(key.as_deref().unwrap_or_default(), want);
+        }
         let payloads = kept
             .iter()
             .map(|(_, p)| String::from_utf8_lossy(p).into_owned());
@@ -989,14 +994,19 @@ mod tests {
             (Some("a"), "a2"),
             (Some("c"), "c1"),
             (Some("~i"), "i2"),
+            (Some("i"), "i3"),
             (Some("a"), "a3"),
+            (Some("i"), "i4"),
         ];
         let second: &[(Option<&str>, &str)] = &[(Some("b"), "b2"), (Some("a"), "a4")];
         let (payloads, superseded) = written(true, &[first, second]);
-        assert_eq!(payloads, ["b1", "x", "i1", "c1", "i2", "a3", "b2", "a4"]);
-        assert_eq!(superseded, 2);
+        let latest = ["b1", "x", "i1", "c1", "i2", "a3", "i4", "b2", "a4"];
+        assert_eq!(payloads, latest);
+        assert_eq!(superseded, 3);
         let (payloads, superseded) = written(false, &[first, second]);
-        let every = ["a1", "b1", "x", "i1", "a2", "c1", "i2", "a3", "b2", "a4"];
+        let every = [
+            "a1", "b1", "x", "i1", "a2", "c1", "i2", "i3", "a3", "i4", "b2", "a4",
+        ];
         assert_eq!(payloads, every);
         assert_eq!(superseded, 0);
     }
