@@ -204,6 +204,26 @@ fn a_source_that_does_not_commit_runs_untracked() {
     rt.shutdown();
 }
 
+/// Asks `sink` for an abort, as a rebalance does, up to 40 times at
+/// moments that vary from run to run, until `done` is set.
+fn ask_aborts_at_random(sink: TxnSink, done: &std::sync::atomic::AtomicBool) {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    for _ in 0..40 {
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(500 + seed % 5_000));
+        sink.request_abort();
+    }
+}
+
 /// Exactly-once through the driver with transactions that fail: every
 /// third commit is refused, and aborts are asked for at random moments as
 /// rebalances do. Whatever the interleaving, the committed transactions
@@ -239,25 +259,7 @@ fn aborted_transactions_rewind_and_every_record_is_committed_once() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let asker = sink.clone();
-        let done = &stop;
-        s.spawn(move || {
-            // Aborts asked for at moments that vary from run to run.
-            let mut seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u64
-                | 1;
-            for _ in 0..40 {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                std::thread::sleep(Duration::from_micros(500 + seed % 5_000));
-                asker.request_abort();
-            }
-        });
+        s.spawn(|| ask_aborts_at_random(asker, &stop));
         // A small replay bound: an abort while it is full must still be
         // followed by the rewind that lets commits go on. Were it not, the
         // run would stall: it fails on its time bound instead.
@@ -512,24 +514,8 @@ fn latest_per_key_under_aborted_transactions_commits_each_keys_values_in_order()
     let stop = std::sync::atomic::AtomicBool::new(false);
     let counters = Counters::default();
     std::thread::scope(|s| {
-        let (asker, done) = (sink.clone(), &stop);
-        s.spawn(move || {
-            let mut seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u64
-                | 1;
-            for _ in 0..40 {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                std::thread::sleep(Duration::from_micros(500 + seed % 5_000));
-                asker.request_abort();
-            }
-        });
+        let asker = sink.clone();
+        s.spawn(|| ask_aborts_at_random(asker, &stop));
         let summary = Driver::new()
             .latest_per_key(true)
             .counters(&counters)
