@@ -489,13 +489,8 @@ impl<'a> Writer<'a> {
     fn end_batch(&mut self) -> Result<(), DriverError> {
         if let Some(latest) = &mut self.latest {
             latest.at.clear();
-            let mut outputs = std::mem::take(&mut latest.outputs);
-            for event in outputs.drain(..).flatten() {
-                self.write_output(event)?;
-            }
-            // The vector's room serves the next batch.
-            if let Some(latest) = &mut self.latest {
-                latest.outputs = outputs;
+            for event in latest.outputs.drain(..).flatten() {
+                write_output(&mut *self.sink, self.counters, &mut self.summary, event)?;
             }
         }
         for ((topic, partition, key), value) in self.changelog.drain() {
@@ -510,7 +505,7 @@ impl<'a> Writer<'a> {
     /// of the batch, in place of the one before it of its key.
     fn output(&mut self, event: Event) -> Result<(), DriverError> {
         let Some(latest) = &mut self.latest else {
-            return self.write_output(event);
+            return write_output(&mut *self.sink, self.counters, &mut self.summary, event);
         };
         if let Event::Output {
             key: Some(key),
@@ -525,34 +520,6 @@ impl<'a> Writer<'a> {
             }
         }
         latest.outputs.push(Some(event));
-        Ok(())
-    }
-
-    fn write_output(&mut self, event: Event) -> Result<(), DriverError> {
-        let Event::Output {
-            key,
-            payload,
-            arrived,
-            done,
-            ..
-        } = event
-        else {
-            unreachable!("only outputs are held");
-        };
-        let (counters, summary) = (self.counters, &mut self.summary);
-        self.sink
-            .send(key.as_deref(), &payload)
-            .map_err(DriverError::Sink)?;
-        counters.outputs.fetch_add(1, Ordering::Relaxed);
-        counters
-            .output_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        let latency = done.saturating_duration_since(arrived);
-        summary
-            .latencies_us
-            .saturating_record(latency.as_micros() as u64);
-        counters.record_latency(latency);
-        summary.last_done = summary.last_done.max(Some(done));
         Ok(())
     }
 
@@ -622,6 +589,38 @@ impl<'a> Writer<'a> {
         }
         Ok(())
     }
+}
+
+/// Writes an output and counts it.
+fn write_output(
+    sink: &mut dyn Sink,
+    counters: &Counters,
+    summary: &mut RunSummary,
+    event: Event,
+) -> Result<(), DriverError> {
+    let Event::Output {
+        key,
+        payload,
+        arrived,
+        done,
+        ..
+    } = event
+    else {
+        unreachable!("only outputs are written as outputs");
+    };
+    sink.send(key.as_deref(), &payload)
+        .map_err(DriverError::Sink)?;
+    counters.outputs.fetch_add(1, Ordering::Relaxed);
+    counters
+        .output_bytes
+        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+    let latency = done.saturating_duration_since(arrived);
+    summary
+        .latencies_us
+        .saturating_record(latency.as_micros() as u64);
+    counters.record_latency(latency);
+    summary.last_done = summary.last_done.max(Some(done));
+    Ok(())
 }
 
 /// The reorder buffer of `ordered`: per partition, the records admitted
