@@ -39,6 +39,9 @@ pub struct Counters {
     /// Outputs not written under `--latest-per-key`: a later output of
     /// their key came in the same batch.
     pub superseded: AtomicU64,
+    /// Records of combining repartitions (`reduce_combined`) folded into
+    /// an earlier one of their key before it was written.
+    pub combined: AtomicU64,
     /// Bytes of the outputs written (payloads).
     pub output_bytes: AtomicU64,
     pub dead_letters: AtomicU64,
@@ -86,6 +89,7 @@ impl Default for Counters {
             messages: AtomicU64::new(0),
             outputs: AtomicU64::new(0),
             superseded: AtomicU64::new(0),
+            combined: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),

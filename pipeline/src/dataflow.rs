@@ -600,7 +600,10 @@ fn collect(rx: mpsc::Receiver<Event>) -> Result<Vec<Vec<u8>>, Rejected> {
         match event {
             Event::Output { payload, .. } => outputs.push(payload),
             Event::Rejected { reason, .. } => return Err(Rejected(reason)),
-            Event::Admitted { .. } | Event::Internal { .. } | Event::Done { .. } => {}
+            Event::Admitted { .. }
+            | Event::Internal { .. }
+            | Event::Combined { .. }
+            | Event::Done { .. } => {}
         }
     }
     Ok(outputs)

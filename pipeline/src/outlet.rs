@@ -2,6 +2,7 @@
 //! send it through. A leaf module: the dataflow sends these, the driver
 //! receives them, and neither needs the other to do so.
 
+use std::any::Any;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,6 +60,19 @@ pub(crate) enum Event {
         /// `None`: a tombstone, the key was deleted.
         value: Option<Vec<u8>>,
     },
+    /// A record for a repartition topic whose keyed stage combines
+    /// (`reduce_combined`): held by the sink thread until the end of its
+    /// batch, the batch's later records of its key folded into it, and
+    /// then written as an `Internal` record would be.
+    Combined {
+        epoch: u64,
+        position: Option<Position>,
+        topic: Arc<str>,
+        key: Vec<u8>,
+        /// The job's record, not yet encoded.
+        value: Box<dyn Any + Send>,
+        combiner: Arc<dyn Combiner>,
+    },
     /// The record's unit completed: every result it emitted is ahead of
     /// this in the channel.
     Done {
@@ -66,6 +80,28 @@ pub(crate) enum Event {
         position: Position,
         panic: Option<Panicked>,
     },
+}
+
+/// What the sink thread counts a not yet encoded record of a combining
+/// repartition as, to size its batches.
+const COMBINED_RECORD_BYTES: usize = 16;
+
+/// Folds the records of one key bound for a repartition topic into one
+/// before they are written, with the keyed stage's own (associative)
+/// function; the type-erased side of `reduce_combined`.
+pub(crate) trait Combiner: Send + Sync {
+    /// Folds `next` into `held`, both of one key, `held` the earlier.
+    /// Gives `next` back when the function failed or panicked: the two
+    /// are then written apart, and the keyed stage meets the failure.
+    fn combine(
+        &self,
+        held: &mut Box<dyn Any + Send>,
+        next: Box<dyn Any + Send>,
+    ) -> Result<(), Box<dyn Any + Send>>;
+
+    /// The record as the repartition topic holds it; an error when it
+    /// does not serialize (a bug of the job).
+    fn encode(&self, value: &(dyn Any + Send)) -> Result<Vec<u8>, String>;
 }
 
 /// The epoch of results of no record (windows closed at the end of a
@@ -79,6 +115,7 @@ impl Event {
             | Event::Output { epoch, .. }
             | Event::Rejected { epoch, .. }
             | Event::Internal { epoch, .. }
+            | Event::Combined { epoch, .. }
             | Event::Done { epoch, .. } => *epoch,
         }
     }
@@ -96,6 +133,8 @@ impl Event {
                 key: k, payload, ..
             } => key(k) + payload.len(),
             Event::Internal { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
+            // Not encoded yet: its key and about a small record's worth.
+            Event::Combined { key, .. } => key.len() + COMBINED_RECORD_BYTES,
             Event::Done { panic, .. } => {
                 panic.as_ref().map_or(0, |p| key(&p.key) + p.payload.len())
             }
@@ -281,6 +320,26 @@ impl Outlet {
     /// outputs, before its position is acknowledged.
     pub(crate) fn repartition(&self, topic: &Arc<str>, key: Vec<u8>, record: Vec<u8>) {
         self.internal(topic, None, false, key, Some(record));
+    }
+
+    /// Sends the record on through repartition topic `topic`, under
+    /// `key`, to be combined with the other records of its key in the
+    /// sink thread's batch before it is written.
+    pub(crate) fn repartition_combined(
+        &self,
+        topic: &Arc<str>,
+        key: Vec<u8>,
+        record: Box<dyn Any + Send>,
+        combiner: &Arc<dyn Combiner>,
+    ) {
+        let _ = self.tx.send(Event::Combined {
+            epoch: self.epoch,
+            position: self.position,
+            topic: topic.clone(),
+            key,
+            value: record,
+            combiner: combiner.clone(),
+        });
     }
 
     fn internal(

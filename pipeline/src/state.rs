@@ -10,9 +10,11 @@
 //! Why no update is lost, why the order holds, what a restart keeps, and
 //! what the locks cost are in docs/design/state.md.
 
+use std::any::Any;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use crate::dataflow::{
     forward, stage_error, Boundary, Exec, Input, Node, NodeRef, Rejected, Stream,
 };
 use crate::order::{InOrder, Step};
-use crate::outlet::Outlet;
+use crate::outlet::{Combiner, Outlet};
 
 /// Shards per keyed stage. Two workers contend only when their keys hash
 /// to the same shard, and then for one reduce call.
@@ -161,6 +163,12 @@ fn encode_json<X: Serialize>(x: &X) -> Vec<u8> {
     serde_json::to_vec(x).expect("keyed state must serialize as JSON")
 }
 
+/// [`encode_json`], with the error returned: for the sink thread, where a
+/// panic would stop the run without saying why.
+fn try_encode_json<X: Serialize>(x: &X) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(x).map_err(|e| e.to_string())
+}
+
 fn decode_json<X: DeserializeOwned>(bytes: &[u8]) -> Result<X, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
@@ -212,6 +220,7 @@ where
         stage: &str,
         key: &KeyFn<K, T>,
         by_input_partition: bool,
+        combiner: Option<Arc<dyn Combiner>>,
     ) -> Stream<T> {
         if by_input_partition {
             return stream;
@@ -223,6 +232,7 @@ where
                 key,
                 codec: Codec::json(),
                 topic: OnceLock::new(),
+                combiner,
                 next: next.clone(),
             });
             let decode = boundary.codec.decode_value;
@@ -259,8 +269,53 @@ where
         name: impl Into<String>,
         f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
     ) -> Stream<T> {
-        let name = name.into();
-        let stream = Self::keyed_input(self.stream, &name, &self.key, self.by_input_partition);
+        self.reduce_with(name.into(), f, None)
+    }
+
+    /// [`reduce`](Self::reduce) with a function that is associative:
+    /// `f(f(a, b), c)` equals `f(a, f(b, c))`, as a sum, a count, a max or
+    /// "keep the later" are. On Kafka, the records of a key bound for the
+    /// repartition topic are then combined with `f` first, within each
+    /// batch of the sink thread (a tick's worth): the topic, and the
+    /// stage, see one record per key and batch instead of every one, and
+    /// the stage emits one value per combined record. The final value of
+    /// every key is the same; the values in between skip what was
+    /// combined (a count goes 3, 7, 12 rather than 1, 2, 3, ...), so use
+    /// it where a reader wants each key's latest value, not every step.
+    /// A combine that fails or panics leaves the two records apart, for
+    /// the stage to meet the failure. Without a repartition (elsewhere
+    /// than Kafka, or [`by_input_partition`](Self::by_input_partition))
+    /// it is `reduce`. docs/design/state.md#combining.
+    pub fn reduce_combined(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+    ) -> Stream<T> {
+        let f = Arc::new(f);
+        let combiner: Arc<dyn Combiner> = Arc::new(Combine {
+            f: f.clone(),
+            encode: try_encode_json::<T>,
+        });
+        self.reduce_with(
+            name.into(),
+            move |value, record| f(value, record),
+            Some(combiner),
+        )
+    }
+
+    fn reduce_with(
+        self,
+        name: String,
+        f: impl Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+        combiner: Option<Arc<dyn Combiner>>,
+    ) -> Stream<T> {
+        let stream = Self::keyed_input(
+            self.stream,
+            &name,
+            &self.key,
+            self.by_input_partition,
+            combiner,
+        );
         let (key, by_input_partition) = (self.key, self.by_input_partition);
         stream.then(move |next, parts| {
             let durable = Durable {
@@ -431,6 +486,9 @@ struct Repartition<K, T> {
     key: KeyFn<K, T>,
     codec: Codec<K, T>,
     topic: OnceLock<Arc<str>>,
+    /// With `reduce_combined`: the records go to the sink thread as they
+    /// are, to be combined there.
+    combiner: Option<Arc<dyn Combiner>>,
     next: NodeRef<T>,
 }
 
@@ -440,12 +498,16 @@ where
     T: Send + 'static,
 {
     fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
-        match self.topic.get() {
-            Some(topic) => {
+        match (self.topic.get(), &self.combiner) {
+            (Some(topic), Some(combiner)) => {
+                let key = (self.codec.encode_key)(&(self.key)(&record));
+                out.repartition_combined(topic, key, Box::new(record), combiner);
+            }
+            (Some(topic), None) => {
                 let key = (self.codec.encode_key)(&(self.key)(&record));
                 out.repartition(topic, key, (self.codec.encode_value)(&record));
             }
-            None => forward(&self.next, record, out, exec),
+            (None, _) => forward(&self.next, record, out, exec),
         }
     }
 
@@ -466,6 +528,51 @@ where
 
     fn topic(&self) -> &OnceLock<Arc<str>> {
         &self.topic
+    }
+}
+
+/// The combining side of `reduce_combined`: the stage's own function,
+/// run on the sink thread over records of one key.
+struct Combine<T, F> {
+    f: Arc<F>,
+    encode: fn(&T) -> Result<Vec<u8>, String>,
+}
+
+impl<T, F> Combiner for Combine<T, F>
+where
+    T: Clone + Send + 'static,
+    F: Fn(&T, T) -> Result<T, Rejected> + Send + Sync + 'static,
+{
+    fn combine(
+        &self,
+        held: &mut Box<dyn Any + Send>,
+        next: Box<dyn Any + Send>,
+    ) -> Result<(), Box<dyn Any + Send>> {
+        let (Some(value), Some(record)) = (held.downcast_ref::<T>(), next.downcast_ref::<T>())
+        else {
+            return Err(next);
+        };
+        // The function takes the record: a copy keeps it for when the
+        // function fails or panics. A panic is the job's, and stays off
+        // the sink thread.
+        let combined =
+            std::panic::catch_unwind(AssertUnwindSafe(|| (self.f)(value, record.clone())));
+        match combined {
+            Ok(Ok(combined)) => {
+                *held = Box::new(combined);
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => Err(next),
+        }
+    }
+
+    fn encode(&self, value: &(dyn Any + Send)) -> Result<Vec<u8>, String> {
+        let value = value
+            .downcast_ref::<T>()
+            .ok_or("a combined record is not of its stage's type")?;
+        std::panic::catch_unwind(AssertUnwindSafe(|| (self.encode)(value)))
+            .unwrap_or_else(|_| Err("its serialization panicked".to_owned()))
+            .map_err(|e| format!("the job's record does not serialize as JSON: {e}"))
     }
 }
 
@@ -566,8 +673,13 @@ where
             windows,
             time,
         } = self;
-        let stream =
-            KeyedStream::keyed_input(keyed.stream, &name, &keyed.key, keyed.by_input_partition);
+        let stream = KeyedStream::keyed_input(
+            keyed.stream,
+            &name,
+            &keyed.key,
+            keyed.by_input_partition,
+            None,
+        );
         let (key, by_input_partition) = (keyed.key, keyed.by_input_partition);
         stream.then(move |next, parts| {
             let durable = Durable {
@@ -774,6 +886,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The combining side of `reduce_combined` folds with the stage's
+    /// function, and gives the later record back, whole, when the
+    /// function fails or panics, so that nothing is lost on the sink
+    /// thread.
+    #[test]
+    fn a_combine_that_fails_or_panics_gives_the_record_back() {
+        let f = |(w, n): &(String, u64), (_, m): (String, u64)| match m {
+            0 => Err(Rejected::new("no zeros")),
+            7 => panic!("a bug"),
+            m => Ok((w.clone(), n + m)),
+        };
+        let combine = Combine {
+            f: Arc::new(f),
+            encode: try_encode_json::<(String, u64)>,
+        };
+        let record = |m: u64| -> Box<dyn Any + Send> { Box::new(("a".to_owned(), m)) };
+        let mut held = record(1);
+        assert!(combine.combine(&mut held, record(2)).is_ok());
+        let refused = combine.combine(&mut held, record(0)).unwrap_err();
+        assert_eq!(refused.downcast_ref(), Some(&("a".to_owned(), 0u64)));
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let panicked = combine.combine(&mut held, record(7));
+        std::panic::set_hook(hook);
+        assert_eq!(
+            panicked.unwrap_err().downcast_ref(),
+            Some(&("a".to_owned(), 7u64))
+        );
+        assert_eq!(combine.encode(&*held).unwrap(), br#"["a",3]"#);
+    }
 
     /// A restore makes room for every record of a small changelog, and
     /// for a huge one makes a table of at most RESERVE_BYTES.

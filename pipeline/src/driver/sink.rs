@@ -1,6 +1,7 @@
 //! The sink thread: writes results, flushes, acknowledges; and the reorder
 //! buffer of `--ordered`.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -14,7 +15,7 @@ use fila_connectors::{
 
 use super::{DriverConfig, DriverError, RunSummary, SMALL_BATCH_BYTES};
 use crate::counters::Counters;
-use crate::outlet::Event;
+use crate::outlet::{Combiner, Event};
 use crate::report::latency_histogram;
 use crate::state::KeyMap;
 
@@ -403,6 +404,8 @@ fn abort(
     // Aborts come between batches, after `end_batch` wrote what a batch
     // held.
     debug_assert!(!matches!(&out.latest, Some(l) if !l.outputs.is_empty()));
+    debug_assert!(out.combined.is_empty());
+    out.combined.clear();
     counters.aborted();
     tracing::warn!("transaction aborted ({reason}); reading again from the last commit");
     Ok(())
@@ -442,6 +445,17 @@ struct Writer<'a> {
     changelog: KeyMap<ChangelogKey, Option<Vec<u8>>>,
     /// With `latest_per_key`: the batch's outputs, held until its end.
     latest: Option<Latest>,
+    /// The records of the batch bound for combining repartitions
+    /// (`reduce_combined`), by topic and key, each with the later ones of
+    /// its key folded in. Written at the end of each batch, with the
+    /// changelog records and for the same reason.
+    combined: KeyMap<(Arc<str>, Vec<u8>), Combining>,
+}
+
+/// A record of a combining repartition, held for the end of the batch.
+struct Combining {
+    value: Box<dyn Any + Send>,
+    combiner: Arc<dyn Combiner>,
 }
 
 /// The outputs of a batch under `latest_per_key`, in the order they came,
@@ -481,12 +495,17 @@ impl<'a> Writer<'a> {
             },
             changelog: KeyMap::default(),
             latest: config.latest_per_key.then(Latest::default),
+            combined: KeyMap::default(),
         }
     }
 
-    /// Ends a batch: writes the outputs held under `latest_per_key` and the
-    /// changelog records, each key's last.
+    /// Ends a batch: writes the outputs held under `latest_per_key`, the
+    /// changelog records, each key's last, and the combined repartition
+    /// records.
     fn end_batch(&mut self) -> Result<(), DriverError> {
+        for ((topic, key), held) in self.combined.drain() {
+            write_combined(&mut *self.sink, &topic, &key, held)?;
+        }
         if let Some(latest) = &mut self.latest {
             latest.at.clear();
             for event in latest.outputs.drain(..).flatten() {
@@ -523,14 +542,59 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Holds a record of a combining repartition, folded into the one
+    /// held for its key if there is one. When the two do not combine,
+    /// both are written now, in order, and nothing is held for the key:
+    /// a record the keyed stage then fails on carries no later record's
+    /// contribution with it.
+    fn combine(
+        &mut self,
+        topic: Arc<str>,
+        key: Vec<u8>,
+        value: Box<dyn Any + Send>,
+        combiner: Arc<dyn Combiner>,
+    ) -> Result<(), DriverError> {
+        use std::collections::hash_map::Entry;
+        match self.combined.entry((topic, key)) {
+            Entry::Vacant(slot) => {
+                slot.insert(Combining { value, combiner });
+            }
+            Entry::Occupied(mut slot) => {
+                let held = slot.get_mut();
+                match held.combiner.combine(&mut held.value, value) {
+                    Ok(()) => {
+                        self.counters.combined.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(value) => {
+                        let ((topic, key), earlier) = slot.remove_entry();
+                        write_combined(&mut *self.sink, &topic, &key, earlier)?;
+                        let later = Combining { value, combiner };
+                        write_combined(&mut *self.sink, &topic, &key, later)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write(&mut self, event: Event) -> Result<(), DriverError> {
         if matches!(event, Event::Output { .. }) {
             return self.output(event);
         }
+        if let Event::Combined {
+            topic,
+            key,
+            value,
+            combiner,
+            ..
+        } = event
+        {
+            return self.combine(topic, key, value, combiner);
+        }
         let (sink, counters, summary) = (&mut *self.sink, self.counters, &mut self.summary);
         match event {
-            // Outputs went to `output` above.
-            Event::Admitted { .. } | Event::Output { .. } => {}
+            // Outputs and records to combine went their ways above.
+            Event::Admitted { .. } | Event::Output { .. } | Event::Combined { .. } => {}
             Event::Rejected {
                 position: Some(position),
                 key,
@@ -589,6 +653,24 @@ impl<'a> Writer<'a> {
         }
         Ok(())
     }
+}
+
+/// Writes a record of a combining repartition to its topic, under its
+/// key. One that does not serialize is a bug of the job: the run stops,
+/// and nothing of the batch is acknowledged.
+fn write_combined(
+    sink: &mut dyn Sink,
+    topic: &str,
+    key: &[u8],
+    held: Combining,
+) -> Result<(), DriverError> {
+    let value = held.combiner.encode(&*held.value).map_err(|e| {
+        DriverError::Sink(ConnectorError::Config {
+            message: format!("a record for the repartition topic {topic}: {e}"),
+        })
+    })?;
+    sink.send_to(topic, None, key, Some(&value))
+        .map_err(DriverError::Sink)
 }
 
 /// Writes an output and counts it.
@@ -659,7 +741,8 @@ impl Reorder {
             }
             Event::Output { position, .. }
             | Event::Rejected { position, .. }
-            | Event::Internal { position, .. } => *position,
+            | Event::Internal { position, .. }
+            | Event::Combined { position, .. } => *position,
             Event::Done { position, .. } => Some(*position),
         };
         let Some(position) = position else {
@@ -1008,5 +1091,129 @@ mod tests {
         ];
         assert_eq!(payloads, every);
         assert_eq!(superseded, 0);
+    }
+
+    /// A sink that keeps what it writes to the job's own topics: topic,
+    /// key and value.
+    #[derive(Clone, Default)]
+    struct Topics(Arc<Mutex<Vec<(String, String, String)>>>);
+
+    impl Sink for Topics {
+        fn send(&mut self, _: Option<&[u8]>, _: &[u8]) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn dead_letter(
+            &mut self,
+            _: Position,
+            _: Option<&[u8]>,
+            _: &[u8],
+            _: &str,
+        ) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn send_to(
+            &mut self,
+            topic: &str,
+            partition: Option<i32>,
+            key: &[u8],
+            value: Option<&[u8]>,
+        ) -> Result<(), ConnectorError> {
+            assert_eq!(partition, None, "a repartition's key picks its partition");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let kept = (topic.to_owned(), text(key), text(value.unwrap_or_default()));
+            self.0.lock().unwrap().push(kept);
+            Ok(())
+        }
+    }
+
+    /// Adds; refuses to add a zero.
+    struct Sum;
+
+    impl Combiner for Sum {
+        fn combine(
+            &self,
+            held: &mut Box<dyn Any + Send>,
+            next: Box<dyn Any + Send>,
+        ) -> Result<(), Box<dyn Any + Send>> {
+            let n = *next.downcast_ref::<u64>().unwrap();
+            if n == 0 {
+                return Err(next);
+            }
+            *held = Box::new(held.downcast_ref::<u64>().unwrap() + n);
+            Ok(())
+        }
+
+        fn encode(&self, value: &(dyn Any + Send)) -> Result<Vec<u8>, String> {
+            Ok(value
+                .downcast_ref::<u64>()
+                .unwrap()
+                .to_string()
+                .into_bytes())
+        }
+    }
+
+    /// A batch's records of a key for a combining repartition are written
+    /// as one at the batch's end, per topic; a pair that does not combine
+    /// is written at once, in order, and the key starts again after it; a
+    /// batch does not combine with the one before it.
+    #[test]
+    fn a_batchs_records_of_a_key_are_combined_before_the_repartition() {
+        let topics = Topics::default();
+        let counters = Counters::default();
+        let config = DriverConfig::default();
+        let mut out = Writer::new(Box::new(topics.clone()), &counters, false, &config);
+        let combiner: Arc<dyn Combiner> = Arc::new(Sum);
+        let record = |topic: &str, key: &str, n: u64| Event::Combined {
+            epoch: 0,
+            position: None,
+            topic: Arc::from(topic),
+            key: key.as_bytes().to_vec(),
+            value: Box::new(n),
+            combiner: combiner.clone(),
+        };
+        let first = [
+            record("r", "a", 1),
+            record("r", "b", 2),
+            record("r", "a", 3),
+            record("s", "a", 10),
+            record("r", "a", 0),
+            record("r", "a", 5),
+            record("r", "b", 6),
+            record("r", "a", 7),
+        ];
+        for event in first {
+            out.write(event).unwrap();
+        }
+        let written = |topics: &Topics| topics.0.lock().unwrap().clone();
+        let kept = |t: &str, k: &str, v: &str| (t.to_owned(), k.to_owned(), v.to_owned());
+        assert_eq!(
+            written(&topics),
+            [kept("r", "a", "4"), kept("r", "a", "0")],
+            "only the pair that does not combine is written before the end, in order"
+        );
+        out.end_batch().unwrap();
+        let mut at_end = written(&topics).split_off(2);
+        at_end.sort();
+        assert_eq!(
+            at_end,
+            [
+                kept("r", "a", "12"),
+                kept("r", "b", "8"),
+                kept("s", "a", "10")
+            ]
+        );
+        // 3 into 1, 6 into 2, 7 into 5.
+        assert_eq!(counters.combined.load(Ordering::Relaxed), 3);
+        out.write(record("r", "a", 6)).unwrap();
+        out.end_batch().unwrap();
+        assert_eq!(written(&topics).last(), Some(&kept("r", "a", "6")));
+        assert_eq!(written(&topics).len(), 6);
+        assert_eq!(counters.combined.load(Ordering::Relaxed), 3);
     }
 }

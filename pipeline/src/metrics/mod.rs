@@ -43,6 +43,7 @@ pub fn render(stats: &Stats, counters: &Counters) -> String {
         input_bytes: counters.input_bytes.load(Relaxed),
         output_bytes: counters.output_bytes.load(Relaxed),
         superseded: counters.superseded.load(Relaxed),
+        combined: counters.combined.load(Relaxed),
         sources: counters
             .sources()
             .iter()
@@ -83,6 +84,7 @@ struct Page {
     input_bytes: u64,
     output_bytes: u64,
     superseded: u64,
+    combined: u64,
     /// One per segment: the input's source, and each repartition topic's.
     sources: Vec<SourcePage>,
 }
@@ -139,6 +141,12 @@ impl Collector for Page {
             "fila_outputs_superseded",
             "Outputs not written under --latest-per-key: a later output of their key came in the same batch.",
             ConstCounter::new(self.superseded),
+        )?;
+        one(
+            &mut e,
+            "fila_repartition_combined",
+            "Records for a repartition topic folded into an earlier one of their key before it was written (reduce_combined).",
+            ConstCounter::new(self.combined),
         )?;
         if !self.sources.is_empty() {
             SourcePage::encode(&self.sources, &mut e)?;
@@ -395,6 +403,7 @@ mod tests {
         counters.outputs.store(5, Relaxed);
         counters.dead_letters.store(2, Relaxed);
         counters.superseded.store(9, Relaxed);
+        counters.combined.store(11, Relaxed);
         assert!(!render(&stats, &counters).contains("fila_uncommitted"));
         let acks = std::sync::Arc::new(fila_connectors::Acks::new());
         for offset in 0..4 {
@@ -411,6 +420,7 @@ mod tests {
             "fila_records_total{outcome=\"dead_letter\"} 2",
             "fila_records_panicked_total 0",
             "fila_outputs_superseded_total 9",
+            "fila_repartition_combined_total 11",
             "fila_window 32",
             "fila_in_flight 3",
             "fila_max_in_flight 30",
