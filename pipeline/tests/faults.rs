@@ -1256,8 +1256,14 @@ fn line(i: u64) -> String {
 /// and n is its plain count in the input: no word counted by two members,
 /// no count lost to a crash or a move, none applied twice.
 ///
+/// `combined`: the members run with `--latest-per-key`, under which the
+/// example counts with `reduce_combined`: a batch's words cross the
+/// repartition topic as one record per word. Each word's counts then rise
+/// with no count twice and end at its plain count, and the repartition
+/// topic's committed records of a word add up to that count.
+///
 /// FILA_TEST_WORDCOUNT_LINES (20,000) changes its size.
-fn wordcount_scales_out(version: Kafka, kills_due: usize) {
+fn wordcount_scales_out(version: Kafka, kills_due: usize, combined: bool) {
     let lines: u64 = std::env::var("FILA_TEST_WORDCOUNT_LINES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1266,7 +1272,10 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
     let brokers = held.brokers.as_str();
     let (input, output, group) = (unique("lines"), unique("counts"), unique("group"));
     create_topic(brokers, &input, 6).unwrap();
-    let args = member_args(&input, &output, &group);
+    let mut args = member_args(&input, &output, &group).to_vec();
+    if combined {
+        args.push("--latest-per-key");
+    }
     let member = || Fila::start_example("wordcount", brokers, &args);
     let mut members = start_members(3, member);
     // The repartition topic, read as it is written: the members delete
@@ -1274,8 +1283,10 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
     let repartition = format!("{group}-count-repartition");
     let tail = Tail::start(brokers, &repartition);
     // Unkeyed: spread over the partitions in turn, as any producer would.
+    // Chunks sent so far, out of 400.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let producer = std::thread::spawn({
-        let (brokers, input) = (brokers.to_owned(), input.clone());
+        let (brokers, input, sent) = (brokers.to_owned(), input.clone(), sent.clone());
         move || {
             let all: Vec<Vec<u8>> = (0..lines).map(|i| line(i).into_bytes()).collect();
             let mut writer =
@@ -1290,6 +1301,7 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
                     .map(|v| (input.as_str(), v.as_slice()))
                     .collect();
                 writer.send_all(&records).unwrap();
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let due = started + step * (i as u32 + 1);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
@@ -1305,7 +1317,15 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
     let words: u64 = expected.values().sum();
     let mut kills = Vec::new();
     for k in 0..kills_due {
-        wait_for_outputs(brokers, &output, (words as usize / 12) * (k + 1));
+        if combined {
+            // Few outputs: the kills follow the input instead.
+            let due = 300 * (k + 1) / kills_due;
+            while sent.load(std::sync::atomic::Ordering::Relaxed) < due {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            wait_for_outputs(brokers, &output, (words as usize / 12) * (k + 1));
+        }
         members.remove(0).crash();
         kills.push(count(brokers, &output));
         members.push(member());
@@ -1321,7 +1341,11 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
     let metrics = joining.metrics_addr();
     members.push(joining);
     producer.join().expect("the producer does not panic");
-    let out = read_all(brokers, &output, words as usize, Duration::from_secs(180));
+    let out = if combined {
+        read_final_counts(brokers, &output, &expected)
+    } else {
+        read_all(brokers, &output, words as usize, Duration::from_secs(180))
+    };
     // Lag comes from the client's statistics each second, and a partition
     // revoked leaves the page until it is assigned again: a member killed
     // moves partitions for a while after, so the page gets some time.
@@ -1359,15 +1383,27 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
         .map(|(&p, &end)| (p, end - starts[&p]))
         .collect();
     let records_kept = read_to_end(brokers, &repartition, starts.clone());
+    if combined {
+        // Read again now that every member has stopped: a count applied
+        // twice would show after the final counts were first seen.
+        let all = read_all(brokers, &output, out.len(), Duration::from_secs(60));
+        check_combined_counts(&all, &expected, &words_in, &logs);
+    }
     let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
-    for record in &out {
+    // The combined counts are checked above.
+    let (out, expected_each) = if combined {
+        (&[][..], HashMap::new())
+    } else {
+        (&out[..], expected.clone())
+    };
+    for record in out {
         let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
         emitted
             .entry(v["word"].as_str().unwrap().to_owned())
             .or_default()
             .push(v["count"].as_u64().unwrap());
     }
-    for (word, n) in &expected {
+    for (word, n) in &expected_each {
         let mut counts = emitted.remove(word).unwrap_or_default();
         counts.sort_unstable();
         if !counts.iter().copied().eq(1..=*n) {
@@ -1415,7 +1451,7 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
         emitted.keys()
     );
     assert!(
-        words_in.len() as u64 >= words,
+        combined || words_in.len() as u64 >= words,
         "the repartition topic held {} words, {words} due",
         words_in.len()
     );
@@ -1432,10 +1468,16 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize) {
     }
     eprintln!(
         "{version:?}: wordcount, 3 members then 4, 6 partitions, {lines} lines, {words} words of \
-         {} kinds: killed and restarted one {kills_due} times after {kills:?} outputs; every count \
-         1..n once, every last count the plain count; the repartition topic held {} records and \
+         {} kinds{}: killed and restarted one {kills_due} times after {kills:?} outputs; {}, \
+         every last count the plain count; the repartition topic held {} records and \
          keeps {} records, offsets {kept:?} per partition",
         expected.len(),
+        if combined { ", combined" } else { "" },
+        if combined {
+            "every word's counts rising, none twice"
+        } else {
+            "every count 1..n once"
+        },
         words_in.len(),
         records_kept.len()
     );
@@ -1486,7 +1528,7 @@ impl Tail {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn wordcount_members_count_each_word_once_through_a_join() {
-    wordcount_scales_out(Kafka::V4, 0);
+    wordcount_scales_out(Kafka::V4, 0, false);
 }
 
 /// Failed twice in its first 80 or so runs: some words were counted more
@@ -1498,5 +1540,96 @@ fn wordcount_members_count_each_word_once_through_a_join() {
 #[test]
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn wordcount_members_count_each_word_once_through_kills_and_a_join() {
-    wordcount_scales_out(Kafka::V4, 5);
+    wordcount_scales_out(Kafka::V4, 5, false);
+}
+
+/// The same, the words combined before the repartition
+/// (`reduce_combined`), with three kills and a join.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn wordcount_combined_members_count_each_word_exactly_through_kills_and_a_join() {
+    wordcount_scales_out(Kafka::V4, 3, true);
+}
+
+/// The output of the wordcount example once every word's highest count
+/// has reached its plain count (or after three minutes: the checks then
+/// say what is missing).
+fn read_final_counts(brokers: &str, output: &str, expected: &HashMap<String, u64>) -> Vec<Fetched> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = read_all(brokers, output, 1, Duration::from_secs(5));
+        let mut highest: HashMap<String, u64> = HashMap::new();
+        for record in &out {
+            let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+            let top = highest
+                .entry(v["word"].as_str().unwrap().to_owned())
+                .or_default();
+            *top = (*top).max(v["count"].as_u64().unwrap());
+        }
+        let reached = expected.iter().all(|(w, n)| highest.get(w) >= Some(n));
+        if reached || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Under `reduce_combined` and exactly-once: each word's counts, in the
+/// order of its output partition, rise with none written twice and end at
+/// its plain count; the repartition topic's committed records of a word,
+/// `[word, k]`, add up to that count; and fewer records crossed it than
+/// there are words (the combining happened).
+fn check_combined_counts(
+    out: &[Fetched],
+    expected: &HashMap<String, u64>,
+    words_in: &[Fetched],
+    logs: &[String],
+) {
+    let fail = |what: String| -> ! {
+        for (i, log) in logs.iter().enumerate() {
+            eprintln!("member {i}:\n{log}");
+        }
+        panic!("{what}");
+    };
+    let mut ordered: Vec<&Fetched> = out.iter().collect();
+    ordered.sort_by_key(|r| (r.position.partition, r.position.offset));
+    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
+    for record in ordered {
+        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        emitted
+            .entry(v["word"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["count"].as_u64().unwrap());
+    }
+    let mut crossed: HashMap<String, u64> = HashMap::new();
+    for record in words_in {
+        let (word, k): (String, u64) = serde_json::from_slice(&record.payload).unwrap();
+        *crossed.entry(word).or_default() += k;
+    }
+    for (word, &n) in expected {
+        let counts = emitted.remove(word).unwrap_or_default();
+        if !counts.windows(2).all(|w| w[0] < w[1]) || counts.last() != Some(&n) {
+            fail(format!(
+                "{word}: counts {counts:?} do not rise to {n} once each (the first 50: {:?})",
+                &counts[..counts.len().min(50)]
+            ));
+        }
+        if crossed.get(word) != Some(&n) {
+            fail(format!(
+                "{word}: the repartition topic's committed records add up to {:?}, {n} due",
+                crossed.get(word)
+            ));
+        }
+    }
+    assert!(
+        emitted.is_empty(),
+        "words not in the input: {:?}",
+        emitted.keys()
+    );
+    let words: u64 = expected.values().sum();
+    assert!(
+        (words_in.len() as u64) < words,
+        "{} records crossed the repartition topic for {words} words: nothing was combined",
+        words_in.len()
+    );
 }

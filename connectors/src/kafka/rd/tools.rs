@@ -151,6 +151,9 @@ fn reader(cluster: &Cluster) -> Result<BaseConsumer<ReaderContext>, ConnectorErr
         .default_to("fetch.wait.max.ms", "100")
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        // Committed records only, as a reader of fila's output would
+        // read under exactly-once (and librdkafka's default, made sure).
+        .set("isolation.level", "read_committed")
         // Says when a partition has been read to its end: how
         // `wait_caught_up` knows the reader is fetching.
         .set("enable.partition.eof", "true")
