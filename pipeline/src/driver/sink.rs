@@ -992,9 +992,12 @@ mod tests {
     /// An output as [`Kept`] keeps it: its key and payload.
     type KeptOutput = (Option<Vec<u8>>, Vec<u8>);
 
-    /// A sink that keeps the keys and payloads it is given.
+    /// A sink that keeps the keys and payloads it is given, and what it
+    /// writes to the job's own topics: topic, key and value.
     #[derive(Clone, Default)]
-    struct Kept(Arc<Mutex<Vec<KeptOutput>>>);
+    struct Kept(Arc<Mutex<Vec<KeptOutput>>>, Topics);
+
+    type Topics = Arc<Mutex<Vec<(String, String, String)>>>;
 
     impl Sink for Kept {
         fn send(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ConnectorError> {
@@ -1014,6 +1017,20 @@ mod tests {
         }
 
         fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn send_to(
+            &mut self,
+            topic: &str,
+            partition: Option<i32>,
+            key: &[u8],
+            value: Option<&[u8]>,
+        ) -> Result<(), ConnectorError> {
+            assert_eq!(partition, None, "a repartition's key picks its partition");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let kept = (topic.to_owned(), text(key), text(value.unwrap_or_default()));
+            self.1.lock().unwrap().push(kept);
             Ok(())
         }
     }
@@ -1093,45 +1110,6 @@ mod tests {
         assert_eq!(superseded, 0);
     }
 
-    /// A sink that keeps what it writes to the job's own topics: topic,
-    /// key and value.
-    #[derive(Clone, Default)]
-    struct Topics(Arc<Mutex<Vec<(String, String, String)>>>);
-
-    impl Sink for Topics {
-        fn send(&mut self, _: Option<&[u8]>, _: &[u8]) -> Result<(), ConnectorError> {
-            Ok(())
-        }
-
-        fn dead_letter(
-            &mut self,
-            _: Position,
-            _: Option<&[u8]>,
-            _: &[u8],
-            _: &str,
-        ) -> Result<(), ConnectorError> {
-            Ok(())
-        }
-
-        fn flush(&mut self) -> Result<(), ConnectorError> {
-            Ok(())
-        }
-
-        fn send_to(
-            &mut self,
-            topic: &str,
-            partition: Option<i32>,
-            key: &[u8],
-            value: Option<&[u8]>,
-        ) -> Result<(), ConnectorError> {
-            assert_eq!(partition, None, "a repartition's key picks its partition");
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            let kept = (topic.to_owned(), text(key), text(value.unwrap_or_default()));
-            self.0.lock().unwrap().push(kept);
-            Ok(())
-        }
-    }
-
     /// Adds; refuses to add a zero.
     struct Sum;
 
@@ -1164,10 +1142,10 @@ mod tests {
     /// batch does not combine with the one before it.
     #[test]
     fn a_batchs_records_of_a_key_are_combined_before_the_repartition() {
-        let topics = Topics::default();
+        let kept = Kept::default();
         let counters = Counters::default();
         let config = DriverConfig::default();
-        let mut out = Writer::new(Box::new(topics.clone()), &counters, false, &config);
+        let mut out = Writer::new(Box::new(kept.clone()), &counters, false, &config);
         let combiner: Arc<dyn Combiner> = Arc::new(Sum);
         let record = |topic: &str, key: &str, n: u64| Event::Combined {
             epoch: 0,
@@ -1190,30 +1168,26 @@ mod tests {
         for event in first {
             out.write(event).unwrap();
         }
-        let written = |topics: &Topics| topics.0.lock().unwrap().clone();
-        let kept = |t: &str, k: &str, v: &str| (t.to_owned(), k.to_owned(), v.to_owned());
+        let written = |kept: &Kept| kept.1.lock().unwrap().clone();
+        let row = |t: &str, k: &str, v: &str| (t.to_owned(), k.to_owned(), v.to_owned());
         assert_eq!(
-            written(&topics),
-            [kept("r", "a", "4"), kept("r", "a", "0")],
+            written(&kept),
+            [row("r", "a", "4"), row("r", "a", "0")],
             "only the pair that does not combine is written before the end, in order"
         );
         out.end_batch().unwrap();
-        let mut at_end = written(&topics).split_off(2);
+        let mut at_end = written(&kept).split_off(2);
         at_end.sort();
         assert_eq!(
             at_end,
-            [
-                kept("r", "a", "12"),
-                kept("r", "b", "8"),
-                kept("s", "a", "10")
-            ]
+            [row("r", "a", "12"), row("r", "b", "8"), row("s", "a", "10")]
         );
         // 3 into 1, 6 into 2, 7 into 5.
         assert_eq!(counters.combined.load(Ordering::Relaxed), 3);
         out.write(record("r", "a", 6)).unwrap();
         out.end_batch().unwrap();
-        assert_eq!(written(&topics).last(), Some(&kept("r", "a", "6")));
-        assert_eq!(written(&topics).len(), 6);
+        assert_eq!(written(&kept).last(), Some(&row("r", "a", "6")));
+        assert_eq!(written(&kept).len(), 6);
         assert_eq!(counters.combined.load(Ordering::Relaxed), 3);
     }
 }
