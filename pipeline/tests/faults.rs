@@ -1283,7 +1283,9 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize, combined: bool) {
     let repartition = format!("{group}-count-repartition");
     let tail = Tail::start(brokers, &repartition);
     // Unkeyed: spread over the partitions in turn, as any producer would.
-    // Chunks sent so far, out of 400.
+    // About 400 chunks over 20 s; how many have been sent.
+    let chunk = (lines as usize / 400).max(1);
+    let chunks = (lines as usize).div_ceil(chunk);
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let producer = std::thread::spawn({
         let (brokers, input, sent) = (brokers.to_owned(), input.clone(), sent.clone());
@@ -1294,7 +1296,6 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize, combined: bool) {
                     .unwrap();
             let started = Instant::now();
             let step = Duration::from_millis(50);
-            let chunk = (all.len() / 400).max(1);
             for (i, values) in all.chunks(chunk).enumerate() {
                 let records: Vec<(&str, &[u8])> = values
                     .iter()
@@ -1318,9 +1319,15 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize, combined: bool) {
     let mut kills = Vec::new();
     for k in 0..kills_due {
         if combined {
-            // Few outputs: the kills follow the input instead.
-            let due = 300 * (k + 1) / kills_due;
+            // Few outputs: the kills follow the input instead, over its
+            // first three quarters.
+            let due = chunks * 3 * (k + 1) / (4 * kills_due);
+            let deadline = Instant::now() + Duration::from_secs(120);
             while sent.load(std::sync::atomic::Ordering::Relaxed) < due {
+                assert!(
+                    Instant::now() < deadline,
+                    "the producer stalled below {due} chunks"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         } else {
