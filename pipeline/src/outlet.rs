@@ -63,7 +63,8 @@ pub(crate) enum Event {
     /// A record for a repartition topic whose keyed stage combines
     /// (`reduce_combined`): held by the sink thread until the end of its
     /// batch, the batch's later records of its key folded into it, and
-    /// then written as an `Internal` record would be.
+    /// then written as an `Internal` record would be (at once, when the
+    /// function refuses the next record of its key).
     Combined {
         epoch: u64,
         position: Option<Position>,
@@ -92,7 +93,8 @@ const COMBINED_RECORD_BYTES: usize = 16;
 pub(crate) trait Combiner: Send + Sync {
     /// Folds `next` into `held`, both of one key, `held` the earlier.
     /// Gives `next` back when the function failed or panicked: the two
-    /// are then written apart, and the keyed stage meets the failure.
+    /// are then written apart, and the keyed stage applies each as it
+    /// applies any record.
     fn combine(
         &self,
         held: &mut Box<dyn Any + Send>,

@@ -276,16 +276,17 @@ where
     /// `f(f(a, b), c)` equals `f(a, f(b, c))`, as a sum, a count, a max or
     /// "keep the later" are. On Kafka, the records of a key bound for the
     /// repartition topic are then combined with `f` first, within each
-    /// batch of the sink thread (a tick's worth): the topic, and the
-    /// stage, see one record per key and batch instead of every one, and
-    /// the stage emits one value per combined record. The final value of
-    /// every key is the same; the values in between skip what was
+    /// batch of the sink thread (a tick's worth or more): the topic, and
+    /// the stage, see one record per key and batch instead of every one,
+    /// and the stage emits one value per combined record. The final value
+    /// of every key is the same; the values in between skip what was
     /// combined (a count goes 3, 7, 12 rather than 1, 2, 3, ...), so use
     /// it where a reader wants each key's latest value, not every step.
-    /// A combine that fails or panics leaves the two records apart, for
-    /// the stage to meet the failure. Without a repartition (elsewhere
-    /// than Kafka, or [`by_input_partition`](Self::by_input_partition))
-    /// it is `reduce`. docs/design/state.md#combining.
+    /// A pair the function refuses (fails or panics on) is written apart,
+    /// and the stage applies each as it applies any record. Without a
+    /// repartition (elsewhere than Kafka, or
+    /// [`by_input_partition`](Self::by_input_partition)) it is `reduce`.
+    /// docs/design/state.md#combining.
     pub fn reduce_combined(
         self,
         name: impl Into<String>,

@@ -448,7 +448,8 @@ struct Writer<'a> {
     /// The records of the batch bound for combining repartitions
     /// (`reduce_combined`), by topic and key, each with the later ones of
     /// its key folded in. Written at the end of each batch, with the
-    /// changelog records and for the same reason.
+    /// changelog records and for the same reason (a pair that does not
+    /// combine, at once).
     combined: KeyMap<(Arc<str>, Vec<u8>), Combining>,
 }
 
