@@ -160,7 +160,7 @@ fn encode_json<X: Serialize>(x: &X) -> Vec<u8> {
     // Keys and values are the job's own plain data: a type that cannot
     // be written as JSON (a map with keys that are not strings) is a bug
     // of the job, caught by its first record.
-    serde_json::to_vec(x).expect("keyed state must serialize as JSON")
+    try_encode_json(x).expect("keyed state must serialize as JSON")
 }
 
 /// [`encode_json`], with the error returned: for the sink thread, where a
@@ -499,16 +499,13 @@ where
     T: Send + 'static,
 {
     fn push(&self, record: T, out: Outlet, exec: &mut Exec<'_, '_>) {
-        match (self.topic.get(), &self.combiner) {
-            (Some(topic), Some(combiner)) => {
-                let key = (self.codec.encode_key)(&(self.key)(&record));
-                out.repartition_combined(topic, key, Box::new(record), combiner);
-            }
-            (Some(topic), None) => {
-                let key = (self.codec.encode_key)(&(self.key)(&record));
-                out.repartition(topic, key, (self.codec.encode_value)(&record));
-            }
-            (None, _) => forward(&self.next, record, out, exec),
+        let Some(topic) = self.topic.get() else {
+            return forward(&self.next, record, out, exec);
+        };
+        let key = (self.codec.encode_key)(&(self.key)(&record));
+        match &self.combiner {
+            Some(combiner) => out.repartition_combined(topic, key, Box::new(record), combiner),
+            None => out.repartition(topic, key, (self.codec.encode_value)(&record)),
         }
     }
 

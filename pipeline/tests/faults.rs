@@ -1395,73 +1395,9 @@ fn wordcount_scales_out(version: Kafka, kills_due: usize, combined: bool) {
         // twice would show after the final counts were first seen.
         let all = read_all(brokers, &output, out.len(), Duration::from_secs(60));
         check_combined_counts(&all, &expected, &words_in, &logs);
-    }
-    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
-    // The combined counts are checked above.
-    let (out, expected_each) = if combined {
-        (&[][..], HashMap::new())
     } else {
-        (&out[..], expected.clone())
-    };
-    for record in out {
-        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
-        emitted
-            .entry(v["word"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(v["count"].as_u64().unwrap());
+        check_every_count(&out, &expected, &words_in, &logs, &kills);
     }
-    for (word, n) in &expected_each {
-        let mut counts = emitted.remove(word).unwrap_or_default();
-        counts.sort_unstable();
-        if !counts.iter().copied().eq(1..=*n) {
-            for (i, log) in logs.iter().enumerate() {
-                eprintln!("member {i}:\n{log}");
-            }
-            let twice: Vec<u64> = counts
-                .windows(2)
-                .filter(|w| w[0] == w[1])
-                .map(|w| w[0])
-                .collect();
-            let above: Vec<u64> = counts.iter().copied().filter(|c| c > n).collect();
-            // Which segment counted twice: the words the repartition
-            // topic held (committed), against the input's.
-            let this_word = serde_json::to_vec(word).unwrap();
-            let of_word = words_in
-                .iter()
-                .filter(|r| r.key.as_deref() == Some(this_word.as_slice()))
-                .count();
-            // The words not checked yet whose counts are off, with how
-            // many counts each has and its due.
-            let mut off: Vec<(&String, usize, u64)> = expected
-                .iter()
-                .filter_map(|(w, &due)| Some((w, emitted.get(w)?.len(), due)))
-                .filter(|&(_, got, due)| got as u64 != due)
-                .collect();
-            off.sort();
-            eprintln!("other words off (word, counts, due): {off:?}");
-            panic!(
-                "{word}: {} counts where 1..={n} each once was due, after kills at {kills:?} \
-                 outputs; {} twice (the first {:?}), {} above {n}, the highest {:?}; the \
-                 repartition topic held {} words ({words} due), {of_word} of them {word}",
-                counts.len(),
-                twice.len(),
-                &twice[..twice.len().min(10)],
-                above.len(),
-                counts.last(),
-                words_in.len(),
-            );
-        }
-    }
-    assert!(
-        emitted.is_empty(),
-        "words not in the input: {:?}",
-        emitted.keys()
-    );
-    assert!(
-        combined || words_in.len() as u64 >= words,
-        "the repartition topic held {} words, {words} due",
-        words_in.len()
-    );
     // A member killed after a commit and before its delete leaves that
     // partition's records to a later delete, which comes only with a later
     // commit of that partition: so this holds without kills.
@@ -1556,6 +1492,79 @@ fn wordcount_members_count_each_word_once_through_kills_and_a_join() {
 #[ignore = "needs Kafka brokers: run scripts/test"]
 fn wordcount_combined_members_count_each_word_exactly_through_kills_and_a_join() {
     wordcount_scales_out(Kafka::V4, 3, true);
+}
+
+/// Writing every count, under exactly-once: each word's counts are 1..n
+/// once each, n its plain count, and the repartition topic held at least
+/// every word; a failure names where extra counts came from.
+fn check_every_count(
+    out: &[Fetched],
+    expected: &HashMap<String, u64>,
+    words_in: &[Fetched],
+    logs: &[String],
+    kills: &[usize],
+) {
+    let words: u64 = expected.values().sum();
+    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
+    for record in out {
+        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        emitted
+            .entry(v["word"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["count"].as_u64().unwrap());
+    }
+    for (word, n) in expected {
+        let mut counts = emitted.remove(word).unwrap_or_default();
+        counts.sort_unstable();
+        if !counts.iter().copied().eq(1..=*n) {
+            for (i, log) in logs.iter().enumerate() {
+                eprintln!("member {i}:\n{log}");
+            }
+            let twice: Vec<u64> = counts
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| w[0])
+                .collect();
+            let above: Vec<u64> = counts.iter().copied().filter(|c| c > n).collect();
+            // Which segment counted twice: the words the repartition
+            // topic held (committed), against the input's.
+            let this_word = serde_json::to_vec(word).unwrap();
+            let of_word = words_in
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(this_word.as_slice()))
+                .count();
+            // The words not checked yet whose counts are off, with how
+            // many counts each has and its due.
+            let mut off: Vec<(&String, usize, u64)> = expected
+                .iter()
+                .filter_map(|(w, &due)| Some((w, emitted.get(w)?.len(), due)))
+                .filter(|&(_, got, due)| got as u64 != due)
+                .collect();
+            off.sort();
+            eprintln!("other words off (word, counts, due): {off:?}");
+            panic!(
+                "{word}: {} counts where 1..={n} each once was due, after kills at {kills:?} \
+                 outputs; {} twice (the first {:?}), {} above {n}, the highest {:?}; the \
+                 repartition topic held {} words ({words} due), {of_word} of them {word}",
+                counts.len(),
+                twice.len(),
+                &twice[..twice.len().min(10)],
+                above.len(),
+                counts.last(),
+                words_in.len(),
+            );
+        }
+    }
+    assert!(
+        emitted.is_empty(),
+        "words not in the input: {:?}",
+        emitted.keys()
+    );
+    assert!(
+        words_in.len() as u64 >= words,
+        "the repartition topic held {} words, {words} due",
+        words_in.len()
+    );
 }
 
 /// The output of the wordcount example once every word's highest count
