@@ -10,7 +10,7 @@
 ROUNDS=$1; BURST=$2; shift 2
 P=${PORT:?PORT of a scripts/kafka broker}; B=127.0.0.1:$P
 out=${OUT:-$(mktemp -d)}
-bpid=$(cat /tmp/fila-kafka/$P/pid)
+bpid=$(cat "${FILA_KAFKA_STATE:-${TMPDIR:-/tmp}/fila-kafka}/$P/pid")
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 for r in $(seq 1 $ROUNDS); do
  for spec in "$@"; do
@@ -19,9 +19,11 @@ for r in $(seq 1 $ROUNDS); do
   $BIN run --source kafka --brokers $B --input-topic $in --output-topic $outt --group $g --workers 2 $args > $out/run.out 2> $out/run.err &
   pid=$!
   for i in $(seq 1 80); do grep -q "partitions assigned" $out/run.err && break; sleep 0.25; done
+  grep -q "partitions assigned" $out/run.err || { echo "round $r $label: fila did not start"; kill $pid; wait $pid; continue; }
   $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST --timeout-s 120 --report json > $out/cold.json 2>/dev/null
   b0=$(ticks $bpid); f0=$(ticks $pid)
-  $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST --timeout-s 120 --report json > $out/warm.json 2>/dev/null
+  $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST --timeout-s 120 --report json > $out/warm.json 2>/dev/null \
+    || { echo "round $r $label: the warm burst failed"; kill $pid; wait $pid; continue; }
   b1=$(ticks $bpid); f1=$(ticks $pid)
   python3 - "$label" $r $b0 $b1 $f0 $f1 $out/warm.json <<'PY'
 import json,sys
