@@ -1505,14 +1505,7 @@ fn check_every_count(
     kills: &[usize],
 ) {
     let words: u64 = expected.values().sum();
-    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
-    for record in out {
-        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
-        emitted
-            .entry(v["word"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(v["count"].as_u64().unwrap());
-    }
+    let mut emitted = counts_by_word(out);
     for (word, n) in expected {
         let mut counts = emitted.remove(word).unwrap_or_default();
         counts.sort_unstable();
@@ -1590,6 +1583,20 @@ fn read_final_counts(brokers: &str, output: &str, expected: &HashMap<String, u64
     }
 }
 
+/// The counts the wordcount example wrote for each word (`{"word", "count"}`
+/// records), in the order given.
+fn counts_by_word<'a>(out: impl IntoIterator<Item = &'a Fetched>) -> HashMap<String, Vec<u64>> {
+    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
+    for record in out {
+        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        emitted
+            .entry(v["word"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["count"].as_u64().unwrap());
+    }
+    emitted
+}
+
 /// Under `reduce_combined` and exactly-once: each word's counts, in the
 /// order of its output partition, rise with none written twice and end at
 /// its plain count; the repartition topic's committed records of a word,
@@ -1609,14 +1616,7 @@ fn check_combined_counts(
     };
     let mut ordered: Vec<&Fetched> = out.iter().collect();
     ordered.sort_by_key(|r| (r.position.partition, r.position.offset));
-    let mut emitted: HashMap<String, Vec<u64>> = HashMap::new();
-    for record in ordered {
-        let v: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
-        emitted
-            .entry(v["word"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(v["count"].as_u64().unwrap());
-    }
+    let mut emitted = counts_by_word(ordered);
     let mut crossed: HashMap<String, u64> = HashMap::new();
     for record in words_in {
         let (word, k): (String, u64) = serde_json::from_slice(&record.payload).unwrap();
