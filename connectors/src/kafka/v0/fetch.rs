@@ -93,21 +93,15 @@ impl TopicReader {
                 .expect("MAX_FETCH_WAIT is a valid fetch wait");
         }
         match self.fetch_once() {
-            Ok((fetched, unanswered)) if unanswered.is_empty() => {
+            Ok((fetched, None)) => {
                 self.outage.succeeded();
                 Ok(fetched)
             }
-            Ok((fetched, unanswered)) => {
-                // The client asks only the leaders it knows and skips the
-                // other partitions without a word; a leader it lost (its
-                // broker stopped) would leave them unread for good. That
-                // is a fault like any other: retried on a new client,
-                // which loads the metadata afresh, and given up after the
-                // retry timeout. What did come back is kept.
-                let cause = format!(
-                    "no leader known for {} partitions {unanswered:?}",
-                    self.topic
-                );
+            Ok((fetched, Some(cause))) => {
+                // Some partitions failed: retried on a new client, which
+                // loads the metadata afresh, and given up after the retry
+                // timeout. What the others brought is kept: their offsets
+                // have moved past it.
                 self.failed(cause)?;
                 Ok(fetched)
             }
@@ -124,9 +118,12 @@ impl TopicReader {
         Ok(Vec::new())
     }
 
-    /// One fetch: the records that came back, and the partitions asked
-    /// for that no broker answered.
-    fn fetch_once(&mut self) -> Result<(Vec<Fetched>, Vec<i32>), Failure> {
+    /// One fetch: the records that came back, and the transient fault of
+    /// the partitions that brought none, if any. Every record whose offset
+    /// the fetch moves past is returned, whatever another partition
+    /// answered: a record dropped here would never be read again, and a
+    /// commit of the later ones would cover it.
+    fn fetch_once(&mut self) -> Result<(Vec<Fetched>, Option<String>), Failure> {
         let topic = self.topic.as_str();
         let requests = self.next.iter().map(|(&p, &offset)| {
             let bytes = self.fetch_bytes.get(&p).copied().unwrap_or(FETCH_BYTES);
@@ -136,29 +133,16 @@ impl TopicReader {
             .client
             .fetch_messages(requests)
             .map_err(|e| Failure::of(&self.brokers, &format!("fetching from {topic}"), e))?;
-        let mut per_partition: Vec<Vec<Fetched>> = Vec::new();
-        let mut reset = Vec::new();
-        let mut grow = Vec::new();
-        let mut answered = BTreeSet::new();
+        let mut answers = Vec::new();
         for response in &responses {
             for t in response.topics() {
                 for p in t.partitions() {
                     let partition = p.partition();
-                    let Some(next) = self.next.get_mut(&partition) else {
-                        continue;
-                    };
-                    answered.insert(partition);
-                    match p.data() {
-                        Ok(data) => {
-                            let asked = *next;
-                            let mut out = Vec::new();
-                            for m in data.messages() {
-                                // A fetch may start before the offset asked for.
-                                if m.offset < *next {
-                                    continue;
-                                }
-                                *next = m.offset + 1;
-                                out.push(Fetched {
+                    let answer = match p.data() {
+                        Ok(data) => Answer::Records(
+                            data.messages()
+                                .iter()
+                                .map(|m| Fetched {
                                     position: Position {
                                         partition,
                                         offset: m.offset,
@@ -166,35 +150,27 @@ impl TopicReader {
                                     key: (!m.key.is_empty()).then(|| m.key.to_vec()),
                                     payload: m.value.to_vec(),
                                     headers: Vec::new(),
-                                });
-                            }
-                            // Nothing came back though the partition has
-                            // records past `asked`: the message set that
-                            // holds the next one is larger than the bytes
-                            // asked for.
-                            if out.is_empty() && data.highwatermark_offset() > asked {
-                                grow.push((partition, asked));
-                            }
-                            per_partition.push(out);
-                        }
-                        Err(e) if matches!(*e, KafkaError::Kafka(KafkaCode::OffsetOutOfRange)) => {
-                            reset.push(partition);
-                        }
-                        Err(e) => {
-                            let what = format!("fetching {topic} partition {partition}");
-                            return Err(match &*e {
-                                KafkaError::Kafka(code) => {
-                                    Failure::of(&self.brokers, &what, KafkaError::Kafka(*code))
-                                }
-                                other => {
-                                    Failure::Fatal(error(&self.brokers, format!("{what}: {other}")))
-                                }
-                            });
-                        }
-                    }
+                                })
+                                .collect(),
+                            data.highwatermark_offset(),
+                        ),
+                        Err(e) => match &*e {
+                            KafkaError::Kafka(code) => Answer::Refused(*code),
+                            other => Answer::Broken(other.to_string()),
+                        },
+                    };
+                    answers.push((partition, answer));
                 }
             }
         }
+        let Taken {
+            per_partition,
+            reset,
+            grow,
+            answered,
+            refused,
+        } = self.take(answers)?;
+        let topic = self.topic.as_str();
         for (partition, offset) in grow {
             let bytes = self.fetch_bytes.entry(partition).or_insert(FETCH_BYTES);
             if *bytes >= MAX_FETCH_BYTES {
@@ -246,14 +222,100 @@ impl TopicReader {
                 self.next.insert(partition, to);
             }
         }
-        let unanswered = self
+        // The client asks only the leaders it knows and skips the other
+        // partitions without a word; a leader it lost (its broker
+        // stopped) would leave them unread for good. That is a fault like
+        // a partition's error.
+        let unanswered: Vec<i32> = self
             .next
             .keys()
             .filter(|p| !answered.contains(*p))
             .copied()
             .collect();
-        Ok((interleave(per_partition), unanswered))
+        let fault = refused.or_else(|| {
+            (!unanswered.is_empty())
+                .then(|| format!("no leader known for {topic} partitions {unanswered:?}"))
+        });
+        Ok((interleave(per_partition), fault))
     }
+
+    /// Moves each partition's next offset past the records it answered
+    /// with, and sorts out the rest: a message set too large for the bytes
+    /// asked, an offset out of range, a partition's transient fault (its
+    /// leader moving while a broker restarts or stalls, say), which fails
+    /// that partition alone and keeps the others' records.
+    fn take(&mut self, answers: Vec<(i32, Answer)>) -> Result<Taken, Failure> {
+        let topic = self.topic.as_str();
+        let mut taken = Taken::default();
+        for (partition, answer) in answers {
+            let Some(next) = self.next.get_mut(&partition) else {
+                continue;
+            };
+            taken.answered.insert(partition);
+            let what = || format!("fetching {topic} partition {partition}");
+            match answer {
+                Answer::Records(records, highwatermark) => {
+                    let asked = *next;
+                    // A fetch may start before the offset asked for.
+                    let out: Vec<Fetched> = records
+                        .into_iter()
+                        .filter(|f| f.position.offset >= asked)
+                        .collect();
+                    if let Some(last) = out.last() {
+                        *next = last.position.offset + 1;
+                    } else if highwatermark > asked {
+                        // Nothing came back though the partition has
+                        // records past `asked`: the message set that holds
+                        // the next one is larger than the bytes asked for.
+                        taken.grow.push((partition, asked));
+                    }
+                    taken.per_partition.push(out);
+                }
+                Answer::Refused(KafkaCode::OffsetOutOfRange) => taken.reset.push(partition),
+                Answer::Refused(code) => {
+                    match Failure::of(&self.brokers, &what(), KafkaError::Kafka(code)) {
+                        Failure::Transient(cause) => {
+                            taken.refused.get_or_insert(cause);
+                        }
+                        fatal => return Err(fatal),
+                    }
+                }
+                Answer::Broken(e) => {
+                    return Err(Failure::Fatal(error(
+                        &self.brokers,
+                        format!("{}: {e}", what()),
+                    )))
+                }
+            }
+        }
+        Ok(taken)
+    }
+}
+
+/// What one partition of a fetch answered, copied out of the response.
+enum Answer {
+    /// Its records, perhaps from before the offset asked for, and its
+    /// high watermark.
+    Records(Vec<Fetched>, i64),
+    /// A Kafka error code.
+    Refused(KafkaCode),
+    /// Any other failure.
+    Broken(String),
+}
+
+/// A fetch's answers, sorted out by [`TopicReader::take`].
+#[derive(Default)]
+struct Taken {
+    /// The records to hand out, one list per partition.
+    per_partition: Vec<Vec<Fetched>>,
+    /// Partitions whose offset is out of range.
+    reset: Vec<i32>,
+    /// Partitions, and their offsets, whose next message set did not fit.
+    grow: Vec<(i32, i64)>,
+    /// Partitions that answered at all.
+    answered: BTreeSet<i32>,
+    /// The first transient fault of a partition, if any.
+    refused: Option<String>,
 }
 
 #[cfg(test)]
@@ -270,6 +332,79 @@ mod tests {
             OffsetReset::Earliest,
             retry_timeout,
         )
+    }
+
+    fn records(partition: i32, offsets: std::ops::Range<i64>) -> Vec<Fetched> {
+        offsets
+            .map(|offset| Fetched {
+                position: Position { partition, offset },
+                key: None,
+                payload: offset.to_string().into_bytes(),
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_whose_leader_moved_keeps_the_records_the_others_brought() {
+        // Either order: a fault answered before or after the records.
+        for refused_first in [false, true] {
+            let mut r = reader(Duration::from_secs(60));
+            let mut answers = vec![
+                (0, Answer::Records(records(0, 0..3), 3)),
+                (1, Answer::Refused(KafkaCode::NotLeaderForPartition)),
+            ];
+            if refused_first {
+                answers.reverse();
+            }
+            let taken = r.take(answers).ok().expect("a moving leader is transient");
+            let offsets: Vec<i64> = taken
+                .per_partition
+                .concat()
+                .iter()
+                .map(|f| f.position.offset)
+                .collect();
+            assert_eq!(offsets, [0, 1, 2], "refused first: {refused_first}");
+            assert_eq!(r.next, BTreeMap::from([(0, 3), (1, 0)]));
+            let cause = taken.refused.expect("the fault is reported");
+            assert!(cause.contains("t partition 1"), "{cause}");
+        }
+    }
+
+    #[test]
+    fn records_before_the_offset_asked_are_skipped_and_a_set_too_large_grows() {
+        let mut r = reader(Duration::from_secs(60));
+        r.next.insert(0, 2);
+        let taken = r
+            .take(vec![
+                (0, Answer::Records(records(0, 0..4), 4)),
+                (1, Answer::Records(Vec::new(), 7)),
+                (2, Answer::Records(records(2, 0..1), 1)),
+            ])
+            .ok()
+            .unwrap();
+        let offsets: Vec<i64> = taken
+            .per_partition
+            .concat()
+            .iter()
+            .map(|f| f.position.offset)
+            .collect();
+        assert_eq!(offsets, [2, 3], "partition 2 is not this reader's");
+        assert_eq!(r.next, BTreeMap::from([(0, 4), (1, 0)]));
+        assert_eq!(taken.grow, [(1, 0)]);
+        assert!(taken.refused.is_none());
+    }
+
+    #[test]
+    fn a_partition_refused_for_good_stops_the_fetch() {
+        let mut r = reader(Duration::from_secs(60));
+        let answers = vec![
+            (0, Answer::Records(records(0, 0..3), 3)),
+            (1, Answer::Refused(KafkaCode::TopicAuthorizationFailed)),
+        ];
+        assert!(matches!(r.take(answers), Err(Failure::Fatal(_))));
+        let answers = vec![(1, Answer::Refused(KafkaCode::OffsetOutOfRange))];
+        assert_eq!(r.take(answers).ok().unwrap().reset, [1]);
     }
 
     #[test]
