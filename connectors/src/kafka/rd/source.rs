@@ -798,14 +798,13 @@ impl RdSource {
     /// also learns the offsets of the other partitions assigned and not
     /// checked yet (no one else commits them before they are read here).
     /// It waits while a transaction holds the offset (at most
-    /// [`START_CHECK_BOUND`]), with the record held back meanwhile.
+    /// [`START_CHECK_BOUND`]), with the record held back meanwhile; past
+    /// that, the run stops with an error rather than read from where the
+    /// client may have started wrongly (a restart reads from the commit).
     fn check_start(&mut self, partition: i32, offset: i64) -> Result<bool, ConnectorError> {
         let committed = match self.committed.remove(&partition) {
             Some(committed) => committed,
-            None => match self.committed_at_start(partition) {
-                Some(committed) => committed,
-                None => return Ok(true),
-            },
+            None => self.committed_at_start(partition)?,
         };
         let Offset::Offset(committed) = committed else {
             return Ok(true);
@@ -816,13 +815,23 @@ impl RdSource {
         let context = self.consumer.context();
         let topic = context.topic.as_str();
         // A commit outside the log (deleted by retention, or a topic made
-        // anew) is what `--offset-reset` is for.
+        // anew) is what `--offset-reset` is for. Where the log's range is
+        // not known, reading moves to the commit all the same: if it is
+        // outside the log after all, the client applies `--offset-reset`
+        // there, as it would have.
         match self
             .consumer
             .fetch_watermarks(topic, partition, COMMITTED_TIMEOUT)
         {
-            Ok((low, high)) if (low..=high).contains(&committed) => {}
-            _ => return Ok(true),
+            Ok((low, high)) if !(low..=high).contains(&committed) => return Ok(true),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                topic,
+                partition,
+                offset,
+                committed,
+                "could not learn the partition's log range ({e}); reading from the commit"
+            ),
         }
         if offset < committed {
             tracing::warn!(
@@ -859,8 +868,8 @@ impl RdSource {
     /// assigned partitions not checked yet, which it keeps for their own
     /// first records. Asks again for `partition` alone while the answer is
     /// an error (a transaction holding the offset), up to
-    /// [`START_CHECK_BOUND`]; `None` if it never learns it.
-    fn committed_at_start(&mut self, partition: i32) -> Option<Offset> {
+    /// [`START_CHECK_BOUND`]; an error if it never learns it.
+    fn committed_at_start(&mut self, partition: i32) -> Result<Offset, ConnectorError> {
         let context = self.consumer.context();
         let topic = context.topic.as_str();
         let mut asked = TopicPartitionList::new();
@@ -888,7 +897,7 @@ impl RdSource {
             let why = match &answer {
                 Ok(list) => match list.find_partition(topic, partition) {
                     Some(e) => match e.error() {
-                        Ok(()) => return Some(e.offset()),
+                        Ok(()) => return Ok(e.offset()),
                         Err(e) => e.to_string(),
                     },
                     None => "no answer for the partition".to_owned(),
@@ -896,13 +905,16 @@ impl RdSource {
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    "could not learn the committed offset to check where the partition starts \
-                     ({why}); reading from where the client starts it"
-                );
-                return None;
+                return Err(error(
+                    &context.brokers,
+                    format!(
+                        "could not learn the group's committed offset of partition \
+                         {partition} of {topic} within {}s ({why}); stopping rather than read \
+                         from where the client may have started it wrongly (a restart reads \
+                         from the commit)",
+                        START_CHECK_BOUND.as_secs()
+                    ),
+                ));
             }
             tracing::debug!(topic, partition, "asking the committed offset again: {why}");
             std::thread::sleep(Duration::from_millis(200));
@@ -1313,7 +1325,7 @@ mod tests {
         commit_group_offsets(&cluster, "group", "in", &[(0, 4), (2, 2)]).unwrap();
         let mut source = RdSource::connect(every_partition_of_in(&cluster)).unwrap();
         source.checked.insert(1);
-        assert_eq!(source.committed_at_start(0), Some(Offset::Offset(4)));
+        assert_eq!(source.committed_at_start(0).unwrap(), Offset::Offset(4));
         // Partition 0's own answer is used at once, and 1 was checked
         // already: the map keeps 2's commit, and that 3 has none.
         assert_eq!(
