@@ -208,17 +208,20 @@ impl ConsumerContext for SourceContext {
                     // The open transaction may hold outputs of these
                     // partitions past their last commit: it is aborted
                     // before they go, and the new owner reads them again.
-                    if link.abort_and_wait() {
-                        // Nothing admitted before the abort is acked.
-                        self.acks.release_aborted(&partitions);
-                    } else {
+                    // Nothing admitted before the abort is acked, whether
+                    // the abort came in time or comes later: the sink
+                    // aborts before it commits again, and drops the
+                    // results of what was admitted before. Waiting for
+                    // their acks would leave these records outstanding for
+                    // good if the partitions came back here.
+                    if !link.abort_and_wait() {
                         tracing::warn!(
                             topic = %self.topic, ?partitions,
                             "the sink did not abort its transaction in time; releasing anyway \
                              (it aborts before it commits again)"
                         );
-                        self.acks.release(&partitions);
                     }
+                    self.acks.release_aborted(&partitions);
                     tracing::info!(
                         topic = %self.topic, ?partitions,
                         "partitions revoked: any transaction left open was given up"
