@@ -106,6 +106,11 @@ impl Outage {
         }
     }
 
+    /// The retry timeout: how long a run of failures may last.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)
     }

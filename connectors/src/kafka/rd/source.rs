@@ -386,9 +386,11 @@ pub(crate) struct RdSource {
     committed: BTreeMap<i32, Offset>,
 }
 
-/// How long [`RdSource::check_start`] waits for a partition's committed
-/// offset while an open transaction holds it: well past the time fila's
-/// transactions may stay open, after which the broker aborts them.
+/// How long [`RdSource::check_start`] waits at least for a partition's
+/// committed offset while an open transaction holds it: well past the time
+/// fila's transactions may stay open, after which the broker aborts them.
+/// It waits as long as the retry timeout if that is longer, as for any
+/// other broker fault.
 const START_CHECK_BOUND: Duration = Duration::from_secs(3 * TRANSACTION_TIMEOUT.as_secs());
 
 /// How often a source whose broker is failing asks whether it answers
@@ -800,10 +802,11 @@ impl RdSource {
     /// rarely, so the look-up costs one request per assignment, which
     /// also learns the offsets of the other partitions assigned and not
     /// checked yet (no one else commits them before they are read here).
-    /// It waits while a transaction holds the offset (at most
-    /// [`START_CHECK_BOUND`]), with the record held back meanwhile; past
-    /// that, the run stops with an error rather than read from where the
-    /// client may have started wrongly (a restart reads from the commit).
+    /// It waits while a transaction holds the offset, or the look-up fails
+    /// otherwise, with the record held back meanwhile: for the longer of
+    /// [`START_CHECK_BOUND`] and the retry timeout. Past that, the run stops
+    /// with an error rather than read from where the client may have
+    /// started wrongly (a restart reads from the commit).
     fn check_start(&mut self, partition: i32, offset: i64) -> Result<bool, ConnectorError> {
         let committed = match self.committed.remove(&partition) {
             Some(committed) => committed,
@@ -870,8 +873,9 @@ impl RdSource {
     /// Asks for `partition`'s committed offset, with those of the other
     /// assigned partitions not checked yet, which it keeps for their own
     /// first records. Asks again for `partition` alone while the answer is
-    /// an error (a transaction holding the offset), up to
-    /// [`START_CHECK_BOUND`]; an error if it never learns it.
+    /// an error (a transaction holding the offset, the coordinator moving),
+    /// for the longer of [`START_CHECK_BOUND`] and the retry timeout; an
+    /// error if it never learns it.
     fn committed_at_start(&mut self, partition: i32) -> Result<Offset, ConnectorError> {
         let context = self.consumer.context();
         let topic = context.topic.as_str();
@@ -885,7 +889,8 @@ impl RdSource {
                 }
             }
         }
-        let deadline = Instant::now() + START_CHECK_BOUND;
+        let bound = START_CHECK_BOUND.max(context.logging.outage.timeout());
+        let deadline = Instant::now() + bound;
         loop {
             let answer = self
                 .consumer
@@ -915,7 +920,7 @@ impl RdSource {
                          {partition} of {topic} within {}s ({why}); stopping rather than read \
                          from where the client may have started it wrongly (a restart reads \
                          from the commit)",
-                        START_CHECK_BOUND.as_secs()
+                        bound.as_secs()
                     ),
                 ));
             }

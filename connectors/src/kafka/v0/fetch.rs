@@ -122,7 +122,9 @@ impl TopicReader {
     /// the partitions that brought none, if any. Every record whose offset
     /// the fetch moves past is returned, whatever another partition
     /// answered: a record dropped here would never be read again, and a
-    /// commit of the later ones would cover it.
+    /// commit of the later ones would cover it. Only an error that stops
+    /// the run drops them (nothing after them is read, so no commit covers
+    /// them).
     fn fetch_once(&mut self) -> Result<(Vec<Fetched>, Option<String>), Failure> {
         let topic = self.topic.as_str();
         let requests = self.next.iter().map(|(&p, &offset)| {
