@@ -194,7 +194,21 @@ fn run_transactions(
         let due = txn
             .clock
             .due(txn.acks, read_so_far, gather.nothing_in_flight());
-        if rewound == epoch && (!open || due) {
+        if rewound == epoch && (!open || due) && transactions(out)?.abort_requested() {
+            // A revocation asked for the abort after the check above, and
+            // what this batch wrote may belong to the partitions it took
+            // away: their offsets are no longer committed here, and their
+            // new owner reads them again. A revocation that gave up
+            // waiting has already forgotten them.
+            abort(
+                out,
+                &mut txn,
+                &mut epoch,
+                &mut reorder,
+                counters,
+                "a rebalance",
+            )?;
+        } else if rewound == epoch && (!open || due) {
             let started = Instant::now();
             let acks = txn.acks;
             txn.in_call.enter("committing the transaction");
