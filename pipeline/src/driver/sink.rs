@@ -167,16 +167,7 @@ fn run_transactions(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
-        if transactions(out)?.abort_requested() {
-            abort(
-                out,
-                &mut txn,
-                &mut epoch,
-                &mut reorder,
-                counters,
-                "a rebalance",
-            )?;
-        }
+        abort_if_asked(out, &mut txn, &mut epoch, &mut reorder, counters)?;
         for event in batch.drain(..) {
             // Results of records admitted before the last abort: the source
             // reads those records again.
@@ -194,21 +185,15 @@ fn run_transactions(
         let due = txn
             .clock
             .due(txn.acks, read_so_far, gather.nothing_in_flight());
-        if rewound == epoch && (!open || due) && transactions(out)?.abort_requested() {
-            // A revocation asked for the abort after the check above, and
-            // what this batch wrote may belong to the partitions it took
-            // away: their offsets are no longer committed here, and their
-            // new owner reads them again. A revocation that gave up
-            // waiting has already forgotten them.
-            abort(
-                out,
-                &mut txn,
-                &mut epoch,
-                &mut reorder,
-                counters,
-                "a rebalance",
-            )?;
-        } else if rewound == epoch && (!open || due) {
+        // A revocation may have asked for the abort after the check above,
+        // and what this batch wrote may belong to the partitions it took
+        // away: their offsets are no longer committed here (a revocation
+        // that gave up waiting has forgotten them), and their new owner
+        // reads them again. So the abort comes first.
+        if rewound == epoch
+            && (!open || due)
+            && !abort_if_asked(out, &mut txn, &mut epoch, &mut reorder, counters)?
+        {
             let started = Instant::now();
             let acks = txn.acks;
             txn.in_call.enter("committing the transaction");
@@ -392,6 +377,22 @@ fn transactions<'w>(out: &'w mut Writer<'_>) -> Result<&'w mut dyn Transactions,
             message: "the sink stopped writing in transactions".into(),
         })
     })
+}
+
+/// Aborts the open transaction if a rebalance asked for it; returns
+/// whether it did.
+fn abort_if_asked(
+    out: &mut Writer<'_>,
+    txn: &mut Transactional<'_>,
+    epoch: &mut u64,
+    reorder: &mut Reorder,
+    counters: &Counters,
+) -> Result<bool, DriverError> {
+    if !transactions(out)?.abort_requested() {
+        return Ok(false);
+    }
+    abort(out, txn, epoch, reorder, counters, "a rebalance")?;
+    Ok(true)
 }
 
 /// Aborts the open transaction: what it held is dropped, results of

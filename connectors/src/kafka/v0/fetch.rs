@@ -347,6 +347,12 @@ mod tests {
             .collect()
     }
 
+    /// The offsets of the records `taken` hands out, in its order.
+    fn offsets(taken: &Taken) -> Vec<i64> {
+        let all = taken.per_partition.iter().flatten();
+        all.map(|f| f.position.offset).collect()
+    }
+
     #[test]
     fn a_partition_whose_leader_moved_keeps_the_records_the_others_brought() {
         // Either order: a fault answered before or after the records.
@@ -360,13 +366,7 @@ mod tests {
                 answers.reverse();
             }
             let taken = r.take(answers).ok().expect("a moving leader is transient");
-            let offsets: Vec<i64> = taken
-                .per_partition
-                .concat()
-                .iter()
-                .map(|f| f.position.offset)
-                .collect();
-            assert_eq!(offsets, [0, 1, 2], "refused first: {refused_first}");
+            assert_eq!(offsets(&taken), [0, 1, 2], "refused first: {refused_first}");
             assert_eq!(r.next, BTreeMap::from([(0, 3), (1, 0)]));
             let cause = taken.refused.expect("the fault is reported");
             assert!(cause.contains("t partition 1"), "{cause}");
@@ -385,13 +385,7 @@ mod tests {
             ])
             .ok()
             .unwrap();
-        let offsets: Vec<i64> = taken
-            .per_partition
-            .concat()
-            .iter()
-            .map(|f| f.position.offset)
-            .collect();
-        assert_eq!(offsets, [2, 3], "partition 2 is not this reader's");
+        assert_eq!(offsets(&taken), [2, 3], "partition 2 is not this reader's");
         assert_eq!(r.next, BTreeMap::from([(0, 4), (1, 0)]));
         assert_eq!(taken.grow, [(1, 0)]);
         assert!(taken.refused.is_none());
