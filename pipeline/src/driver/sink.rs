@@ -2,7 +2,7 @@
 //! buffer of `--ordered`.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -727,6 +727,11 @@ fn write_output(
 #[derive(Default)]
 struct Reorder {
     partitions: HashMap<i32, VecDeque<Held>>,
+    /// Partitions whose queue holds a record admitted again below one
+    /// still there (the partition read again after a rebalance, while
+    /// records of its earlier run were still going): their queue is not
+    /// in offset order until it empties.
+    mixed: HashSet<i32>,
 }
 
 struct Held {
@@ -749,10 +754,11 @@ impl Reorder {
                     events: Vec::new(),
                     done: false,
                 };
-                self.partitions
-                    .entry(p.partition)
-                    .or_default()
-                    .push_back(held);
+                let queue = self.partitions.entry(p.partition).or_default();
+                if queue.back().is_some_and(|b| b.offset >= p.offset) {
+                    self.mixed.insert(p.partition);
+                }
+                queue.push_back(held);
                 return Ok(());
             }
             Event::Output { position, .. }
@@ -766,10 +772,15 @@ impl Reorder {
             return out.write(event);
         };
         let queue = self.partitions.entry(position.partition).or_default();
-        // Admission order is offset order within a partition; a partition
-        // read again after a rebalance can hold one offset twice, and the
-        // earlier of them not yet done is this one.
-        let from = queue.partition_point(|h| h.offset < position.offset);
+        // Admission order is offset order within a partition, unless it
+        // was read again while records of its earlier run were held: then
+        // it holds one offset twice, and the earlier of them not yet done
+        // is this one.
+        let from = if self.mixed.contains(&position.partition) {
+            0
+        } else {
+            queue.partition_point(|h| h.offset < position.offset)
+        };
         let Some(held) = queue
             .range_mut(from..)
             .find(|h| h.offset == position.offset && !h.done)
@@ -791,6 +802,9 @@ impl Reorder {
                 }
                 out.write(event)?;
             }
+        }
+        if queue.is_empty() {
+            self.mixed.remove(&position.partition);
         }
         Ok(())
     }
@@ -1003,6 +1017,68 @@ mod tests {
         gather.batch(&rx, rx.recv().unwrap(), &mut batch);
         assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 1);
+    }
+
+    /// A partition read again while records of its earlier run are still
+    /// held: each run's results come out, in its own order, and nothing
+    /// stays held.
+    #[test]
+    fn a_partition_read_again_while_its_earlier_run_is_held_drains_both() {
+        let kept = Kept::default();
+        let counters = Counters::default();
+        let config = DriverConfig::default();
+        let mut out = Writer::new(Box::new(kept.clone()), &counters, false, &config);
+        let at = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        let admitted = |offset| Event::Admitted {
+            position: at(offset),
+            epoch: 0,
+        };
+        let result = |offset, payload: &str| Event::Output {
+            epoch: 0,
+            position: Some(at(offset)),
+            key: None,
+            own_key: false,
+            payload: payload.as_bytes().to_vec(),
+            arrived: Instant::now(),
+            done: Instant::now(),
+        };
+        let done = |offset| Event::Done {
+            epoch: 0,
+            position: at(offset),
+            panic: None,
+        };
+        let mut reorder = Reorder::default();
+        // The first run holds 5 and 6; the second reads from 3.
+        for offset in [5, 6, 3, 4, 5, 6] {
+            reorder.push(admitted(offset), &mut out).unwrap();
+        }
+        for (offset, payload) in [
+            (5, "a5"),
+            (6, "a6"),
+            (3, "b3"),
+            (4, "b4"),
+            (5, "b5"),
+            (6, "b6"),
+        ] {
+            reorder.push(result(offset, payload), &mut out).unwrap();
+            reorder.push(done(offset), &mut out).unwrap();
+        }
+        let written: Vec<Vec<u8>> = kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect();
+        let want: Vec<Vec<u8>> = ["a5", "a6", "b3", "b4", "b5", "b6"]
+            .map(|p| p.as_bytes().to_vec())
+            .into();
+        assert_eq!(written, want);
+        assert_eq!(reorder.held(), 0);
+        assert!(reorder.mixed.is_empty(), "in order again once drained");
     }
 
     /// An output as [`Kept`] keeps it: its key and payload.
