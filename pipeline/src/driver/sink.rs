@@ -2,7 +2,7 @@
 //! buffer of `--ordered`.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -727,11 +727,12 @@ fn write_output(
 #[derive(Default)]
 struct Reorder {
     partitions: HashMap<i32, VecDeque<Held>>,
-    /// Partitions whose queue holds a record admitted again below one
-    /// still there (the partition read again after a rebalance, while
-    /// records of its earlier run were still going): their queue is not
-    /// in offset order until it empties.
-    mixed: HashSet<i32>,
+    /// Per partition read again after a rebalance while records of its
+    /// earlier run were still held (a record admitted at or below the last
+    /// one queued): how many entries at the front of its queue belong to
+    /// earlier runs. Those are searched one by one; the rest are in
+    /// offset order.
+    earlier: HashMap<i32, usize>,
 }
 
 struct Held {
@@ -756,7 +757,7 @@ impl Reorder {
                 };
                 let queue = self.partitions.entry(p.partition).or_default();
                 if queue.back().is_some_and(|b| b.offset >= p.offset) {
-                    self.mixed.insert(p.partition);
+                    self.earlier.insert(p.partition, queue.len());
                 }
                 queue.push_back(held);
                 return Ok(());
@@ -772,19 +773,28 @@ impl Reorder {
             return out.write(event);
         };
         let queue = self.partitions.entry(position.partition).or_default();
-        // Admission order is offset order within a partition, unless it
-        // was read again while records of its earlier run were held: then
-        // it holds one offset twice, and the earlier of them not yet done
-        // is this one.
-        let from = if self.mixed.contains(&position.partition) {
-            0
-        } else {
-            queue.partition_point(|h| h.offset < position.offset)
-        };
-        let Some(held) = queue
-            .range_mut(from..)
-            .find(|h| h.offset == position.offset && !h.done)
-        else {
+        // Admission order is offset order within a partition's run. A
+        // partition read again while records of its earlier run were held
+        // holds one offset twice, and the earlier of them not yet done is
+        // this one.
+        let earlier = self.earlier.get(&position.partition).copied();
+        let ahead = earlier.unwrap_or(0);
+        let is = |h: &Held| h.offset == position.offset && !h.done;
+        let found = queue.range(..ahead).position(is).or_else(|| {
+            // Bisection over the current run: in offset order, each offset
+            // once.
+            let (mut lo, mut hi) = (ahead, queue.len());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if queue[mid].offset < position.offset {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            queue.get(lo).is_some_and(is).then_some(lo)
+        });
+        let Some(held) = found.map(|i| &mut queue[i]) else {
             // Not admitted through this buffer: nothing to wait for.
             return out.write(event);
         };
@@ -792,8 +802,10 @@ impl Reorder {
         held.events.push(event);
         held.done = done;
         let mut released = None;
+        let mut popped = 0;
         while queue.front().is_some_and(|h| h.done) {
             let held = queue.pop_front().expect("the front is there");
+            popped += 1;
             // An output's latency includes its wait in the buffer.
             let now = *released.get_or_insert_with(Instant::now);
             for mut event in held.events {
@@ -803,8 +815,12 @@ impl Reorder {
                 out.write(event)?;
             }
         }
-        if queue.is_empty() {
-            self.mixed.remove(&position.partition);
+        if let Some(ahead) = earlier {
+            if ahead <= popped {
+                self.earlier.remove(&position.partition);
+            } else {
+                self.earlier.insert(position.partition, ahead - popped);
+            }
         }
         Ok(())
     }
@@ -1050,35 +1066,47 @@ mod tests {
             position: at(offset),
             panic: None,
         };
+        let written = || -> Vec<String> {
+            let kept = kept.0.lock().unwrap();
+            let payloads = kept.iter().map(|(_, p)| String::from_utf8_lossy(p));
+            payloads.map(|p| p.into_owned()).collect()
+        };
         let mut reorder = Reorder::default();
         // The first run holds 5 and 6; the second reads from 3.
         for offset in [5, 6, 3, 4, 5, 6] {
             reorder.push(admitted(offset), &mut out).unwrap();
         }
-        for (offset, payload) in [
+        let results = [
             (5, "a5"),
             (6, "a6"),
             (3, "b3"),
             (4, "b4"),
             (5, "b5"),
             (6, "b6"),
-        ] {
+        ];
+        for (offset, payload) in results {
             reorder.push(result(offset, payload), &mut out).unwrap();
             reorder.push(done(offset), &mut out).unwrap();
         }
-        let written: Vec<Vec<u8>> = kept
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, p)| p.clone())
-            .collect();
-        let want: Vec<Vec<u8>> = ["a5", "a6", "b3", "b4", "b5", "b6"]
-            .map(|p| p.as_bytes().to_vec())
-            .into();
-        assert_eq!(written, want);
+        assert_eq!(written(), ["a5", "a6", "b3", "b4", "b5", "b6"]);
         assert_eq!(reorder.held(), 0);
-        assert!(reorder.mixed.is_empty(), "in order again once drained");
+        assert!(reorder.earlier.is_empty(), "in order again once drained");
+
+        // The second run's 7 finishes before the first run's: each run's
+        // records still come out once, and nothing stays held.
+        for offset in [7, 6, 7] {
+            reorder.push(admitted(offset), &mut out).unwrap();
+        }
+        let results = [(7, "d7"), (6, "d6"), (7, "c7")];
+        for (offset, payload) in results {
+            reorder.push(result(offset, payload), &mut out).unwrap();
+            reorder.push(done(offset), &mut out).unwrap();
+        }
+        let mut last = written().split_off(6);
+        last.sort();
+        assert_eq!(last, ["c7", "d6", "d7"]);
+        assert_eq!(reorder.held(), 0);
+        assert!(reorder.earlier.is_empty());
     }
 
     /// An output as [`Kept`] keeps it: its key and payload.
