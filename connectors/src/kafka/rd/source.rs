@@ -390,8 +390,13 @@ pub(crate) struct RdSource {
 /// committed offset while an open transaction holds it: well past the time
 /// fila's transactions may stay open, after which the broker aborts them.
 /// It waits as long as the retry timeout if that is longer, as for any
-/// other broker fault.
+/// other broker fault, but at most [`START_CHECK_CAP`].
 const START_CHECK_BOUND: Duration = Duration::from_secs(3 * TRANSACTION_TIMEOUT.as_secs());
+
+/// The longest [`RdSource::check_start`] waits, whatever the retry timeout:
+/// it does not poll the consumer meanwhile, so it serves no rebalance and
+/// no stop, and it must end well inside the 300 s `max.poll.interval.ms`.
+const START_CHECK_CAP: Duration = Duration::from_secs(120);
 
 /// How often a source whose broker is failing asks whether it answers
 /// again, when no record or commit says so.
@@ -804,7 +809,8 @@ impl RdSource {
     /// checked yet (no one else commits them before they are read here).
     /// It waits while a transaction holds the offset, or the look-up fails
     /// otherwise, with the record held back meanwhile: for the longer of
-    /// [`START_CHECK_BOUND`] and the retry timeout. Past that, the run stops
+    /// [`START_CHECK_BOUND`] and the retry timeout, at most
+    /// [`START_CHECK_CAP`]. Past that, the run stops
     /// with an error rather than read from where the client may have
     /// started wrongly (a restart reads from the commit).
     fn check_start(&mut self, partition: i32, offset: i64) -> Result<bool, ConnectorError> {
@@ -874,8 +880,8 @@ impl RdSource {
     /// assigned partitions not checked yet, which it keeps for their own
     /// first records. Asks again for `partition` alone while the answer is
     /// an error (a transaction holding the offset, the coordinator moving),
-    /// for the longer of [`START_CHECK_BOUND`] and the retry timeout; an
-    /// error if it never learns it.
+    /// for the longer of [`START_CHECK_BOUND`] and the retry timeout (at
+    /// most [`START_CHECK_CAP`]); an error if it never learns it.
     fn committed_at_start(&mut self, partition: i32) -> Result<Offset, ConnectorError> {
         let context = self.consumer.context();
         let topic = context.topic.as_str();
@@ -889,7 +895,9 @@ impl RdSource {
                 }
             }
         }
-        let bound = START_CHECK_BOUND.max(context.logging.outage.timeout());
+        let bound = START_CHECK_BOUND
+            .max(context.logging.outage.timeout())
+            .min(START_CHECK_CAP);
         let deadline = Instant::now() + bound;
         loop {
             let answer = self
