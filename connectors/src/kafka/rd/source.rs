@@ -393,9 +393,10 @@ pub(crate) struct RdSource {
 /// other broker fault, but at most [`START_CHECK_CAP`].
 const START_CHECK_BOUND: Duration = Duration::from_secs(3 * TRANSACTION_TIMEOUT.as_secs());
 
-/// The longest [`RdSource::check_start`] waits, whatever the retry timeout:
-/// it does not poll the consumer meanwhile, so it serves no rebalance and
-/// no stop, and it must end well inside the 300 s `max.poll.interval.ms`.
+/// The longest [`RdSource::check_start`] keeps asking, whatever the retry
+/// timeout (its last ask may take [`COMMITTED_TIMEOUT`] more): it does not
+/// poll the consumer meanwhile, so it serves no rebalance and no stop, and
+/// it must end well inside `max.poll.interval.ms` (300 s by default).
 const START_CHECK_CAP: Duration = Duration::from_secs(120);
 
 /// How often a source whose broker is failing asks whether it answers
