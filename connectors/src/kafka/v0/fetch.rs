@@ -256,13 +256,10 @@ impl TopicReader {
             taken.answered.insert(partition);
             let what = || format!("fetching {topic} partition {partition}");
             match answer {
-                Answer::Records(records, highwatermark) => {
+                Answer::Records(mut out, highwatermark) => {
                     let asked = *next;
                     // A fetch may start before the offset asked for.
-                    let out: Vec<Fetched> = records
-                        .into_iter()
-                        .filter(|f| f.position.offset >= asked)
-                        .collect();
+                    out.retain(|f| f.position.offset >= asked);
                     if let Some(last) = out.last() {
                         *next = last.position.offset + 1;
                     } else if highwatermark > asked {
