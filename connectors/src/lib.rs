@@ -22,11 +22,12 @@ pub use error::ConnectorError;
 pub use generate::BurstSource;
 pub use kafka::commit_group_offsets;
 pub use kafka::{
-    changelog_reader, create_changelog, create_repartition, create_topic, kafka_exactly_once,
-    kafka_sink, kafka_source, redact, Assignment, BrokerVersions, ClientKind, ClientProperties,
-    Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset, Replica, SinkConfig, SourceConfig,
-    TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER,
-    DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT, MAX_EXACTLY_ONCE_INTERVAL,
+    changelog_reader, create_changelog, create_repartition, create_topic, create_topic_configured,
+    kafka_exactly_once, kafka_sink, kafka_source, redact, Assignment, BrokerVersions, ClientKind,
+    ClientProperties, Cluster, Fetched, GroupProtocol, KeyedRecord, OffsetReset, Replica,
+    SinkConfig, SourceConfig, TopicReader, TopicWriter, DEFAULT_RETRY_TIMEOUT, DLQ_OFFSET_HEADER,
+    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, DRAIN_TIMEOUT,
+    MAX_EXACTLY_ONCE_INTERVAL,
 };
 pub use stdio::{DiscardSink, StdinSource, StdoutSink, DEFAULT_MAX_RECORD_BYTES};
 

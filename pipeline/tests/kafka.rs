@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
-    create_topic, ClientKind, Fetched, KeyedRecord, TopicReader, TopicWriter, DLQ_OFFSET_HEADER,
-    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
+    create_topic, create_topic_configured, ClientKind, Fetched, KeyedRecord, TopicReader,
+    TopicWriter, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
 use fila_pipeline::reference::{message, FibRecord};
 use serde_json::Value;
@@ -338,6 +338,123 @@ fn kafka_client_dead_letters_are_json_with_the_reason() {
         assert!(!l["reason"].as_str().unwrap().is_empty());
     }
     assert_eq!(report["messages"], 6);
+}
+
+/// A bad record larger than the dead-letter topic takes: its dead letter
+/// keeps what fits and says so, and the run goes on to the record after
+/// it. Written whole, the letter would fail every attempt, and the run.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn a_dead_letter_too_large_for_its_topic_is_cut_to_fit() {
+    const LIMIT: usize = 20_000;
+    let brokers = brokers_4x();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    let limit = LIMIT.to_string();
+    create_topic_configured(&*brokers, &dlq, 1, &[("max.message.bytes", &limit)]).unwrap();
+    create_topic(&*brokers, &input, 1).unwrap();
+    let big = vec![b'x'; 3 * LIMIT];
+    produce(
+        &brokers,
+        &input,
+        &[big.clone(), message(1, [1, 2, 3, 4, 5], 0)],
+    );
+
+    let fila = Fila::start(
+        &brokers,
+        &[
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--dlq-topic",
+            &dlq,
+            "--group",
+            &group,
+        ],
+    );
+    let out = read_all(&brokers, &output, 1, Duration::from_secs(60));
+    let letters = read_all(&brokers, &dlq, 1, Duration::from_secs(30));
+    let report = fila.stop();
+
+    check_fibs(&out);
+    assert_eq!(ids_of(&out).into_keys().collect::<Vec<_>>(), [1]);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert!(
+        !letter.payload.is_empty()
+            && letter.payload.len() < LIMIT
+            && big.starts_with(&letter.payload),
+        "the letter keeps {} bytes",
+        letter.payload.len()
+    );
+    assert_eq!(header(letter, DLQ_OFFSET_HEADER), "0");
+    let reason = header(letter, DLQ_REASON_HEADER);
+    assert!(
+        reason.contains(&format!(
+            "keeps the first {} of the record's {} bytes",
+            letter.payload.len(),
+            big.len()
+        )) && reason.contains(&limit),
+        "{reason}"
+    );
+    assert_eq!(report["messages"], 2);
+}
+
+/// The same with the `kafka` client, which cannot ask the topic for its
+/// limit and cuts a dead letter to the broker's default.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn kafka_client_cuts_a_dead_letter_over_the_broker_default() {
+    let brokers = brokers_3x();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    // The input takes the record; the dead-letter topic is made by fila,
+    // with the broker's default limit (1 MiB).
+    create_topic_configured(&*brokers, &input, 1, &[("max.message.bytes", "4000000")]).unwrap();
+    let big = "y".repeat(1_500_000);
+    produce(
+        &brokers,
+        &input,
+        &[big.clone().into_bytes(), message(1, [1, 2, 3, 4, 5], 0)],
+    );
+
+    let fila = Fila::start(
+        &brokers,
+        &[
+            "--kafka-client",
+            "kafka",
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--dlq-topic",
+            &dlq,
+            "--group",
+            &group,
+        ],
+    );
+    let out = read_all(&brokers, &output, 1, Duration::from_secs(60));
+    let letters = read_all(&brokers, &dlq, 1, Duration::from_secs(30));
+    let report = fila.stop();
+
+    assert_eq!(ids_of(&out).into_keys().collect::<Vec<_>>(), [1]);
+    assert_eq!(letters.len(), 1);
+    let letter: Value = serde_json::from_slice(&letters[0].payload).unwrap();
+    let kept = letter["payload"].as_str().unwrap();
+    assert!(
+        !kept.is_empty() && kept.len() < 1_048_576 && big.starts_with(kept),
+        "the letter keeps {} bytes",
+        kept.len()
+    );
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "keeps the first {} of the record's {} bytes",
+            kept.len(),
+            big.len()
+        )),
+        "{reason}"
+    );
+    assert_eq!(report["messages"], 2);
 }
 
 #[test]

@@ -250,9 +250,20 @@ pub fn create_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
+    create_topic_configured(cluster, topic, partitions, &[])
+}
+
+/// [`create_topic`], with the topic configuration `config` (pairs such as
+/// `("max.message.bytes", "20000")`) if it is created.
+pub fn create_topic_configured(
+    cluster: impl Into<Cluster>,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> Result<(), ConnectorError> {
     let cluster = cluster.into();
     check(ClientKind::Rdkafka, &cluster)?;
-    rd::create_topic(&cluster, topic, partitions)
+    rd::create_topic(&cluster, topic, partitions, config)
 }
 
 /// Makes `topic` a keyed stage's changelog for an input of `partitions`

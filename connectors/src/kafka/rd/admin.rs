@@ -1,12 +1,12 @@
-//! Admin calls: creating topics, looking up a topic's partitions, and
-//! setting a group's offsets from outside it.
+//! Admin calls: creating topics, looking up a topic's partitions and
+//! configuration, and setting a group's offsets from outside it.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::RDKafkaErrorCode;
@@ -56,13 +56,15 @@ pub(super) fn ensure_topic<C: ClientContext>(
     ))
 }
 
-/// Creates `topic` with `partitions` partitions and replication factor 1.
+/// Creates `topic` with `partitions` partitions, replication factor 1 and
+/// the topic configuration `config`.
 pub(crate) fn create_topic(
     cluster: &Cluster,
     topic: &str,
     partitions: i32,
+    config: &[(&str, &str)],
 ) -> Result<(), ConnectorError> {
-    create_topic_with(cluster, topic, partitions, 1, &[]).map(drop)
+    create_topic_with(cluster, topic, partitions, 1, config).map(drop)
 }
 
 /// Creates `topic` with `partitions` partitions, `replication` replicas
@@ -97,6 +99,30 @@ pub(super) fn create_topic_with(
         }
     }
     Ok(admin)
+}
+
+/// The value of `topic`'s configuration entry `name`, as the broker
+/// describes it (`None`: the broker names no such entry).
+pub(super) fn topic_config(
+    cluster: &Cluster,
+    topic: &str,
+    name: &str,
+) -> Result<Option<String>, ConnectorError> {
+    let brokers = cluster.brokers.as_str();
+    let admin: AdminClient<DefaultClientContext> = client_config(cluster)?
+        .create()
+        .map_err(|e| kafka_error(brokers, "creating an admin client", e))?;
+    let options = AdminOptions::new().request_timeout(Some(LOOKUP_TIMEOUT));
+    let described = wait_for(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options))
+        .map_err(|e| kafka_error(brokers, &format!("describing topic {topic}"), e))?;
+    match described.into_iter().next() {
+        Some(Ok(resource)) => Ok(resource.get(name).and_then(|e| e.value.clone())),
+        Some(Err(code)) => Err(error(brokers, format!("describing topic {topic}: {code}"))),
+        None => Err(error(
+            brokers,
+            format!("describing topic {topic}: no answer"),
+        )),
+    }
 }
 
 /// Sets group `group`'s committed offsets of `topic`, outside any group

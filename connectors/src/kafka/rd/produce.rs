@@ -169,21 +169,33 @@ impl RequestSize {
 
     fn from_config(config: &rdkafka::config::ClientConfig) -> RequestSize {
         // librdkafka's defaults, and fila's for message.max.bytes.
-        let get = |key: &str, default: usize| {
-            config
-                .get(key)
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|&v| v > 0)
-                .unwrap_or(default)
-        };
         RequestSize {
-            records: get("batch.num.messages", 10_000),
-            bytes: get("batch.size", 1_000_000)
-                .min(get("message.max.bytes", MAX_RECORD_BYTES))
+            records: setting(config, "batch.num.messages", 10_000),
+            bytes: setting(config, "batch.size", 1_000_000)
+                .min(setting(config, "message.max.bytes", MAX_RECORD_BYTES))
                 .saturating_sub(REQUEST_FRAMING)
                 .max(1),
         }
     }
+}
+
+/// The largest record the producer sends (`message.max.bytes`, fila's
+/// default unless the user's client properties set it).
+pub(super) fn max_record_bytes(cluster: &Cluster) -> Result<usize, ConnectorError> {
+    Ok(setting(
+        &client_config(cluster)?,
+        "message.max.bytes",
+        MAX_RECORD_BYTES,
+    ))
+}
+
+/// A positive number the client properties set for `key`, or `default`.
+fn setting(config: &rdkafka::config::ClientConfig, key: &str, default: usize) -> usize {
+    config
+        .get(key)
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
 }
 
 /// A producer that waits for every replica (`acks=all`) and never writes

@@ -10,13 +10,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::admin::{ensure_topic, LOOKUP_TIMEOUT};
+use super::admin::{ensure_topic, topic_config, LOOKUP_TIMEOUT};
 use super::config::kafka_error;
-use super::produce::{producer, producer_with, RequestSize, Writer, RECORD_OVERHEAD};
+use super::produce::{
+    max_record_bytes, producer, producer_with, RequestSize, Writer, RECORD_OVERHEAD,
+};
 use super::source::RdSource;
 use super::transaction::{Link, Transaction};
 use crate::kafka::dead_letter::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
+    cut_to_fit, BROKER_DEFAULT_RECORD_LIMIT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER,
+    DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
 use crate::kafka::{Cluster, Outage, SinkConfig};
 use crate::{Acks, ConnectorError, Position, Sink, TransactionError, Transactions};
@@ -30,6 +33,8 @@ pub(crate) struct RdSink {
     input_topic: String,
     output_topic: String,
     dlq_topic: Option<String>,
+    /// The largest record the dead-letter topic takes.
+    dlq_limit: usize,
     /// Exactly-once: the open transaction.
     transaction: Option<Transaction>,
     /// At least once: what was written since the last flush.
@@ -241,6 +246,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            dlq_limit: dlq_limit(config)?,
             transaction: None,
             chunk: Some(chunk),
             remake: None,
@@ -270,6 +276,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            dlq_limit: dlq_limit(config)?,
             chunk: None,
             // The offsets committed are the source's own topic's,
             // whatever the sink calls its input.
@@ -331,6 +338,33 @@ impl RdSink {
             t.sent = true;
         }
     }
+}
+
+/// The largest record `config`'s dead-letter topic takes: the smaller of
+/// its `max.message.bytes` and the producer's `message.max.bytes`. When
+/// the topic's cannot be learned (a cluster that does not let fila
+/// describe topics), the broker's default.
+fn dlq_limit(config: &SinkConfig) -> Result<usize, ConnectorError> {
+    let producer_limit = max_record_bytes(&config.cluster)?;
+    let Some(topic) = &config.dlq_topic else {
+        return Ok(producer_limit);
+    };
+    let described = match topic_config(&config.cluster, topic, "max.message.bytes") {
+        Ok(Some(value)) => value
+            .parse::<usize>()
+            .map_err(|e| format!("{value:?}: {e}")),
+        Ok(None) => Err("the broker did not name it".to_owned()),
+        Err(e) => Err(error_chain(&e)),
+    };
+    let topic_limit = described.unwrap_or_else(|why| {
+        tracing::warn!(
+            topic,
+            "the dead-letter topic's max.message.bytes is unknown ({why}); dead letters \
+             are cut to the broker default's {BROKER_DEFAULT_RECORD_LIMIT} bytes"
+        );
+        BROKER_DEFAULT_RECORD_LIMIT
+    });
+    Ok(topic_limit.min(producer_limit))
 }
 
 /// At least once (`chunk` is there): before a record of `bytes` to
@@ -447,18 +481,31 @@ impl Sink for RdSink {
         self.sent();
         let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
         let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
-        let headers = [
+        let mut headers = [
             (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),
             (DLQ_PARTITION_HEADER, partition.as_bytes()),
             (DLQ_OFFSET_HEADER, offset.as_bytes()),
-            (DLQ_REASON_HEADER, reason.as_bytes()),
+            (DLQ_REASON_HEADER, b"".as_slice()),
         ];
-        let bytes = key.map_or(0, <[u8]>::len)
-            + payload.len()
+        let rest = key.map_or(0, <[u8]>::len)
             + headers
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
+        let cut = cut_to_fit(payload.len(), rest, reason, self.dlq_limit);
+        let (payload, reason) = match &cut {
+            Some((kept, noted)) => (&payload[..*kept], noted.as_str()),
+            None => (payload, reason),
+        };
+        if cut.is_some() {
+            tracing::warn!(
+                partition = position.partition,
+                offset = position.offset,
+                "dead letter cut to fit {topic}: {reason}"
+            );
+        }
+        headers[3].1 = reason.as_bytes();
+        let bytes = rest + reason.len() + payload.len();
         fit(&mut self.chunk, &self.writer, topic, None, bytes)?;
         let headers =
             headers

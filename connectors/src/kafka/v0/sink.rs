@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::config::Failure;
 use super::produce::TopicWriter;
+use crate::kafka::dead_letter::{cut_note, cut_to_fit, BROKER_DEFAULT_RECORD_LIMIT};
 use crate::kafka::{Outage, SinkConfig};
 use crate::{ConnectorError, Position, Sink};
 
@@ -18,6 +19,12 @@ struct DeadLetter<'a> {
     /// The original value, as text (invalid UTF-8 replaced).
     payload: String,
 }
+
+/// The largest dead letter written. This client cannot ask a topic for its
+/// limit (`max.message.bytes`), so it assumes the broker's default: a dead
+/// letter over it is cut to fit, and one to a topic that takes less fails
+/// the run.
+const DLQ_LIMIT: usize = BROKER_DEFAULT_RECORD_LIMIT;
 
 /// The pipeline's sink: results to the output topic, rejected records to
 /// the dead-letter topic if one is set. `flush` returns once the broker has
@@ -103,14 +110,46 @@ impl Sink for KafkaSink {
         payload: &[u8],
         reason: &str,
     ) -> Result<(), ConnectorError> {
-        let letter = DeadLetter {
-            topic: &self.input_topic,
-            partition: position.partition,
-            offset: position.offset,
-            reason,
-            payload: String::from_utf8_lossy(payload).into_owned(),
+        let letter = |payload: &str, reason: &str| {
+            let letter = DeadLetter {
+                topic: &self.input_topic,
+                partition: position.partition,
+                offset: position.offset,
+                reason,
+                payload: payload.to_owned(),
+            };
+            serde_json::to_vec(&letter).expect("a dead letter always serializes")
         };
-        let bytes = serde_json::to_vec(&letter).expect("a dead letter always serializes");
+        let text = String::from_utf8_lossy(payload);
+        // In JSON text escapes take more than the characters they stand
+        // for: a cut counts the payload as escaped.
+        let escaped = |c: char| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if c < ' ' => 6,
+            c => c.len_utf8(),
+        };
+        let rest = letter("", "").len();
+        let cut = cut_to_fit(text.chars().map(escaped).sum(), rest, reason, DLQ_LIMIT);
+        let bytes = match cut {
+            None => letter(&text, reason),
+            Some((room, _)) => {
+                let mut used = 0;
+                let kept = text
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        used += escaped(c);
+                        used > room
+                    })
+                    .map_or(text.len(), |(at, _)| at);
+                let noted = cut_note(reason, kept, text.len(), DLQ_LIMIT);
+                tracing::warn!(
+                    partition = position.partition,
+                    offset = position.offset,
+                    "dead letter cut to fit: {noted}"
+                );
+                letter(&text[..kept], &noted)
+            }
+        };
         self.pending.push((true, bytes));
         Ok(())
     }
