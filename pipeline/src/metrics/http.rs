@@ -414,6 +414,16 @@ mod tests {
     /// A page of fixed lines, as `render` would make one.
     const PAGE: &str = "fila_records_total{outcome=\"output\"} 5\nfila_window 32\n";
 
+    /// The tests' server timeout: far longer than any pause of a loaded
+    /// machine, so that a wait on an idle connection (a reply held up
+    /// behind one, a connection left to time out) takes all of it.
+    const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// What must come at once (a reply, a stop, a close to make room)
+    /// comes within this: a wait on an idle connection would take four
+    /// times as long.
+    const PROMPT: Duration = Duration::from_secs(15);
+
     /// A listener serving [`PAGE`] on a thread, stopped (and checked to
     /// stop) when dropped.
     struct Server {
@@ -424,7 +434,7 @@ mod tests {
 
     impl Server {
         fn start() -> Server {
-            Server::start_with(REQUEST_TIMEOUT)
+            Server::start_with(TEST_TIMEOUT)
         }
 
         fn start_with(timeout: Duration) -> Server {
@@ -461,9 +471,9 @@ mod tests {
 
         fn connect(&self) -> TcpStream {
             let stream = TcpStream::connect(self.addr).unwrap();
-            // Well under REQUEST_TIMEOUT: a reply held up behind another
+            // Well under the timeout: a reply held up behind another
             // connection fails the test instead of arriving late.
-            stream.set_read_timeout(Some(REQUEST_TIMEOUT / 4)).unwrap();
+            stream.set_read_timeout(Some(PROMPT)).unwrap();
             stream
         }
 
@@ -480,7 +490,7 @@ mod tests {
     impl Drop for Server {
         fn drop(&mut self) {
             if !std::thread::panicking() {
-                self.stop_within(REQUEST_TIMEOUT / 4);
+                self.stop_within(PROMPT);
             }
         }
     }
@@ -559,7 +569,7 @@ mod tests {
         assert!(server
             .ask("GET /metrics HTTP/1.1")
             .starts_with("HTTP/1.1 200"));
-        server.stop_within(REQUEST_TIMEOUT / 4);
+        server.stop_within(PROMPT);
         // Its connection was cut, not left to time out.
         let mut rest = Vec::new();
         assert_eq!(silent.read_to_end(&mut rest).unwrap(), 0);
@@ -570,7 +580,7 @@ mod tests {
         let listener = MetricsListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         listener.stop();
         let serving = std::thread::spawn(move || listener.serve(|_| None));
-        let deadline = Instant::now() + REQUEST_TIMEOUT / 4;
+        let deadline = Instant::now() + PROMPT;
         while !serving.is_finished() {
             assert!(Instant::now() < deadline, "serve did not return");
             std::thread::yield_now();
@@ -594,11 +604,11 @@ mod tests {
         let asked = Instant::now();
         let response = server.ask("GET /metrics HTTP/1.1");
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-        assert!(asked.elapsed() < REQUEST_TIMEOUT / 4, "the scrape waited");
+        assert!(asked.elapsed() < PROMPT, "the scrape waited");
         // The first ones were closed to make room, by the server.
         for stream in idle.iter_mut().take(20) {
             assert!(
-                closed_within(stream, REQUEST_TIMEOUT / 4),
+                closed_within(stream, PROMPT),
                 "an evicted connection is open"
             );
         }
