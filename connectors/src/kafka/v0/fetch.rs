@@ -170,7 +170,7 @@ impl TopicReader {
             reset,
             grow,
             answered,
-            refused,
+            mut refused,
         } = self.take(answers)?;
         let topic = self.topic.as_str();
         for (partition, offset) in grow {
@@ -210,18 +210,29 @@ impl TopicReader {
                     )));
                 }
             };
-            let to =
-                offsets(&mut self.client, &self.brokers, topic, which).map_err(Failure::Fatal)?;
-            for partition in reset {
-                let to = to.get(&partition).copied().unwrap_or(0);
-                tracing::warn!(
-                    topic,
-                    partition,
-                    from = self.next[&partition],
-                    to,
-                    "offset out of range; resuming at the {name} offset (--offset-reset)"
-                );
-                self.next.insert(partition, to);
+            // A look-up that fails (its broker restarting, say) is a fault
+            // of the partitions to reset: they stay where they are, are
+            // refused again on the next fetch and reset then, and the
+            // other partitions' records are handed out meanwhile.
+            match offsets(&mut self.client, &self.brokers, topic, which) {
+                Ok(to) => {
+                    for partition in reset {
+                        let to = to.get(&partition).copied().unwrap_or(0);
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            from = self.next[&partition],
+                            to,
+                            "offset out of range; resuming at the {name} offset (--offset-reset)"
+                        );
+                        self.next.insert(partition, to);
+                    }
+                }
+                Err(e) => {
+                    refused.get_or_insert_with(|| {
+                        format!("looking up the {name} offsets of {topic} to reset {reset:?}: {e}")
+                    });
+                }
             }
         }
         // The client asks only the leaders it knows and skips the other
