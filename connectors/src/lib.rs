@@ -287,6 +287,14 @@ pub trait Sink: Send {
         false
     }
 
+    /// The largest output (key and payload together) the destination
+    /// takes, when it has a limit it knows of. A larger output would fail
+    /// every attempt to write it, and the run with it: the driver
+    /// dead-letters its record instead.
+    fn output_limit(&self) -> Option<usize> {
+        None
+    }
+
     /// For a sink that writes in transactions: its transactions. The
     /// driver then runs exactly-once.
     fn transactions(&mut self) -> Option<&mut dyn Transactions> {

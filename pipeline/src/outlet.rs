@@ -210,6 +210,8 @@ pub(crate) struct Outlet {
     /// The record's places at the keyed stages it has yet to reach
     /// (`order.rs`); empty when the job has none, or off the driver.
     tickets: Tickets,
+    /// The largest output (key and payload) the sink takes.
+    output_limit: usize,
 }
 
 /// A record's places at keyed stages. Most jobs have one keyed stage or
@@ -261,7 +263,17 @@ impl Outlet {
             arrived: origin.arrived,
             epoch: origin.epoch,
             tickets: Tickets::None,
+            output_limit: usize::MAX,
         }
+    }
+
+    /// With the largest output the sink takes ([`Sink::output_limit`]):
+    /// a record with a larger output is dead-lettered.
+    ///
+    /// [`Sink::output_limit`]: fila_connectors::Sink::output_limit
+    pub(crate) fn with_output_limit(mut self, limit: Option<usize>) -> Outlet {
+        self.output_limit = limit.unwrap_or(usize::MAX);
+        self
     }
 
     /// With the record's places at the job's keyed stages.
@@ -286,6 +298,7 @@ impl Outlet {
             arrived,
             epoch: NO_RECORD_EPOCH,
             tickets: Tickets::None,
+            output_limit: usize::MAX,
         }
     }
 
@@ -294,8 +307,18 @@ impl Outlet {
     }
 
     /// Sends one output with `key`, or with the record's own key when it
-    /// is `None`.
+    /// is `None`. An output larger than the sink takes dead-letters the
+    /// record instead (its other outputs are written).
     pub(crate) fn output(self, key: Option<Arc<[u8]>>, payload: Vec<u8>) {
+        let size = key.as_ref().or(self.key.as_ref()).map_or(0, |k| k.len()) + payload.len();
+        if size > self.output_limit {
+            self.reject(format!(
+                "an output of {size} bytes (key and value) is larger than the {} bytes the \
+                 output topic takes",
+                self.output_limit
+            ));
+            return;
+        }
         // A send fails only once the sink thread has stopped on an error;
         // the record is then not acknowledged, and is replayed.
         let _ = self.tx.send(Event::Output {

@@ -348,6 +348,41 @@ fn a_record_over_the_size_cap_is_dead_lettered_unrun_and_committed() {
     rt.shutdown();
 }
 
+#[test]
+fn a_record_with_an_output_larger_than_the_sink_takes_is_dead_lettered_and_committed() {
+    let rt = runtime(8);
+    let big = "z".repeat(500);
+    let input = vec![
+        record(0, 0, "small"),
+        record(0, 1, &big),
+        record(0, 2, "also small"),
+    ];
+    let (mut source, acks, log) = Records::committing(input, 0);
+    let sink = Collect {
+        output_limit: Some(100),
+        ..Collect::default()
+    };
+    let summary = Driver::new()
+        .run(&rt, echo(), &mut source, Box::new(sink.clone()))
+        .unwrap();
+    assert_eq!(summary.outputs, 2);
+    assert_eq!(summary.dead_letters, 1);
+    let mut outputs = sink.payloads();
+    outputs.sort();
+    assert_eq!(outputs, ["also small", "small"]);
+    let dead = sink.dead.lock().unwrap();
+    let (position, payload, reason) = &dead[0];
+    assert_eq!((position.offset, payload), (1, &big), "the input, whole");
+    assert_eq!(
+        reason,
+        "an output of 500 bytes (key and value) is larger than the 100 bytes the output \
+         topic takes"
+    );
+    assert_eq!(log.lock().unwrap().last().unwrap(), &vec![(0, 3)]);
+    assert_eq!(acks.outstanding(), 0);
+    rt.shutdown();
+}
+
 /// A source that counts how many records it handed out.
 struct Counted {
     inner: Records,

@@ -400,6 +400,73 @@ fn a_dead_letter_too_large_for_its_topic_is_cut_to_fit() {
     assert_eq!(report["messages"], 2);
 }
 
+/// An output larger than the output topic takes (a `key_totals` total
+/// under a long key): its record is dead-lettered, whole, and the run goes
+/// on. Written, the output would fail every attempt, and the run.
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn a_record_whose_output_is_too_large_for_its_topic_is_dead_lettered() {
+    const LIMIT: usize = 20_000;
+    let brokers = brokers_4x();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    let limit = LIMIT.to_string();
+    create_topic_configured(&*brokers, &output, 1, &[("max.message.bytes", &limit)]).unwrap();
+    create_topic(&*brokers, &input, 1).unwrap();
+    // The key twice in the output (its key, and in its value): over the
+    // limit, where the input is not.
+    let long = "k".repeat(LIMIT * 2 / 3);
+    let records: Vec<KeyedRecord<'_>> = vec![
+        (input.as_str(), Some(b"a".as_slice()), b"1".as_slice()),
+        (input.as_str(), Some(long.as_bytes()), b"5".as_slice()),
+        (input.as_str(), Some(b"a".as_slice()), b"2".as_slice()),
+    ];
+    TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&input])
+        .unwrap()
+        .send_keyed(&records)
+        .unwrap();
+
+    let fila = Fila::start_example(
+        "key_totals",
+        &brokers,
+        &[
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--dlq-topic",
+            &dlq,
+            "--group",
+            &group,
+        ],
+    );
+    let out = read_all(&brokers, &output, 2, Duration::from_secs(60));
+    let letters = read_all(&brokers, &dlq, 1, Duration::from_secs(30));
+    let report = fila.stop();
+
+    let totals: Vec<Value> = out
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    assert_eq!(
+        totals,
+        [
+            serde_json::json!({"key": "a", "count": 1, "total": 1}),
+            serde_json::json!({"key": "a", "count": 2, "total": 3}),
+        ]
+    );
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.key.as_deref(), Some(long.as_bytes()));
+    assert_eq!(letter.payload, b"5");
+    assert_eq!(header(letter, DLQ_OFFSET_HEADER), "1");
+    let reason = header(letter, DLQ_REASON_HEADER);
+    assert!(
+        reason.contains("is larger than the") && reason.contains("output topic takes"),
+        "{reason}"
+    );
+    assert_eq!(report["messages"], 3);
+}
+
 /// The same with the `kafka` client, which cannot ask the topic for its
 /// limit and cuts a dead letter to the broker's default.
 #[test]

@@ -21,6 +21,12 @@ pub(crate) const BROKER_DEFAULT_RECORD_LIMIT: usize = 1_048_588;
 /// envelope of the `kafka` client's dead letter.
 const FRAMING: usize = 1024;
 
+/// What a record of key, value and headers may take in a topic whose
+/// limit is `limit`.
+pub(crate) fn room(limit: usize) -> usize {
+    limit.saturating_sub(FRAMING)
+}
+
 /// A dead letter whose record is larger than its topic takes (the topic's
 /// `max.message.bytes` is under the input's, or the record is one the
 /// size cap let through): the payload is cut so that the letter fits, and
@@ -38,7 +44,7 @@ pub(crate) fn cut_to_fit(
     reason: &str,
     limit: usize,
 ) -> Option<(usize, String)> {
-    let room = limit.saturating_sub(FRAMING);
+    let room = room(limit);
     if rest + reason.len() + payload <= room {
         return None;
     }

@@ -340,6 +340,7 @@ impl<'a> Driver<'a> {
         let config = &self.config;
         let mut sink = sink;
         let exactly_once = sink.transactions().is_some();
+        let output_limit = sink.output_limit();
         let committing = source.committing().map_err(DriverError::Source)?;
         if exactly_once && committing.is_none() {
             return Err(DriverError::Source(ConnectorError::Config {
@@ -451,6 +452,7 @@ impl<'a> Driver<'a> {
                 segment,
                 restored: HashMap::new(),
                 looked_for_moved: Instant::now(),
+                output_limit,
             };
             counters.set_phase(Phase::Running);
             let admitted = admission.run();
@@ -527,6 +529,8 @@ struct Admission<'r, 's> {
     looked_for_moved: Instant,
     /// The job's segment this source feeds.
     segment: usize,
+    /// The largest output the sink takes (`Sink::output_limit`).
+    output_limit: Option<usize>,
 }
 
 impl Admission<'_, '_> {
@@ -596,7 +600,9 @@ impl Admission<'_, '_> {
                     // Its places at the keyed stages, in the order read:
                     // this thread admits one record at a time.
                     let tickets = self.job.tickets(self.segment, origin.position.partition);
-                    let outlet = Outlet::new(self.tx.clone(), &origin).with_tickets(tickets);
+                    let outlet = Outlet::new(self.tx.clone(), &origin)
+                        .with_tickets(tickets)
+                        .with_output_limit(self.output_limit);
                     let done = self.tx.clone();
                     let counters = self.counters;
                     counters.submitted.store(

@@ -30,6 +30,8 @@ pub type DeadLetter = (Position, String, String);
 pub struct Collect {
     pub outputs: Arc<Mutex<Vec<Output>>>,
     pub dead: Arc<Mutex<Vec<DeadLetter>>>,
+    /// What it says of [`Sink::output_limit`].
+    pub output_limit: Option<usize>,
 }
 
 impl Collect {
@@ -73,6 +75,10 @@ impl Sink for Collect {
 
     fn has_dead_letter_destination(&self) -> bool {
         true
+    }
+
+    fn output_limit(&self) -> Option<usize> {
+        self.output_limit
     }
 }
 

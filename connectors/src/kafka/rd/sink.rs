@@ -18,7 +18,7 @@ use super::produce::{
 use super::source::RdSource;
 use super::transaction::{Link, Transaction};
 use crate::kafka::dead_letter::{
-    cut_to_fit, BROKER_DEFAULT_RECORD_LIMIT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER,
+    cut_to_fit, room, BROKER_DEFAULT_RECORD_LIMIT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER,
     DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
 use crate::kafka::{Cluster, Outage, SinkConfig};
@@ -33,8 +33,7 @@ pub(crate) struct RdSink {
     input_topic: String,
     output_topic: String,
     dlq_topic: Option<String>,
-    /// The largest record the dead-letter topic takes.
-    dlq_limit: usize,
+    limits: Limits,
     /// Exactly-once: the open transaction.
     transaction: Option<Transaction>,
     /// At least once: what was written since the last flush.
@@ -246,7 +245,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            dlq_limit: dlq_limit(config)?,
+            limits: Limits::of(config)?,
             transaction: None,
             chunk: Some(chunk),
             remake: None,
@@ -276,7 +275,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            dlq_limit: dlq_limit(config)?,
+            limits: Limits::of(config)?,
             chunk: None,
             // The offsets committed are the source's own topic's,
             // whatever the sink calls its input.
@@ -340,31 +339,56 @@ impl RdSink {
     }
 }
 
-/// The largest record `config`'s dead-letter topic takes: the smaller of
-/// its `max.message.bytes` and the producer's `message.max.bytes`. When
-/// the topic's cannot be learned (a cluster that does not let fila
-/// describe topics), the broker's default.
-fn dlq_limit(config: &SinkConfig) -> Result<usize, ConnectorError> {
-    let producer_limit = max_record_bytes(&config.cluster)?;
-    let Some(topic) = &config.dlq_topic else {
-        return Ok(producer_limit);
-    };
-    let described = match topic_config(&config.cluster, topic, "max.message.bytes") {
+/// The largest records the sink's topics take, as [`Limits`].
+struct Limits {
+    /// The dead-letter topic's: the smaller of its `max.message.bytes`
+    /// and the producer's `message.max.bytes`. When the topic's cannot be
+    /// learned (a cluster that does not let fila describe topics), the
+    /// broker's default: a letter cut for nothing beats a run stopped.
+    dlq: usize,
+    /// The output topic's, the same way; when the topic's cannot be
+    /// learned, the producer's alone: no output is refused for a limit
+    /// guessed.
+    output: usize,
+}
+
+impl Limits {
+    fn of(config: &SinkConfig) -> Result<Limits, ConnectorError> {
+        let producer_limit = max_record_bytes(&config.cluster)?;
+        let output = described_limit(&config.cluster, &config.output_topic).unwrap_or_else(|why| {
+            tracing::warn!(
+                topic = config.output_topic,
+                "the output topic's max.message.bytes is unknown ({why})"
+            );
+            producer_limit
+        });
+        let dlq = match &config.dlq_topic {
+            None => producer_limit,
+            Some(topic) => described_limit(&config.cluster, topic).unwrap_or_else(|why| {
+                tracing::warn!(
+                    topic,
+                    "the dead-letter topic's max.message.bytes is unknown ({why}); dead \
+                     letters are cut to the broker default's {BROKER_DEFAULT_RECORD_LIMIT} bytes"
+                );
+                BROKER_DEFAULT_RECORD_LIMIT
+            }),
+        };
+        Ok(Limits {
+            dlq: dlq.min(producer_limit),
+            output: output.min(producer_limit),
+        })
+    }
+}
+
+/// `topic`'s `max.message.bytes`, or why it is unknown.
+fn described_limit(cluster: &Cluster, topic: &str) -> Result<usize, String> {
+    match topic_config(cluster, topic, "max.message.bytes") {
         Ok(Some(value)) => value
             .parse::<usize>()
             .map_err(|e| format!("{value:?}: {e}")),
         Ok(None) => Err("the broker did not name it".to_owned()),
         Err(e) => Err(error_chain(&e)),
-    };
-    let topic_limit = described.unwrap_or_else(|why| {
-        tracing::warn!(
-            topic,
-            "the dead-letter topic's max.message.bytes is unknown ({why}); dead letters \
-             are cut to the broker default's {BROKER_DEFAULT_RECORD_LIMIT} bytes"
-        );
-        BROKER_DEFAULT_RECORD_LIMIT
-    });
-    Ok(topic_limit.min(producer_limit))
+    }
 }
 
 /// At least once (`chunk` is there): before a record of `bytes` to
@@ -492,7 +516,7 @@ impl Sink for RdSink {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
-        let cut = cut_to_fit(payload.len(), rest, reason, self.dlq_limit);
+        let cut = cut_to_fit(payload.len(), rest, reason, self.limits.dlq);
         let (payload, reason) = match &cut {
             Some((kept, noted)) => (&payload[..*kept], noted.as_str()),
             None => (payload, reason),
@@ -537,6 +561,10 @@ impl Sink for RdSink {
 
     fn has_dead_letter_destination(&self) -> bool {
         self.dlq_topic.is_some()
+    }
+
+    fn output_limit(&self) -> Option<usize> {
+        Some(room(self.limits.output))
     }
 
     fn send_to(
