@@ -217,7 +217,15 @@ impl TopicReader {
             match offsets(&mut self.client, &self.brokers, topic, which) {
                 Ok(to) => {
                     for partition in reset {
-                        let to = to.get(&partition).copied().unwrap_or(0);
+                        // The client leaves out a partition whose leader it
+                        // does not know: a fault of that partition, not
+                        // offset 0.
+                        let Some(&to) = to.get(&partition) else {
+                            refused.get_or_insert_with(|| {
+                                format!("no {name} offset of {topic} partition {partition} known")
+                            });
+                            continue;
+                        };
                         tracing::warn!(
                             topic,
                             partition,
