@@ -352,11 +352,13 @@ fn a_dead_letter_too_large_for_its_topic_is_cut_to_fit() {
     let limit = LIMIT.to_string();
     create_topic_configured(&*brokers, &dlq, 1, &[("max.message.bytes", &limit)]).unwrap();
     create_topic(&*brokers, &input, 1).unwrap();
+    // Two in a row: cut to fit one by one, together they would be over
+    // the limit in one batch.
     let big = vec![b'x'; 3 * LIMIT];
     produce(
         &brokers,
         &input,
-        &[big.clone(), message(1, [1, 2, 3, 4, 5], 0)],
+        &[big.clone(), big.clone(), message(1, [1, 2, 3, 4, 5], 0)],
     );
 
     let fila = Fila::start(
@@ -373,31 +375,38 @@ fn a_dead_letter_too_large_for_its_topic_is_cut_to_fit() {
         ],
     );
     let out = read_all(&brokers, &output, 1, Duration::from_secs(60));
-    let letters = read_all(&brokers, &dlq, 1, Duration::from_secs(30));
+    let letters = read_all(&brokers, &dlq, 2, Duration::from_secs(30));
     let report = fila.stop();
 
     check_fibs(&out);
     assert_eq!(ids_of(&out).into_keys().collect::<Vec<_>>(), [1]);
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    let letter = &letters[0];
-    assert!(
-        !letter.payload.is_empty()
-            && letter.payload.len() < LIMIT
-            && big.starts_with(&letter.payload),
-        "the letter keeps {} bytes",
-        letter.payload.len()
-    );
-    assert_eq!(header(letter, DLQ_OFFSET_HEADER), "0");
-    let reason = header(letter, DLQ_REASON_HEADER);
-    assert!(
-        reason.contains(&format!(
-            "keeps the first {} of the record's {} bytes",
-            letter.payload.len(),
-            big.len()
-        )) && reason.contains(&limit),
-        "{reason}"
-    );
-    assert_eq!(report["messages"], 2);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    // In either order: not ordered, the two ran at once.
+    let mut offsets: Vec<&str> = letters
+        .iter()
+        .map(|l| header(l, DLQ_OFFSET_HEADER))
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, ["0", "1"]);
+    for letter in &letters {
+        assert!(
+            !letter.payload.is_empty()
+                && letter.payload.len() < LIMIT
+                && big.starts_with(&letter.payload),
+            "the letter keeps {} bytes",
+            letter.payload.len()
+        );
+        let reason = header(letter, DLQ_REASON_HEADER);
+        assert!(
+            reason.contains(&format!(
+                "keeps the first {} of the record's {} bytes",
+                letter.payload.len(),
+                big.len()
+            )) && reason.contains(&limit),
+            "{reason}"
+        );
+    }
+    assert_eq!(report["messages"], 3);
 }
 
 /// An output larger than the output topic takes (a `key_totals` total
@@ -413,12 +422,16 @@ fn a_record_whose_output_is_too_large_for_its_topic_is_dead_lettered() {
     create_topic_configured(&*brokers, &output, 1, &[("max.message.bytes", &limit)]).unwrap();
     create_topic(&*brokers, &input, 1).unwrap();
     // The key twice in the output (its key, and in its value): over the
-    // limit, where the input is not.
+    // limit, where the input is not. Then two outputs under the limit
+    // that would be over it in one batch.
     let long = "k".repeat(LIMIT * 2 / 3);
+    let (b, c) = ("b".repeat(LIMIT / 3), "c".repeat(LIMIT / 3));
     let records: Vec<KeyedRecord<'_>> = vec![
         (input.as_str(), Some(b"a".as_slice()), b"1".as_slice()),
         (input.as_str(), Some(long.as_bytes()), b"5".as_slice()),
         (input.as_str(), Some(b"a".as_slice()), b"2".as_slice()),
+        (input.as_str(), Some(b.as_bytes()), b"7".as_slice()),
+        (input.as_str(), Some(c.as_bytes()), b"8".as_slice()),
     ];
     TopicWriter::connect(ClientKind::Rdkafka, &brokers, &[&input])
         .unwrap()
@@ -439,19 +452,23 @@ fn a_record_whose_output_is_too_large_for_its_topic_is_dead_lettered() {
             &group,
         ],
     );
-    let out = read_all(&brokers, &output, 2, Duration::from_secs(60));
+    let out = read_all(&brokers, &output, 4, Duration::from_secs(60));
     let letters = read_all(&brokers, &dlq, 1, Duration::from_secs(30));
     let report = fila.stop();
 
-    let totals: Vec<Value> = out
+    // A key's totals in order; keys in any order.
+    let mut totals: Vec<Value> = out
         .iter()
         .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
+    totals.sort_by_key(|t| t["key"].as_str().unwrap().to_owned());
     assert_eq!(
         totals,
         [
             serde_json::json!({"key": "a", "count": 1, "total": 1}),
             serde_json::json!({"key": "a", "count": 2, "total": 3}),
+            serde_json::json!({"key": b, "count": 1, "total": 7}),
+            serde_json::json!({"key": c, "count": 1, "total": 8}),
         ]
     );
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -464,7 +481,7 @@ fn a_record_whose_output_is_too_large_for_its_topic_is_dead_lettered() {
         reason.contains("is larger than the") && reason.contains("output topic takes"),
         "{reason}"
     );
-    assert_eq!(report["messages"], 3);
+    assert_eq!(report["messages"], 5);
 }
 
 /// The same with the `kafka` client, which cannot ask the topic for its

@@ -48,12 +48,31 @@ pub(crate) fn cut_to_fit(
     if rest + reason.len() + payload <= room {
         return None;
     }
+    // A reason that takes much of the room (a panic message quoting the
+    // record, say) is cut too.
+    let reason = prefix(reason, reason_room(limit));
     // The note's figure for what is kept has at most as many digits as
     // the payload's length.
     let kept = room
         .saturating_sub(rest + cut_note(reason, payload, payload, limit).len())
         .min(payload);
     Some((kept, cut_note(reason, kept, payload, limit)))
+}
+
+/// How much a cut letter's reason may take of a topic whose limit is
+/// `limit`: its first bytes, if it is longer.
+pub(crate) fn reason_room(limit: usize) -> usize {
+    room(limit) / 4
+}
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends on a
+/// character's boundary.
+pub(crate) fn prefix(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The reason of a dead letter that keeps `kept` of its record's `whole`
@@ -94,6 +113,14 @@ mod tests {
         let payload = limit - FRAMING - rest - 8 + 1;
         let (kept, reason) = cut_to_fit(payload, rest, "not JSON", limit).unwrap();
         assert!(kept < payload && rest + reason.len() + kept <= limit - FRAMING);
+    }
+
+    #[test]
+    fn a_reason_that_takes_much_of_the_room_is_cut_too() {
+        let reason = "é".repeat(10_000);
+        let (kept, noted) = cut_to_fit(50_000, 100, &reason, 10_000).unwrap();
+        assert!(kept > 0 && 100 + noted.len() + kept <= 10_000 - FRAMING);
+        assert!(noted.starts_with(&"é".repeat(1_000)), "{noted}");
     }
 
     #[test]

@@ -101,17 +101,23 @@ pub(super) fn create_topic_with(
     Ok(admin)
 }
 
+/// An admin client of `cluster`.
+pub(super) fn admin_client(
+    cluster: &Cluster,
+) -> Result<AdminClient<DefaultClientContext>, ConnectorError> {
+    client_config(cluster)?
+        .create()
+        .map_err(|e| kafka_error(&cluster.brokers, "creating an admin client", e))
+}
+
 /// The value of `topic`'s configuration entry `name`, as the broker
 /// describes it (`None`: the broker names no such entry).
 pub(super) fn topic_config(
-    cluster: &Cluster,
+    admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
     topic: &str,
     name: &str,
 ) -> Result<Option<String>, ConnectorError> {
-    let brokers = cluster.brokers.as_str();
-    let admin: AdminClient<DefaultClientContext> = client_config(cluster)?
-        .create()
-        .map_err(|e| kafka_error(brokers, "creating an admin client", e))?;
     let options = AdminOptions::new().request_timeout(Some(LOOKUP_TIMEOUT));
     let described = wait_for(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options))
         .map_err(|e| kafka_error(brokers, &format!("describing topic {topic}"), e))?;

@@ -189,6 +189,25 @@ pub(super) fn max_record_bytes(cluster: &Cluster) -> Result<usize, ConnectorErro
     ))
 }
 
+/// `cluster` with the producer's `batch.size` at most `bytes`: a batch
+/// to a topic is refused whole when it is over the topic's limit, and
+/// librdkafka does not split it. (A record alone over `batch.size` still
+/// goes, in a batch of its own.)
+pub(super) fn batch_at_most(cluster: &Cluster, bytes: usize) -> Result<Cluster, ConnectorError> {
+    let batch = setting(&client_config(cluster)?, "batch.size", 1_000_000);
+    let mut capped = cluster.clone();
+    if bytes < batch {
+        tracing::info!(
+            batch_size = bytes,
+            "batches made smaller than batch.size ({batch}) to fit a topic's max.message.bytes"
+        );
+        capped
+            .properties
+            .set("batch.size", bytes.max(1).to_string());
+    }
+    Ok(capped)
+}
+
 /// A positive number the client properties set for `key`, or `default`.
 fn setting(config: &rdkafka::config::ClientConfig, key: &str, default: usize) -> usize {
     config

@@ -10,10 +10,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::admin::{ensure_topic, topic_config, LOOKUP_TIMEOUT};
+use super::admin::{admin_client, ensure_topic, topic_config, LOOKUP_TIMEOUT};
 use super::config::kafka_error;
 use super::produce::{
-    max_record_bytes, producer, producer_with, RequestSize, Writer, RECORD_OVERHEAD,
+    batch_at_most, max_record_bytes, producer, producer_with, RequestSize, Writer, RECORD_OVERHEAD,
 };
 use super::source::RdSource;
 use super::transaction::{Link, Transaction};
@@ -233,8 +233,10 @@ fn make_again(
 impl RdSink {
     pub fn connect(config: &SinkConfig) -> Result<RdSink, ConnectorError> {
         let brokers = config.cluster.brokers.as_str();
-        let producer = producer(&config.cluster, SINK_LINGER_MS, config.retry_timeout, None)?;
-        let mut chunk = Chunk::new(RequestSize::of(&config.cluster)?);
+        let limits = Limits::of(config)?;
+        let cluster = limits.batches_in(&config.cluster)?;
+        let producer = producer(&cluster, SINK_LINGER_MS, config.retry_timeout, None)?;
+        let mut chunk = Chunk::new(RequestSize::of(&cluster)?);
         for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
             let partitions = ensure_topic(producer.client(), brokers, topic)?.len();
             chunk.topic(topic).partitions = Some(partitions);
@@ -245,7 +247,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            limits: Limits::of(config)?,
+            limits,
             transaction: None,
             chunk: Some(chunk),
             remake: None,
@@ -264,7 +266,9 @@ impl RdSink {
     ) -> Result<RdSink, ConnectorError> {
         let brokers = config.cluster.brokers.as_str();
         let id = source.transactional_id();
-        let writer = transactional_writer(&config.cluster, config.retry_timeout, &id)?;
+        let limits = Limits::of(config)?;
+        let cluster = limits.batches_in(&config.cluster)?;
+        let writer = transactional_writer(&cluster, config.retry_timeout, &id)?;
         for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
             ensure_topic(writer.producer.client(), brokers, topic)?;
         }
@@ -275,7 +279,7 @@ impl RdSink {
             input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            limits: Limits::of(config)?,
+            limits,
             chunk: None,
             // The offsets committed are the source's own topic's,
             // whatever the sink calls its input.
@@ -285,7 +289,7 @@ impl RdSink {
                 link,
             )),
             remake: Some(Remake {
-                cluster: config.cluster.clone(),
+                cluster,
                 retry_timeout: config.retry_timeout,
                 id,
                 recent: VecDeque::new(),
@@ -339,7 +343,7 @@ impl RdSink {
     }
 }
 
-/// The largest records the sink's topics take, as [`Limits`].
+/// The largest records the sink's topics take.
 struct Limits {
     /// The dead-letter topic's: the smaller of its `max.message.bytes`
     /// and the producer's `message.max.bytes`. When the topic's cannot be
@@ -347,24 +351,52 @@ struct Limits {
     /// broker's default: a letter cut for nothing beats a run stopped.
     dlq: usize,
     /// The output topic's, the same way; when the topic's cannot be
-    /// learned, the producer's alone: no output is refused for a limit
-    /// guessed.
+    /// learned, or the producer compresses (the topic's limit holds for a
+    /// compressed batch), the producer's alone: no output is refused for
+    /// a limit guessed.
     output: usize,
 }
 
 impl Limits {
+    /// Makes the output and dead-letter topics if they do not exist, and
+    /// asks them for their limits.
     fn of(config: &SinkConfig) -> Result<Limits, ConnectorError> {
-        let producer_limit = max_record_bytes(&config.cluster)?;
-        let output = described_limit(&config.cluster, &config.output_topic).unwrap_or_else(|why| {
-            tracing::warn!(
-                topic = config.output_topic,
-                "the output topic's max.message.bytes is unknown ({why})"
-            );
-            producer_limit
+        let cluster = &config.cluster;
+        let brokers = cluster.brokers.as_str();
+        let producer_limit = max_record_bytes(cluster)?;
+        let admin = admin_client(cluster)?;
+        let limit_of = |topic: &str| -> Result<Result<usize, String>, ConnectorError> {
+            ensure_topic(admin.inner(), brokers, topic)?;
+            Ok(
+                match topic_config(&admin, brokers, topic, "max.message.bytes") {
+                    Ok(Some(value)) => value
+                        .parse::<usize>()
+                        .map_err(|e| format!("{value:?}: {e}")),
+                    Ok(None) => Err("the broker did not name it".to_owned()),
+                    Err(e) => Err(error_chain(&e)),
+                },
+            )
+        };
+        let compressed = ["compression.type", "compression.codec"].iter().any(|key| {
+            cluster
+                .properties
+                .get(key)
+                .is_some_and(|v| !v.eq_ignore_ascii_case("none"))
         });
+        let output = match limit_of(&config.output_topic)? {
+            Ok(_) if compressed => producer_limit,
+            Ok(limit) => limit,
+            Err(why) => {
+                tracing::warn!(
+                    topic = config.output_topic,
+                    "the output topic's max.message.bytes is unknown ({why})"
+                );
+                producer_limit
+            }
+        };
         let dlq = match &config.dlq_topic {
             None => producer_limit,
-            Some(topic) => described_limit(&config.cluster, topic).unwrap_or_else(|why| {
+            Some(topic) => limit_of(topic)?.unwrap_or_else(|why| {
                 tracing::warn!(
                     topic,
                     "the dead-letter topic's max.message.bytes is unknown ({why}); dead \
@@ -378,16 +410,11 @@ impl Limits {
             output: output.min(producer_limit),
         })
     }
-}
 
-/// `topic`'s `max.message.bytes`, or why it is unknown.
-fn described_limit(cluster: &Cluster, topic: &str) -> Result<usize, String> {
-    match topic_config(cluster, topic, "max.message.bytes") {
-        Ok(Some(value)) => value
-            .parse::<usize>()
-            .map_err(|e| format!("{value:?}: {e}")),
-        Ok(None) => Err("the broker did not name it".to_owned()),
-        Err(e) => Err(error_chain(&e)),
+    /// `cluster` with the producer's batches no larger than either topic
+    /// takes.
+    fn batches_in(&self, cluster: &Cluster) -> Result<Cluster, ConnectorError> {
+        batch_at_most(cluster, room(self.dlq.min(self.output)))
     }
 }
 
@@ -504,6 +531,21 @@ impl Sink for RdSink {
     ) -> Result<(), ConnectorError> {
         self.sent();
         let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
+        // A key that would leave the payload little room is left out: the
+        // letter's headers name the record.
+        let without_key;
+        let (key, reason) = match key {
+            Some(k) if k.len() > room(self.limits.dlq) / 4 => {
+                without_key = format!(
+                    "{reason} (the dead letter leaves out the record's key of {} bytes: its \
+                     topic takes records of at most {} bytes)",
+                    k.len(),
+                    self.limits.dlq
+                );
+                (None, without_key.as_str())
+            }
+            _ => (key, reason),
+        };
         let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
         let mut headers = [
             (DLQ_TOPIC_HEADER, self.input_topic.as_bytes()),

@@ -5,7 +5,9 @@ use serde::Serialize;
 
 use super::config::Failure;
 use super::produce::TopicWriter;
-use crate::kafka::dead_letter::{cut_note, cut_to_fit, BROKER_DEFAULT_RECORD_LIMIT};
+use crate::kafka::dead_letter::{
+    cut_note, cut_to_fit, prefix, reason_room, BROKER_DEFAULT_RECORD_LIMIT,
+};
 use crate::kafka::{Outage, SinkConfig};
 use crate::{ConnectorError, Position, Sink};
 
@@ -128,7 +130,8 @@ impl Sink for KafkaSink {
             c if c < ' ' => 6,
             c => c.len_utf8(),
         };
-        let rest = letter("", "").len();
+        // The reason's escapes count with the rest.
+        let rest = letter("", "").len() + reason.chars().map(escaped).sum::<usize>() - reason.len();
         let cut = cut_to_fit(text.chars().map(escaped).sum(), rest, reason, DLQ_LIMIT);
         let bytes = match cut {
             None => letter(&text, reason),
@@ -141,6 +144,7 @@ impl Sink for KafkaSink {
                         used > room
                     })
                     .map_or(text.len(), |(at, _)| at);
+                let reason = prefix(reason, reason_room(DLQ_LIMIT));
                 let noted = cut_note(reason, kept, text.len(), DLQ_LIMIT);
                 tracing::warn!(
                     partition = position.partition,
