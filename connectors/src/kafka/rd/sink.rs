@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::admin::{admin_client, ensure_topic, topic_config, LOOKUP_TIMEOUT};
-use super::config::kafka_error;
+use super::config::{kafka_error, preflight};
 use super::produce::{
     batch_at_most, max_record_bytes, producer, producer_with, RequestSize, Writer, RECORD_OVERHEAD,
 };
@@ -363,6 +363,9 @@ impl Limits {
     fn of(config: &SinkConfig) -> Result<Limits, ConnectorError> {
         let cluster = &config.cluster;
         let brokers = cluster.brokers.as_str();
+        // The first call to the cluster: a broker that cannot be reached
+        // is named at once, not after a look-up's timeout.
+        preflight(cluster)?;
         let producer_limit = max_record_bytes(cluster)?;
         let admin = admin_client(cluster)?;
         let limit_of = |topic: &str| -> Result<Result<usize, String>, ConnectorError> {
@@ -531,11 +534,12 @@ impl Sink for RdSink {
     ) -> Result<(), ConnectorError> {
         self.sent();
         let topic = self.dlq_topic.as_deref().unwrap_or(&self.output_topic);
-        // A key that would leave the payload little room is left out: the
-        // letter's headers name the record.
+        // A key that would leave the payload little room in a letter that
+        // does not fit is left out: the letter's headers name the record.
+        let room = room(self.limits.dlq);
         let without_key;
         let (key, reason) = match key {
-            Some(k) if k.len() > room(self.limits.dlq) / 4 => {
+            Some(k) if k.len() > room / 4 && k.len() + payload.len() + reason.len() > room => {
                 without_key = format!(
                     "{reason} (the dead letter leaves out the record's key of {} bytes: its \
                      topic takes records of at most {} bytes)",
