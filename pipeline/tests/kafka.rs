@@ -484,6 +484,50 @@ fn a_record_whose_output_is_too_large_for_its_topic_is_dead_lettered() {
     assert_eq!(report["messages"], 5);
 }
 
+/// A word longer than the broker's default record limit (1 MiB) goes
+/// through the word count's repartition topic: fila makes its own topics
+/// take any record its producer sends. (Refused, the record would fail
+/// the run at every restart.)
+#[test]
+#[ignore = "needs Kafka brokers: run scripts/test"]
+fn a_record_over_the_broker_default_goes_through_a_repartition_topic() {
+    let brokers = brokers_4x();
+    let (input, output, group) = (unique("lines"), unique("counts"), unique("group"));
+    for topic in [&input, &output] {
+        create_topic_configured(&*brokers, topic, 1, &[("max.message.bytes", "4000000")]).unwrap();
+    }
+    let word = "w".repeat(1_200_000);
+    let line = serde_json::json!({ "text": format!("{word} short") }).to_string();
+    produce(&brokers, &input, &[line.into_bytes()]);
+
+    let fila = Fila::start_example(
+        "wordcount",
+        &brokers,
+        &[
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--group",
+            &group,
+        ],
+    );
+    let out = read_all(&brokers, &output, 2, Duration::from_secs(60));
+    // It stops cleanly (exit 0), having failed no write.
+    fila.stop();
+
+    let mut counts: Vec<(String, u64)> = out
+        .iter()
+        .map(|r| {
+            let count: Value = serde_json::from_slice(&r.payload).unwrap();
+            let word = count["word"].as_str().unwrap().to_owned();
+            (word, count["count"].as_u64().unwrap())
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [("short".to_owned(), 1), (word, 1)]);
+}
+
 /// The same with the `kafka` client, which cannot ask the topic for its
 /// limit and cuts a dead letter to the broker's default.
 #[test]

@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::{create_topic_with, ensure_topic, LOOKUP_TIMEOUT};
 use super::config::{client_config, kafka_error, preflight};
+use super::produce::max_record_bytes;
 use crate::kafka::{error, Cluster};
 use crate::{ChangelogReader, ConnectorError, Restore};
 
@@ -82,7 +83,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Makes `topic` a changelog of at least `partitions` partitions:
 /// compacted, so it keeps each key's last value, and replicated as the
-/// broker's `default.replication.factor` says. Succeeds if it exists with
+/// broker's `default.replication.factor` says. Like a repartition topic, it
+/// takes any record the producer sends (`max.message.bytes`): a state
+/// record or a repartitioned one the topic refused would fail the run at
+/// every restart. Succeeds if it exists with
 /// enough partitions; fails if it has fewer, since each input partition
 /// writes its own.
 pub(crate) fn create_changelog(
@@ -91,8 +95,9 @@ pub(crate) fn create_changelog(
     partitions: i32,
 ) -> Result<(), ConnectorError> {
     let brokers = cluster.brokers.as_str();
-    let compact = [("cleanup.policy", "compact")];
-    let admin = create_topic_with(cluster, topic, partitions, -1, &compact)?;
+    let limit = max_record_bytes(cluster)?.to_string();
+    let config = [("cleanup.policy", "compact"), ("max.message.bytes", &limit)];
+    let admin = create_topic_with(cluster, topic, partitions, -1, &config)?;
     let had = ensure_topic(admin.inner(), brokers, topic)?.len() as i32;
     if had < partitions {
         return Err(error(
@@ -113,7 +118,15 @@ pub(crate) fn create_repartition(
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
-    create_topic_with(cluster, topic, partitions, -1, &[]).map(drop)
+    let limit = max_record_bytes(cluster)?.to_string();
+    create_topic_with(
+        cluster,
+        topic,
+        partitions,
+        -1,
+        &[("max.message.bytes", &limit)],
+    )
+    .map(drop)
 }
 
 /// Reads changelog partitions back: two clients that join no group (the
