@@ -324,14 +324,20 @@ impl SourceContext {
             .into_iter()
             .filter(|(p, _)| partitions.contains(p))
             .collect();
+        // Nothing to commit counts as committed. While the consumer closes
+        // (its last handle dropped) there is none to commit with: the run's
+        // final commit came before.
+        let mut committed = offsets.is_empty();
         let consumer = self.consumer.get().and_then(Weak::upgrade);
-        if let (Some(calls), Some(consumer), false) = (guard.as_mut(), consumer, offsets.is_empty())
-        {
+        if let (Some(calls), Some(consumer), false) = (guard.as_mut(), consumer, committed) {
             let answer = commit_bounded(&consumer, calls, &offsets)
                 .map_err(|unanswered| unanswered.to_string())
                 .and_then(|answer| answer.map_err(|e| e.to_string()));
             match answer {
-                Ok(()) => self.mark_committed(&offsets),
+                Ok(()) => {
+                    self.mark_committed(&offsets);
+                    committed = true;
+                }
                 Err(e) => tracing::warn!(
                     topic = %self.topic, ?partitions,
                     "committing revoked partitions failed ({e}); their new owner replays \
@@ -342,10 +348,16 @@ impl SourceContext {
         let left = self.acks.outstanding_in(partitions);
         self.acks.release(partitions);
         drop(guard);
-        if drained {
+        if drained && committed {
             tracing::info!(
                 topic = %self.topic, ?partitions, ?offsets, took = ?started.elapsed(),
                 "partitions revoked: drained and committed"
+            );
+        } else if drained {
+            tracing::info!(
+                topic = %self.topic, ?partitions, ?offsets, took = ?started.elapsed(),
+                "partitions revoked: drained; these offsets were not committed here, and \
+                 the last commit stands"
             );
         } else {
             tracing::warn!(
