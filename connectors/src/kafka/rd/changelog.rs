@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -95,9 +97,7 @@ pub(crate) fn create_changelog(
     partitions: i32,
 ) -> Result<(), ConnectorError> {
     let brokers = cluster.brokers.as_str();
-    let limit = max_record_bytes(cluster)?.to_string();
-    let config = [("cleanup.policy", "compact"), ("max.message.bytes", &limit)];
-    let admin = create_topic_with(cluster, topic, partitions, -1, &config)?;
+    let admin = create_own_topic(cluster, topic, partitions, &[("cleanup.policy", "compact")])?;
     let had = ensure_topic(admin.inner(), brokers, topic)?.len() as i32;
     if had < partitions {
         return Err(error(
@@ -118,15 +118,30 @@ pub(crate) fn create_repartition(
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
+    create_own_topic(cluster, topic, partitions, &[]).map(drop)
+}
+
+/// Creates one of fila's own topics with `config`, replicated as the
+/// broker's `default.replication.factor` says, and taking any record the
+/// producer sends. A cluster whose policy refuses that limit (a managed
+/// one may) gets the topic with its default limit, and a warning.
+fn create_own_topic(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> Result<AdminClient<DefaultClientContext>, ConnectorError> {
     let limit = max_record_bytes(cluster)?.to_string();
-    create_topic_with(
-        cluster,
-        topic,
-        partitions,
-        -1,
-        &[("max.message.bytes", &limit)],
-    )
-    .map(drop)
+    let mut with_limit = config.to_vec();
+    with_limit.push(("max.message.bytes", &limit));
+    create_topic_with(cluster, topic, partitions, -1, &with_limit).or_else(|e| {
+        tracing::warn!(
+            topic,
+            "creating it with max.message.bytes {limit} failed ({e}); creating it with the \
+             cluster's default limit: a record over that would stop the run"
+        );
+        create_topic_with(cluster, topic, partitions, -1, config)
+    })
 }
 
 /// Reads changelog partitions back: two clients that join no group (the

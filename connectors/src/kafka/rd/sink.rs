@@ -18,8 +18,8 @@ use super::produce::{
 use super::source::RdSource;
 use super::transaction::{Link, Transaction};
 use crate::kafka::dead_letter::{
-    cut_to_fit, room, BROKER_DEFAULT_RECORD_LIMIT, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER,
-    DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
+    cut_to_fit, prefix, reason_room, room, BROKER_DEFAULT_RECORD_LIMIT, DLQ_OFFSET_HEADER,
+    DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
 };
 use crate::kafka::{Cluster, Outage, SinkConfig};
 use crate::{Acks, ConnectorError, Position, Sink, TransactionError, Transactions};
@@ -350,11 +350,14 @@ struct Limits {
     /// learned (a cluster that does not let fila describe topics), the
     /// broker's default: a letter cut for nothing beats a run stopped.
     dlq: usize,
-    /// The output topic's, the same way; when the topic's cannot be
-    /// learned, or the producer compresses (the topic's limit holds for a
-    /// compressed batch), the producer's alone: no output is refused for
-    /// a limit guessed.
+    /// The largest output: the output topic's limit, the same way; when
+    /// the topic's cannot be learned, or the producer compresses (the
+    /// topic's limit holds for a compressed batch), the producer's alone:
+    /// no output is refused for a limit guessed.
     output: usize,
+    /// The output topic's limit whatever the producer does, which its
+    /// batches keep to (`batch.size` counts them before compression).
+    output_topic: usize,
 }
 
 impl Limits {
@@ -386,17 +389,13 @@ impl Limits {
                 .get(key)
                 .is_some_and(|v| !v.eq_ignore_ascii_case("none"))
         });
-        let output = match limit_of(&config.output_topic)? {
-            Ok(_) if compressed => producer_limit,
-            Ok(limit) => limit,
-            Err(why) => {
-                tracing::warn!(
-                    topic = config.output_topic,
-                    "the output topic's max.message.bytes is unknown ({why})"
-                );
-                producer_limit
-            }
-        };
+        let output_topic = limit_of(&config.output_topic)?.unwrap_or_else(|why| {
+            tracing::warn!(
+                topic = config.output_topic,
+                "the output topic's max.message.bytes is unknown ({why})"
+            );
+            producer_limit
+        });
         let dlq = match &config.dlq_topic {
             None => producer_limit,
             Some(topic) => limit_of(topic)?.unwrap_or_else(|why| {
@@ -410,14 +409,19 @@ impl Limits {
         };
         Ok(Limits {
             dlq: dlq.min(producer_limit),
-            output: output.min(producer_limit),
+            output: if compressed {
+                producer_limit
+            } else {
+                output_topic.min(producer_limit)
+            },
+            output_topic: output_topic.min(producer_limit),
         })
     }
 
     /// `cluster` with the producer's batches no larger than either topic
     /// takes.
     fn batches_in(&self, cluster: &Cluster) -> Result<Cluster, ConnectorError> {
-        batch_at_most(cluster, room(self.dlq.min(self.output)))
+        batch_at_most(cluster, room(self.dlq.min(self.output_topic)))
     }
 }
 
@@ -540,9 +544,11 @@ impl Sink for RdSink {
         let without_key;
         let (key, reason) = match key {
             Some(k) if k.len() > room / 4 && k.len() + payload.len() + reason.len() > room => {
+                // The reason is cut here, so that the note stays whole.
                 without_key = format!(
-                    "{reason} (the dead letter leaves out the record's key of {} bytes: its \
+                    "{} (the dead letter leaves out the record's key of {} bytes: its \
                      topic takes records of at most {} bytes)",
+                    prefix(reason, reason_room(self.limits.dlq) / 2),
                     k.len(),
                     self.limits.dlq
                 );

@@ -5,9 +5,7 @@ use serde::Serialize;
 
 use super::config::Failure;
 use super::produce::TopicWriter;
-use crate::kafka::dead_letter::{
-    cut_note, cut_to_fit, prefix, reason_room, BROKER_DEFAULT_RECORD_LIMIT,
-};
+use crate::kafka::dead_letter::{cut_note, cut_to_fit, reason_room, BROKER_DEFAULT_RECORD_LIMIT};
 use crate::kafka::{Outage, SinkConfig};
 use crate::{ConnectorError, Position, Sink};
 
@@ -130,21 +128,25 @@ impl Sink for KafkaSink {
             c if c < ' ' => 6,
             c => c.len_utf8(),
         };
-        // The reason's escapes count with the rest.
+        // The first bytes of `text` that take at most `room` escaped.
+        let escaped_prefix = |text: &str, room: usize| -> usize {
+            let mut used = 0;
+            text.char_indices()
+                .find(|&(_, c)| {
+                    used += escaped(c);
+                    used > room
+                })
+                .map_or(text.len(), |(at, _)| at)
+        };
+        // A reason too long for a cut letter is cut by its escaped length,
+        // and its escapes count with the rest.
+        let reason = &reason[..escaped_prefix(reason, reason_room(DLQ_LIMIT))];
         let rest = letter("", "").len() + reason.chars().map(escaped).sum::<usize>() - reason.len();
         let cut = cut_to_fit(text.chars().map(escaped).sum(), rest, reason, DLQ_LIMIT);
         let bytes = match cut {
             None => letter(&text, reason),
             Some((room, _)) => {
-                let mut used = 0;
-                let kept = text
-                    .char_indices()
-                    .find(|&(_, c)| {
-                        used += escaped(c);
-                        used > room
-                    })
-                    .map_or(text.len(), |(at, _)| at);
-                let reason = prefix(reason, reason_room(DLQ_LIMIT));
+                let kept = escaped_prefix(&text, room);
                 let noted = cut_note(reason, kept, text.len(), DLQ_LIMIT);
                 tracing::warn!(
                     partition = position.partition,
