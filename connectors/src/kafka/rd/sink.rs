@@ -237,9 +237,8 @@ impl RdSink {
         let cluster = limits.batches_in(&config.cluster)?;
         let producer = producer(&cluster, SINK_LINGER_MS, config.retry_timeout, None)?;
         let mut chunk = Chunk::new(RequestSize::of(&cluster)?);
-        for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
-            let partitions = ensure_topic(producer.client(), brokers, topic)?.len();
-            chunk.topic(topic).partitions = Some(partitions);
+        for (topic, partitions) in &limits.partitions {
+            chunk.topic(topic).partitions = Some(*partitions);
         }
         Ok(RdSink {
             writer: Writer::new(producer, brokers, config.retry_timeout),
@@ -269,9 +268,6 @@ impl RdSink {
         let limits = Limits::of(config)?;
         let cluster = limits.batches_in(&config.cluster)?;
         let writer = transactional_writer(&cluster, config.retry_timeout, &id)?;
-        for topic in std::iter::once(&config.output_topic).chain(&config.dlq_topic) {
-            ensure_topic(writer.producer.client(), brokers, topic)?;
-        }
         tracing::info!(transactional_id = %id, "writing in transactions");
         Ok(RdSink {
             writer,
@@ -358,6 +354,9 @@ struct Limits {
     /// The output topic's limit whatever the producer does, which its
     /// batches keep to (`batch.size` counts them before compression).
     output_topic: usize,
+    /// The output and dead-letter topics' partition counts, as made sure
+    /// of.
+    partitions: Vec<(String, usize)>,
 }
 
 impl Limits {
@@ -371,8 +370,10 @@ impl Limits {
         preflight(cluster)?;
         let producer_limit = max_record_bytes(cluster)?;
         let admin = admin_client(cluster)?;
-        let limit_of = |topic: &str| -> Result<Result<usize, String>, ConnectorError> {
-            ensure_topic(admin.inner(), brokers, topic)?;
+        let mut partitions = Vec::new();
+        let mut limit_of = |topic: &str| -> Result<Result<usize, String>, ConnectorError> {
+            let made = ensure_topic(admin.inner(), brokers, topic)?.len();
+            partitions.push((topic.to_owned(), made));
             Ok(
                 match topic_config(&admin, brokers, topic, "max.message.bytes") {
                     Ok(Some(value)) => value
@@ -415,6 +416,7 @@ impl Limits {
                 output_topic.min(producer_limit)
             },
             output_topic: output_topic.min(producer_limit),
+            partitions,
         })
     }
 
