@@ -262,30 +262,43 @@ fn max_stage_moves_the_cap_and_records_above_it_are_dead_lettered_naming_it() {
     );
 }
 
-/// The sink waits one tick after the first result before it writes: a
-/// 2 s tick holds a one-record run for at least that long, where the
-/// default tick (25 ms) would not.
+/// The sink's writes are a tick apart at the soonest: with a 10 s tick,
+/// a first record is written without waiting the tick, and a second,
+/// sent once the first is out, only a tick after the first write.
 #[test]
-fn sink_tick_sets_how_long_the_sink_gathers_results() {
-    let started = std::time::Instant::now();
+fn sink_tick_sets_the_least_time_between_writes() {
+    let tick = std::time::Duration::from_secs(10);
     let mut child = Command::new(env!("CARGO_BIN_EXE_fila"))
-        .args(["run", "--source", "stdin", "--sink-tick", "2s", "--no-pin"])
+        .args(["run", "--source", "stdin", "--sink-tick", "10s", "--no-pin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{}", record_line(7, 3)).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let elapsed = started.elapsed();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    let mut line = String::new();
+    for id in [7, 8] {
+        writeln!(stdin, "{}", record_line(id, 3)).unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        ids.push((
+            serde_json::from_str::<FibRecord>(&line).unwrap().id,
+            started.elapsed(),
+        ));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let (first, second) = (ids[0], ids[1]);
+    assert_eq!((first.0, second.0), (7, 8));
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        first.1 < tick,
+        "the first write waits for nothing: {first:?}"
     );
-    let record: FibRecord = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(record.id, 7);
-    assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
+    assert!(second.1 - first.1 >= tick / 2, "{ids:?}");
 }
 
 /// `fila run --source stdin` with a 1 ms tick and the given linger; its

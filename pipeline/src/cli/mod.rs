@@ -147,14 +147,15 @@ pub struct RunArgs {
     /// (`64MiB`, `512KiB`): reading waits at this many.
     #[arg(long, default_value_t = Bytes(DriverConfig::default().max_uncommitted.bytes))]
     pub max_uncommitted_bytes: Bytes,
-    /// How long the sink gathers results, at least, before it writes and
-    /// flushes them (`25ms`, `100ms`, `1s`). With Kafka each flush is a produce
-    /// request: a longer tick spares the broker, and each output waits up
-    /// to one tick longer.
+    /// The least time between two writes of the sink (`25ms`, `100ms`,
+    /// `1s`): results that come within a tick of the last write gather
+    /// until the tick is out, and are written and flushed together. With
+    /// Kafka each flush is a produce request: a longer tick spares the
+    /// broker, and an output may wait up to one tick longer.
     #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
     pub sink_tick: Span,
-    /// How long a batch still under 64KiB after its tick goes on
-    /// gathering while records are in flight, from its first result
+    /// How long a batch still under 64KiB goes on gathering while
+    /// records are in flight, from its first result
     /// (`100ms`, `1s`): a slow output stream is written in fewer, fuller
     /// requests, and waits up to this long [default: 4 ticks]
     #[arg(long)]

@@ -52,16 +52,18 @@ use commit::CommitClock;
 pub struct DriverConfig {
     /// How long one poll of the source may wait for a record.
     pub poll_timeout: Duration,
-    /// After waking for a result, the sink thread waits this long and then
-    /// takes everything that arrived meanwhile, writes it, and flushes once.
-    /// With Kafka every flush is a produce request per partition written
+    /// The least time between two batches of the sink thread: a result
+    /// that comes within a tick of the last batch waits out the tick, and
+    /// the sink then takes everything that arrived meanwhile, writes it,
+    /// and flushes once; one that comes later goes at once. With Kafka
+    /// every flush is a produce request per partition written
     /// (more for a batch larger than a request: docs/design/delivery.md,
     /// chunks) that every in-sync replica must acknowledge, so the tick
     /// sets how many requests the broker serves: [`DEFAULT_SINK_TICK`]
     /// says why it is 25 ms.
     pub sink_tick: Duration,
     /// How long a batch that is still small (under [`SMALL_BATCH_BYTES`])
-    /// after its tick may go on gathering while records are in flight,
+    /// may go on gathering while records are in flight,
     /// counted from its first result; `None` is four ticks. A slow output
     /// stream then costs the broker a request per linger instead of per
     /// tick, and waits up to the linger.
@@ -115,16 +117,17 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
 /// The sink's default tick. With Kafka every flush is a produce request
 /// per partition written that every in-sync replica must acknowledge, so
 /// a longer tick spares the broker (which may share the cores with fila)
-/// and leaves fila that CPU; an output waits up to one tick longer for
-/// its flush (and a small batch up to the linger, see
-/// [`SMALL_BATCH_BYTES`]). The latency a
+/// and leaves fila that CPU; an output that comes within a tick of the
+/// last flush waits up to one tick longer for its own (and a small batch
+/// up to the linger, see [`SMALL_BATCH_BYTES`]), while one that comes
+/// after a quiet tick is written at once. The latency a
 /// run reports is taken when the record's last stage finishes, before the
 /// sink. `fila load` against `fila run --source kafka --sink-tick T`
 /// measures ticks against each other.
 pub const DEFAULT_SINK_TICK: Duration = Duration::from_millis(25);
 
-/// A batch smaller than this after its tick goes on gathering, while
-/// records are in flight, up to the sink's linger. A produce request has a fixed cost on the broker (its
+/// A batch smaller than this goes on gathering, while records are in
+/// flight, up to the sink's linger. A produce request has a fixed cost on the broker (its
 /// handling, the replicas' acknowledgements, the idempotence checks) that a
 /// few dozen small records do not pay for; a stream fast enough to fill
 /// this in a tick keeps the tick's latency.

@@ -308,6 +308,9 @@ struct Gather<'a> {
     read: &'a AtomicU64,
     /// `Done` events received: one per record read.
     done: u64,
+    /// When the last batch was handed out: the next goes a tick after it
+    /// at the soonest.
+    last: Option<Instant>,
 }
 
 impl<'a> Gather<'a> {
@@ -316,38 +319,52 @@ impl<'a> Gather<'a> {
             config,
             read,
             done: 0,
+            last: None,
         }
     }
 
-    /// Gathers a batch after its first event: everything that arrives
-    /// within the tick, and then, while the batch is still under
-    /// [`SMALL_BATCH_BYTES`] and records are in flight, what arrives in
-    /// further ticks, until the batch reaches that size, nothing is in
-    /// flight, or its first event has waited the linger. A fast stream thus
-    /// goes every tick, a slow one in fewer, fuller requests, and the last
-    /// results of a burst, or a lone record, do not wait for results that
-    /// are not coming. Stops early, after the tick, when the channel
-    /// closed: the run is ending.
+    /// Gathers a batch after its first event. Batches go a tick apart at
+    /// the soonest: a batch whose first event comes within a tick of the
+    /// last batch gathers until that tick is out; one that comes later
+    /// goes at once. Then, while the batch is still under
+    /// [`SMALL_BATCH_BYTES`] and records are in flight, it gathers what
+    /// arrives in further ticks, until it reaches that size, nothing is in
+    /// flight, or its first event has waited the linger. So the broker
+    /// gets a request per tick at most; a stream that keeps the sink busy
+    /// for longer than a tick has its next batch written as soon as the
+    /// last is flushed, with what gathered meanwhile; a slow stream goes in
+    /// fewer, fuller requests; and a lone record, or the last results of
+    /// a burst, do not wait for results that are not coming. Stops early
+    /// when the channel closed: the run is ending.
     fn batch(&mut self, rx: &Receiver<Event>, first: Event, batch: &mut Vec<Event>) {
         let started = Instant::now();
         let mut bytes = 0;
         self.take(first, batch, &mut bytes);
         let tick = self.config.sink_tick;
-        if !tick.is_zero() {
-            std::thread::sleep(tick);
+        if let Some(wait) = self
+            .last
+            .and_then(|last| (last + tick).checked_duration_since(started))
+        {
+            std::thread::sleep(wait);
         }
         let linger = self.config.sink_linger();
         let step = tick.max(Duration::from_millis(1));
         loop {
+            let mut closed = false;
             loop {
                 match rx.try_recv() {
                     Ok(event) => self.take(event, batch, &mut bytes),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
             let waited = started.elapsed();
-            if bytes >= SMALL_BATCH_BYTES || waited >= linger || self.nothing_in_flight() {
+            if closed || bytes >= SMALL_BATCH_BYTES || waited >= linger || self.nothing_in_flight()
+            {
+                self.last = Some(Instant::now());
                 return;
             }
             std::thread::sleep(step.min(linger - waited));
@@ -1033,6 +1050,50 @@ mod tests {
         gather.batch(&rx, rx.recv().unwrap(), &mut batch);
         assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 1);
+    }
+
+    /// Batches go a tick apart at the soonest: a lone result after a quiet
+    /// spell goes without waiting the tick, and one that comes within a
+    /// tick of the last batch waits out that tick and takes what joined it.
+    #[test]
+    fn a_lone_result_goes_at_once_and_batches_go_a_tick_apart() {
+        let read = in_flight(0);
+        let quiet = DriverConfig {
+            sink_tick: LONG,
+            sink_linger: Some(LONG),
+            ..DriverConfig::default()
+        };
+        let (tx, rx) = channel();
+        tx.send(output(10)).unwrap();
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        Gather::new(&quiet, &read).batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert!(started.elapsed() < LONG, "nothing came before it");
+        assert_eq!(batch.len(), 1);
+
+        let tick = Duration::from_millis(200);
+        let paced = DriverConfig {
+            sink_tick: tick,
+            sink_linger: Some(LONG),
+            ..DriverConfig::default()
+        };
+        let mut gather = Gather::new(&paced, &read);
+        tx.send(output(10)).unwrap();
+        let mut batch = Vec::new();
+        gather.batch(&rx, rx.recv().unwrap(), &mut batch);
+        let last = Instant::now();
+        tx.send(output(10)).unwrap();
+        let late = tx.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.send(output(10)).unwrap();
+        });
+        let mut batch = Vec::new();
+        gather.batch(&rx, rx.recv().unwrap(), &mut batch);
+        sender.join().unwrap();
+        assert!(last.elapsed() >= tick, "a tick after the batch before it");
+        assert_eq!(batch.len(), 2, "what came during the tick joins the batch");
+        drop(tx);
     }
 
     /// A partition read again while records of its earlier run are still
