@@ -346,7 +346,7 @@ fn sink_linger_holds_a_small_batch_while_records_are_in_flight() {
 }
 
 /// A lone record does not wait for results that are not coming: with
-/// nothing else in flight its batch goes at the tick, not after the
+/// nothing else in flight its batch goes at once, not after the
 /// linger (a minute here, which would fail the test).
 #[test]
 fn sink_linger_does_not_hold_a_lone_record() {

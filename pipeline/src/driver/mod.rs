@@ -20,7 +20,7 @@
 //! thread commits at once rather than wait for the interval.
 //!
 //! The window is not the replay bound: a record leaves the window when
-//! its last stage is done, but stays uncommitted for a sink tick, a
+//! its last stage is done, but stays uncommitted for up to a sink tick, a
 //! produce and a commit after that.
 
 use std::collections::HashMap;
@@ -55,8 +55,9 @@ pub struct DriverConfig {
     /// The least time between two batches of the sink thread: a result
     /// that comes within a tick of the last batch waits out the tick, and
     /// the sink then takes everything that arrived meanwhile, writes it,
-    /// and flushes once; one that comes later goes at once. With Kafka
-    /// every flush is a produce request per partition written
+    /// and flushes once; one that comes later goes at once. (Under
+    /// exactly-once a batch gathers for a tick after its first result.)
+    /// With Kafka every flush is a produce request per partition written
     /// (more for a batch larger than a request: docs/design/delivery.md,
     /// chunks) that every in-sync replica must acknowledge, so the tick
     /// sets how many requests the broker serves: [`DEFAULT_SINK_TICK`]
@@ -118,7 +119,7 @@ pub const DEFAULT_REPLAY_BOUND: ReplayBound = ReplayBound {
 /// per partition written that every in-sync replica must acknowledge, so
 /// a longer tick spares the broker (which may share the cores with fila)
 /// and leaves fila that CPU; an output that comes within a tick of the
-/// last flush waits up to one tick longer for its own (and a small batch
+/// last batch waits up to one tick longer for its flush (and a small batch
 /// up to the linger, see [`SMALL_BATCH_BYTES`]), while one that comes
 /// after a quiet tick is written at once. The latency a
 /// run reports is taken when the record's last stage finishes, before the

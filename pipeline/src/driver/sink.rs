@@ -88,7 +88,7 @@ impl Clock {
     }
 }
 
-/// The sink thread: writes results in batches of a tick or more, flushes each
+/// The sink thread: writes results in batches a tick apart or more, flushes each
 /// batch, and only then acknowledges the records it finished; under
 /// exactly-once, commits the batches' transaction by time instead.
 pub(super) fn run(
@@ -106,7 +106,7 @@ pub(super) fn run(
         acking => {
             let mut reorder = config.orders().then(Reorder::default);
             let mut batch = Vec::new();
-            let mut gather = Gather::new(config, read);
+            let mut gather = Gather::new(config, read, Spacing::Between);
             while let Ok(first) = rx.recv() {
                 gather.batch(&rx, first, &mut batch);
                 for event in batch.drain(..) {
@@ -158,7 +158,7 @@ fn run_transactions(
     let mut epoch = txn.epoch.load(Ordering::Acquire);
     let mut reorder = Reorder::default();
     let mut batch = Vec::new();
-    let mut gather = Gather::new(config, read);
+    let mut gather = Gather::new(config, read, Spacing::AfterFirst);
     let mut watch = Watch::new(Instant::now());
     let mut open = true;
     while open {
@@ -308,57 +308,82 @@ struct Gather<'a> {
     read: &'a AtomicU64,
     /// `Done` events received: one per record read.
     done: u64,
-    /// When the last batch was handed out: the next goes a tick after it
-    /// at the soonest.
+    /// How the tick spaces batches.
+    spacing: Spacing,
+    /// When the last batch was handed out.
     last: Option<Instant>,
 }
 
+/// How [`Gather`] spaces batches with the sink's tick.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spacing {
+    /// A tick between two batches at the least: a result within a tick of
+    /// the last batch waits out that tick, a later one goes at once. Each
+    /// batch is flushed, and a lone record's flush is its latency.
+    Between,
+    /// A tick after each batch's first result: exactly-once, where results
+    /// become visible at the commit, not the flush, and the commit on
+    /// quiet input (`Clock`) counts on a batch taking a tick, so that input
+    /// a little more than a tick apart does not commit once a record.
+    AfterFirst,
+}
+
 impl<'a> Gather<'a> {
-    fn new(config: &'a DriverConfig, read: &'a AtomicU64) -> Gather<'a> {
+    fn new(config: &'a DriverConfig, read: &'a AtomicU64, spacing: Spacing) -> Gather<'a> {
         Gather {
             config,
             read,
             done: 0,
+            spacing,
             last: None,
         }
     }
 
-    /// Gathers a batch after its first event. Batches go a tick apart at
-    /// the soonest: a batch whose first event comes within a tick of the
-    /// last batch gathers until that tick is out; one that comes later
-    /// goes at once. Then, while the batch is still under
+    /// Gathers a batch after its first event, spaced by the tick as
+    /// [`Spacing`] says. Then, while the batch is still under
     /// [`SMALL_BATCH_BYTES`] and records are in flight, it gathers what
     /// arrives in further ticks, until it reaches that size, nothing is in
     /// flight, or its first event has waited the linger. So the broker
-    /// gets a request per tick at most; a stream that keeps the sink busy
-    /// for longer than a tick has its next batch written as soon as the
-    /// last is flushed, with what gathered meanwhile; a slow stream goes in
-    /// fewer, fuller requests; and a lone record, or the last results of
-    /// a burst, do not wait for results that are not coming. Stops early
-    /// when the channel closed: the run is ending.
+    /// gets a request per tick at most; with [`Spacing::Between`] a stream
+    /// that keeps the sink busy for longer than a tick has its next batch
+    /// written as soon as the last is flushed, with what gathered
+    /// meanwhile; a slow stream goes in fewer, fuller requests; and a lone
+    /// record, or the last results of a burst, do not wait for results
+    /// that are not coming. Stops early when the channel closed: the run
+    /// is ending.
     fn batch(&mut self, rx: &Receiver<Event>, first: Event, batch: &mut Vec<Event>) {
         let started = Instant::now();
         let mut bytes = 0;
         self.take(first, batch, &mut bytes);
         let tick = self.config.sink_tick;
-        if let Some(wait) = self
-            .last
-            .and_then(|last| (last + tick).checked_duration_since(started))
-        {
+        let wait = match self.spacing {
+            Spacing::AfterFirst => Some(tick),
+            Spacing::Between => self
+                .last
+                .and_then(|last| last.checked_add(tick))
+                .and_then(|due| due.checked_duration_since(started)),
+        };
+        if let Some(wait) = wait.filter(|w| !w.is_zero()) {
             std::thread::sleep(wait);
         }
         let linger = self.config.sink_linger();
         let step = tick.max(Duration::from_millis(1));
+        // A record's `Done` comes just behind its outputs, and the thread
+        // may wake between the two. So, with `Between` and one record in
+        // flight, for one step it wakes for each event, and a lone record's
+        // batch goes as soon as its `Done` is in; otherwise, and after
+        // that, it wakes once a step.
+        let eager_until = match self.spacing {
+            Spacing::Between => Instant::now().checked_add(step),
+            Spacing::AfterFirst => None,
+        };
+        let mut closed = false;
         loop {
-            let mut closed = false;
-            loop {
+            while !closed {
                 match rx.try_recv() {
                     Ok(event) => self.take(event, batch, &mut bytes),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
+                    Err(TryRecvError::Disconnected) => closed = true,
                 }
             }
             let waited = started.elapsed();
@@ -367,7 +392,18 @@ impl<'a> Gather<'a> {
                 self.last = Some(Instant::now());
                 return;
             }
-            std::thread::sleep(step.min(linger - waited));
+            let left = linger - waited;
+            let eager = eager_until
+                .filter(|_| self.in_flight() == 1)
+                .and_then(|until| until.checked_duration_since(Instant::now()));
+            match eager {
+                Some(eager) if !eager.is_zero() => match rx.recv_timeout(eager.min(left)) {
+                    Ok(event) => self.take(event, batch, &mut bytes),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => closed = true,
+                },
+                _ => std::thread::sleep(step.min(left)),
+            }
         }
     }
 
@@ -384,7 +420,12 @@ impl<'a> Gather<'a> {
     /// submitted, so this never holds while one is still running; a record
     /// read just after only makes this batch go early.
     fn nothing_in_flight(&self) -> bool {
-        self.read.load(Ordering::Relaxed) <= self.done
+        self.in_flight() == 0
+    }
+
+    /// Records read that have not finished: their `Done` is not in hand.
+    fn in_flight(&self) -> u64 {
+        self.read.load(Ordering::Relaxed).saturating_sub(self.done)
     }
 }
 
@@ -972,7 +1013,7 @@ mod tests {
     /// A linger no batch in these tests should wait out.
     const LONG: Duration = Duration::from_secs(30);
 
-    /// A batch that reaches the small-batch size goes at its tick, not
+    /// A batch that reaches the small-batch size goes at once, not
     /// after the linger. The sender stays open, so the batch cannot end
     /// on a closed channel instead.
     #[test]
@@ -984,7 +1025,7 @@ mod tests {
         let (config, read) = (config(LONG), in_flight(10));
         let mut batch = Vec::new();
         let started = Instant::now();
-        Gather::new(&config, &read).batch(&rx, rx.recv().unwrap(), &mut batch);
+        Gather::new(&config, &read, Spacing::Between).batch(&rx, rx.recv().unwrap(), &mut batch);
         assert!(started.elapsed() < LONG);
         assert_eq!(batch.len(), 4);
         drop(tx);
@@ -1005,7 +1046,7 @@ mod tests {
         let (config, read) = (config(linger), in_flight(1));
         let mut batch = Vec::new();
         let started = Instant::now();
-        Gather::new(&config, &read).batch(&rx, rx.recv().unwrap(), &mut batch);
+        Gather::new(&config, &read, Spacing::Between).batch(&rx, rx.recv().unwrap(), &mut batch);
         sender.join().unwrap();
         assert!(started.elapsed() >= linger);
         assert_eq!(
@@ -1020,7 +1061,7 @@ mod tests {
     #[test]
     fn a_small_batch_goes_when_nothing_is_in_flight_or_the_run_ends() {
         let (config, read) = (config(LONG), in_flight(2));
-        let mut gather = Gather::new(&config, &read);
+        let mut gather = Gather::new(&config, &read, Spacing::Between);
         let (tx, rx) = channel();
         let done = |offset| Event::Done {
             epoch: 0,
@@ -1052,9 +1093,10 @@ mod tests {
         assert_eq!(batch.len(), 1);
     }
 
-    /// Batches go a tick apart at the soonest: a lone result after a quiet
-    /// spell goes without waiting the tick, and one that comes within a
-    /// tick of the last batch waits out that tick and takes what joined it.
+    /// With `Between`, batches go a tick apart at the soonest: a lone
+    /// result after a quiet spell goes without waiting the tick, one that
+    /// comes within a tick of the last batch waits out that tick and takes
+    /// what joined it, and one that comes after a quiet tick goes at once.
     #[test]
     fn a_lone_result_goes_at_once_and_batches_go_a_tick_apart() {
         let read = in_flight(0);
@@ -1067,25 +1109,25 @@ mod tests {
         tx.send(output(10)).unwrap();
         let mut batch = Vec::new();
         let started = Instant::now();
-        Gather::new(&quiet, &read).batch(&rx, rx.recv().unwrap(), &mut batch);
+        Gather::new(&quiet, &read, Spacing::Between).batch(&rx, rx.recv().unwrap(), &mut batch);
         assert!(started.elapsed() < LONG, "nothing came before it");
         assert_eq!(batch.len(), 1);
 
-        let tick = Duration::from_millis(200);
+        let tick = Duration::from_secs(1);
         let paced = DriverConfig {
             sink_tick: tick,
             sink_linger: Some(LONG),
             ..DriverConfig::default()
         };
-        let mut gather = Gather::new(&paced, &read);
+        let mut gather = Gather::new(&paced, &read, Spacing::Between);
         tx.send(output(10)).unwrap();
         let mut batch = Vec::new();
         gather.batch(&rx, rx.recv().unwrap(), &mut batch);
-        let last = Instant::now();
+        let last = gather.last.unwrap();
         tx.send(output(10)).unwrap();
         let late = tx.clone();
         let sender = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
             late.send(output(10)).unwrap();
         });
         let mut batch = Vec::new();
@@ -1093,6 +1135,69 @@ mod tests {
         sender.join().unwrap();
         assert!(last.elapsed() >= tick, "a tick after the batch before it");
         assert_eq!(batch.len(), 2, "what came during the tick joins the batch");
+
+        std::thread::sleep(tick + tick / 10);
+        tx.send(output(10)).unwrap();
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        gather.batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert!(started.elapsed() < tick, "a quiet tick went by before it");
+        assert_eq!(batch.len(), 1);
+        drop(tx);
+    }
+
+    /// A lone record's batch goes once its `Done`, which comes behind its
+    /// output, is in: it does not wait a step (half a minute here) for it.
+    #[test]
+    fn a_lone_record_goes_once_its_done_comes() {
+        let read = in_flight(1);
+        let config = DriverConfig {
+            sink_tick: LONG,
+            sink_linger: Some(LONG),
+            ..DriverConfig::default()
+        };
+        let (tx, rx) = channel();
+        tx.send(output(10)).unwrap();
+        let late = tx.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.send(Event::Done {
+                epoch: 0,
+                position: Position {
+                    partition: 0,
+                    offset: 0,
+                },
+                panic: None,
+            })
+            .unwrap();
+        });
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        Gather::new(&config, &read, Spacing::Between).batch(&rx, rx.recv().unwrap(), &mut batch);
+        sender.join().unwrap();
+        assert!(started.elapsed() < LONG);
+        assert_eq!(batch.len(), 2);
+        drop(tx);
+    }
+
+    /// With `AfterFirst` (exactly-once), a batch gathers for a tick after
+    /// its first result, even a lone one.
+    #[test]
+    fn after_first_gathers_a_tick_after_the_first_result() {
+        let read = in_flight(0);
+        let tick = Duration::from_millis(200);
+        let config = DriverConfig {
+            sink_tick: tick,
+            sink_linger: Some(LONG),
+            ..DriverConfig::default()
+        };
+        let (tx, rx) = channel();
+        tx.send(output(10)).unwrap();
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        Gather::new(&config, &read, Spacing::AfterFirst).batch(&rx, rx.recv().unwrap(), &mut batch);
+        assert!(started.elapsed() >= tick);
+        assert_eq!(batch.len(), 1);
         drop(tx);
     }
 
