@@ -151,7 +151,8 @@ pub struct RunArgs {
     /// `1s`): results that come within a tick of the last write gather
     /// until the tick is out, and are written and flushed together. With
     /// Kafka each flush is a produce request: a longer tick spares the
-    /// broker, and an output may wait up to one tick longer.
+    /// broker, and an output may wait up to one tick longer. Under
+    /// --exactly-once the sink gathers for a tick after each first result.
     #[arg(long, default_value_t = Span(DriverConfig::default().sink_tick))]
     pub sink_tick: Span,
     /// How long a batch still under 64KiB goes on gathering while

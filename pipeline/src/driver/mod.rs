@@ -20,8 +20,8 @@
 //! thread commits at once rather than wait for the interval.
 //!
 //! The window is not the replay bound: a record leaves the window when
-//! its last stage is done, but stays uncommitted for up to a sink tick, a
-//! produce and a commit after that.
+//! its last stage is done, but stays uncommitted for up to the sink's
+//! linger (a tick while batches fill), a produce and a commit after that.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,7 +55,8 @@ pub struct DriverConfig {
     /// The least time between two batches of the sink thread: a result
     /// that comes within a tick of the last batch waits out the tick, and
     /// the sink then takes everything that arrived meanwhile, writes it,
-    /// and flushes once; one that comes later goes at once. (Under
+    /// and flushes once; one that comes later goes at once, unless it is
+    /// a small batch with records in flight (`sink_linger`). (Under
     /// exactly-once a batch gathers for a tick after its first result.)
     /// With Kafka every flush is a produce request per partition written
     /// (more for a batch larger than a request: docs/design/delivery.md,
@@ -571,8 +572,8 @@ impl Admission<'_, '_> {
                     self.held = acks.uncommitted();
                 }
             } else if !self.unwritten_below(self.config.max_uncommitted) {
-                // The sink thread writes every tick; a backstop, so a
-                // short sleep serves.
+                // The sink thread writes within a linger; a backstop, so
+                // a short sleep serves.
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }

@@ -318,8 +318,9 @@ struct Gather<'a> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Spacing {
     /// A tick between two batches at the least: a result within a tick of
-    /// the last batch waits out that tick, a later one goes at once. Each
-    /// batch is flushed, and a lone record's flush is its latency.
+    /// the last batch waits out that tick, a later one does not (then the
+    /// small-batch linger applies). Each batch is flushed, and a lone
+    /// record's flush is its latency.
     Between,
     /// A tick after each batch's first result: exactly-once, where results
     /// become visible at the commit, not the flush, and the commit on
@@ -348,9 +349,10 @@ impl<'a> Gather<'a> {
     /// that keeps the sink busy for longer than a tick has its next batch
     /// written as soon as the last is flushed, with what gathered
     /// meanwhile; a slow stream goes in fewer, fuller requests; and a lone
-    /// record, or the last results of a burst, do not wait for results
-    /// that are not coming. Stops early when the channel closed: the run
-    /// is ending.
+    /// record, or the last results of a burst, do not wait out the linger
+    /// for results that are not coming (the last results of a burst wait
+    /// up to a step). Stops early when the channel closed: the run is
+    /// ending.
     fn batch(&mut self, rx: &Receiver<Event>, first: Event, batch: &mut Vec<Event>) {
         let started = Instant::now();
         let mut bytes = 0;
