@@ -67,6 +67,9 @@ struct Partition {
     /// Records tracked at or above `committed`, in offset order, with
     /// their sizes: what a crash would replay.
     replay: VecDeque<(i64, u64)>,
+    /// The client went back below the last commit (see `Acks::track`):
+    /// the group's offset is past what is read, and a commit is owed.
+    went_back: bool,
 }
 
 impl Partition {
@@ -188,6 +191,7 @@ impl Acks {
         let p = parts.live.entry(partition).or_default();
         p.next = offset;
         p.committed = offset;
+        p.went_back = false;
         let mut gone = p.forget_below(offset);
         // Anything tracked at or above where reading resumes is read again.
         let left = std::mem::take(&mut p.replay);
@@ -209,11 +213,40 @@ impl Acks {
             .live
             .entry(position.partition)
             .or_insert_with(|| Partition::starting_at(position.offset));
+        // A source hands out each partition's records in offset order, so
+        // a lower offset means its client went back on a partition it
+        // kept: the log was cut short under it (a leader elected without
+        // the last records, with unclean election on), and the client
+        // reads on from the new end. Reading starts over at that offset, and
+        // the next commit takes the group's offset back to it: left past
+        // it, the records written there next would be skipped after a
+        // restart.
+        let mut gone = Uncommitted::default();
+        if position.offset < p.next {
+            tracing::warn!(
+                partition = position.partition,
+                "the partition went back from offset {} to {}: its log was cut short; \
+                 reading starts over there",
+                p.next,
+                position.offset
+            );
+            p.next = position.offset;
+            p.committed = p.committed.min(position.offset);
+            p.went_back = true;
+            while let Some(&(o, b)) = p.replay.back() {
+                if o < position.offset {
+                    break;
+                }
+                p.replay.pop_back();
+                gone.records += 1;
+                gone.bytes += b;
+            }
+        }
         p.outstanding.insert(position.offset);
         p.next = p.next.max(position.offset + 1);
-        // A source hands out each partition's records in offset order.
         debug_assert!(p.replay.back().map_or(true, |&(o, _)| o < position.offset));
         p.replay.push_back((position.offset, bytes));
+        parts.forget(gone);
         parts.uncommitted.records += 1;
         parts.uncommitted.bytes += bytes;
         started
@@ -352,7 +385,7 @@ impl Acks {
         self.lock()
             .live
             .iter()
-            .filter(|(_, p)| p.committable() != p.committed)
+            .filter(|(_, p)| p.went_back || p.committable() != p.committed)
             .map(|(&partition, p)| (partition, p.committable()))
             .collect()
     }
@@ -364,6 +397,14 @@ impl Acks {
         let mut gone = Uncommitted::default();
         for &(partition, offset) in offsets {
             if let Some(p) = parts.live.get_mut(&partition) {
+                // A commit taken before the partition went back covers
+                // records that are read again: it changes nothing here.
+                // (Past what is read is otherwise fine: a rewind learns the
+                // group's offset so.)
+                if p.went_back && offset > p.committable() {
+                    continue;
+                }
+                p.went_back = false;
                 p.committed = p.committed.max(offset);
                 let g = p.forget_below(p.committed);
                 gone.records += g.records;
@@ -597,5 +638,49 @@ mod tests {
         assert_eq!(acks.uncommitted(), replay(0, 0));
         acks.track(pos(0, 2), 3);
         assert_eq!(acks.uncommitted(), replay(1, 3));
+    }
+
+    /// A partition whose client goes back (its log cut short) starts over
+    /// where it went back to: the commit follows the records read there,
+    /// not the offset reached before.
+    #[test]
+    fn a_partition_that_goes_back_is_committed_from_where_it_went_back() {
+        let acks = Acks::new();
+        acks.start_partition(0, 0);
+        for o in 0..10 {
+            acks.track(pos(0, o), 10);
+            acks.ack(pos(0, o));
+        }
+        assert_eq!(acks.committable(), [(0, 10)]);
+        acks.mark_committed(&[(0, 10)]);
+        assert_eq!(acks.uncommitted(), replay(0, 0));
+
+        for o in [4, 5] {
+            acks.track(pos(0, o), 10);
+        }
+        assert_eq!(acks.uncommitted(), replay(2, 20));
+        assert_eq!(acks.committable(), [(0, 4)], "the first record read again");
+        acks.ack(pos(0, 4));
+        acks.ack(pos(0, 5));
+        assert_eq!(
+            acks.committable(),
+            [(0, 6)],
+            "not 10: offsets 6 to 9 are new"
+        );
+        acks.mark_committed(&[(0, 6)]);
+        assert_eq!(acks.uncommitted(), replay(0, 0));
+        assert_eq!(acks.committed_offsets()[&0], 6);
+
+        // A commit taken before it went back, answered after, changes
+        // nothing: the next commit takes the group's offset back.
+        acks.track(pos(0, 6), 10);
+        acks.ack(pos(0, 6));
+        let before = acks.committable();
+        acks.track(pos(0, 2), 10);
+        acks.mark_committed(&before);
+        assert_eq!(acks.committed_offsets()[&0], 2);
+        assert_eq!(acks.committable(), [(0, 2)], "the group's offset goes back");
+        acks.ack(pos(0, 2));
+        assert_eq!(acks.committable(), [(0, 3)]);
     }
 }
