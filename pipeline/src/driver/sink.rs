@@ -1000,8 +1000,12 @@ mod tests {
     }
 
     fn config(linger: Duration) -> DriverConfig {
+        ticked(Duration::from_millis(1), linger)
+    }
+
+    fn ticked(tick: Duration, linger: Duration) -> DriverConfig {
         DriverConfig {
-            sink_tick: Duration::from_millis(1),
+            sink_tick: tick,
             sink_linger: Some(linger),
             ..DriverConfig::default()
         }
@@ -1102,11 +1106,7 @@ mod tests {
     #[test]
     fn a_lone_result_goes_at_once_and_batches_go_a_tick_apart() {
         let read = in_flight(0);
-        let quiet = DriverConfig {
-            sink_tick: LONG,
-            sink_linger: Some(LONG),
-            ..DriverConfig::default()
-        };
+        let quiet = ticked(LONG, LONG);
         let (tx, rx) = channel();
         tx.send(output(10)).unwrap();
         let mut batch = Vec::new();
@@ -1116,11 +1116,7 @@ mod tests {
         assert_eq!(batch.len(), 1);
 
         let tick = Duration::from_secs(1);
-        let paced = DriverConfig {
-            sink_tick: tick,
-            sink_linger: Some(LONG),
-            ..DriverConfig::default()
-        };
+        let paced = ticked(tick, LONG);
         let mut gather = Gather::new(&paced, &read, Spacing::Between);
         tx.send(output(10)).unwrap();
         let mut batch = Vec::new();
@@ -1153,11 +1149,7 @@ mod tests {
     #[test]
     fn a_lone_record_goes_once_its_done_comes() {
         let read = in_flight(1);
-        let config = DriverConfig {
-            sink_tick: LONG,
-            sink_linger: Some(LONG),
-            ..DriverConfig::default()
-        };
+        let config = ticked(LONG, LONG);
         let (tx, rx) = channel();
         tx.send(output(10)).unwrap();
         let late = tx.clone();
@@ -1188,11 +1180,7 @@ mod tests {
     fn after_first_gathers_a_tick_after_the_first_result() {
         let read = in_flight(0);
         let tick = Duration::from_millis(200);
-        let config = DriverConfig {
-            sink_tick: tick,
-            sink_linger: Some(LONG),
-            ..DriverConfig::default()
-        };
+        let config = ticked(tick, LONG);
         let (tx, rx) = channel();
         tx.send(output(10)).unwrap();
         let mut batch = Vec::new();
