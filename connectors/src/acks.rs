@@ -67,8 +67,8 @@ struct Partition {
     /// Records tracked at or above `committed`, in offset order, with
     /// their sizes: what a crash would replay.
     replay: VecDeque<(i64, u64)>,
-    /// The client went back below the last commit (see `Acks::track`):
-    /// the group's offset is past what is read, and a commit is owed.
+    /// The client went back (see `Acks::track`): the group's offset may be
+    /// past what is read, so a commit is owed.
     went_back: bool,
 }
 
