@@ -59,6 +59,17 @@ where
     );
 }
 
+/// Opens a negative test: the runtime must take `bug`'s deliberately wrong
+/// path, which `FILA_LOOM_BUG` switches on for the whole process. Run alone
+/// (`loom-tests/run` does), so that no other model runs with the bug.
+fn with_bug(bug: &str) {
+    assert_eq!(
+        std::env::var("FILA_LOOM_BUG").ok().as_deref(),
+        Some(bug),
+        "a negative test: run it alone with FILA_LOOM_BUG={bug}, as loom-tests/run does"
+    );
+}
+
 fn runtime(workers: usize, window: usize) -> Runtime {
     Runtime::builder()
         .workers(Workers::Count(NonZeroUsize::new(workers).unwrap()))
@@ -126,7 +137,6 @@ fn two_producers_two_workers() {
     producers_and_parking_workers(Bound::Preemptions(1), 2, true);
 }
 
-#[cfg(not(feature = "broken-skip-recheck"))]
 #[test]
 fn a_no_lost_wakeup_when_producers_race_parking_workers() {
     two_producers_two_workers();
@@ -135,9 +145,10 @@ fn a_no_lost_wakeup_when_producers_race_parking_workers() {
 /// Negative test: must fail, with loom reporting a deadlock. (loom aborts
 /// the process while unwinding from its own report, so `loom-tests/run`
 /// checks the exit status and the message rather than `should_panic`.)
-#[cfg(feature = "broken-skip-recheck")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_skip_recheck_loses_a_wakeup() {
+    with_bug("skip-recheck");
     two_producers_two_workers();
 }
 
@@ -148,16 +159,16 @@ fn one_producer_two_workers() {
     producers_and_parking_workers(Bound::Preemptions(2), 2, false);
 }
 
-#[cfg(not(feature = "broken-skip-recheck"))]
 #[test]
 fn a_no_lost_wakeup_when_one_producer_races_two_parking_workers() {
     one_producer_two_workers();
 }
 
 /// Negative test: the same bug, seen with one producer.
-#[cfg(feature = "broken-skip-recheck")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_skip_recheck_loses_a_wakeup_with_one_producer() {
+    with_bug("skip-recheck");
     one_producer_two_workers();
 }
 
@@ -168,16 +179,16 @@ fn two_producers_one_worker() {
     producers_and_parking_workers(Bound::Preemptions(3), 1, true);
 }
 
-#[cfg(not(feature = "broken-skip-recheck"))]
 #[test]
 fn a_no_lost_wakeup_when_two_producers_race_one_parking_worker() {
     two_producers_one_worker();
 }
 
 /// Negative test: the same bug, seen with one worker.
-#[cfg(feature = "broken-skip-recheck")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_skip_recheck_loses_a_wakeup_with_one_worker() {
+    with_bug("skip-recheck");
     two_producers_one_worker();
 }
 
@@ -232,35 +243,34 @@ fn window_of_one_three_units() {
     window_holds(Bound::Preemptions(1), 1, 3);
 }
 
-#[cfg(not(feature = "broken-early-release"))]
 #[test]
 fn b_window_of_one_is_never_exceeded_by_two_units() {
     window_of_one_two_units();
 }
 
-#[cfg(not(feature = "broken-early-release"))]
 #[test]
 fn b_window_of_one_is_never_exceeded_by_three_units() {
     window_of_one_three_units();
 }
 
 /// Negative test: must fail with "units live at once" (see above).
-#[cfg(feature = "broken-early-release")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_early_release_overfills_the_window() {
+    with_bug("early-release");
     window_of_one_two_units();
 }
 
 /// The same bug, seen by the three-unit model at its bound.
-#[cfg(feature = "broken-early-release")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_early_release_overfills_the_window_of_three_units() {
+    with_bug("early-release");
     window_of_one_three_units();
 }
 
 /// W = 2, three units: both workers release while the admitter waits for
 /// the third slot.
-#[cfg(not(feature = "broken-early-release"))]
 #[test]
 fn b_window_of_two_is_never_exceeded() {
     window_holds(Bound::Preemptions(2), 2, 3);
@@ -272,7 +282,6 @@ fn b_window_of_two_is_never_exceeded() {
 /// later release to wake; one that missed it would leave `shutdown`
 /// waiting, which loom reports as a deadlock. Bound 1: bound 2 explores
 /// two hundred times as many executions.
-#[cfg(not(feature = "broken-early-release"))]
 #[test]
 fn b_window_of_four_wakes_its_admitter_two_slots_at_a_time() {
     window_holds(Bound::Preemptions(1), 4, 5);
@@ -284,21 +293,20 @@ fn b_window_of_four_wakes_its_admitter_two_slots_at_a_time() {
 /// it searches or sleeps, or `shutdown` waits forever for the drain, which
 /// loom reports as a deadlock. Left out with `broken-early-release`,
 /// whose build runs neither of its callers.
-#[cfg(not(feature = "broken-early-release"))]
 fn batched_release_drains() {
     window_holds(Bound::Preemptions(2), 32, 3);
 }
 
-#[cfg(not(any(feature = "broken-early-release", feature = "broken-idle-keeps-slots")))]
 #[test]
 fn b_window_of_32_with_batched_releases_drains() {
     batched_release_drains();
 }
 
 /// Negative test: must fail, with loom reporting a deadlock.
-#[cfg(feature = "broken-idle-keeps-slots")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_idle_keeps_slots_never_drains() {
+    with_bug("idle-keeps-slots");
     batched_release_drains();
 }
 
@@ -348,7 +356,6 @@ fn fanned_out_unit(stolen_in_some_execution: &'static AtomicBool) {
     });
 }
 
-#[cfg(not(feature = "broken-count-after-push"))]
 #[test]
 fn c_fanned_out_unit_completes_once_and_frees_one_slot() {
     static STOLEN_IN_SOME_EXECUTION: AtomicBool = AtomicBool::new(false);
@@ -363,9 +370,10 @@ fn c_fanned_out_unit_completes_once_and_frees_one_slot() {
 /// the thief end one, see the count reach zero and free the unit while the
 /// task that spawned them still uses it; loom reports that use as a
 /// causality violation (a read not ordered against the free's write).
-#[cfg(feature = "broken-count-after-push")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_count_after_push_frees_a_unit_in_use() {
+    with_bug("count-after-push");
     static STOLEN_IN_SOME_EXECUTION: AtomicBool = AtomicBool::new(false);
     fanned_out_unit(&STOLEN_IN_SOME_EXECUTION);
 }
@@ -469,7 +477,6 @@ fn drop_on_own_worker() {
     });
 }
 
-#[cfg(not(feature = "broken-detach-never-stops"))]
 #[test]
 fn f_last_drop_on_its_own_worker_detaches_and_every_worker_exits() {
     drop_on_own_worker();
@@ -477,9 +484,10 @@ fn f_last_drop_on_its_own_worker_detaches_and_every_worker_exits() {
 
 /// Negative test: must fail, with loom reporting a deadlock (the workers of
 /// the detached runtime never exit).
-#[cfg(feature = "broken-detach-never-stops")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_detach_never_stops_leaves_workers_parked() {
+    with_bug("detach-never-stops");
     drop_on_own_worker();
 }
 
@@ -500,7 +508,6 @@ fn unpark_races_park() {
     });
 }
 
-#[cfg(not(feature = "broken-unpark-skips-lock"))]
 #[test]
 fn g_unpark_racing_park_is_never_lost() {
     unpark_races_park();
@@ -508,9 +515,10 @@ fn g_unpark_racing_park_is_never_lost() {
 
 /// Negative test: must fail, with loom reporting a deadlock (the notify
 /// lands between the parker's PARKED and its wait).
-#[cfg(feature = "broken-unpark-skips-lock")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_unpark_skips_lock_loses_a_wakeup() {
+    with_bug("unpark-skips-lock");
     unpark_races_park();
 }
 
@@ -574,13 +582,11 @@ fn held_follow_on(started: bool) {
     });
 }
 
-#[cfg(not(feature = "broken-hold-uncounted"))]
 #[test]
 fn h_held_follow_on_started_elsewhere_completes_its_unit_once() {
     held_follow_on(true);
 }
 
-#[cfg(not(feature = "broken-hold-uncounted"))]
 #[test]
 fn h_held_follow_on_dropped_unstarted_still_completes_its_unit() {
     held_follow_on(false);
@@ -591,7 +597,6 @@ fn h_held_follow_on_dropped_unstarted_still_completes_its_unit() {
 /// returns, and runs from there. One worker, so the holding unit's task
 /// runs first (the shared queue is FIFO). Two threads, so bound 3 is
 /// cheap.
-#[cfg(not(feature = "broken-hold-uncounted"))]
 #[test]
 fn h_held_follow_on_started_by_another_units_task_completes_its_unit_once() {
     model(Bound::Preemptions(3), || {
@@ -634,9 +639,10 @@ fn h_held_follow_on_started_by_another_units_task_completes_its_unit_once() {
 /// Negative test: must fail. A hold that is not counted lets the unit
 /// complete and free itself when the holding task ends; the held task then
 /// uses the freed unit, which `task.rs` checks under loom.
-#[cfg(feature = "broken-hold-uncounted")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_hold_uncounted_frees_a_unit_still_held() {
+    with_bug("hold-uncounted");
     held_follow_on(true);
 }
 
@@ -675,7 +681,6 @@ fn grown_window_lets_its_admitter_in() {
     });
 }
 
-#[cfg(not(feature = "broken-grow-skips-notify"))]
 #[test]
 fn i_a_grown_window_wakes_its_blocked_admitter() {
     grown_window_lets_its_admitter_in();
@@ -683,8 +688,9 @@ fn i_a_grown_window_wakes_its_blocked_admitter() {
 
 /// Negative test: must fail, with loom reporting a deadlock. A grow that
 /// does not notify leaves the admitter asleep on a window with room.
-#[cfg(feature = "broken-grow-skips-notify")]
 #[test]
+#[ignore = "a negative test: loom-tests/run runs it with its bug"]
 fn broken_grow_skips_notify_leaves_its_admitter_asleep() {
+    with_bug("grow-skips-notify");
     grown_window_lets_its_admitter_in();
 }

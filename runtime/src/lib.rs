@@ -39,22 +39,45 @@
 pub mod ideal;
 mod idle;
 
-#[cfg(all(
-    not(fila_loom),
-    any(
-        feature = "loom-broken-skip-recheck",
-        feature = "loom-broken-early-release",
-        feature = "loom-broken-detach-never-stops",
-        feature = "loom-broken-unpark-skips-lock",
-        feature = "loom-broken-idle-keeps-slots",
-        feature = "loom-broken-count-after-push",
-        feature = "loom-broken-hold-uncounted",
-        feature = "loom-broken-grow-skips-notify"
-    )
-))]
-compile_error!(
-    "the loom-broken-* features break the scheduler on purpose; they exist only for loom-tests/run"
-);
+/// The deliberate bugs of the loom negative tests (see `loom-tests/run`):
+/// one is switched on in a loom build by naming it in `FILA_LOOM_BUG`.
+#[cfg(fila_loom)]
+const LOOM_BUGS: &[&str] = &[
+    "skip-recheck",
+    "early-release",
+    "detach-never-stops",
+    "unpark-skips-lock",
+    "idle-keeps-slots",
+    "count-after-push",
+    "hold-uncounted",
+    "grow-skips-notify",
+];
+
+/// Whether the loom negative test of `bug` runs: the scheduler then takes
+/// that bug's deliberately wrong path. Read once per process.
+#[cfg(fila_loom)]
+fn broken(bug: &str) -> bool {
+    static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let chosen = CHOSEN.get_or_init(|| {
+        let chosen = std::env::var("FILA_LOOM_BUG").ok();
+        if let Some(name) = &chosen {
+            assert!(
+                LOOM_BUGS.contains(&name.as_str()),
+                "FILA_LOOM_BUG={name} names no bug; the bugs are {LOOM_BUGS:?}"
+            );
+        }
+        chosen
+    });
+    debug_assert!(LOOM_BUGS.contains(&bug));
+    chosen.as_deref() == Some(bug)
+}
+
+/// Outside loom builds every bug is off, and its branch compiles away.
+#[cfg(not(fila_loom))]
+#[inline(always)]
+const fn broken(_bug: &str) -> bool {
+    false
+}
 
 mod park;
 
@@ -174,7 +197,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    #[cfg_attr(feature = "loom-broken-skip-recheck", allow(dead_code))]
     fn has_work(&self) -> bool {
         !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
     }
@@ -229,7 +251,7 @@ impl Shared {
         // the drained count and stops the workers itself.
         // Deliberately broken for the loom negative test: the workers of a
         // detached runtime are never told to stop.
-        if cfg!(feature = "loom-broken-detach-never-stops") {
+        if broken("detach-never-stops") {
             return;
         }
         if self.detached.load(Ordering::Acquire) {

@@ -47,7 +47,6 @@ mod model {
                 .pop_front()
                 .map_or(Steal::Empty, Steal::Success)
         }
-        #[cfg_attr(feature = "loom-broken-skip-recheck", allow(dead_code))]
         pub(crate) fn is_empty(&self) -> bool {
             self.0.lock().is_empty()
         }
@@ -66,7 +65,6 @@ mod model {
                 .pop_front()
                 .map_or(Steal::Empty, Steal::Success)
         }
-        #[cfg_attr(feature = "loom-broken-skip-recheck", allow(dead_code))]
         pub(crate) fn is_empty(&self) -> bool {
             self.0.lock().is_empty()
         }

@@ -269,7 +269,7 @@ impl UnitPtr {
                 if tasks.load(Ordering::Acquire) == 1 || tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.complete(shared, worker);
                     // (The broken variant has released the slot already.)
-                    return cfg!(not(feature = "loom-broken-early-release"));
+                    return !crate::broken("early-release");
                 }
             }
             // Relaxed, as for a reference count's increment: this task
@@ -293,10 +293,9 @@ impl UnitPtr {
             shared.counters[worker].completed_unit();
             Ok(())
         };
-        // Deliberately wrong order, compiled only for the loom negative test:
+        // Deliberately wrong order, taken only in a loom negative test:
         // the slot frees before the caller has been told.
-        #[cfg(feature = "loom-broken-early-release")]
-        if shared.window.release(1) {
+        if crate::broken("early-release") && shared.window.release(1) {
             shared.on_drained();
         }
         // SAFETY: the count reached zero through this task, so every other
@@ -346,10 +345,11 @@ impl TaskCx<'_> {
         // Relaxed, as in `end_task` for spawned follow-ons: this task still
         // holds its own count, so nobody can see zero meanwhile, and the
         // held task is published later by the queue push in `start`.
-        // Deliberately missing, compiled only for the loom negative test:
+        // Deliberately left out in a loom negative test:
         // the unit can complete and free itself before the held task runs.
-        #[cfg(not(feature = "loom-broken-hold-uncounted"))]
-        self.unit.unit().tasks.fetch_add(1, Ordering::Relaxed);
+        if !crate::broken("hold-uncounted") {
+            self.unit.unit().tasks.fetch_add(1, Ordering::Relaxed);
+        }
         Held {
             unit: Some(self.unit),
             shared: self.shared.clone(),

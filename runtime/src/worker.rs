@@ -69,8 +69,9 @@ impl WorkerThread {
             }
             // Before this worker searches or sleeps, it pays what it owes:
             // an idle worker must not withhold slots (see window.md).
-            #[cfg(not(feature = "loom-broken-idle-keeps-slots"))]
-            self.release_owed();
+            if !crate::broken("idle-keeps-slots") {
+                self.release_owed();
+            }
             if let Some(task) = self.search() {
                 self.run_task(task);
                 continue;
@@ -175,11 +176,12 @@ impl WorkerThread {
                 0
             }
         };
-        // Deliberately wrong order, compiled only for the loom negative test:
+        // Deliberately wrong order, taken only in a loom negative test:
         // another worker can end a follow-on before it is counted, see the
         // count reach zero, and free the unit while this task still uses it.
-        #[cfg(feature = "loom-broken-count-after-push")]
-        self.push_spawned();
+        if crate::broken("count-after-push") {
+            self.push_spawned();
+        }
         // Before the follow-ons are pushed, so that no other worker can end
         // one of them before they are counted. If this was the unit's last
         // task, this completes and frees the unit, and the window slot is
@@ -246,10 +248,8 @@ impl WorkerThread {
         shared.idle.announce(self.index);
         // The re-check: work pushed before our announcement became visible
         // to its producer's `wake_one` must be seen here.
-        #[cfg(not(feature = "loom-broken-skip-recheck"))]
-        let recheck = shared.has_work() || shared.shutdown.load(Ordering::Acquire);
-        #[cfg(feature = "loom-broken-skip-recheck")]
-        let recheck = shared.shutdown.load(Ordering::Acquire);
+        let recheck = (!crate::broken("skip-recheck") && shared.has_work())
+            || shared.shutdown.load(Ordering::Acquire);
         if recheck && shared.idle.cancel(self.index) {
             return;
         }
