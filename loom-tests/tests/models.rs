@@ -291,8 +291,7 @@ fn b_window_of_four_wakes_its_admitter_two_slots_at_a_time() {
 /// completed units' slots two at a time (`Window::release_batch`). Three
 /// units leave a worker owing a slot it cannot batch; it must pay it before
 /// it searches or sleeps, or `shutdown` waits forever for the drain, which
-/// loom reports as a deadlock. Left out with `broken-early-release`,
-/// whose build runs neither of its callers.
+/// loom reports as a deadlock.
 fn batched_release_drains() {
     window_holds(Bound::Preemptions(2), 32, 3);
 }
