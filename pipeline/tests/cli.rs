@@ -323,13 +323,16 @@ fn record_line(id: u64, stage3: u64) -> String {
 /// A small batch waits out the linger while a record is still running
 /// (fib(45) takes seconds, several times the linger), so the light
 /// record's result is written a linger after it finished, ahead of the
-/// heavy one's.
+/// heavy one's. The heavy record goes in first, so that it is in flight
+/// whenever the light one finishes (the other way round, the light one
+/// could finish before the heavy one is read, and go at once as a lone
+/// record).
 #[test]
 fn sink_linger_holds_a_small_batch_while_records_are_in_flight() {
     let mut child = lingering_run("500ms");
     let mut stdin = child.stdin.take().unwrap();
     let started = std::time::Instant::now();
-    writeln!(stdin, "{}\n{}", record_line(8, 3), record_line(9, 45)).unwrap();
+    writeln!(stdin, "{}\n{}", record_line(9, 45), record_line(8, 3)).unwrap();
     stdin.flush().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
