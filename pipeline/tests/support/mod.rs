@@ -530,6 +530,11 @@ impl Fila {
     /// SIGTERM, then the exit status and the JSON report. The stop must
     /// come within `limit`.
     pub fn stop_within(mut self, limit: Duration) -> Value {
+        self.terminate(limit)
+    }
+
+    /// `stop_within`, leaving the process's output files in place.
+    fn terminate(&mut self, limit: Duration) -> Value {
         // SAFETY: kill(2) on our own child's pid, which has not been reaped.
         assert_eq!(
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
@@ -550,10 +555,9 @@ impl Fila {
     }
 
     /// `stop`, and everything the run wrote on stderr.
-    pub fn stop_with_stderr(self) -> (Value, String) {
-        let path = self.stderr.clone();
-        let report = self.stop();
-        (report, std::fs::read_to_string(path).unwrap_or_default())
+    pub fn stop_with_stderr(mut self) -> (Value, String) {
+        let report = self.terminate(Duration::from_secs(60));
+        (report, self.stderr())
     }
 
     /// SIGKILL: a crash, with no chance to flush or commit.
@@ -579,9 +583,15 @@ impl Fila {
 }
 
 impl Drop for Fila {
+    /// Stops the process, and removes its output files unless the test is
+    /// failing: those stay in the temporary directory for a look.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.stdout);
+            let _ = std::fs::remove_file(&self.stderr);
+        }
     }
 }
 
