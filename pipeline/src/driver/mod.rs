@@ -40,7 +40,6 @@ use hdrhistogram::Histogram;
 use crate::counters::{Counters, Phase};
 use crate::dataflow::{Input, Job};
 use crate::outlet::{Event, Origin, Outlet};
-use crate::reference::now_ms;
 
 mod commit;
 mod sink;
@@ -376,9 +375,6 @@ impl<'a> Driver<'a> {
         // it with the records it saw finish. The counters add up every
         // segment's.
         let read = AtomicU64::new(0);
-        // How long ago the record read last was written (exactly-once):
-        // the sink thread stretches a transaction by it.
-        let behind = AtomicU64::new(0);
         let in_call = sink::InCall::default();
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
@@ -411,8 +407,8 @@ impl<'a> Driver<'a> {
                 }
                 _ => (None, None),
             };
-            let (sink_acks, epoch_ref, rewound_ref, in_call_ref, read_ref, behind_ref) =
-                (acks.clone(), &epoch, &rewound, &in_call, &read, &behind);
+            let (sink_acks, epoch_ref, rewound_ref, in_call_ref, read_ref) =
+                (acks.clone(), &epoch, &rewound, &in_call, &read);
             let sink_thread = std::thread::Builder::new()
                 .name("fila-sink".into())
                 .spawn_scoped(s, move || {
@@ -424,7 +420,6 @@ impl<'a> Driver<'a> {
                                 epoch: epoch_ref,
                                 rewound: rewound_ref,
                                 in_call: in_call_ref,
-                                behind: behind_ref,
                             })
                         }
                         (Some(acks), Some(acked)) => sink::Acking::AfterFlush { acks, acked },
@@ -456,7 +451,6 @@ impl<'a> Driver<'a> {
                 admitting: 0,
                 counters,
                 read: &read,
-                behind: exactly_once.then_some(&behind),
                 in_call: exactly_once.then_some(&in_call),
                 warned: None,
                 restorer: restorer.filter(|_| job.has_changelogs(segment)),
@@ -525,9 +519,6 @@ struct Admission<'r, 's> {
     /// Records this segment's source has read (`counters` has every
     /// segment's).
     read: &'r AtomicU64,
-    /// Exactly-once: how far behind its input the job reads, in ms (see
-    /// `sink::Clock`).
-    behind: Option<&'r AtomicU64>,
     /// Exactly-once: the sink thread's transactional call under way, and
     /// when this thread last warned of one that lasted.
     in_call: Option<&'r sink::InCall>,
@@ -671,12 +662,6 @@ impl Admission<'_, '_> {
         self.first_arrival.get_or_insert(envelope.arrived);
         self.counters.read(envelope.payload.len() as u64);
         self.read.fetch_add(1, Ordering::Relaxed);
-        if let (Some(behind), Some(written)) = (self.behind, envelope.timestamp) {
-            // A timestamp ahead of this clock (another machine's) reads as
-            // not behind.
-            let written = u64::try_from(written).unwrap_or(u64::MAX);
-            behind.store(now_ms().saturating_sub(written), Ordering::Relaxed);
-        }
         if let Some((acks, _)) = self.tracker {
             self.held.records += 1;
             self.held.bytes += envelope.payload.len() as u64;
