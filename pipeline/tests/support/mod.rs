@@ -583,12 +583,14 @@ impl Fila {
 }
 
 impl Drop for Fila {
-    /// Stops the process, and removes its output files unless the test is
-    /// failing: those stay in the temporary directory for a look.
+    /// Stops the process, and removes its output files, unless the test is
+    /// failing while this is alive or FILA_TEST_KEEP_LOGS is set: then
+    /// they stay in the temporary directory for a look. (A test that fails
+    /// after it stopped fila has had them removed; set the variable.)
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("FILA_TEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_file(&self.stdout);
             let _ = std::fs::remove_file(&self.stderr);
         }
