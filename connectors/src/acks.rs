@@ -118,6 +118,8 @@ struct Partitions {
     released: BTreeSet<Position>,
     /// The sum of every live partition's `replay`.
     uncommitted: Uncommitted,
+    /// Records tracked since the tracker was made.
+    tracked: u64,
 }
 
 impl Partitions {
@@ -249,6 +251,7 @@ impl Acks {
         parts.forget(gone);
         parts.uncommitted.records += 1;
         parts.uncommitted.bytes += bytes;
+        parts.tracked += 1;
         started
     }
 
@@ -373,6 +376,21 @@ impl Acks {
             .collect()
     }
 
+    /// Per live partition, one past the highest offset handed out (or
+    /// where reading started): where the records not yet handed out begin.
+    pub fn read_up_to(&self) -> BTreeMap<i32, i64> {
+        self.lock()
+            .live
+            .iter()
+            .map(|(&partition, p)| (partition, p.next))
+            .collect()
+    }
+
+    /// Records handed out since the tracker was made.
+    pub fn tracked(&self) -> u64 {
+        self.lock().tracked
+    }
+
     /// Records handed out and not yet covered by a successful commit, and
     /// their bytes.
     pub fn uncommitted(&self) -> Uncommitted {
@@ -441,6 +459,29 @@ mod tests {
 
     fn replay(records: u64, bytes: u64) -> Uncommitted {
         Uncommitted { records, bytes }
+    }
+
+    #[test]
+    fn read_up_to_is_past_the_last_record_handed_out_in_each_partition() {
+        let acks = Acks::new();
+        assert!(acks.read_up_to().is_empty());
+        assert_eq!(acks.tracked(), 0);
+        acks.start_partition(1, 40);
+        for (partition, offset) in [(0, 7), (0, 8), (0, 10)] {
+            acks.track(Position { partition, offset }, 1);
+        }
+        assert_eq!(acks.read_up_to(), [(0, 11), (1, 40)].into());
+        assert_eq!(acks.tracked(), 3);
+        // Done or not, a record handed out stays handed out.
+        acks.ack(Position {
+            partition: 0,
+            offset: 7,
+        });
+        assert_eq!(acks.read_up_to()[&0], 11);
+        // Read again from an earlier offset (a rewind).
+        acks.start_partition(0, 8);
+        assert_eq!(acks.read_up_to()[&0], 8);
+        assert_eq!(acks.tracked(), 3, "a count of what was handed out");
     }
 
     #[test]

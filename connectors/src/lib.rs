@@ -167,6 +167,9 @@ pub struct SourceStatus {
     lag: Mutex<BTreeMap<i32, i64>>,
     /// Rebalances this member took part in (assignments and revocations).
     pub rebalances: AtomicU64,
+    /// How long reading the records not yet handed out would take, in ms
+    /// (see [`SourceStatus::behind`]).
+    behind_ms: AtomicU64,
 }
 
 impl SourceStatus {
@@ -234,6 +237,19 @@ impl SourceStatus {
     /// Per partition, records behind the end of the log.
     pub fn lag(&self) -> BTreeMap<i32, i64> {
         lock(&self.lag).clone()
+    }
+
+    pub fn set_behind(&self, behind: Duration) {
+        let ms = u64::try_from(behind.as_millis()).unwrap_or(u64::MAX);
+        self.behind_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the source would take to hand out the records already in
+    /// its input and not handed out yet, at the rate it last handed them
+    /// out: zero when it keeps up (or does not know yet), long when it
+    /// is behind. A source that measures nothing says zero.
+    pub fn behind(&self) -> Duration {
+        Duration::from_millis(self.behind_ms.load(Ordering::Relaxed))
     }
 }
 

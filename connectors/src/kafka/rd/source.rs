@@ -26,6 +26,7 @@
 //! another member owns those partitions already.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -396,7 +397,22 @@ pub(crate) struct RdSource {
     /// Committed offsets of assigned partitions not checked yet, learned
     /// with another partition's: one request asks for all of them.
     committed: BTreeMap<i32, Offset>,
+    /// The topic's name for librdkafka's C calls.
+    topic_c: CString,
+    /// Polls since the source last looked how far behind it reads, and
+    /// when that was, with the records handed out by then
+    /// ([`RdSource::look_behind`]).
+    polls: u32,
+    looked: (Instant, u64),
 }
+
+/// How often, at most, the source looks how far behind it reads: a rate
+/// over a shorter span would swing with each record's cost.
+const LOOK_BEHIND_EVERY: Duration = Duration::from_millis(250);
+
+/// Polls between two looks at the clock for [`LOOK_BEHIND_EVERY`], so
+/// that handing out a record costs no clock read of its own.
+const LOOK_BEHIND_POLLS: u32 = 16;
 
 /// How long [`RdSource::check_start`] waits at least for a partition's
 /// committed offset while an open transaction holds it: well past the time
@@ -565,7 +581,71 @@ impl RdSource {
             reassign_warned: None,
             checked: BTreeSet::new(),
             committed: BTreeMap::new(),
+            topic_c: CString::new(config.topic.as_str()).map_err(|_| ConnectorError::Config {
+                message: format!("the topic name {:?} holds a NUL byte", config.topic),
+            })?,
+            polls: 0,
+            looked: (Instant::now(), 0),
         })
+    }
+
+    /// How long handing out the records already in the input would take,
+    /// at the rate the source handed them out since it last looked, for
+    /// [`SourceStatus::behind`]: each partition's high watermark, as the
+    /// client learned it from its last fetch (no request is made), less
+    /// the offset the tracker has handed out up to. It looks when the
+    /// read-ahead is empty or every [`LOOK_BEHIND_POLLS`] polls, and at
+    /// most every [`LOOK_BEHIND_EVERY`]. Under read-committed, the high
+    /// watermark also counts records of transactions still open in the
+    /// input and the markers of committed ones: a few records too many.
+    fn look_behind(&mut self) {
+        self.polls = self.polls.wrapping_add(1);
+        if self.count != 0 && self.polls % LOOK_BEHIND_POLLS != 0 {
+            return;
+        }
+        let now = Instant::now();
+        let (at, before) = self.looked;
+        let span = now.saturating_duration_since(at);
+        if span < LOOK_BEHIND_EVERY {
+            return;
+        }
+        let acks = &self.context().acks;
+        let tracked = acks.tracked();
+        let unread = acks
+            .read_up_to()
+            .into_iter()
+            .filter_map(|(partition, next)| {
+                let high = self.high_watermark(partition)?;
+                u64::try_from(high - next).ok()
+            })
+            .sum();
+        self.looked = (now, tracked);
+        self.context().status.set_behind(time_to_read(
+            unread,
+            tracked.saturating_sub(before),
+            span,
+        ));
+    }
+
+    /// The high watermark of `partition` that the client learned from its
+    /// last fetch, if it fetched the partition.
+    fn high_watermark(&self, partition: i32) -> Option<i64> {
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the pointer is this source's consumer's, alive as long
+        // as `self`; the topic name is NUL-terminated and outlives the
+        // call; librdkafka only reads its cached offsets under the
+        // partition's lock, safe from any thread.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                self.topic_c.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (error == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
     }
 
     /// After librdkafka failed to fetch committed offsets: the partitions
@@ -1138,8 +1218,24 @@ pub(super) fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
     }
 }
 
+/// How long handing out `unread` records takes at the rate of `read`
+/// records in `span`. Nothing unread takes no time; records waiting while
+/// none were handed out (a stall, or records each slower than `span`)
+/// take as long as can be said.
+fn time_to_read(unread: u64, read: u64, span: Duration) -> Duration {
+    if unread == 0 {
+        Duration::ZERO
+    } else if read == 0 {
+        Duration::MAX
+    } else {
+        Duration::try_from_secs_f64(span.as_secs_f64() * unread as f64 / read as f64)
+            .unwrap_or(Duration::MAX)
+    }
+}
+
 impl Source for RdSource {
     fn poll(&mut self, timeout: Duration) -> Result<Polled, ConnectorError> {
+        self.look_behind();
         if self.count == 0 {
             self.fill(timeout, READ_AHEAD)?;
             // Revocations run only inside the consumer's poll, in `fill`.
@@ -1166,6 +1262,7 @@ impl Source for RdSource {
         }
         // At least one poll, whatever is buffered: that is what serves
         // the group's events.
+        self.look_behind();
         let limit = self.count + KEEP_ALIVE_TAKE;
         self.fill(KEEP_ALIVE_WAIT, limit)?;
         self.forget_revoked();
@@ -1340,6 +1437,54 @@ mod tests {
         assert_eq!(next(&mut source).position.offset, 12);
         // Once checked, a partition reads on as it goes.
         assert_eq!(next(&mut source).position.offset, 13);
+    }
+
+    /// How far behind the source reads: the records in the partition past
+    /// what was handed out, at the rate they were handed out; none once
+    /// everything was.
+    #[test]
+    fn the_source_says_how_far_behind_it_reads() {
+        let (_mock, _cluster, config) = twenty_records();
+        let mut source = RdSource::connect(config).unwrap();
+        let acks = source.context().acks.clone();
+        let status = source.context().status.clone();
+        let hand_out = |source: &mut RdSource, n: usize| {
+            for _ in 0..n {
+                let e = next(source);
+                acks.track(e.position, e.payload.len());
+            }
+        };
+        let look = |source: &mut RdSource| {
+            std::thread::sleep(LOOK_BEHIND_EVERY);
+            // As if the read-ahead had just run dry: the source looks.
+            let count = std::mem::replace(&mut source.count, 0);
+            source.look_behind();
+            source.count = count;
+            status.behind()
+        };
+        hand_out(&mut source, 5);
+        look(&mut source);
+        hand_out(&mut source, 5);
+        let behind = look(&mut source);
+        // 10 left at the rate of 5 per look's span (at least 250 ms),
+        // less a rounding.
+        assert!(
+            behind >= Duration::from_millis(499) && behind < Duration::from_secs(60),
+            "{behind:?}"
+        );
+        hand_out(&mut source, 10);
+        assert_eq!(look(&mut source), Duration::ZERO, "all handed out");
+    }
+
+    #[test]
+    fn time_to_read_is_the_unread_at_the_rate_read() {
+        let second = Duration::from_secs(1);
+        assert_eq!(time_to_read(0, 0, second), Duration::ZERO);
+        assert_eq!(time_to_read(0, 10, second), Duration::ZERO);
+        assert_eq!(time_to_read(500, 100, second), 5 * second);
+        assert_eq!(time_to_read(50, 200, second), Duration::from_millis(250));
+        assert_eq!(time_to_read(1, 0, second), Duration::MAX, "a stall");
+        assert_eq!(time_to_read(u64::MAX, 1, second), Duration::MAX);
     }
 
     /// One look-up learns the committed offsets of every assigned
