@@ -133,9 +133,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub exactly_once: bool,
     /// With Kafka, how often offsets are committed (under --exactly-once,
-    /// how often a transaction commits, at most every 5s, and at once
-    /// when the input goes quiet). A crash replays what was read since the
-    /// last commit.
+    /// how often a transaction commits, at most every 5s; at once when the
+    /// input goes quiet; and while records wait in the input, up to an
+    /// eighth of the time the job needs to read them, at most 1s, when
+    /// that is longer). A crash replays what was read since the last
+    /// commit.
     #[arg(long, default_value_t = Span(DriverConfig::default().commit_interval))]
     pub commit_interval: Span,
     /// With Kafka, records read and not yet committed at most: reading

@@ -382,8 +382,9 @@ impl<'a> Driver<'a> {
             if let Some(acks) = &acks {
                 counters.watch(acks.clone());
             }
-            if let Some(status) = source.status() {
-                counters.watch_source(status);
+            let source_status = source.status();
+            if let Some(status) = &source_status {
+                counters.watch_source(status.clone());
             }
             let (acked_tx, commit_thread) = match committing {
                 Some(c) if !exactly_once => {
@@ -420,6 +421,7 @@ impl<'a> Driver<'a> {
                                 epoch: epoch_ref,
                                 rewound: rewound_ref,
                                 in_call: in_call_ref,
+                                source: source_status,
                             })
                         }
                         (Some(acks), Some(acked)) => sink::Acking::AfterFlush { acks, acked },

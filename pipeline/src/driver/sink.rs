@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fila_connectors::{
-    Ack, Acks, ConnectorError, Position, ReplayBound, Sink, TransactionError, Transactions,
-    Uncommitted,
+    Ack, Acks, ConnectorError, Position, ReplayBound, Sink, SourceStatus, TransactionError,
+    Transactions, Uncommitted,
 };
 
 use super::{DriverConfig, DriverError, RunSummary, SMALL_BATCH_BYTES};
@@ -44,10 +44,28 @@ pub(super) struct Transactional<'a> {
     pub(super) rewound: &'a AtomicU64,
     /// The transactional call under way, for the admitting thread.
     pub(super) in_call: &'a InCall,
+    /// How far behind its input the source reads, for the clock.
+    pub(super) source: Option<Arc<SourceStatus>>,
 }
 
-/// When to commit: every `interval`; at once when `urgent` (half the
-/// replay bound) is reached; and at once when the input has gone quiet.
+/// When to commit: every `interval`, or longer while the job runs behind
+/// its input (below); at once when `urgent` (half the replay bound) is
+/// reached; and at once when the input has gone quiet.
+///
+/// Behind: when the input holds records that the source, at the rate it
+/// has been handing them out, will take a while to reach
+/// ([`SourceStatus::behind`]), their results are late by that much
+/// whatever the commits do. So the transaction may stay open an eighth of
+/// that while ([`BEHIND_SHARE`]), up to [`MAX_STRETCH`]: the broker, busiest
+/// when a backlog is read, serves fewer transactions (each costs it markers
+/// on every partition written and its coordinator's log), and a result
+/// waits for its commit at most that much longer. The sign is the input's
+/// unread records against the read rate, not the records' timestamps
+/// (which may be event time) nor a full window (which a starved admitting
+/// thread does not see): a job that keeps up has next to nothing unread
+/// and commits every `interval`. It is refreshed with the client's
+/// statistics, once a second; a burst's end is still committed at once,
+/// by the quiet rule below.
 ///
 /// Quiet means that no record was read since the sink thread last looked,
 /// at least a tick before (it looks once a batch or a tick), and that
@@ -66,6 +84,14 @@ pub(super) struct Clock {
     read: u64,
 }
 
+/// The share of how far behind its input the job reads that a
+/// transaction may stay open past its interval: one part in this many.
+const BEHIND_SHARE: u32 = 8;
+
+/// The longest a transaction stays open for being behind: a longer one
+/// would save the broker little more, and an abort would run more again.
+const MAX_STRETCH: Duration = Duration::from_secs(1);
+
 impl Clock {
     pub(super) fn new(interval: Duration, bound: ReplayBound) -> Clock {
         Clock {
@@ -76,15 +102,22 @@ impl Clock {
         }
     }
 
-    /// Whether to commit now; `read` is the count of records read so far
-    /// and `all_done` whether every one of them has finished.
-    pub(super) fn due(&mut self, acks: &Acks, read: u64, all_done: bool) -> bool {
+    /// Whether to commit now; `read` is the count of records read so far,
+    /// `all_done` whether every one of them has finished, and `behind` how
+    /// long reading the input's unread records will take.
+    pub(super) fn due(&mut self, acks: &Acks, read: u64, all_done: bool, behind: Duration) -> bool {
         let quiet = read == self.read && all_done;
         self.read = read;
         let held = acks.uncommitted();
         (quiet && held.records > 0)
-            || self.last.elapsed() >= self.interval
+            || self.last.elapsed() >= self.interval(behind)
             || !self.urgent.admits(held)
+    }
+
+    /// How long a transaction stays open when reading the input's unread
+    /// records will take `behind`.
+    fn interval(&self, behind: Duration) -> Duration {
+        self.interval.max((behind / BEHIND_SHARE).min(MAX_STRETCH))
     }
 }
 
@@ -182,9 +215,10 @@ fn run_transactions(
         // rewind, which reset the tracker.
         let rewound = txn.rewound.load(Ordering::Acquire);
         let read_so_far = read.load(Ordering::Relaxed);
+        let behind = txn.source.as_ref().map_or(Duration::ZERO, |s| s.behind());
         let due = txn
             .clock
-            .due(txn.acks, read_so_far, gather.nothing_in_flight());
+            .due(txn.acks, read_so_far, gather.nothing_in_flight(), behind);
         // A revocation may have asked for the abort after the check above,
         // and what this batch wrote may belong to the partitions it took
         // away: their offsets are no longer committed here (a revocation
@@ -942,23 +976,89 @@ mod tests {
             partition: 0,
             offset,
         };
-        assert!(!clock.due(&acks, 0, true), "nothing read, nothing held");
-        assert!(!clock.due(&acks, 0, true), "quiet, but nothing to commit");
+        assert!(
+            !clock.due(&acks, 0, true, Duration::ZERO),
+            "nothing read, nothing held"
+        );
+        assert!(
+            !clock.due(&acks, 0, true, Duration::ZERO),
+            "quiet, but nothing to commit"
+        );
         acks.track(at(0), 10);
-        assert!(!clock.due(&acks, 1, false), "a record was just read");
-        assert!(!clock.due(&acks, 1, false), "no read since, but it runs");
-        assert!(clock.due(&acks, 1, true), "no read since, and it finished");
+        assert!(
+            !clock.due(&acks, 1, false, Duration::ZERO),
+            "a record was just read"
+        );
+        assert!(
+            !clock.due(&acks, 1, false, Duration::ZERO),
+            "no read since, but it runs"
+        );
+        assert!(
+            clock.due(&acks, 1, true, Duration::ZERO),
+            "no read since, and it finished"
+        );
         acks.track(at(1), 10);
         assert!(
-            !clock.due(&acks, 2, true),
+            !clock.due(&acks, 2, true, Duration::ZERO),
             "another read since the last look"
         );
-        assert!(clock.due(&acks, 2, true));
+        assert!(clock.due(&acks, 2, true, Duration::ZERO));
         // Past half the bound, due whatever is read.
         for offset in 2..501 {
             acks.track(at(offset), 10);
         }
-        assert!(clock.due(&acks, 501, false), "half the bound is held");
+        assert!(
+            clock.due(&acks, 501, false, Duration::ZERO),
+            "half the bound is held"
+        );
+    }
+
+    #[test]
+    fn a_transaction_stays_open_longer_while_the_job_runs_behind() {
+        let acks = Acks::new();
+        let bound = ReplayBound {
+            records: 1_000,
+            bytes: 1 << 20,
+        };
+        let mut clock = Clock::new(Duration::from_millis(100), bound);
+        acks.track(
+            Position {
+                partition: 0,
+                offset: 0,
+            },
+            10,
+        );
+        let since = |ms| Instant::now() - Duration::from_millis(ms);
+        // Records keep coming (never quiet): only time can make it due.
+        let read = std::cell::Cell::new(0);
+        let due = |clock: &mut Clock, behind: Duration| {
+            read.set(read.get() + 1);
+            clock.due(&acks, read.get(), false, behind)
+        };
+        let secs = Duration::from_secs;
+        clock.last = since(150);
+        assert!(due(&mut clock, Duration::ZERO), "keeping up: the interval");
+        assert!(
+            due(&mut clock, Duration::from_millis(800)),
+            "an eighth of 800 ms is no more than the interval"
+        );
+        assert!(!due(&mut clock, secs(4)), "4 s behind: open for 500 ms");
+        clock.last = since(520);
+        assert!(due(&mut clock, secs(4)));
+        clock.last = since(900);
+        assert!(!due(&mut clock, secs(3600)), "far behind: up to a second");
+        clock.last = since(1_010);
+        assert!(due(&mut clock, secs(3600)));
+        // Behind, a quiet input still commits at once.
+        clock.last = Instant::now();
+        assert!(!due(&mut clock, secs(4)));
+        assert!(clock.due(&acks, read.get(), true, secs(4)), "quiet");
+        // A longer interval of its own stays as it is.
+        let mut slow = Clock::new(secs(2), bound);
+        slow.last = since(1_500);
+        assert!(!due(&mut slow, secs(3600)));
+        slow.last = since(2_010);
+        assert!(due(&mut slow, secs(3600)));
     }
 
     #[test]
