@@ -482,6 +482,9 @@ mod tests {
         acks.start_partition(0, 8);
         assert_eq!(acks.read_up_to()[&0], 8);
         assert_eq!(acks.tracked(), 3, "a count of what was handed out");
+        // A partition given away is no longer read here.
+        acks.release(&[1]);
+        assert_eq!(acks.read_up_to(), [(0, 8)].into());
     }
 
     #[test]

@@ -239,6 +239,8 @@ impl SourceStatus {
         lock(&self.lag).clone()
     }
 
+    /// Says how far behind the source reads (see [`SourceStatus::behind`]),
+    /// to the millisecond; `Duration::MAX` for a stall.
     pub fn set_behind(&self, behind: Duration) {
         let ms = u64::try_from(behind.as_millis()).unwrap_or(u64::MAX);
         self.behind_ms.store(ms, Ordering::Relaxed);
@@ -246,10 +248,15 @@ impl SourceStatus {
 
     /// How long the source would take to hand out the records already in
     /// its input and not handed out yet, at the rate it last handed them
-    /// out: zero when it keeps up (or does not know yet), long when it
-    /// is behind. A source that measures nothing says zero.
+    /// out: zero when it keeps up (or does not know yet), long when it is
+    /// behind, and `Duration::MAX` when records waited while none were
+    /// handed out. A source that measures nothing (the rdkafka source
+    /// measures under exactly-once only) says zero.
     pub fn behind(&self) -> Duration {
-        Duration::from_millis(self.behind_ms.load(Ordering::Relaxed))
+        match self.behind_ms.load(Ordering::Relaxed) {
+            u64::MAX => Duration::MAX,
+            ms => Duration::from_millis(ms),
+        }
     }
 }
 

@@ -63,9 +63,9 @@ pub(super) struct Transactional<'a> {
 /// unread records against the read rate, not the records' timestamps
 /// (which may be event time) nor a full window (which a starved admitting
 /// thread does not see): a job that keeps up has next to nothing unread
-/// and commits every `interval`. It is refreshed with the client's
-/// statistics, once a second; a burst's end is still committed at once,
-/// by the quiet rule below.
+/// and commits every `interval`. The source refreshes it on its polls, at
+/// most every 250 ms; a burst's end is still committed at once, by the
+/// quiet rule below.
 ///
 /// Quiet means that no record was read since the sink thread last looked,
 /// at least a tick before (it looks once a batch or a tick), and that
@@ -1045,10 +1045,15 @@ mod tests {
         assert!(!due(&mut clock, secs(4)), "4 s behind: open for 500 ms");
         clock.last = since(520);
         assert!(due(&mut clock, secs(4)));
-        clock.last = since(900);
+        clock.last = since(600);
         assert!(!due(&mut clock, secs(3600)), "far behind: up to a second");
         clock.last = since(1_010);
         assert!(due(&mut clock, secs(3600)));
+        // A stall reads as behind without end: a second too.
+        clock.last = since(600);
+        assert!(!due(&mut clock, Duration::MAX));
+        clock.last = since(1_010);
+        assert!(due(&mut clock, Duration::MAX));
         // Behind, a quiet input still commits at once.
         clock.last = Instant::now();
         assert!(!due(&mut clock, secs(4)));

@@ -397,11 +397,11 @@ pub(crate) struct RdSource {
     /// Committed offsets of assigned partitions not checked yet, learned
     /// with another partition's: one request asks for all of them.
     committed: BTreeMap<i32, Offset>,
-    /// The topic's name for librdkafka's C calls.
-    topic_c: CString,
-    /// Polls since the source last looked how far behind it reads, and
-    /// when that was, with the records handed out by then
+    /// Whether the source looks how far behind it reads (only the
+    /// exactly-once sink asks), the polls since it last looked, and when
+    /// that was, with the records handed out by then
     /// ([`RdSource::look_behind`]).
+    measure_behind: bool,
     polls: u32,
     looked: (Instant, u64),
 }
@@ -568,6 +568,7 @@ impl RdSource {
         };
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+        let measure_behind = consumer.context().eos.is_some();
         Ok(RdSource {
             consumer,
             buffered: BTreeMap::new(),
@@ -581,9 +582,7 @@ impl RdSource {
             reassign_warned: None,
             checked: BTreeSet::new(),
             committed: BTreeMap::new(),
-            topic_c: CString::new(config.topic.as_str()).map_err(|_| ConnectorError::Config {
-                message: format!("the topic name {:?} holds a NUL byte", config.topic),
-            })?,
+            measure_behind,
             polls: 0,
             looked: (Instant::now(), 0),
         })
@@ -593,14 +592,19 @@ impl RdSource {
     /// at the rate the source handed them out since it last looked, for
     /// [`SourceStatus::behind`]: each partition's high watermark, as the
     /// client learned it from its last fetch (no request is made), less
-    /// the offset the tracker has handed out up to. It looks when the
-    /// read-ahead is empty or every [`LOOK_BEHIND_POLLS`] polls, and at
-    /// most every [`LOOK_BEHIND_EVERY`]. Under read-committed, the high
-    /// watermark also counts records of transactions still open in the
-    /// input and the markers of committed ones: a few records too many.
+    /// the offset the tracker has handed out up to. It looks on its polls,
+    /// when the read-ahead is empty or every [`LOOK_BEHIND_POLLS`], and at
+    /// most every [`LOOK_BEHIND_EVERY`]; while the admitting thread does
+    /// not poll (a full window), the last look stands. A poll that finds
+    /// nothing to hand out says the source is not behind and starts the
+    /// next span ([`RdSource::caught_up`]): idle time is not counted in
+    /// the rate, and what the high watermark counts that will never be
+    /// handed out (transaction markers, records of aborted transactions,
+    /// under read-committed those of transactions still open) is not
+    /// counted as a backlog once the rest is read.
     fn look_behind(&mut self) {
         self.polls = self.polls.wrapping_add(1);
-        if self.count != 0 && self.polls % LOOK_BEHIND_POLLS != 0 {
+        if !self.measure_behind || (self.count != 0 && self.polls % LOOK_BEHIND_POLLS != 0) {
             return;
         }
         let now = Instant::now();
@@ -627,18 +631,32 @@ impl RdSource {
         ));
     }
 
+    /// Nothing to hand out: the source is not behind, and the next span
+    /// starts now.
+    fn caught_up(&mut self) {
+        if self.measure_behind {
+            self.looked = (Instant::now(), self.context().acks.tracked());
+            self.context().status.set_behind(Duration::ZERO);
+        }
+    }
+
     /// The high watermark of `partition` that the client learned from its
     /// last fetch, if it fetched the partition.
     fn high_watermark(&self, partition: i32) -> Option<i64> {
+        let topic = CString::new(self.topic()).ok()?;
         let (mut low, mut high) = (-1_i64, -1_i64);
         // SAFETY: the pointer is this source's consumer's, alive as long
         // as `self`; the topic name is NUL-terminated and outlives the
-        // call; librdkafka only reads its cached offsets under the
-        // partition's lock, safe from any thread.
+        // call, which is safe from any thread. librdkafka looks the
+        // partition up under the client's lock, making it (and marking it
+        // wanted) if it had no such partition: the partitions asked for
+        // are ones the tracker holds, assigned and wanted already. It
+        // then reads the offsets cached from the last fetch under the
+        // partition's lock.
         let error = unsafe {
             rdkafka::bindings::rd_kafka_get_watermark_offsets(
                 self.consumer.client().native_ptr(),
-                self.topic_c.as_ptr(),
+                topic.as_ptr(),
                 partition,
                 &mut low,
                 &mut high,
@@ -1244,6 +1262,9 @@ impl Source for RdSource {
             self.watch_outage()?;
         }
         let next = self.next_round_robin();
+        if next.is_none() {
+            self.caught_up();
+        }
         if self.paused && self.count < READ_AHEAD / 2 {
             self.set_paused(false);
         }
@@ -1446,6 +1467,8 @@ mod tests {
     fn the_source_says_how_far_behind_it_reads() {
         let (_mock, _cluster, config) = twenty_records();
         let mut source = RdSource::connect(config).unwrap();
+        // Only an exactly-once source measures; this one is made to.
+        source.measure_behind = true;
         let acks = source.context().acks.clone();
         let status = source.context().status.clone();
         let hand_out = |source: &mut RdSource, n: usize| {
@@ -1464,16 +1487,28 @@ mod tests {
         };
         hand_out(&mut source, 5);
         look(&mut source);
+        let since = source.looked.0;
         hand_out(&mut source, 5);
         let behind = look(&mut source);
-        // 10 left at the rate of 5 per look's span (at least 250 ms),
-        // less a rounding.
-        assert!(
-            behind >= Duration::from_millis(499) && behind < Duration::from_secs(60),
-            "{behind:?}"
+        // 10 left, at the rate of 5 in the span between the looks.
+        let span = source.looked.0 - since;
+        let millis = |d: Duration| d.as_millis();
+        assert_eq!(
+            millis(behind),
+            millis(time_to_read(10, 5, span)),
+            "to the ms"
         );
+        assert!(behind >= 2 * LOOK_BEHIND_EVERY);
+        assert_eq!(look(&mut source), Duration::MAX, "none handed out since");
         hand_out(&mut source, 10);
         assert_eq!(look(&mut source), Duration::ZERO, "all handed out");
+        // A poll that finds nothing to hand out says so at once.
+        status.set_behind(Duration::from_secs(5));
+        assert!(matches!(
+            source.poll(Duration::from_millis(50)).unwrap(),
+            Polled::Idle
+        ));
+        assert_eq!(status.behind(), Duration::ZERO, "nothing left to read");
     }
 
     #[test]
