@@ -7,6 +7,8 @@
 # broker's CPU). Each round runs every spec in turn: a fresh `fila run`
 # on fresh topics and group, a cold burst, then the warm burst measured,
 # with the broker's and fila's CPU (utime+stime) across the warm burst.
+# LOAD_ARGS, if set, goes to both bursts' `fila load` (e.g. the light job:
+# LOAD_ARGS='--stages 1,1,1,1,1').
 ROUNDS=$1; BURST=$2; shift 2
 P=${PORT:?PORT of a scripts/kafka broker}; B=127.0.0.1:$P
 out=${OUT:-$(mktemp -d)}
@@ -20,9 +22,9 @@ for r in $(seq 1 $ROUNDS); do
   pid=$!
   for i in $(seq 1 80); do grep -q "partitions assigned" $out/run.err && break; sleep 0.25; done
   grep -q "partitions assigned" $out/run.err || { echo "round $r $label: fila did not start"; kill $pid; wait $pid; continue; }
-  $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST --timeout-s 120 --report json > $out/cold.json 2>/dev/null
+  $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST $LOAD_ARGS --timeout-s 120 --report json > $out/cold.json 2>/dev/null
   b0=$(ticks $bpid); f0=$(ticks $pid)
-  $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST --timeout-s 120 --report json > $out/warm.json 2>/dev/null \
+  $BIN load --brokers $B --input-topic $in --output-topic $outt --burst $BURST $LOAD_ARGS --timeout-s 120 --report json > $out/warm.json 2>/dev/null \
     || { echo "round $r $label: the warm burst failed"; kill $pid; wait $pid; continue; }
   b1=$(ticks $bpid); f1=$(ticks $pid)
   python3 - "$label" $r $b0 $b1 $f0 $f1 $out/warm.json <<'PY'
